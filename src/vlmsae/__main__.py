@@ -1,0 +1,3 @@
+from vlmsae.cli import main
+
+main()

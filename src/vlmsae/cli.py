@@ -1,0 +1,55 @@
+"""The ``vlmsae`` command: a thin layer over the library.
+
+Each pipeline stage registers its own commands (``vlmsae/<stage>/cli.py`` defines
+``register(app)``); heavy imports happen inside the commands so that ``vlmsae --help``
+and ``vlmsae inspect`` start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+
+import typer
+
+from vlmsae import __version__
+
+# Stages that contribute commands, in the order `vlmsae --help` lists them.
+STAGES = ("encoders", "data", "sae", "metrics", "toyworld", "steer", "report")
+
+app = typer.Typer(
+    name="vlmsae",
+    help="Sparse autoencoders for vision-language models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vlmsae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+for _stage in STAGES:
+    if importlib.util.find_spec(f"vlmsae.{_stage}.cli") is not None:
+        importlib.import_module(f"vlmsae.{_stage}.cli").register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,56 @@
+"""CLI commands of the data stage: ``vlmsae inspect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)
+
+
+def inspect(
+    path: Path = typer.Argument(..., help="A store directory (activations, embeddings or codes)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+) -> None:
+    """Summarise a store's manifest: model, hook point, rows, width, dtype, skipped images."""
+    from vlmsae.data.store import MANIFEST, StoreError
+
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise typer.BadParameter(f"{path} has no {MANIFEST}: not a vlmsae store", param_hint="PATH")
+    manifest = json.loads(manifest_path.read_text())
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2))
+        return
+    try:
+        lines = _summary_lines(manifest)
+    except KeyError as e:
+        raise StoreError(f"{manifest_path} lacks the field {e}") from e
+    typer.echo("\n".join(lines))
+
+
+def _summary_lines(m: dict) -> list[str]:
+    fields = [
+        ("kind", m["kind"]),
+        ("complete", "yes" if m["complete"] else "NO (interrupted; rerun with --resume)"),
+        ("model", m.get("model", "-")),
+        ("hook point", m.get("hookpoint", "-")),
+        ("layer", m.get("layer", "-")),
+        ("tokens", m.get("tokens", "-")),
+        ("rows", f"{m['n_rows']:,}"),
+        ("width d", m["d"]),
+        ("dtype", m["dtype"]),
+        ("shards", len(m["shards"])),
+        ("images", m.get("n_images", "-")),
+        ("skipped images", m.get("n_skipped", 0)),
+    ]
+    lines = [f"{k:>15}: {v}" for k, v in fields]
+    for s in m.get("skipped", [])[:10]:
+        lines.append(f"{'':>17}{s['path']}: {s['reason']}")
+    if m.get("n_skipped", 0) > 10:
+        lines.append(f"{'':>17}... and {m['n_skipped'] - 10} more (--json lists all)")
+    return lines

@@ -1,0 +1,1 @@
+"""encoders stage of vlmsae."""

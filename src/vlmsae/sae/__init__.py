@@ -1,0 +1,1 @@
+"""sae stage of vlmsae."""

@@ -1,0 +1,1 @@
+"""steer stage of vlmsae."""

@@ -1,0 +1,1 @@
+"""toyworld stage of vlmsae."""
