@@ -167,14 +167,17 @@ class Encoder:
         """0-based block index of ``layer`` (negative counts from the end)."""
         n = self.n_layers
         if not -n <= layer < n:
-            raise ValueError(f"layer {layer} is out of range: {self.name} has {n} blocks (0..{n - 1})")
+            raise ValueError(
+                f"layer {layer} is out of range: {self.name} has {n} blocks (0..{n - 1})"
+            )
         return layer % n
 
     def check_tokens(self, selection: Any) -> None:
         """Raise if a token selection does not apply to this model (``cls`` on SigLIP)."""
         if str(selection) == "cls" and not self.has_cls:
             raise ValueError(
-                f"{self.name} ({self.family}) has no CLS token; choose --tokens mean, all or random:N"
+                f"{self.name} ({self.family}) has no CLS token; "
+                "choose --tokens mean, all or random:N"
             )
 
     # -- LLaVA ---------------------------------------------------------------------------

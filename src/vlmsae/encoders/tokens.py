@@ -34,7 +34,9 @@ class TokenSelection:
 
     def __post_init__(self) -> None:
         if self.kind not in ("cls", "mean", "all", "random"):
-            raise ValueError(f"unknown token selection {self.kind!r}; choose one of {TOKEN_CHOICES}")
+            raise ValueError(
+                f"unknown token selection {self.kind!r}; choose one of {TOKEN_CHOICES}"
+            )
         if self.kind == "random" and self.n <= 0:
             raise ValueError(f"random:N needs a positive N, got {self.n}")
 
@@ -52,9 +54,13 @@ class TokenSelection:
             except ValueError:
                 n = 0
             if n <= 0:
-                raise ValueError(f"--tokens {spec!r}: random:N needs a positive integer N (random:64)")
+                raise ValueError(
+                    f"--tokens {spec!r}: random:N needs a positive integer N (random:64)"
+                )
             return cls("random", n, seed)
-        raise ValueError(f"unknown token selection {spec!r}; choose one of {', '.join(TOKEN_CHOICES)}")
+        raise ValueError(
+            f"unknown token selection {spec!r}; choose one of {', '.join(TOKEN_CHOICES)}"
+        )
 
     def __str__(self) -> str:
         return f"random:{self.n}" if self.kind == "random" else self.kind
