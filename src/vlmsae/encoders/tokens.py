@@ -55,7 +55,8 @@ class TokenSelection:
                 n = 0
             if n <= 0:
                 raise ValueError(
-                    f"--tokens {spec!r}: random:N needs a positive integer N (random:64)"
+                    f"token selection {spec!r}: random:N needs a positive integer N; "
+                    f"choose one of {', '.join(TOKEN_CHOICES)}"
                 )
             return cls("random", n, seed)
         raise ValueError(
