@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from tiny_models import (
+    TinySAE,
     clip_processor,
     dinov2_processor,
     make_clip,
@@ -16,31 +18,11 @@ from tiny_models import (
     random_images,
     siglip_processor,
 )
-from torch import nn
-
 from vlmsae.encoders import Encoder, attach_sae, find_blocks
 from vlmsae.encoders.tokens import TokenSelection, random_tokens, select_tokens
 
 N_LAYERS = 4
 TOKENS = ("cls", "mean", "all", "random:3")
-
-
-class TinySAE(nn.Module):
-    """A stand-in SAE (ReLU encoder, linear decoder) with the encode/decode interface."""
-
-    def __init__(self, d_in: int, d_sae: int, seed: int = 0) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.W_enc = nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.randn(d_sae, d_in, generator=g) / d_sae**0.5)
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.W_dec + self.b_dec
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 IMAGE = 32
 PATCH = 8
@@ -152,3 +153,21 @@ def random_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> li
     return [
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8), "RGB") for _ in range(n)
     ]
+
+
+class TinySAE(nn.Module):
+    """A stand-in SAE (ReLU encoder, linear decoder) with the encode/decode interface."""
+
+    def __init__(self, d_in: int, d_sae: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.W_enc = nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.randn(d_sae, d_in, generator=g) / d_sae**0.5)
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec + self.b_dec

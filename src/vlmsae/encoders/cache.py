@@ -381,13 +381,15 @@ def sae_codes(sae: Any, acts_RD: torch.Tensor, chunk_rows: int = 4096) -> sp.csr
     parts = []
     for lo in range(0, acts_RD.shape[0], chunk_rows):
         codes_RS = sae.encode(acts_RD[lo : lo + chunk_rows].to(dtype)).float()
-        csr = codes_RS.to_sparse_csr()
+        row_N, col_N = codes_RS.nonzero(as_tuple=True)  # row-major order: CSR order
+        indptr = torch.zeros(codes_RS.shape[0] + 1, dtype=torch.int64, device=row_N.device)
+        indptr[1:] = torch.bincount(row_N, minlength=codes_RS.shape[0]).cumsum(0)
         parts.append(
             sp.csr_matrix(
                 (
-                    csr.values().cpu().numpy(),
-                    csr.col_indices().cpu().numpy(),
-                    csr.crow_indices().cpu().numpy(),
+                    codes_RS[row_N, col_N].cpu().numpy(),
+                    col_N.cpu().numpy(),
+                    indptr.cpu().numpy(),
                 ),
                 shape=tuple(codes_RS.shape),
             )
