@@ -155,3 +155,75 @@ def test_embed_and_option_errors(dataset, tmp_path):
         CacheConfig(layers=(0,), hookpoints=("post_mlp",))
     with pytest.raises(ValueError, match="layer"):
         CacheConfig(hookpoints=("post_mlp_residual",))
+
+
+def test_cli_cache_embed_inspect(dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from tiny_models import make_clip_full
+    from vlmsae.cli import app
+
+    model_dir = tmp_path / "model"
+    make_clip_full(N_LAYERS).save_pretrained(model_dir)
+    clip_processor().save_pretrained(model_dir)
+    runner = CliRunner()
+    out = tmp_path / "acts"
+    args = [
+        "cache",
+        "--model",
+        str(model_dir),
+        "--data",
+        dataset.root,
+        "--out",
+        str(out),
+        "--layer",
+        "1,-1",
+        "--hookpoint",
+        "post_mlp_residual,post_projection",
+        "--tokens",
+        "mean",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--limit",
+        "9",
+        "--every",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    store = ActivationStore(out / "layer_3")
+    assert store.manifest["n_images"] == 9 and store.manifest["tokens"] == "mean"
+    assert store.images == list(dataset.paths[::2][:9])
+    assert (out / "post_projection" / "manifest.json").exists()
+    again = runner.invoke(app, [*args, "--resume"])  # a complete run resumes to a no-op
+    assert again.exit_code == 0, again.output
+    np.testing.assert_array_equal(ActivationStore(out / "layer_3").to_numpy(), store.to_numpy())
+    bad = runner.invoke(app, [*args[:-2], "--tokens", "first"])
+    assert bad.exit_code != 0 and "cls" in bad.output
+
+    emb = tmp_path / "emb"
+    result = runner.invoke(
+        app,
+        [
+            "embed",
+            "--model",
+            str(model_dir),
+            "--data",
+            dataset.root,
+            "--out",
+            str(emb),
+            "--workers",
+            "0",
+            "--limit",
+            "5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert ActivationStore(emb).kind == "embeddings"
+    assert json.loads((emb / "summary.json").read_text())["n_images"] == 5
+    shown = runner.invoke(app, ["inspect", str(out / "layer_3")])
+    assert "post_mlp_residual" in shown.output and str(model_dir) in shown.output
