@@ -1,0 +1,167 @@
+"""CLI commands of the encoders stage: ``vlmsae cache`` and ``vlmsae embed``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_DATA_HELP = (
+    "Dataset folder: ImageNet, iNaturalist 2021, CUB-200-2011, any ImageFolder or a flat "
+    "folder of images (layout detected)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cache")(cache)
+    app.command("embed")(embed)
+
+
+def _parse_layers(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise typer.BadParameter(
+            f"{text!r}: expected comma-separated integers such as 11,17,-1", param_hint="--layer"
+        ) from e
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load(model: str, device: str, model_dtype: str, revision: str | None):
+    import torch
+
+    from vlmsae.encoders.adapters import Encoder
+
+    if model_dtype == "auto":
+        model_dtype = "float32" if device == "cpu" else "float16"
+    if model_dtype not in ("float32", "bfloat16", "float16"):
+        raise typer.BadParameter("choose auto, float32, bfloat16 or float16", "--model-dtype")
+    if model_dtype == "float16" and device == "cpu":
+        raise typer.BadParameter("float16 compute on CPU is ~500x slower; use float32 or bfloat16")
+    return Encoder.from_pretrained(
+        model, revision=revision, device=device, dtype=getattr(torch, model_dtype)
+    )
+
+
+def cache(
+    model: str = typer.Option(..., "--model", help="Hub id or local model folder."),
+    data: Path = typer.Option(..., "--data", help=_DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Output directory (one store per hook point)."),
+    split: str = typer.Option(None, "--split", help="Split folder (train, val; CUB: train|test)."),
+    layer: str = typer.Option(None, "--layer", help="Block(s) L[,L...]; negative from the end."),
+    hookpoint: str = typer.Option(
+        "post_mlp_residual",
+        "--hookpoint",
+        help="post_mlp_residual | post_projection (comma-separate to cache both).",
+    ),
+    tokens: str = typer.Option("cls", "--tokens", help="cls | mean | all | random:N"),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 | float32."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(4, "--workers", help="Image decoding worker processes."),
+    limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
+    every: int = typer.Option(1, "--every", help="Use every N-th image."),
+    sae: Path = typer.Option(None, "--sae", help="SAE checkpoint: also store its codes (CSR)."),
+    sae_layer: str = typer.Option(
+        None,
+        "--sae-hookpoint",
+        help="Layer or post_projection the SAE reads (default: its config).",
+    ),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if any)."),
+    model_dtype: str = typer.Option("auto", "--model-dtype", help="auto | float32 | bfloat16."),
+    revision: str = typer.Option(None, "--revision", help="Hub revision of the model."),
+    shard_rows: int = typer.Option(1 << 16, "--shard-rows", help="Rows per shard."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random:N token draw."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+) -> None:
+    """Cache activations of a vision model at hook points (one store per layer).
+
+    Writes OUT/layer_L/ per --layer, OUT/post_projection/, with --sae the SAE codes in
+    OUT/codes_layer_L/ (sparse), and OUT/summary.json; --resume continues a killed run.
+    """
+    from vlmsae.data.images import load_dataset
+    from vlmsae.encoders.cache import CacheConfig, cache_activations
+
+    try:
+        cfg = CacheConfig(
+            layers=_parse_layers(layer),
+            hookpoints=tuple(h.strip() for h in hookpoint.split(",") if h.strip()),
+            tokens=tokens,
+            dtype=dtype,
+            batch_size=batch_size,
+            workers=workers,
+            shard_rows=shard_rows,
+            seed=seed,
+            resume=resume,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    dataset = load_dataset(data, split, limit=limit, every=every)
+    dev = _device(device)
+    encoder = _load(model, dev, model_dtype, revision)
+    sae_model = None
+    if sae is not None:
+        from vlmsae.sae import SAE
+
+        sae_model = SAE.load(sae)
+    sae_hook = None if sae_layer in (None, "") else sae_layer
+    if sae_hook is not None and sae_hook != "post_projection":
+        sae_hook = int(sae_hook)
+    result = cache_activations(
+        encoder, dataset, out, cfg, sae=sae_model, sae_hookpoint=sae_hook, device=dev
+    )
+    for name, path in result.stores.items():
+        typer.echo(f"{name}: {path}")
+    typer.echo(
+        f"{result.n_images} images ({result.n_skipped} skipped), "
+        f"{result.images_per_s:.1f} images/s; summary in {out / 'summary.json'}"
+    )
+
+
+def embed(
+    model: str = typer.Option(..., "--model", help="Hub id or local model folder."),
+    data: Path = typer.Option(..., "--data", help=_DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Output embedding store directory."),
+    split: str = typer.Option(None, "--split", help="Split folder (train, val; CUB: train|test)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Stored dtype: float16 | float32."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(4, "--workers", help="Image decoding worker processes."),
+    limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
+    every: int = typer.Option(1, "--every", help="Use every N-th image."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if any)."),
+    model_dtype: str = typer.Option("auto", "--model-dtype", help="auto | float32 | bfloat16."),
+    revision: str = typer.Option(None, "--revision", help="Hub revision of the model."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+) -> None:
+    """Write an embedding store (post_projection, one row per image) for the MS score.
+
+    The paper used DINOv2 ViT-B (facebook/dinov2-base) and CLIP ViT-B/32 embeddings.
+    """
+    from vlmsae.data.images import load_dataset
+    from vlmsae.encoders.cache import embed_images
+
+    dataset = load_dataset(data, split, limit=limit, every=every)
+    dev = _device(device)
+    encoder = _load(model, dev, model_dtype, revision)
+    result = embed_images(
+        encoder,
+        dataset,
+        out,
+        dtype=dtype,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        device=dev,
+    )
+    typer.echo(
+        f"{out}: {result.n_images} images ({result.n_skipped} skipped), "
+        f"{result.images_per_s:.1f} images/s"
+    )
