@@ -242,3 +242,21 @@ def test_from_pretrained_loads_saved_folders(tmp_path, encoders, pixels):
     pv = loaded.preprocess(random_images(3))
     torch.testing.assert_close(pv, pixels["clip"])
     torch.testing.assert_close(loaded.embed(pv), enc.embed(pv))
+
+
+@pytest.mark.parametrize("name", ["siglip", "dinov2", "llava"])
+def test_from_pretrained_every_family(tmp_path, encoders, llava, name):
+    """SigLIP, DINOv2 and LLaVA folders load with their own processors (PIL backend)."""
+    enc = llava[0] if name == "llava" else encoders[name]
+    enc.model.save_pretrained(tmp_path)
+    enc.processor.save_pretrained(tmp_path)
+    loaded = Encoder.from_pretrained(tmp_path)
+    assert loaded.family == enc.family and type(loaded.model) is type(enc.model)
+    assert type(loaded.processor).__name__.endswith("ImageProcessorPil")
+    pv = loaded.preprocess(random_images(2))
+    torch.testing.assert_close(pv, enc.preprocess(random_images(2)))
+    torch.testing.assert_close(
+        loaded.capture(pv, [-1])[N_LAYERS - 1], enc.capture(pv, [-1])[N_LAYERS - 1]
+    )
+    if name == "llava":
+        assert loaded.read_layers == enc.read_layers
