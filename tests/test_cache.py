@@ -29,22 +29,28 @@ def dataset(tmp_path_factory):
     return load_dataset(make_mixed_folder(tmp_path_factory.mktemp("mixed")))
 
 
-def _direct(enc: Encoder, dataset, layer: int, tokens: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reference: decode the good images one by one and capture without the pipeline."""
-    rows, index = [], []
+@pytest.fixture(scope="module")
+def direct(clip, dataset) -> list[tuple[int, dict]]:
+    """Reference: each good image decoded and captured alone, without the pipeline."""
+    out = []
     for i, path in enumerate(dataset.paths):
         decoded = open_rgb(path)
-        if decoded.image is None:
-            continue
-        hidden = enc.capture(enc.preprocess([decoded.image]), [layer])[layer]
-        sel = select_tokens(hidden, TokenSelection.parse(tokens), np.array([i]))
+        if decoded.image is not None:
+            out.append((i, clip.capture(clip.preprocess([decoded.image]), [1, 3])))
+    return out
+
+
+def _direct(direct, layer: int, tokens: str) -> tuple[np.ndarray, np.ndarray]:
+    rows, index = [], []
+    for i, hidden in direct:
+        sel = select_tokens(hidden[layer], TokenSelection.parse(tokens), np.array([i]))
         rows.append(sel.acts_RD.numpy())
         index.append(np.stack([sel.image_R, sel.token_R], 1))
     return np.concatenate(rows), np.concatenate(index)
 
 
 @pytest.mark.parametrize("tokens", ["cls", "all", "random:4"])
-def test_cache_equals_direct_capture_and_lists_bad_files(clip, dataset, tmp_path, tokens):
+def test_cache_equals_direct_capture_and_lists_bad_files(clip, dataset, direct, tmp_path, tokens):
     cfg = CacheConfig(
         layers=(1, -1),
         hookpoints=("post_mlp_residual", "post_projection"),
@@ -59,7 +65,7 @@ def test_cache_equals_direct_capture_and_lists_bad_files(clip, dataset, tmp_path
     assert result.n_images == len(dataset) and result.n_skipped == len(BAD)
     for layer in (1, 3):
         store = ActivationStore(tmp_path / f"layer_{layer}")
-        want, want_rows = _direct(clip, dataset, layer, tokens)
+        want, want_rows = _direct(direct, layer, tokens)
         np.testing.assert_allclose(store.to_numpy(), want, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(store.rows, want_rows)
         m = store.manifest

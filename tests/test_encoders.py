@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tiny_models import (
     TinySAE,
@@ -260,3 +262,33 @@ def test_from_pretrained_every_family(tmp_path, encoders, llava, name):
     )
     if name == "llava":
         assert loaded.read_layers == enc.read_layers
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    t=st.integers(1, 9),
+    n=st.integers(1, 9),
+    seed=st.integers(0, 3),
+    kind=st.sampled_from(["cls", "mean", "all", "random"]),
+)
+def test_select_tokens_shapes_and_indices(b, t, n, seed, kind):
+    hidden = torch.randn(b, t, 5)
+    image_B = np.arange(b) * 7 + 3
+    spec = f"random:{n}" if kind == "random" else kind
+    selection = TokenSelection.parse(spec, seed=seed)
+    if kind == "random" and n > t:
+        with pytest.raises(ValueError, match="more tokens"):
+            select_tokens(hidden, selection, image_B)
+        return
+    got = select_tokens(hidden, selection, image_B)
+    per_image = {"cls": 1, "mean": 1, "all": t, "random": n}[kind]
+    assert got.acts_RD.shape == (b * per_image, 5)
+    np.testing.assert_array_equal(got.image_R, np.repeat(image_B, per_image))
+    for r in range(len(got.image_R)):  # every row is the token it claims to be
+        bi = r // per_image
+        tok = got.token_R[r]
+        want = hidden[bi].mean(0) if tok == -1 else hidden[bi, tok]
+        torch.testing.assert_close(got.acts_RD[r], want)
+    again = select_tokens(hidden, selection, image_B)  # a pure function of (seed, image)
+    np.testing.assert_array_equal(again.token_R, got.token_R)
