@@ -10,9 +10,17 @@ import torch
 from vlmsae.sae import SAE
 from vlmsae.sae.convert import ConvertError, convert_dictionary_learning
 
-torch.set_num_threads(1)
 D, S, K = 12, 48, 4
 gen = torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread avoids synchronisation cost on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def rand(*shape, scale=1.0):
