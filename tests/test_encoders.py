@@ -134,6 +134,9 @@ def test_early_exit_stops_the_forward(encoders, pixels):
         for h in handles:
             h.remove()
     assert [len(b._forward_hooks) for b in enc.blocks] == n_hooks, "capture hooks are removed"
+    hidden, embeds = _reference(enc, pixels["clip"])  # the model still works after a stop
+    torch.testing.assert_close(enc.capture(pixels["clip"], [2])[2], hidden[3], rtol=0, atol=0)
+    torch.testing.assert_close(enc.embed(pixels["clip"]), embeds, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])

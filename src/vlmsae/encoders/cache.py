@@ -35,6 +35,7 @@ from vlmsae.encoders.loader import ImageBatch, image_batches
 from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
 
 log = logging.getLogger(__name__)
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
 _CHECKED_META = ("model", "hookpoint", "layer", "tokens", "split", "dataset_size")
 
 
@@ -365,7 +366,7 @@ def _write_batch(
                 rows = (
                     sae_codes(t.sae, acts_RD)
                     if t.sae is not None
-                    else acts_RD.float().cpu().numpy()
+                    else acts_RD.to(_TORCH_DTYPES[writer.dtype]).cpu().numpy()
                 )
                 writer.add(rows, image_R, token_R)
         for index, path, reason in batch.skipped:
