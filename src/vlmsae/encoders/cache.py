@@ -304,8 +304,10 @@ def _run(
     t0 = time.perf_counter()
     bar = tqdm(total=n, initial=start, unit="img", disable=not cfg.progress, desc=enc.name[-30:])
     position = start
+    first_wait = None  # worker start-up and the first batch's decoding
     try:
         for batch in loader:
+            first_wait = time.perf_counter() - t0 if first_wait is None else first_wait
             _write_batch(enc, batch, targets, layers, want_projection, selection)
             bar.update(batch.end - position)
             position = batch.end
@@ -323,6 +325,7 @@ def _run(
         "n_skipped": n_skipped,
         "resumed_at": start,
         "seconds": round(seconds, 3),
+        "first_batch_wait_seconds": round(first_wait or 0.0, 3),
         "images_per_s": round(rate, 3),
         "tokens": str(selection),
         "batch_size": cfg.batch_size,
