@@ -14,7 +14,8 @@ from tiny_models import WIDTH, TinySAE, clip_processor, make_clip, make_siglip, 
 from vlmsae.data.images import load_dataset, open_rgb
 from vlmsae.data.store import ActivationStore
 from vlmsae.encoders import Encoder, TokenSelection, select_tokens
-from vlmsae.encoders.cache import CacheConfig, cache_activations, embed_images, sae_codes
+from vlmsae.encoders.cache import CacheConfig, cache_activations, embed_images
+from vlmsae.encoders.codes import sae_codes
 
 N_LAYERS = 4
 
