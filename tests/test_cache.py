@@ -224,6 +224,8 @@ def test_cli_cache_embed_inspect(dataset, tmp_path):
     np.testing.assert_array_equal(ActivationStore(out / "layer_3").to_numpy(), store.to_numpy())
     bad = runner.invoke(app, [*args[:-2], "--tokens", "first"])
     assert bad.exit_code != 0 and "cls" in bad.output
+    exists = runner.invoke(app, args)  # a complete store is never overwritten
+    assert exists.exit_code == 2 and "already holds a complete store" in exists.output
 
     sae_dir = _real_sae(WIDTH).save(tmp_path / "sae")  # its config says layer=2
     with_codes = runner.invoke(
