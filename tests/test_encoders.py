@@ -134,6 +134,9 @@ def test_early_exit_stops_the_forward(encoders, pixels):
         for h in handles:
             h.remove()
     assert [len(b._forward_hooks) for b in enc.blocks] == n_hooks, "capture hooks are removed"
+    hidden, embeds = _reference(enc, pixels["clip"])  # the model still works after a stop
+    torch.testing.assert_close(enc.capture(pixels["clip"], [2])[2], hidden[3], rtol=0, atol=0)
+    torch.testing.assert_close(enc.embed(pixels["clip"]), embeds, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])
@@ -292,3 +295,21 @@ def test_select_tokens_shapes_and_indices(b, t, n, seed, kind):
         torch.testing.assert_close(got.acts_RD[r], want)
     again = select_tokens(hidden, selection, image_B)  # a pure function of (seed, image)
     np.testing.assert_array_equal(again.token_R, got.token_R)
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
+def test_attachment_with_vlmsae_sae(encoders, pixels, sparsity):
+    from vlmsae import SAE, SAEConfig
+
+    enc = encoders["clip"]
+    pv = pixels["clip"]
+    torch.manual_seed(1)
+    sae = SAE(SAEConfig(d_in=enc.d_model, d_sae=64, sparsity=sparsity, k=4)).eval()
+    h = enc.capture(pv, [2])[2]
+    base = enc.embed(pv)
+    with attach_sae(enc, sae, 2, mode="error"):
+        torch.testing.assert_close(enc.embed(pv), base, rtol=0, atol=0)
+    with attach_sae(enc, sae, 2, mode="replace"):
+        got = enc.capture(pv, [2])[2]
+    with torch.no_grad():
+        torch.testing.assert_close(got, sae.decode(sae.encode(h)))
