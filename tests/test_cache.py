@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from image_files import BAD, GOOD, make_mixed_folder
-from tiny_models import TinySAE, clip_processor, make_clip, make_siglip, siglip_processor
+from tiny_models import WIDTH, TinySAE, clip_processor, make_clip, make_siglip, siglip_processor
 from vlmsae.data.images import load_dataset, open_rgb
 from vlmsae.data.store import ActivationStore
 from vlmsae.encoders import Encoder, TokenSelection, select_tokens
-from vlmsae.encoders.cache import CacheConfig, cache_activations, embed_images, sae_codes
+from vlmsae.encoders.cache import CacheConfig, cache_activations, embed_images
+from vlmsae.encoders.codes import sae_codes
 
 N_LAYERS = 4
 
@@ -29,22 +30,28 @@ def dataset(tmp_path_factory):
     return load_dataset(make_mixed_folder(tmp_path_factory.mktemp("mixed")))
 
 
-def _direct(enc: Encoder, dataset, layer: int, tokens: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reference: decode the good images one by one and capture without the pipeline."""
-    rows, index = [], []
+@pytest.fixture(scope="module")
+def direct(clip, dataset) -> list[tuple[int, dict]]:
+    """Reference: each good image decoded and captured alone, without the pipeline."""
+    out = []
     for i, path in enumerate(dataset.paths):
         decoded = open_rgb(path)
-        if decoded.image is None:
-            continue
-        hidden = enc.capture(enc.preprocess([decoded.image]), [layer])[layer]
-        sel = select_tokens(hidden, TokenSelection.parse(tokens), np.array([i]))
+        if decoded.image is not None:
+            out.append((i, clip.capture(clip.preprocess([decoded.image]), [1, 3])))
+    return out
+
+
+def _direct(direct, layer: int, tokens: str) -> tuple[np.ndarray, np.ndarray]:
+    rows, index = [], []
+    for i, hidden in direct:
+        sel = select_tokens(hidden[layer], TokenSelection.parse(tokens), np.array([i]))
         rows.append(sel.acts_RD.numpy())
         index.append(np.stack([sel.image_R, sel.token_R], 1))
     return np.concatenate(rows), np.concatenate(index)
 
 
 @pytest.mark.parametrize("tokens", ["cls", "all", "random:4"])
-def test_cache_equals_direct_capture_and_lists_bad_files(clip, dataset, tmp_path, tokens):
+def test_cache_equals_direct_capture_and_lists_bad_files(clip, dataset, direct, tmp_path, tokens):
     cfg = CacheConfig(
         layers=(1, -1),
         hookpoints=("post_mlp_residual", "post_projection"),
@@ -59,7 +66,7 @@ def test_cache_equals_direct_capture_and_lists_bad_files(clip, dataset, tmp_path
     assert result.n_images == len(dataset) and result.n_skipped == len(BAD)
     for layer in (1, 3):
         store = ActivationStore(tmp_path / f"layer_{layer}")
-        want, want_rows = _direct(clip, dataset, layer, tokens)
+        want, want_rows = _direct(direct, layer, tokens)
         np.testing.assert_allclose(store.to_numpy(), want, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(store.rows, want_rows)
         m = store.manifest
@@ -125,8 +132,19 @@ def test_interrupted_then_resumed_equals_uninterrupted(clip, dataset, tmp_path):
         assert [s["rows"] for s in a.shards] == [s["rows"] for s in b.shards]
 
 
-def test_sae_codes_store(clip, dataset, tmp_path):
-    sae = TinySAE(clip.d_model, 48)
+def _real_sae(d_in: int, sparsity: str = "topk"):
+    from vlmsae import SAE, SAEConfig
+
+    torch.manual_seed(0)
+    cfg = SAEConfig(
+        d_in=d_in, d_sae=48, sparsity=sparsity, k=5, layer=2, hookpoint="post_mlp_residual"
+    )
+    return SAE(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["tiny", "topk", "relu"])
+def test_sae_codes_store(clip, dataset, tmp_path, kind):
+    sae = TinySAE(clip.d_model, 48) if kind == "tiny" else _real_sae(clip.d_model, kind)
     cfg = CacheConfig(
         layers=(2,), tokens="all", batch_size=5, workers=0, progress=False, dtype="float32"
     )
@@ -141,6 +159,8 @@ def test_sae_codes_store(clip, dataset, tmp_path):
     np.testing.assert_array_equal(codes.rows, acts.rows)
     small = sae_codes(sae, torch.from_numpy(acts.to_numpy()), chunk_rows=7)  # chunking
     np.testing.assert_allclose(small.toarray(), dense, rtol=1e-5, atol=1e-5)
+    if kind == "topk":
+        assert (np.diff(codes.read(0, len(codes)).indptr) <= 5).all()
 
 
 def test_embed_and_option_errors(dataset, tmp_path):
@@ -204,6 +224,33 @@ def test_cli_cache_embed_inspect(dataset, tmp_path):
     np.testing.assert_array_equal(ActivationStore(out / "layer_3").to_numpy(), store.to_numpy())
     bad = runner.invoke(app, [*args[:-2], "--tokens", "first"])
     assert bad.exit_code != 0 and "cls" in bad.output
+    exists = runner.invoke(app, args)  # a complete store is never overwritten
+    assert exists.exit_code == 2 and "already holds a complete store" in exists.output
+
+    sae_dir = _real_sae(WIDTH).save(tmp_path / "sae")  # its config says layer=2
+    with_codes = runner.invoke(
+        app,
+        [
+            "cache",
+            "--model",
+            str(model_dir),
+            "--data",
+            dataset.root,
+            "--out",
+            str(tmp_path / "codes"),
+            "--layer",
+            "2",
+            "--workers",
+            "0",
+            "--limit",
+            "6",
+            "--sae",
+            str(sae_dir),
+        ],
+    )
+    assert with_codes.exit_code == 0, with_codes.output
+    codes = ActivationStore(tmp_path / "codes" / "codes_layer_2")
+    assert codes.is_sparse and codes.d == 48 and len(codes) == 6
 
     emb = tmp_path / "emb"
     result = runner.invoke(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tiny_models import (
     TinySAE,
@@ -132,6 +134,9 @@ def test_early_exit_stops_the_forward(encoders, pixels):
         for h in handles:
             h.remove()
     assert [len(b._forward_hooks) for b in enc.blocks] == n_hooks, "capture hooks are removed"
+    hidden, embeds = _reference(enc, pixels["clip"])  # the model still works after a stop
+    torch.testing.assert_close(enc.capture(pixels["clip"], [2])[2], hidden[3], rtol=0, atol=0)
+    torch.testing.assert_close(enc.embed(pixels["clip"]), embeds, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])
@@ -242,3 +247,69 @@ def test_from_pretrained_loads_saved_folders(tmp_path, encoders, pixels):
     pv = loaded.preprocess(random_images(3))
     torch.testing.assert_close(pv, pixels["clip"])
     torch.testing.assert_close(loaded.embed(pv), enc.embed(pv))
+
+
+@pytest.mark.parametrize("name", ["siglip", "dinov2", "llava"])
+def test_from_pretrained_every_family(tmp_path, encoders, llava, name):
+    """SigLIP, DINOv2 and LLaVA folders load with their own processors (PIL backend)."""
+    enc = llava[0] if name == "llava" else encoders[name]
+    enc.model.save_pretrained(tmp_path)
+    enc.processor.save_pretrained(tmp_path)
+    loaded = Encoder.from_pretrained(tmp_path)
+    assert loaded.family == enc.family and type(loaded.model) is type(enc.model)
+    assert type(loaded.processor).__name__.endswith("ImageProcessorPil")
+    pv = loaded.preprocess(random_images(2))
+    torch.testing.assert_close(pv, enc.preprocess(random_images(2)))
+    torch.testing.assert_close(
+        loaded.capture(pv, [-1])[N_LAYERS - 1], enc.capture(pv, [-1])[N_LAYERS - 1]
+    )
+    if name == "llava":
+        assert loaded.read_layers == enc.read_layers
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    t=st.integers(1, 9),
+    n=st.integers(1, 9),
+    seed=st.integers(0, 3),
+    kind=st.sampled_from(["cls", "mean", "all", "random"]),
+)
+def test_select_tokens_shapes_and_indices(b, t, n, seed, kind):
+    hidden = torch.randn(b, t, 5)
+    image_B = np.arange(b) * 7 + 3
+    spec = f"random:{n}" if kind == "random" else kind
+    selection = TokenSelection.parse(spec, seed=seed)
+    if kind == "random" and n > t:
+        with pytest.raises(ValueError, match="more tokens"):
+            select_tokens(hidden, selection, image_B)
+        return
+    got = select_tokens(hidden, selection, image_B)
+    per_image = {"cls": 1, "mean": 1, "all": t, "random": n}[kind]
+    assert got.acts_RD.shape == (b * per_image, 5)
+    np.testing.assert_array_equal(got.image_R, np.repeat(image_B, per_image))
+    for r in range(len(got.image_R)):  # every row is the token it claims to be
+        bi = r // per_image
+        tok = got.token_R[r]
+        want = hidden[bi].mean(0) if tok == -1 else hidden[bi, tok]
+        torch.testing.assert_close(got.acts_RD[r], want)
+    again = select_tokens(hidden, selection, image_B)  # a pure function of (seed, image)
+    np.testing.assert_array_equal(again.token_R, got.token_R)
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
+def test_attachment_with_vlmsae_sae(encoders, pixels, sparsity):
+    from vlmsae import SAE, SAEConfig
+
+    enc = encoders["clip"]
+    pv = pixels["clip"]
+    torch.manual_seed(1)
+    sae = SAE(SAEConfig(d_in=enc.d_model, d_sae=64, sparsity=sparsity, k=4)).eval()
+    h = enc.capture(pv, [2])[2]
+    base = enc.embed(pv)
+    with attach_sae(enc, sae, 2, mode="error"):
+        torch.testing.assert_close(enc.embed(pv), base, rtol=0, atol=0)
+    with attach_sae(enc, sae, 2, mode="replace"):
+        got = enc.capture(pv, [2])[2]
+    with torch.no_grad():
+        torch.testing.assert_close(got, sae.decode(sae.encode(h)))

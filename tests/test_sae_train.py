@@ -16,7 +16,16 @@ from vlmsae.sae.planted import dictionary_recovery, make_planted
 from vlmsae.sae.train import NonFiniteError, geometric_median, lr_factor, train_sae
 from vlmsae.sae.trainer_io import evaluate_sae
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread avoids synchronisation cost on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 K = 5
 
 
@@ -26,16 +35,16 @@ def planted():
     return data.x[:20_000], data.x[20_000:], data.dictionary
 
 
-def planted_config(sparsity="batchtopk", groups=None, steps=400, **kwargs):
+def planted_config(sparsity="batchtopk", groups=None, steps=250, **kwargs):
     sae = SAEConfig(d_in=64, expansion=8, sparsity=sparsity, k=K, group_fractions=groups)
     defaults = dict(
         steps=steps,
         batch_size=256,
-        lr=3e-3,
-        warmup_steps=50,
-        threshold_start_step=100,
+        lr=4e-3,
+        warmup_steps=30,
+        threshold_start_step=60,
         dead_after=256 * 50,
-        log_every=100,
+        log_every=50,
         progress=False,
     )
     return TrainConfig(sae=sae, **{**defaults, **kwargs})
@@ -117,14 +126,14 @@ def test_run_directory_files(trained):
         "summary.json",
     } <= names
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [100, 200, 300, 400]
+    assert [m["step"] for m in lines] == [50, 100, 150, 200, 250]
     for key in ("mse", "nmse", "r2", "l0", "dead_fraction", "aux_loss", "lr"):
         assert key in lines[-1] and key in lines[-1]["val"] or key in ("aux_loss", "lr")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 400 and summary["val"]["r2"] == lines[-1]["val"]["r2"]
+    assert summary["steps"] == 250 and summary["val"]["r2"] == lines[-1]["val"]["r2"]
     loaded = SAE.load(out)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in sae.state_dict().items())
-    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 400
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 250
 
 
 @pytest.mark.slow

@@ -200,7 +200,9 @@ def open_rgb(path: str | Path) -> Decoded:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file raises here, not later
             return Decoded(to_rgb(im), None)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: PIL plugins raise many types
+        # (OSError, SyntaxError, struct.error, IndexError, DecompressionBombError, ...); a
+        # long run must record the file and go on, never die on it
         return Decoded(None, f"{type(e).__name__}: {e}")
 
 

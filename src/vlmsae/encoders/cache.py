@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
@@ -31,10 +30,12 @@ from vlmsae._io import read_json, write_json
 from vlmsae.data.images import ImageDataset, load_dataset
 from vlmsae.data.store import MANIFEST, StoreError, StoreWriter
 from vlmsae.encoders.adapters import Encoder
+from vlmsae.encoders.codes import sae_codes, sae_source
 from vlmsae.encoders.loader import ImageBatch, image_batches
 from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
 
 log = logging.getLogger(__name__)
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
 _CHECKED_META = ("model", "hookpoint", "layer", "tokens", "split", "dataset_size")
 
 
@@ -230,7 +231,7 @@ def _sae_target(
     cfg: CacheConfig,
 ) -> _Target:
     """The code store of ``sae``, at a hook point that is among ``targets``."""
-    key = hookpoint if hookpoint is not None else _sae_source(sae)
+    key = hookpoint if hookpoint is not None else sae_source(sae)
     if key is None:
         if len(targets) != 1:
             raise ValueError(
@@ -251,22 +252,9 @@ def _sae_target(
     writer = _open_writer(out / name, d_sae, "codes", meta, cfg, cfg.dtype)
     if hasattr(sae, "to"):
         sae.to(enc.device)
+    if hasattr(sae, "eval"):
+        sae.eval()  # BatchTopK encodes per example (its threshold) outside training
     return _Target(name, key, writer, sae=sae)
-
-
-def _sae_source(sae: Any) -> int | str | None:
-    """The hook point an SAE's config records (``hookpoint`` / ``layer``), if any."""
-    cfg = getattr(sae, "cfg", None)
-    sources = [cfg, getattr(cfg, "source", None), getattr(sae, "source", None)]
-    for src in sources:
-        get = src.get if isinstance(src, dict) else (lambda k, s=src: getattr(s, k, None))
-        if src is None:
-            continue
-        if get("hookpoint") == "post_projection":
-            return "post_projection"
-        if get("layer") is not None:
-            return int(get("layer"))
-    return None
 
 
 def _probe_width(sae: Any, source: _Target, enc: Encoder) -> int:
@@ -301,8 +289,10 @@ def _run(
     t0 = time.perf_counter()
     bar = tqdm(total=n, initial=start, unit="img", disable=not cfg.progress, desc=enc.name[-30:])
     position = start
+    first_wait = None  # worker start-up and the first batch's decoding
     try:
         for batch in loader:
+            first_wait = time.perf_counter() - t0 if first_wait is None else first_wait
             _write_batch(enc, batch, targets, layers, want_projection, selection)
             bar.update(batch.end - position)
             position = batch.end
@@ -320,6 +310,7 @@ def _run(
         "n_skipped": n_skipped,
         "resumed_at": start,
         "seconds": round(seconds, 3),
+        "first_batch_wait_seconds": round(first_wait or 0.0, 3),
         "images_per_s": round(rate, 3),
         "tokens": str(selection),
         "batch_size": cfg.batch_size,
@@ -363,35 +354,10 @@ def _write_batch(
                 rows = (
                     sae_codes(t.sae, acts_RD)
                     if t.sae is not None
-                    else acts_RD.float().cpu().numpy()
+                    else acts_RD.to(_TORCH_DTYPES[writer.dtype]).cpu().numpy()
                 )
                 writer.add(rows, image_R, token_R)
         for index, path, reason in batch.skipped:
             if index >= writer.images_done:
                 writer.skip(index, path, reason)
         writer.mark(batch.end)
-
-
-@torch.inference_mode()
-def sae_codes(sae: Any, acts_RD: torch.Tensor, chunk_rows: int = 4096) -> sp.csr_matrix:
-    """SAE codes of ``acts_RD`` as a CSR matrix ``[R, d_sae]``, encoded ``chunk_rows`` at a
-    time so that no dense ``R x d_sae`` array is ever held."""
-    params = list(sae.parameters()) if hasattr(sae, "parameters") else []
-    dtype = params[0].dtype if params else torch.float32
-    parts = []
-    for lo in range(0, acts_RD.shape[0], chunk_rows):
-        codes_RS = sae.encode(acts_RD[lo : lo + chunk_rows].to(dtype)).float()
-        row_N, col_N = codes_RS.nonzero(as_tuple=True)  # row-major order: CSR order
-        indptr = torch.zeros(codes_RS.shape[0] + 1, dtype=torch.int64, device=row_N.device)
-        indptr[1:] = torch.bincount(row_N, minlength=codes_RS.shape[0]).cumsum(0)
-        parts.append(
-            sp.csr_matrix(
-                (
-                    codes_RS[row_N, col_N].cpu().numpy(),
-                    col_N.cpu().numpy(),
-                    indptr.cpu().numpy(),
-                ),
-                shape=tuple(codes_RS.shape),
-            )
-        )
-    return sp.vstack(parts, format="csr")

@@ -17,6 +17,12 @@ def register(app: typer.Typer) -> None:
     app.command("embed")(embed)
 
 
+def _fail(error: Exception) -> typer.Exit:
+    """A user error (bad option, existing output, unreadable folder): a message, exit 2."""
+    typer.echo(f"Error: {error}", err=True)
+    return typer.Exit(2)
+
+
 def _parse_layers(text: str | None) -> tuple[int, ...]:
     if not text:
         return ()
@@ -104,20 +110,25 @@ def cache(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    dataset = load_dataset(data, split, limit=limit, every=every)
-    dev = _device(device)
-    encoder = _load(model, dev, model_dtype, revision)
-    sae_model = None
-    if sae is not None:
-        from vlmsae.sae import SAE
+    from vlmsae.data.store import StoreError
 
-        sae_model = SAE.load(sae)
     sae_hook = None if sae_layer in (None, "") else sae_layer
     if sae_hook is not None and sae_hook != "post_projection":
-        sae_hook = int(sae_hook)
-    result = cache_activations(
-        encoder, dataset, out, cfg, sae=sae_model, sae_hookpoint=sae_hook, device=dev
-    )
+        sae_hook = int(_parse_layers(sae_hook)[0])
+    try:
+        dataset = load_dataset(data, split, limit=limit, every=every)
+        dev = _device(device)
+        encoder = _load(model, dev, model_dtype, revision)
+        sae_model = None
+        if sae is not None:
+            from vlmsae.sae import SAE
+
+            sae_model = SAE.load(sae)
+        result = cache_activations(
+            encoder, dataset, out, cfg, sae=sae_model, sae_hookpoint=sae_hook, device=dev
+        )
+    except (ValueError, FileExistsError, FileNotFoundError, StoreError) as e:
+        raise _fail(e) from e
     for name, path in result.stores.items():
         typer.echo(f"{name}: {path}")
     typer.echo(
@@ -146,21 +157,25 @@ def embed(
     The paper used DINOv2 ViT-B (facebook/dinov2-base) and CLIP ViT-B/32 embeddings.
     """
     from vlmsae.data.images import load_dataset
+    from vlmsae.data.store import StoreError
     from vlmsae.encoders.cache import embed_images
 
-    dataset = load_dataset(data, split, limit=limit, every=every)
-    dev = _device(device)
-    encoder = _load(model, dev, model_dtype, revision)
-    result = embed_images(
-        encoder,
-        dataset,
-        out,
-        dtype=dtype,
-        batch_size=batch_size,
-        workers=workers,
-        resume=resume,
-        device=dev,
-    )
+    try:
+        dataset = load_dataset(data, split, limit=limit, every=every)
+        dev = _device(device)
+        encoder = _load(model, dev, model_dtype, revision)
+        result = embed_images(
+            encoder,
+            dataset,
+            out,
+            dtype=dtype,
+            batch_size=batch_size,
+            workers=workers,
+            resume=resume,
+            device=dev,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError, StoreError) as e:
+        raise _fail(e) from e
     typer.echo(
         f"{out}: {result.n_images} images ({result.n_skipped} skipped), "
         f"{result.images_per_s:.1f} images/s"

@@ -56,6 +56,11 @@ class SAEAttachment:
             if not callable(getattr(sae, method, None)):
                 raise TypeError(f"the SAE must have an {method}() method; got {type(sae).__name__}")
         self.encoder, self.sae, self.mode, self.edit = encoder, sae, mode, edit
+        if getattr(sae, "training", False):
+            log.warning(
+                "the attached SAE is in training mode (BatchTopK mixes examples); "
+                "call sae.eval() first"
+            )
         self.layer = encoder.layer_index(layer)
         self.affects_output = encoder.affects_output(self.layer)
         if not self.affects_output:

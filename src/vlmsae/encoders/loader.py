@@ -99,6 +99,6 @@ def image_batches(
         batch_size=None,
         num_workers=workers,
         pin_memory=pin_memory,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=2 if workers > 0 else None,  # batches in flight: 2 per worker
         persistent_workers=False,
     )

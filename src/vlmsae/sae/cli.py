@@ -1,0 +1,145 @@
+"""CLI commands of the SAE stage: ``vlmsae train``, ``vlmsae convert``, ``vlmsae demo``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer
+
+ARCHS = ("batchtopk", "matryoshka", "topk", "relu", "jumprelu")
+PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("convert")(convert)
+    app.command("demo")(demo)
+
+
+def _parse_fractions(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in re.split(r"[,\s]+", text.strip()) if v)
+    except ValueError as e:
+        raise typer.BadParameter(
+            f"{text!r}: give numbers separated by spaces or commas, e.g. '0.0625 0.125 0.5 0.3125'",
+            param_hint="--group-fractions",
+        ) from e
+
+
+def train(
+    activations: Path = typer.Option(..., "--activations", help="Activation store to train on."),
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoint, metrics)."),
+    val: Path = typer.Option(None, "--val", help="Held-out activation store."),
+    arch: str = typer.Option("batchtopk", "--arch", help=f"One of {', '.join(ARCHS)}."),
+    expansion: int = typer.Option(16, "--expansion", help="d_sae = expansion × d_in."),
+    k: int = typer.Option(20, "--k", help="Active latents per example (TopK / BatchTopK)."),
+    steps: int = typer.Option(110_000, "--steps"),
+    batch_size: int = typer.Option(4096, "--batch-size"),
+    group_fractions: str = typer.Option(
+        None,
+        "--group-fractions",
+        help="Matryoshka group fractions, e.g. '0.0625 0.125 0.25 0.5625' (the default for "
+        "--arch matryoshka).",
+    ),
+    lr: float = typer.Option(None, "--lr", help="Default: 2e-4 / sqrt(d_sae / 2^14)."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (autocast)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    warmup_steps: int = typer.Option(1000, "--warmup-steps"),
+    threshold_start_step: int = typer.Option(1000, "--threshold-start-step"),
+    aux_alpha: float = typer.Option(1 / 32, "--aux-alpha", help="AuxK weight (0 disables)."),
+    dead_after: int = typer.Option(10_000_000, "--dead-after", help="Examples without firing."),
+    l1_coeff: float = typer.Option(1e-3, "--l1-coeff", help="L1 penalty (relu)."),
+    l0_coeff: float = typer.Option(1e-3, "--l0-coeff", help="L0 penalty (jumprelu)."),
+    log_every: int = typer.Option(100, "--log-every"),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+) -> None:
+    """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.sae.config import SAEConfig, TrainConfig
+    from vlmsae.sae.train import train_sae
+
+    if arch not in ARCHS:
+        raise typer.BadParameter(f"{arch!r} is not one of {ARCHS}", param_hint="--arch")
+    fractions = _parse_fractions(group_fractions)
+    if arch == "matryoshka" and fractions is None:
+        fractions = PAPER_GROUP_FRACTIONS
+    store = ActivationStore(activations)
+    sae_cfg = SAEConfig(
+        d_in=store.d,
+        expansion=expansion,
+        sparsity="batchtopk" if arch == "matryoshka" else arch,
+        k=k,
+        group_fractions=fractions,
+    )
+    cfg = TrainConfig(
+        sae=sae_cfg,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        warmup_steps=warmup_steps,
+        threshold_start_step=threshold_start_step,
+        aux_alpha=aux_alpha,
+        dead_after=dead_after,
+        l1_coeff=l1_coeff,
+        l0_coeff=l0_coeff,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+    )
+    sae = train_sae(store, cfg, out, val=val, resume=resume)
+    summary = json.loads((out / "summary.json").read_text())
+    final = summary.get("val") or summary["final"]
+    typer.echo(
+        f"{sae}\nwrote {out} — R² {final.get('r2', float('nan')):.4f}, "
+        f"L0 {final.get('l0', float('nan')):.1f}, dead {final.get('dead_fraction', 0):.1%}"
+    )
+
+
+def convert(
+    ae_path: Path = typer.Argument(..., help="dictionary_learning ae.pt file."),
+    out: Path = typer.Option(..., "--out", help="Output SAE checkpoint directory."),
+    arch: str = typer.Option(
+        None, "--arch", help="topk or batchtopk, where the file cannot tell (see docs)."
+    ),
+    model: str = typer.Option(None, "--model", help="Source model, stored in config.json."),
+    hookpoint: str = typer.Option(None, "--hookpoint", help="post_mlp_residual|post_projection"),
+    layer: int = typer.Option(None, "--layer", help="Layer of the hook point."),
+    tokens: str = typer.Option(None, "--tokens", help="cls|mean|all|random:N"),
+) -> None:
+    """Convert a dictionary_learning checkpoint (the paper's code) to a vlmsae SAE."""
+    from vlmsae.sae.convert import convert_dictionary_learning
+
+    if arch is not None and arch not in ("topk", "batchtopk"):
+        raise typer.BadParameter("only topk or batchtopk can be forced", param_hint="--arch")
+    sae = convert_dictionary_learning(
+        ae_path, sparsity=arch, model=model, hookpoint=hookpoint, layer=layer, tokens=tokens
+    )
+    sae.save(out, converted_from=str(ae_path))
+    typer.echo(f"{sae}\nwrote {out}")
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory."),
+    steps: int = typer.Option(600, "--steps", help="Training steps per SAE."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the summary here."),
+) -> None:
+    """Train SAEs on a planted dictionary and print how much of it they recovered."""
+    import torch
+
+    from vlmsae._io import write_json
+    from vlmsae.sae.demo import format_summary, run_demo
+
+    torch.set_num_threads(1)  # tiny matrices: threads only add synchronisation
+    summary = run_demo(out, steps=steps)
+    if json_path is not None:
+        write_json(json_path, summary)
+    typer.echo(format_summary(summary))
+    typer.echo(f"wrote {out / 'summary.json'}")

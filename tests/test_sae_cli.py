@@ -1,0 +1,129 @@
+"""The SAE stage's commands: vlmsae train / convert / demo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vlmsae.cli import app
+from vlmsae.data.store import ActivationStore
+from vlmsae.sae import SAE
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_train_from_store_and_resume(tmp_path):
+    rng = np.random.default_rng(0)
+    meta = {"model": "tiny", "hookpoint": "post_mlp_residual", "layer": 1, "tokens": "all"}
+    ActivationStore.write(tmp_path / "acts", rng.normal(size=(600, 8)).astype(np.float32), meta)
+    ActivationStore.write(tmp_path / "val", rng.normal(size=(100, 8)).astype(np.float32), meta)
+    args = [
+        "train",
+        "--activations",
+        tmp_path / "acts",
+        "--val",
+        tmp_path / "val",
+        "--out",
+        tmp_path / "run",
+        "--arch",
+        "matryoshka",
+        "--group-fractions",
+        "0.25,0.75",
+        "--expansion",
+        "4",
+        "--k",
+        "3",
+        "--steps",
+        "12",
+        "--batch-size",
+        "64",
+        "--log-every",
+        "4",
+        "--checkpoint-every",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--threshold-start-step",
+        "2",
+        "--dtype",
+        "bfloat16",
+    ]
+    result = invoke(*args)
+    assert "R²" in result.output
+    sae = SAE.load(tmp_path / "run")
+    assert sae.cfg.group_sizes == (8, 24) and sae.cfg.layer == 1 and sae.cfg.k == 3
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["val"]["n_rows"] == 100 and summary["steps"] == 12
+    steps_arg = args.index("--steps") + 1
+    args[steps_arg] = "16"  # a resumed run must keep the config: steps differ -> refused
+    result = runner.invoke(app, [str(a) for a in args] + ["--resume"])
+    assert result.exit_code != 0 and "steps" in str(result.exception)
+
+
+def test_train_rejects_bad_arguments(tmp_path):
+    ActivationStore.write(tmp_path / "acts", np.zeros((64, 8), np.float32))
+    base = ["train", "--activations", tmp_path / "acts", "--out", tmp_path / "run"]
+    result = runner.invoke(app, [str(a) for a in [*base, "--arch", "gated"]])
+    assert result.exit_code != 0 and "gated" in result.output
+    result = runner.invoke(app, [str(a) for a in [*base, "--group-fractions", "a b"]])
+    assert result.exit_code != 0
+    result = runner.invoke(app, [str(a) for a in [*base, "--expansion", "1", "--k", "9"]])
+    assert isinstance(result.exception, ValueError) and "k=9" in str(result.exception)
+
+
+def test_convert_command(tmp_path):
+    w = torch.randn(16, 8)
+    state = {
+        "W_enc": w.t().contiguous(),
+        "b_enc": torch.zeros(16),
+        "W_dec": w,
+        "b_dec": torch.zeros(8),
+        "k": torch.tensor(2),
+        "threshold": torch.tensor(0.1),
+        "group_sizes": torch.tensor([4, 12]),
+    }
+    torch.save(state, tmp_path / "ae.pt")
+    invoke(
+        "convert",
+        tmp_path / "ae.pt",
+        "--out",
+        tmp_path / "sae",
+        "--layer",
+        "22",
+        "--hookpoint",
+        "post_mlp_residual",
+    )
+    sae = SAE.load(tmp_path / "sae")
+    assert sae.cfg.layer == 22 and sae.cfg.group_sizes == (4, 12)
+    assert float(sae.threshold) == pytest.approx(0.1)
+    config = json.loads((tmp_path / "sae/config.json").read_text())
+    assert config["converted_from"].endswith("ae.pt")
+
+
+def test_demo_command(tmp_path):
+    result = invoke(
+        "demo", "--out", tmp_path / "demo", "--steps", "40", "--json", tmp_path / "s.json"
+    )
+    summary = json.loads((tmp_path / "demo/summary.json").read_text())
+    assert set(summary["results"]) == {"batchtopk", "matryoshka"}
+    assert json.loads((tmp_path / "s.json").read_text()) == summary
+    assert "recovered" in result.output
+    assert SAE.load(tmp_path / "demo/matryoshka").cfg.is_matryoshka
