@@ -1,0 +1,153 @@
+"""Scoring of the demo's SAEs and raw neurons on held-out toy-world images.
+
+For every SAE: R², L0, MS under the toy-CLIP and the oracle embedding, top images, their
+label purity and (Matryoshka) LCA depth per group; the same for the raw neurons of each
+hook. Everything is computed by the library's metric functions on the codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from vlmsae.data.store import ActivationStore
+from vlmsae.demo.config import DemoConfig
+from vlmsae.demo.stages import Embeddings, SAERun, test_activations
+from vlmsae.demo.truth import label_purity
+
+log = logging.getLogger(__name__)
+TAXONOMY = ("family", "shape", "color")
+ATTRIBUTES = ("family", "shape", "color", "size", "background")
+
+
+@dataclass
+class NeuronScores:
+    """Per-neuron results of one set of neurons (an SAE, or a hook's raw neurons)."""
+
+    ms_clip: np.ndarray
+    """MS under the toy-CLIP image embedding ``[K]``."""
+    ms_oracle: np.ndarray
+    """MS under the ground-truth (oracle) embedding ``[K]``."""
+    n_active: np.ndarray
+    """Images where the neuron is > 0 ``[K]``."""
+    top: np.ndarray
+    """Top image indices ``[K, T]`` (-1 pads)."""
+    top_values: np.ndarray
+    """Their activations ``[K, T]``."""
+    purity: np.ndarray
+    """Label purity of the top images ``[K]``."""
+
+
+@dataclass
+class SAEScores:
+    run: SAERun
+    d_sae: int
+    r2: float
+    l0: float
+    dead_fraction: float
+    neurons: NeuronScores
+    group_sizes: tuple[int, ...]
+    depth_by_group: list[float]
+    """Mean LCA depth of the top images per Matryoshka group (one value for a plain SAE)."""
+
+
+@dataclass
+class Scores:
+    saes: list[SAEScores]
+    raw: dict[str, NeuronScores]
+    labels: dict[str, np.ndarray]
+    images: list[str]
+    uniqueness: dict[str, dict]
+
+
+def world_labels(world: Path, images: list[str]) -> dict[str, np.ndarray]:
+    """Integer labels per attribute for the test images, in the stores' row order."""
+    from vlmsae.toyworld import ATTRIBUTES as VALUES
+    from vlmsae.toyworld import read_exported
+
+    by_path = {str(im.path.resolve()): im.record for im in read_exported(world / "test")}
+    records = [by_path[str(Path(p).resolve())] for p in images]
+    return {
+        a: np.array([VALUES[a].index(getattr(r, a)) for r in records], np.int64) for a in ATTRIBUTES
+    }
+
+
+def score_neurons(
+    acts: np.ndarray | sp.csr_matrix, emb: Embeddings, labels: dict[str, np.ndarray], top_n: int
+) -> NeuronScores:
+    """MS under both embeddings, top images and their purity for ``acts [N, K]``."""
+    from vlmsae.metrics import monosemanticity, top_images
+
+    clip = monosemanticity(acts, ActivationStore(emb.clip))
+    oracle = monosemanticity(acts, ActivationStore(emb.oracle))
+    top = top_images(acts, n=top_n)
+    return NeuronScores(
+        clip.ms, oracle.ms, clip.n_active, top.images, top.values, label_purity(top.images, labels)
+    )
+
+
+def lca_depth_by_group(
+    top: np.ndarray, labels: dict[str, np.ndarray], group_sizes: tuple[int, ...]
+) -> list[float]:
+    """Mean LCA depth (taxonomy family → shape → colour) of each group's neurons."""
+    from vlmsae.metrics import lca_depths
+
+    paths = np.stack([labels[level] for level in TAXONOMY], axis=1)
+    depth_K = lca_depths(top, paths).mean
+    out, start = [], 0
+    for size in group_sizes:
+        out.append(float(np.nanmean(depth_K[start : start + size])))
+        start += size
+    return out
+
+
+def score_sae(run: SAERun, x_ND: np.ndarray, emb: Embeddings, labels, top_n: int) -> SAEScores:
+    import torch
+
+    from vlmsae.sae import SAE
+
+    sae = SAE.load(run.path)
+    with torch.no_grad():
+        x = torch.from_numpy(x_ND)
+        codes = sae.encode(x)
+        x_hat = sae.decode(codes)
+    resid = ((x - x_hat) ** 2).sum().item()
+    total = ((x - x.mean(0)) ** 2).sum().item()
+    codes_csr = sp.csr_matrix(codes.numpy())
+    neurons = score_neurons(codes_csr, emb, labels, top_n)
+    sizes = tuple(sae.cfg.group_sizes)
+    return SAEScores(
+        run=run,
+        d_sae=sae.cfg.d_sae,
+        r2=1.0 - resid / total,
+        l0=float(codes_csr.nnz / codes_csr.shape[0]),
+        dead_fraction=float((neurons.n_active == 0).mean()),
+        neurons=neurons,
+        group_sizes=sizes,
+        depth_by_group=lca_depth_by_group(neurons.top, labels, sizes),
+    )
+
+
+def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world: Path) -> Scores:
+    """Score every SAE and every hook's raw neurons on the test split."""
+    from tqdm.auto import tqdm
+
+    from vlmsae.metrics import uniqueness
+
+    images = ActivationStore(emb.clip).images
+    labels = world_labels(world, images)
+    for hook in cfg.hooks:
+        hook_images = ActivationStore(acts["test"][hook]).images
+        assert hook_images == images, f"{hook} test store lists other images than the embeddings"
+    x_by_hook = {hook: test_activations(acts, hook) for hook in cfg.hooks}
+    raw = {hook: score_neurons(x, emb, labels, cfg.top_n) for hook, x in x_by_hook.items()}
+    saes = [
+        score_sae(run, x_by_hook[run.hook], emb, labels, cfg.top_n)
+        for run in tqdm(runs, desc="score SAEs", unit="sae")
+    ]
+    uniq = {s.run.name: uniqueness(s.neurons.top)._asdict() for s in saes if s.run.k == cfg.k}
+    return Scores(saes, raw, labels, images, uniq)

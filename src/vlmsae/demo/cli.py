@@ -1,0 +1,44 @@
+"""``vlmsae demo``: the paper's experiments end to end on the built-in toy world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+def demo(
+    out: Path = typer.Option(None, "--out", help="Output directory [runs/demo, or runs/demo-quick]."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A reduced run (about a minute) for CI and a first look."
+    ),
+    steer: bool = typer.Option(True, "--steer/--no-steer", help="Run the steering section."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the world, data order and SAEs."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the summary JSON here."),
+) -> None:
+    """Cache the toy CLIP, train SAEs, score them against the ground truth, write a report.
+
+    Everything goes to OUT: README.md and index.html (every table and figure with a line
+    on what it shows), tables/*.csv, figures/*.png, summary.json, and the intermediate
+    stores and SAE checkpoints. Rerunning skips the parts that are already complete.
+    """
+
+    from vlmsae._io import write_json
+    from vlmsae.demo.config import DemoConfig
+    from vlmsae.demo.pipeline import run_demo
+
+    if quick:
+        cfg = DemoConfig.quick(**({"out_dir": str(out)} if out else {}), steer=steer, seed=seed)
+    else:
+        cfg = DemoConfig(out_dir=str(out or "runs/demo"), steer=steer, seed=seed)
+    result = run_demo(cfg)
+    typer.echo("")
+    for line in result.lines:
+        typer.echo(line)
+    typer.echo(f"\nreport: {result.report}\nREADME: {Path(cfg.out_dir) / 'README.md'}")
+    if json_path is not None:
+        write_json(json_path, result.summary)

@@ -1,0 +1,85 @@
+"""Configuration of ``vlmsae demo``: the paper's experiments at toy scale."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+HOOK_PROJECTION = "proj"
+"""Name of the toy CLIP's final image embedding (``post_projection``) among the hooks."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs. The defaults take a few minutes on 2 CPU cores; ``quick()``
+    shrinks every axis for tests and CI."""
+
+    out_dir: str = "runs/demo"
+    """Where everything is written (``README.md`` and ``index.html`` at the top)."""
+    n_train: int = 12_000
+    """Toy-world training images whose CLS activations train the SAEs."""
+    n_test: int = 2_000
+    """Held-out images: MS, top images, hierarchy and R² are measured on them."""
+    layers: tuple[int, ...] = (2, 3, 4)
+    """Toy-CLIP blocks cached (``post_mlp_residual``, CLS token); the projection is added."""
+    archs: tuple[str, ...] = ("batchtopk", "matryoshka")
+    """SAE architectures of the Table."""
+    expansions: tuple[int, ...] = (1, 2, 4, 8, 16)
+    """Expansion factors of the Table."""
+    k: int = 4
+    """Active latents per image: the paper's k=20 at width 1024, scaled to width 128."""
+    k_sweep: tuple[int, ...] = (1, 4, 16)
+    """K values of the sparsity / reconstruction trade-off (BatchTopK, largest expansion
+    below 16, last layer)."""
+    group_fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5625)
+    """Matryoshka groups (the paper's)."""
+    steps: int = 1_500
+    """SAE training steps."""
+    batch_size: int = 512
+    """SAE training batch size."""
+    n_grid: int = 4
+    """Neurons shown in each of the most / least monosemantic grids."""
+    top_n: int = 16
+    """Highest-activating images kept per neuron."""
+    steer: bool = True
+    """Run the steering section (toy LLaVA; skipped if the steering stage is missing)."""
+    seed: int = 0
+    """Seed of the world, the data order and the SAE initialisations."""
+    models_dir: str | None = None
+    """Toy-world models to use (a ``vlmsae toyworld build`` output); default the shipped ones."""
+
+    def __post_init__(self) -> None:
+        if self.n_train < self.batch_size:
+            raise ValueError(
+                f"n_train={self.n_train} is smaller than batch_size={self.batch_size}"
+            )
+        if self.n_test < 2 * self.top_n:
+            raise ValueError(f"n_test={self.n_test} must be at least 2 × top_n={self.top_n}")
+        if not self.layers or not self.expansions or not self.archs:
+            raise ValueError("layers, expansions and archs must each name at least one value")
+        if any(k < 1 for k in (self.k, *self.k_sweep)):
+            raise ValueError("k and every k_sweep value must be >= 1")
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """Hook names: ``layer_L`` for each block, then ``proj``."""
+        return (*(f"layer_{layer}" for layer in self.layers), HOOK_PROJECTION)
+
+    @classmethod
+    def quick(cls, out_dir: str = "runs/demo-quick", **overrides: object) -> DemoConfig:
+        """A reduced run (about a minute): fewer images, hooks, widths and steps."""
+        small = dict(
+            out_dir=out_dir,
+            n_train=3_000,
+            n_test=600,
+            layers=(4,),
+            expansions=(1, 4),
+            k_sweep=(1, 4),
+            steps=300,
+            batch_size=256,
+            n_grid=2,
+        )
+        return cls(**{**small, **overrides})
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,169 @@
+"""The data-producing stages of the demo: world, activations, embeddings, SAEs.
+
+Each stage is the library function a user would call (the same code path as on real
+models) and skips its work when its output is already complete, so an interrupted demo
+picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlmsae.data.store import MANIFEST, ActivationStore
+from vlmsae.demo.config import HOOK_PROJECTION, DemoConfig
+
+log = logging.getLogger(__name__)
+
+
+def _complete_store(path: Path) -> bool:
+    try:
+        return ActivationStore(path).manifest["complete"]
+    except Exception:  # missing or interrupted: (re)build it
+        return False
+
+
+def export_world(cfg: DemoConfig) -> Path:
+    """Render the train and test splits as ImageFolders (iNaturalist layout)."""
+    from vlmsae.toyworld import export_imagefolder
+
+    root = Path(cfg.out_dir) / "world"
+    for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
+        if not (root / split / "attributes.csv").exists():
+            export_imagefolder(root, split=split, n=n, seed=cfg.seed)
+    return root
+
+
+def cache_world(cfg: DemoConfig, world: Path) -> dict[str, dict[str, Path]]:
+    """Cache every hook of the toy CLIP (CLS token) for both splits: ``{split: {hook: dir}}``."""
+    from vlmsae.encoders.cache import CacheConfig, cache_activations
+    from vlmsae.toyworld import clip_path
+
+    out: dict[str, dict[str, Path]] = {}
+    for split in ("train", "test"):
+        split_dir = Path(cfg.out_dir) / "acts" / split
+        stores = {
+            h: split_dir / ("post_projection" if h == HOOK_PROJECTION else h) for h in cfg.hooks
+        }
+        if not all(_complete_store(p) for p in stores.values()):
+            cache_cfg = CacheConfig(
+                layers=cfg.layers,
+                hookpoints=("post_mlp_residual", "post_projection"),
+                tokens="cls",
+                dtype="float32",
+                batch_size=256,
+                workers=0,
+                resume=(split_dir / "post_projection" / MANIFEST).exists(),
+                progress=False,
+            )
+            cache_activations(clip_path(cfg.models_dir), world, split_dir, cache_cfg, split=split)
+        out[split] = stores
+    return out
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The two embedding stores MS is computed with, for the test split."""
+
+    clip: Path
+    """The toy CLIP's image embedding (the paper's CLIP alternative to DINOv2)."""
+    oracle: Path
+    """Ground-truth attributes, one-hot per attribute: the truth MS is checked against."""
+
+
+def embed_world(cfg: DemoConfig, world: Path) -> Embeddings:
+    """Write both embedding stores of the test images and check they align row by row."""
+    from vlmsae.encoders.cache import embed_images
+    from vlmsae.toyworld import clip_path, write_oracle_embeddings
+
+    emb_dir = Path(cfg.out_dir) / "embeddings"
+    emb = Embeddings(emb_dir / "clip", emb_dir / "oracle")
+    if not _complete_store(emb.clip):
+        embed_images(clip_path(cfg.models_dir), world, emb.clip, split="test", workers=0, progress=False)
+    if not _complete_store(emb.oracle):
+        write_oracle_embeddings(world / "test", emb.oracle)
+    clip_images = [Path(p).resolve() for p in ActivationStore(emb.clip).images]
+    oracle_images = [Path(p).resolve() for p in ActivationStore(emb.oracle).images]
+    assert clip_images == oracle_images, "CLIP and oracle embedding stores list different images"
+    return emb
+
+
+@dataclass(frozen=True)
+class SAERun:
+    """One trained SAE of the demo."""
+
+    hook: str
+    arch: str
+    expansion: int
+    k: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.hook}-{self.arch}-x{self.expansion}-k{self.k}"
+
+
+def planned_saes(cfg: DemoConfig) -> list[SAERun]:
+    """The Table's grid (hook × arch × expansion at the default k) plus the K sweep."""
+    root = Path(cfg.out_dir) / "saes"
+    runs = [
+        SAERun(hook, arch, e, cfg.k, Path())
+        for hook in cfg.hooks
+        for arch in cfg.archs
+        for e in cfg.expansions
+    ]
+    sweep_exp = max([e for e in cfg.expansions if e < 16] or cfg.expansions)
+    runs += [
+        SAERun(cfg.hooks[-2] if len(cfg.hooks) > 1 else cfg.hooks[0], "batchtopk", sweep_exp, k,
+               Path())
+        for k in cfg.k_sweep
+    ]
+    unique = {r.name: r for r in runs}
+    return [SAERun(r.hook, r.arch, r.expansion, r.k, root / r.name) for r in unique.values()]
+
+
+def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun]:
+    """Train every planned SAE (skipping finished ones) on the train split."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from vlmsae.sae import SAEConfig, TrainConfig, train_sae
+
+    runs = planned_saes(cfg)
+    for run in tqdm(runs, desc="train SAEs", unit="sae"):
+        if (run.path / "sae.safetensors").exists() and (run.path / "summary.json").exists():
+            continue
+        store = ActivationStore(acts["train"][run.hook])
+        k = min(run.k, store.d * run.expansion)
+        sae_cfg = SAEConfig(
+            d_in=store.d,
+            expansion=run.expansion,
+            sparsity="batchtopk",
+            k=k,
+            group_fractions=cfg.group_fractions if run.arch == "matryoshka" else None,
+        )
+        train_cfg = TrainConfig(
+            sae=sae_cfg,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            warmup_steps=max(1, cfg.steps // 20),
+            threshold_start_step=cfg.steps // 4,
+            dead_after=cfg.batch_size * max(1, cfg.steps // 5),
+            log_every=max(1, cfg.steps // 5),
+            progress=False,
+        )
+        torch.manual_seed(cfg.seed)
+        if run.path.exists():  # an interrupted training run: start it again cleanly
+            for f in run.path.iterdir():
+                f.unlink()
+        train_sae(store, train_cfg, out_dir=run.path, val=acts["test"][run.hook])
+    return runs
+
+
+def test_activations(acts: dict[str, dict[str, Path]], hook: str) -> np.ndarray:
+    """Dense ``float32 [N, d]`` test activations of one hook (small at toy scale)."""
+    return ActivationStore(acts["test"][hook]).to_numpy()
