@@ -94,15 +94,10 @@ def lca_depth_by_group(
     top: np.ndarray, labels: dict[str, np.ndarray], group_sizes: tuple[int, ...]
 ) -> list[float]:
     """Mean LCA depth (taxonomy family → shape → colour) of each group's neurons."""
-    from vlmsae.metrics import lca_depths
+    from vlmsae.metrics import depth_by_group, label_paths, lca_depths
 
-    paths = np.stack([labels[level] for level in TAXONOMY], axis=1)
-    depth_K = lca_depths(top, paths).mean
-    out, start = [], 0
-    for size in group_sizes:
-        out.append(float(np.nanmean(depth_K[start : start + size])))
-        start += size
-    return out
+    paths = label_paths(list(zip(*(labels[level].tolist() for level in TAXONOMY))))
+    return depth_by_group(lca_depths(top, paths).mean, group_sizes)
 
 
 def score_sae(run: SAERun, x_ND: np.ndarray, emb: Embeddings, labels, top_n: int) -> SAEScores:
@@ -149,5 +144,9 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
         score_sae(run, x_by_hook[run.hook], emb, labels, cfg.top_n)
         for run in tqdm(runs, desc="score SAEs", unit="sae")
     ]
-    uniq = {s.run.name: uniqueness(s.neurons.top)._asdict() for s in saes if s.run.k == cfg.k}
+    uniq = {}
+    for s in saes:
+        if s.run.k == cfg.k:
+            u = uniqueness(s.neurons.top, s.neurons.top_values)
+            uniq[s.run.name] = {"n_neurons": u.n_neurons, "pairs_above": u.pairs_above}
     return Scores(saes, raw, labels, images, uniq)
