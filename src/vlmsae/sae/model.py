@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.sparse import (
     ActiveLatents,
+    decode_groups,
     decode_sparse,
     encode_at,
     select_batchtopk,
@@ -223,10 +224,10 @@ class SAE(nn.Module):
                 lo = hi
         else:
             codes_BS = active.to_dense() if return_codes else None
-            for hi in self.cfg.group_ends:
-                x_hat_BD = x_hat_BD + decode_sparse(active.select_latents(lo, hi), self.W_dec)
+            parts_GBD = decode_groups(active, self.W_dec, self.cfg.group_ends)
+            for part_BD in parts_GBD:  # prefix g = b_dec + groups 0..g
+                x_hat_BD = x_hat_BD + part_BD
                 prefixes.append(x_hat_BD)
-                lo = hi
         lead = x.shape[:-1]
         return SAEOutput(
             x_hat=x_hat_BD.reshape(*lead, self.cfg.d_in),

@@ -142,27 +142,49 @@ class _EncodeAt(torch.autograd.Function):
         return None, grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
 
 
-class _DecodeSparse(torch.autograd.Function):
-    """``codes @ W_dec`` for codes given as active entries; O(N · D) both ways."""
+class _DecodeGroups(torch.autograd.Function):
+    """Per-group decodes ``codes[:, lo:hi] @ W_dec[lo:hi]`` stacked as ``[G, B, D]``, for
+    codes given as active entries; O(N · D) both ways, one ``[S, D]`` gradient in all."""
 
     @staticmethod
-    def forward(ctx, values, rows, cols, W_dec_SD, n_rows):  # noqa: N803
+    def forward(ctx, values, rows, cols, W_dec_SD, n_rows, group_ends):  # noqa: N803
         ctx.save_for_backward(values, rows, cols, W_dec_SD)
-        s = W_dec_SD.shape[0]
+        ctx.group_ends = group_ends
+        out_GBD = W_dec_SD.new_empty(len(group_ends), n_rows, W_dec_SD.shape[1])
         with torch.autocast(W_dec_SD.device.type, enabled=False):  # no bf16 sparse kernels
-            return _csr(rows, cols, values.to(W_dec_SD.dtype), (n_rows, s)) @ W_dec_SD
+            for g, (lo, hi, keep) in enumerate(_groups(cols, group_ends)):
+                a_BS = _csr(
+                    rows[keep], cols[keep] - lo, values[keep].to(W_dec_SD.dtype), (n_rows, hi - lo)
+                )
+                out_GBD[g] = a_BS @ W_dec_SD[lo:hi]
+        return out_GBD
 
     @staticmethod
-    def backward(ctx, grad_BD):
+    def backward(ctx, grad_GBD):
         values, rows, cols, W_dec_SD = ctx.saved_tensors
-        grad_BD = grad_BD.to(W_dec_SD.dtype).contiguous()
-        grad_values = grad_W = None
-        if ctx.needs_input_grad[0]:
-            grad_values = _sampled_dot(grad_BD, W_dec_SD, rows, cols).to(values.dtype)
-        if ctx.needs_input_grad[3]:
-            a_BS = _csr(rows, cols, values.to(grad_BD.dtype), (grad_BD.shape[0], W_dec_SD.shape[0]))
-            grad_W = a_BS.t() @ grad_BD
-        return grad_values, None, None, grad_W, None
+        grad_GBD = grad_GBD.to(W_dec_SD.dtype)
+        grad_values = values.new_empty(values.shape) if ctx.needs_input_grad[0] else None
+        grad_W = torch.empty_like(W_dec_SD) if ctx.needs_input_grad[3] else None
+        for g, (lo, hi, keep) in enumerate(_groups(cols, ctx.group_ends)):
+            rows_g, cols_g, grad_BD = rows[keep], cols[keep] - lo, grad_GBD[g].contiguous()
+            if grad_values is not None:
+                dots = _sampled_dot(grad_BD, W_dec_SD[lo:hi], rows_g, cols_g)
+                grad_values[keep] = dots.to(values.dtype)
+            if grad_W is not None:
+                vals_g = values[keep].to(grad_BD.dtype)
+                grad_W[lo:hi] = (
+                    _csr(rows_g, cols_g, vals_g, (grad_BD.shape[0], hi - lo)).t() @ grad_BD
+                )
+        return grad_values, None, None, grad_W, None, None
+
+
+def _groups(cols: Tensor, group_ends: tuple[int, ...]):
+    """``(lo, hi, entries in [lo, hi))`` for each group; a single group keeps everything."""
+    lo = 0
+    for hi in group_ends:
+        keep = slice(None) if len(group_ends) == 1 else (cols >= lo) & (cols < hi)
+        yield lo, hi, keep
+        lo = hi
 
 
 def encode_at(
@@ -178,6 +200,14 @@ def encode_at(
     return _EncodeAt.apply(pre_BS.detach(), x_BD, W_enc_DS, b_enc_S, b_dec_D, rows, cols)
 
 
-def decode_sparse(active: ActiveLatents, W_dec_SD: Tensor) -> Tensor:
+def decode_sparse(active: ActiveLatents, W_dec_SD: Tensor) -> Tensor:  # noqa: N803
     """Differentiable ``active.to_dense() @ W_dec`` without the dense product."""
-    return _DecodeSparse.apply(active.values, active.rows, active.cols, W_dec_SD, active.n_rows)
+    return decode_groups(active, W_dec_SD, (W_dec_SD.shape[0],))[0]
+
+
+def decode_groups(active: ActiveLatents, W_dec_SD: Tensor, group_ends: tuple[int, ...]) -> Tensor:  # noqa: N803
+    """``[G, B, D]``: the contribution of each latent group ``[group_ends[g-1], group_ends[g])``
+    to the decode (their cumulative sums are the Matryoshka prefix reconstructions)."""
+    return _DecodeGroups.apply(
+        active.values, active.rows, active.cols, W_dec_SD, active.n_rows, tuple(group_ends)
+    )
