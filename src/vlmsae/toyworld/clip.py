@@ -11,7 +11,7 @@ import numpy as np
 
 from vlmsae.toyworld.data import WorldBatch, all_captions, normalize_pixels
 from vlmsae.toyworld.tokenizer import EOS, PAD, make_tokenizer
-from vlmsae.toyworld.world import IMAGE_SIZE
+from vlmsae.toyworld.world import ATTRIBUTES, IMAGE_SIZE, SIZES
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ class ClipTrainConfig:
     """Optimizer steps."""
     batch_size: int = 128
     """Image-caption pairs per step."""
+    group_size: int = 16
+    """Hard negatives: a batch is made of groups of this many images that share colour
+    and size, so that only shape and background tell their captions apart (0 = plain
+    random batches, on which a from-scratch ViT learns colour and size only)."""
     lr: float = 2e-3
     """Peak AdamW learning rate (linear warm-up, cosine decay)."""
     weight_decay: float = 0.05
@@ -48,6 +52,11 @@ class ClipTrainConfig:
             raise ValueError(f"patch_size must divide {IMAGE_SIZE}, got {self.patch_size}")
         if min(self.layers, self.text_layers, self.steps, self.batch_size) < 1:
             raise ValueError("layers, text_layers, steps and batch_size must be >= 1")
+        if self.group_size < 0 or (self.group_size and self.batch_size % self.group_size):
+            raise ValueError(
+                f"group_size must be 0 or divide batch_size={self.batch_size}, "
+                f"got {self.group_size}"
+            )
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
 
@@ -111,6 +120,28 @@ def _lr_at(step: int, cfg: ClipTrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _batch_sampler(data: WorldBatch, cfg: ClipTrainConfig):
+    """A function returning the next batch's image indices (deterministic from the seed)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(data.caption_ids_N)
+    if not cfg.group_size:
+        return lambda: torch.randint(n, (cfg.batch_size,), generator=gen)
+    color_col, size_col = list(ATTRIBUTES).index("color"), list(ATTRIBUTES).index("size")
+    key_N = data.labels_NA[:, color_col] * len(SIZES) + data.labels_NA[:, size_col]
+    pools = [torch.from_numpy(np.flatnonzero(key_N == k)) for k in np.unique(key_N)]
+
+    def sample():
+        groups = []
+        for k in torch.randint(len(pools), (cfg.batch_size // cfg.group_size,), generator=gen):
+            pool = pools[int(k)]
+            groups.append(pool[torch.randint(len(pool), (cfg.group_size,), generator=gen)])
+        return torch.cat(groups)
+
+    return sample
+
+
 def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
     """Train the toy CLIP on ``data`` (images with their captions); returns the model.
 
@@ -134,16 +165,10 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n = len(cap_N)
-    order = torch.randperm(n, generator=gen)
-    pos = 0
+    sample = _batch_sampler(data, cfg)
     bar = tqdm(range(cfg.steps), desc="toy CLIP", mininterval=2)
     for step in bar:
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
+        idx = sample()
         cap_B = cap_N[idx]
         uniq, inverse = torch.unique(cap_B, return_inverse=True)
         # fp32: at these widths bf16 autocast is slower on CPU (casts dominate the matmuls)
@@ -164,7 +189,7 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
-        if step % 50 == 0 or step == cfg.steps - 1:
+        if step % 25 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             log.debug("clip step %d loss %.4f", step, loss.item())
     model.eval()

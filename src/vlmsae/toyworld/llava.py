@@ -117,7 +117,7 @@ def make_llava(clip: Any, cfg: LlavaTrainConfig) -> Any:
     config.vision_config.model_type = "clip_vision_model"
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config)
-    model.model.vision_tower.vision_model.load_state_dict(clip.vision_model.state_dict())
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     model.generation_config.pad_token_id = text_config.pad_token_id
     model.generation_config.eos_token_id = text_config.eos_token_id
     return model
