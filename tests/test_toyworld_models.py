@@ -15,7 +15,7 @@ from transformers import (
 
 from vlmsae.data.store import ActivationStore
 from vlmsae.toyworld import MODELS_DIR, clip_path, llava_path
-from vlmsae.toyworld.data import all_captions, normalize_pixels
+from vlmsae.toyworld.data import all_captions, make_batch
 from vlmsae.toyworld.embeddings import write_clip_embeddings
 from vlmsae.toyworld.evaluate import BARS, clip_zero_shot, llava_accuracy
 from vlmsae.toyworld.export import export_imagefolder, read_exported
@@ -26,7 +26,7 @@ from vlmsae.toyworld.llava import (
     vision_features,
 )
 from vlmsae.toyworld.tokenizer import llava_prompt
-from vlmsae.toyworld.world import QUESTIONS, images_array, make_world
+from vlmsae.toyworld.world import QUESTIONS, make_world
 
 N_CLIP, N_LLAVA = 300, 100  # fixed held-out sample (test split, seed 0)
 
@@ -62,14 +62,17 @@ def test_shipped_models_are_small_safetensors_folders():
 
 def test_clip_architecture(clip):
     vcfg = clip[0].config.vision_config
-    assert vcfg.patch_size == 8 and vcfg.image_size == 64
+    assert vcfg.patch_size == 8 and vcfg.image_size == 32
     assert 128 <= vcfg.hidden_size <= 256 and vcfg.num_hidden_layers == 6
 
 
-def test_processor_matches_the_training_normalisation(clip, sample):
-    images, _ = sample
+def test_training_pixels_are_what_the_shipped_processors_make(clip, llava, sample):
+    images, records = sample
     pix = clip[1](images=images[:8], return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(pix, normalize_pixels(images_array(images[:8])), atol=1e-5, rtol=0)
+    assert pix.shape == (8, 3, 32, 32)
+    via_llava = llava[1](images=images[:8], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pix, via_llava)
+    torch.testing.assert_close(pix, make_batch(records[:8]).pixel_values_NCHW)
 
 
 def test_tokenizer_round_trips_every_caption(clip):
@@ -112,9 +115,9 @@ def test_training_path_equals_the_model_forward(llava, sample):
     inputs = processor(
         images=images[:4], text=[llava_prompt(QUESTIONS[2])] * 4, return_tensors="pt"
     )
-    feats = vision_features(model, images_array(images[:4]))
+    feats = vision_features(model, inputs["pixel_values"])
     n_tokens = (inputs["input_ids"][0] == model.config.image_token_id).sum().item()
-    assert n_tokens == feats.shape[1] == 64
+    assert n_tokens == feats.shape[1] == 16
     seq = make_sequences(records[:4], [QUESTIONS[2]] * 4, n_tokens)
     prompt_len = inputs["input_ids"].shape[1]
     torch.testing.assert_close(seq.input_ids_BT[:, :prompt_len], inputs["input_ids"])
