@@ -85,18 +85,37 @@ def test_tokenizer_round_trips_every_caption(clip):
     assert tok.decode(tok(cap)["input_ids"], skip_special_tokens=True) == cap
 
 
-def test_clip_zero_shot_meets_the_bars(clip, sample):
+@pytest.fixture(scope="module")
+def accuracy(clip, llava, sample):
     images, records = sample
     acc = clip_zero_shot(*clip, images, records)
-    for key in ("clip_shape", "clip_color", "clip_background"):
-        assert acc[key] >= BARS[key], acc
+    return acc | llava_accuracy(*llava, images[:N_LLAVA], records[:N_LLAVA])
 
 
-def test_llava_answers_meet_the_bars(llava, sample):
-    images, records = sample
-    acc = llava_accuracy(*llava, images[:N_LLAVA], records[:N_LLAVA])
-    for key in ("llava_shape", "llava_color", "llava_caption"):
-        assert acc[key] >= BARS[key], acc
+# Bars the shipped models do not meet yet (measured on this sample; see the README).
+# strict: the day a rebuilt model meets one, its test fails until the mark is removed.
+BELOW_BAR: dict[str, str] = {}
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        pytest.param(
+            m,
+            marks=pytest.mark.xfail(strict=True, reason=BELOW_BAR[m]) if m in BELOW_BAR else (),
+        )
+        for m in BARS
+    ],
+)
+def test_shipped_models_meet_the_bar(accuracy, metric):
+    assert accuracy[metric] >= BARS[metric], accuracy
+
+
+def test_shipped_models_beat_chance_everywhere(accuracy):
+    chance = {"shape": 1 / 8, "color": 1 / 8, "size": 1 / 2, "background": 1 / 4}
+    for name, p in chance.items():
+        assert accuracy[f"clip_{name}"] >= p - 0.05, (name, accuracy)
+    assert accuracy["clip_color"] >= 0.95 and accuracy["llava_color"] >= 0.9, accuracy
 
 
 def test_llava_wraps_the_clip_vision_tower(clip, llava):
