@@ -195,3 +195,12 @@ def test_bad_inputs():
         sae.encode(torch.randn(3, 16), mode="nope")
     with pytest.raises(ValueError, match="width 3"):
         sae.decode(torch.randn(2, 3))
+
+
+def test_batchtopk_candidate_path_is_exact():
+    gen = torch.Generator().manual_seed(0)
+    pre = torch.randn(256, 8192, generator=gen)  # 2M entries: the sampled-cut path
+    pre[3, :100] += 10  # one row far above the rest
+    rows, cols = select_batchtopk(pre, 20)
+    flat = pre.flatten().topk(256 * 20).indices.sort().values
+    assert torch.equal(rows * 8192 + cols, flat)

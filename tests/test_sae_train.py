@@ -127,8 +127,10 @@ def test_run_directory_files(trained):
     } <= names
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [50, 100, 150, 200, 250]
-    for key in ("mse", "nmse", "r2", "l0", "dead_fraction", "aux_loss", "lr"):
-        assert key in lines[-1] and key in lines[-1]["val"] or key in ("aux_loss", "lr")
+    held_out = {"mse", "nmse", "r2", "l0", "dead_fraction"}
+    assert held_out | {"aux_loss", "lr", "loss", "examples_per_s"} <= set(lines[-1])
+    assert held_out <= set(lines[-1]["val"])
+    assert lines[0]["lr"] > lines[-1]["lr"]  # the decay ran
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 250 and summary["val"]["r2"] == lines[-1]["val"]["r2"]
     loaded = SAE.load(out)

@@ -36,7 +36,10 @@ def test_prefix_of_a_larger_sample_is_the_smaller_sample():
     small_imgs, small = world.make_world("val", 5, seed=3)
     big_imgs, big = world.make_world("val", 8, seed=3)
     assert small == big[:5]
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(small_imgs, big_imgs))
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(small_imgs, big_imgs[:5], strict=True)
+    )
     _, shifted = world.make_world("val", 3, seed=3, start=5)
     assert shifted == big[5:]
 
@@ -65,7 +68,7 @@ def test_attributes_cover_every_value_and_object_lies_inside():
 
 def test_object_pixels_carry_the_object_colour():
     imgs, recs = world.make_world("test", 30, 0)
-    for im, r in zip(imgs, recs):
+    for im, r in zip(imgs, recs, strict=True):
         px = np.asarray(im, float)
         centre = px[int(r.y) - 1 : int(r.y) + 2, int(r.x) - 1 : int(r.x) + 2].mean((0, 1))
         if r.shape in ("cross", "star", "heart", "diamond", "oval"):

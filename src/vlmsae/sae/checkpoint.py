@@ -111,6 +111,7 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
             f"{weights_path} does not match its config ({cfg.sparsity}, d_in={cfg.d_in}, "
             f"d_sae={cfg.d_sae}): expected tensors {expected}, found {found}"
         )
+    tensors["W_enc"] = tensors["W_enc"].t().contiguous().t()  # the SAE's [d_sae, d_in] storage
     sae.load_state_dict(tensors, assign=True)
     return sae.eval()
 

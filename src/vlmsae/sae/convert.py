@@ -152,6 +152,7 @@ def convert_dictionary_learning(
     )
     with torch.device("meta"):
         sae = SAE(cfg)
+    params["W_enc"] = params["W_enc"].t().contiguous().t()  # the SAE's [d_sae, d_in] storage
     sae.load_state_dict(params, assign=True)
     log.info("converted %s (%s) to %s", ae_path, dict_class or "class unknown", sae)
     return sae.eval()

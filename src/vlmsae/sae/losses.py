@@ -51,10 +51,10 @@ def auxk_loss(sae: SAE, x_BD: Tensor, out: SAEOutput, dead_S: Tensor, k_aux: int
     x_BD = x_BD.reshape(-1, sae.cfg.d_in).float()
     k = min(k_aux, dead_idx.numel())
     pre_dead_BK = out.pre_acts.detach()[:, dead_idx]
-    top_BK = pre_dead_BK.topk(k, dim=-1, sorted=False).indices
+    top_BK = pre_dead_BK.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
     rows = torch.arange(x_BD.shape[0], device=x_BD.device).repeat_interleave(k)
     cols = dead_idx[top_BK.reshape(-1)]
-    values = torch.relu(encode_at(out.pre_acts, x_BD, sae.W_enc, sae._enc_bias(), rows, cols))
+    values = torch.relu(encode_at(out.pre_acts, x_BD, sae.W_enc, sae.b_enc, sae.b_dec, rows, cols))
     active = ActiveLatents(rows, cols, values, x_BD.shape[0], sae.cfg.d_sae)
     residual_BD = (x_BD - out.x_hat.reshape(x_BD.shape)).detach()
     err = (residual_BD - decode_sparse(active, sae.W_dec)).pow(2).sum(-1).mean()
@@ -116,5 +116,8 @@ def reconstruction_metrics(x_BD: Tensor, out: SAEOutput) -> dict[str, Any]:
     """:func:`variance_metrics` of a forward output plus L0 (active latents per example)."""
     n = x_BD.reshape(-1, x_BD.shape[-1]).shape[0]
     metrics = variance_metrics(x_BD, out.x_hat, out.prefix_x_hats)
-    metrics["l0"] = float((out.codes != 0).sum() / n)
+    if out.codes is not None:
+        metrics["l0"] = float((out.codes != 0).sum() / n)
+    else:
+        metrics["l0"] = float((out.active.values != 0).sum() / n)
     return metrics

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.sparse import (
     ActiveLatents,
+    decode_groups,
     decode_sparse,
     encode_at,
     select_batchtopk,
@@ -39,8 +40,8 @@ class SAEOutput(NamedTuple):
 
     x_hat: Tensor
     """[..., D] reconstruction from all latents."""
-    codes: Tensor
-    """[..., S] dense codes (zero for inactive latents)."""
+    codes: Tensor | None
+    """[..., S] dense codes (zero for inactive latents); ``None`` when not requested."""
     prefix_x_hats: tuple[Tensor, ...]
     """[..., D] reconstruction from each nested Matryoshka prefix; the last is ``x_hat``."""
     pre_acts: Tensor
@@ -105,9 +106,9 @@ class SAE(nn.Module):
         w_dec = torch.randn(s, d, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(
-            w_dec.t().contiguous()
-        )  # encoder starts as the decoder's transpose
+        # W_enc [d_in, d_sae] starts as the decoder's transpose and is *stored* as [d_sae, d_in]
+        # (a transposed view): the sparse backward produces its gradient in that layout.
+        self.W_enc = nn.Parameter(w_dec.clone().t())
         self.b_enc = nn.Parameter(torch.zeros(s))
         self.b_dec = nn.Parameter(torch.zeros(d))
         if cfg.sparsity == "batchtopk":
@@ -121,7 +122,9 @@ class SAE(nn.Module):
     def pre_acts(self, x_BD: Tensor) -> Tensor:
         """``(x - b_dec) @ W_enc + b_enc`` as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the
         input never needs a centred copy and its product is the only dense one."""
-        return (x_BD @ self.W_enc).float() + self._enc_bias()
+        if torch.is_autocast_enabled(x_BD.device.type):  # low-precision product, fp32 bias
+            return (x_BD @ self.W_enc).float() + self._enc_bias()
+        return torch.addmm(self._enc_bias(), x_BD, self.W_enc)  # one pass: product + bias
 
     def _enc_bias(self) -> Tensor:
         with torch.autocast(self.W_enc.device.type, enabled=False):  # keep the bias in fp32
@@ -163,7 +166,7 @@ class SAE(nn.Module):
         with torch.no_grad():
             pre_BS = self.pre_acts(x_BD)
             rows, cols = self._select(pre_BS, mode)
-        values = F.relu(encode_at(pre_BS, x_BD, self.W_enc, self._enc_bias(), rows, cols))
+        values = F.relu(encode_at(pre_BS, x_BD, self.W_enc, self.b_enc, self.b_dec, rows, cols))
         return pre_BS, ActiveLatents(rows, cols, values, x_BD.shape[0], self.cfg.d_sae)
 
     def _dense_codes(self, pre_BS: Tensor) -> Tensor:
@@ -202,8 +205,13 @@ class SAE(nn.Module):
             raise ValueError(f"codes have width {codes.shape[-1]}, the SAE has {self.cfg.d_sae}")
         return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
-    def forward(self, x: Tensor, mode: str | None = None) -> SAEOutput:
-        """Encode and decode, with every nested Matryoshka prefix reconstructed."""
+    def forward(
+        self, x: Tensor, mode: str | None = None, *, return_codes: bool = True
+    ) -> SAEOutput:
+        """Encode and decode, with every nested Matryoshka prefix reconstructed.
+
+        ``return_codes=False`` skips building the dense ``[B, S]`` codes of the k-sparse
+        variants (``out.codes`` is then ``None``; ``out.active`` has them); training does."""
         x_BD = self._check_input(x)
         pre_BS, active = self._encode_2d(x_BD, mode)
         x_hat_BD = self.b_dec.expand_as(x_BD)
@@ -215,15 +223,15 @@ class SAE(nn.Module):
                 prefixes.append(x_hat_BD)
                 lo = hi
         else:
-            codes_BS = active.to_dense()
-            for hi in self.cfg.group_ends:
-                x_hat_BD = x_hat_BD + decode_sparse(active.select_latents(lo, hi), self.W_dec)
+            codes_BS = active.to_dense() if return_codes else None
+            parts_GBD = decode_groups(active, self.W_dec, self.cfg.group_ends)
+            for part_BD in parts_GBD:  # prefix g = b_dec + groups 0..g
+                x_hat_BD = x_hat_BD + part_BD
                 prefixes.append(x_hat_BD)
-                lo = hi
         lead = x.shape[:-1]
         return SAEOutput(
             x_hat=x_hat_BD.reshape(*lead, self.cfg.d_in),
-            codes=codes_BS.reshape(*lead, self.cfg.d_sae),
+            codes=None if codes_BS is None else codes_BS.reshape(*lead, self.cfg.d_sae),
             prefix_x_hats=tuple(p.reshape(*lead, self.cfg.d_in) for p in prefixes),
             pre_acts=pre_BS,
             active=active,
@@ -233,7 +241,7 @@ class SAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Scale every decoder row to unit norm."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def remove_parallel_grad_(self) -> None:
@@ -242,7 +250,9 @@ class SAE(nn.Module):
         if self.W_dec.grad is None:
             return
         w, g = self.W_dec, self.W_dec.grad
-        g -= (g * w).sum(dim=1, keepdim=True) * w / (w * w).sum(dim=1, keepdim=True)
+        norm_sq_S = torch.linalg.vector_norm(w, dim=1).square()
+        coef_S1 = (torch.linalg.vecdot(g, w) / norm_sq_S).unsqueeze(1)
+        g.addcmul_(coef_S1, w, value=-1.0)
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self, path: str | Path, **extra: object) -> Path:

@@ -9,16 +9,16 @@ computed from the list of active entries (``ActiveLatents``) with sparse-dense p
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-_CHUNK = 1 << 14  # entries per chunk in gathered row products (bounds temporary memory)
-
 
 class ActiveLatents(NamedTuple):
-    """The nonzero codes of a batch in coordinate form, sorted by row then latent."""
+    """The nonzero codes of a batch in coordinate form, sorted by row then latent (the
+    sparse kernels rely on that order)."""
 
     rows: Tensor
     """int64 [N]: example (row) of each active entry."""
@@ -51,10 +51,32 @@ def select_topk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return rows, idx_BK.reshape(-1)
 
 
+def _flat_topk_indices(flat: Tensor, m: int) -> Tensor:
+    """Indices of the ``m`` largest entries of a 1-D tensor (unsorted).
+
+    A full ``topk`` over B·S entries costs more than the encoder product on a CPU. Instead,
+    a strided sample estimates a value that about 1.25·m entries exceed; one pass collects
+    those candidates and an exact ``topk`` runs on them alone. The result is exact (the
+    candidates provably contain the top m); when the estimate overshoots, fall back."""
+    n = flat.numel()
+    if n < 1 << 20 or m * 8 > n:
+        return flat.topk(m, sorted=False).indices
+    stride = n // (512 * n // m + 1)  # ~512·(n/m) samples, of which ~512 above the cut
+    if stride < 2:
+        return flat.topk(m, sorted=False).indices
+    sample = flat[::stride]
+    above = min(sample.numel(), max(1, int(1.25 * m * sample.numel() / n) + 1))
+    cut = sample.topk(above, sorted=False).values.min()
+    candidates = (flat >= cut).nonzero().squeeze(1)
+    if candidates.numel() < m:  # the sample was unlucky: exact but slower path
+        return flat.topk(m, sorted=False).indices
+    return candidates[flat.index_select(0, candidates).topk(m, sorted=False).indices]
+
+
 def select_batchtopk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Rows and latents of the ``k * B`` largest pre-activations over the whole batch."""
     b, s = pre_BS.shape
-    flat = pre_BS.reshape(-1).topk(min(k * b, b * s), sorted=False).indices.sort().values
+    flat = _flat_topk_indices(pre_BS.reshape(-1), min(k * b, b * s)).sort().values
     return flat // s, flat % s
 
 
@@ -70,72 +92,122 @@ def _coo(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> 
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=False)
 
 
-def _gathered_dot(a_BD: Tensor, b_SD: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``(a_BD[rows] * b_SD[cols]).sum(-1)`` in chunks, never materialising N × D at once."""
-    out = a_BD.new_empty(rows.shape[0])
-    for lo in range(0, rows.shape[0], _CHUNK):
-        hi = lo + _CHUNK
-        out[lo:hi] = (a_BD[rows[lo:hi]] * b_SD[cols[lo:hi]]).sum(-1)
-    return out
+def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """CSR matrix of entries sorted by row, then column (the ``ActiveLatents`` order)."""
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.bincount(rows, minlength=shape[0]).cumsum(0)
+    with warnings.catch_warnings():  # "CSR support is in beta": the ops used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+
+
+def _sampled_dot(a_BD: Tensor, b_SD: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``(a_BD @ b_SDᵀ)[rows, cols]`` computed only at those N entries (SDDMM)."""
+    pattern = _csr(rows, cols, a_BD.new_zeros(rows.shape[0]), (a_BD.shape[0], b_SD.shape[0]))
+    return torch.sparse.sampled_addmm(pattern, a_BD, b_SD.t(), beta=0.0).values()
 
 
 class _EncodeAt(torch.autograd.Function):
-    """Values of ``pre = x @ W_enc + bias`` at the active entries, with sparse gradients.
+    """Values of ``pre = (x - b_dec) @ W_enc + b_enc`` at the active entries, with sparse
+    gradients.
 
     ``pre_BS`` (computed without gradient) supplies the forward values; the backward pass
-    only scatters the N active entries: grad ``W_enc = xᵀ G`` with ``G`` sparse.
+    only scatters the N active entries: with ``G`` the sparse gradient of ``pre``,
+    ``∂W_enc = xᵀG - b_dec ⊗ ΣG``, ``∂b_enc = ΣG``, ``∂b_dec = -W_enc ΣG``.
     """
 
     @staticmethod
-    def forward(ctx, pre_BS, x_BD, W_enc_DS, bias_S, rows, cols):  # noqa: N803
-        ctx.save_for_backward(x_BD, W_enc_DS, rows, cols)
-        return pre_BS[rows, cols].float()
+    def forward(ctx, pre_BS, x_BD, W_enc_DS, b_enc_S, b_dec_D, rows, cols):  # noqa: N803
+        ctx.save_for_backward(x_BD, W_enc_DS, b_dec_D, rows, cols)
+        s = pre_BS.shape[1]
+        return pre_BS.reshape(-1).index_select(0, rows * s + cols).float()
 
     @staticmethod
     def backward(ctx, grad_N):
-        x_BD, W_enc_DS, rows, cols = ctx.saved_tensors
-        d, s = W_enc_DS.shape
+        x_BD, W_enc_DS, b_dec_D, rows, cols = ctx.saved_tensors
+        b, s = x_BD.shape[0], W_enc_DS.shape[1]
         grad_N = grad_N.to(W_enc_DS.dtype)
-        grad_x = grad_W = grad_bias = None
+        grad_x = grad_W = grad_b_dec = None
+        grad_bias_S = grad_N.new_zeros(s).index_add_(0, cols, grad_N)
         if ctx.needs_input_grad[1]:  # only when someone differentiates w.r.t. the input
-            grad_x = torch.sparse.mm(_coo(rows, cols, grad_N, (x_BD.shape[0], s)), W_enc_DS.t())
+            grad_x = torch.sparse.mm(_coo(rows, cols, grad_N, (b, s)), W_enc_DS.t())
         if ctx.needs_input_grad[2]:
-            g_SB = _coo(cols, rows, grad_N, (s, x_BD.shape[0]))
-            grad_W = torch.sparse.mm(g_SB, x_BD.to(grad_N.dtype)).t()
-        if ctx.needs_input_grad[3]:
-            grad_bias = grad_N.new_zeros(s).index_add_(0, cols, grad_N)
-        return None, grad_x, grad_W, grad_bias, None, None
+            # Gᵀx as CSC @ dense, in [S, D] layout: W_enc's storage is [S, D] (see SAE).
+            grad_W_SD = _csr(rows, cols, grad_N, (b, s)).t() @ x_BD.to(grad_N.dtype)
+            grad_W_SD.addr_(grad_bias_S, b_dec_D, alpha=-1)  # the b_dec centring, in place
+            grad_W = grad_W_SD.t()
+        if ctx.needs_input_grad[4]:
+            grad_b_dec = -(W_enc_DS @ grad_bias_S)
+        grad_b_enc = grad_bias_S if ctx.needs_input_grad[3] else None
+        return None, grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
 
 
-class _DecodeSparse(torch.autograd.Function):
-    """``codes @ W_dec`` for codes given as active entries; O(N · D) both ways."""
+class _DecodeGroups(torch.autograd.Function):
+    """Per-group decodes ``codes[:, lo:hi] @ W_dec[lo:hi]`` stacked as ``[G, B, D]``, for
+    codes given as active entries; O(N · D) both ways, one ``[S, D]`` gradient in all."""
 
     @staticmethod
-    def forward(ctx, values, rows, cols, W_dec_SD, n_rows):  # noqa: N803
+    def forward(ctx, values, rows, cols, W_dec_SD, n_rows, group_ends):  # noqa: N803
         ctx.save_for_backward(values, rows, cols, W_dec_SD)
-        s = W_dec_SD.shape[0]
-        return torch.sparse.mm(_coo(rows, cols, values.to(W_dec_SD.dtype), (n_rows, s)), W_dec_SD)
+        ctx.group_ends = group_ends
+        out_GBD = W_dec_SD.new_empty(len(group_ends), n_rows, W_dec_SD.shape[1])
+        with torch.autocast(W_dec_SD.device.type, enabled=False):  # no bf16 sparse kernels
+            for g, (lo, hi, keep) in enumerate(_groups(cols, group_ends)):
+                a_BS = _csr(
+                    rows[keep], cols[keep] - lo, values[keep].to(W_dec_SD.dtype), (n_rows, hi - lo)
+                )
+                out_GBD[g] = a_BS @ W_dec_SD[lo:hi]
+        return out_GBD
 
     @staticmethod
-    def backward(ctx, grad_BD):
+    def backward(ctx, grad_GBD):
         values, rows, cols, W_dec_SD = ctx.saved_tensors
-        grad_BD = grad_BD.to(W_dec_SD.dtype).contiguous()
-        grad_values = grad_W = None
-        if ctx.needs_input_grad[0]:
-            grad_values = _gathered_dot(grad_BD, W_dec_SD, rows, cols).to(values.dtype)
-        if ctx.needs_input_grad[3]:
-            a_SB = _coo(cols, rows, values.to(grad_BD.dtype), (W_dec_SD.shape[0], grad_BD.shape[0]))
-            grad_W = torch.sparse.mm(a_SB, grad_BD)
-        return grad_values, None, None, grad_W, None
+        grad_GBD = grad_GBD.to(W_dec_SD.dtype)
+        grad_values = values.new_empty(values.shape) if ctx.needs_input_grad[0] else None
+        grad_W = torch.empty_like(W_dec_SD) if ctx.needs_input_grad[3] else None
+        for g, (lo, hi, keep) in enumerate(_groups(cols, ctx.group_ends)):
+            rows_g, cols_g, grad_BD = rows[keep], cols[keep] - lo, grad_GBD[g].contiguous()
+            if grad_values is not None:
+                dots = _sampled_dot(grad_BD, W_dec_SD[lo:hi], rows_g, cols_g)
+                grad_values[keep] = dots.to(values.dtype)
+            if grad_W is not None:
+                vals_g = values[keep].to(grad_BD.dtype)
+                grad_W[lo:hi] = (
+                    _csr(rows_g, cols_g, vals_g, (grad_BD.shape[0], hi - lo)).t() @ grad_BD
+                )
+        return grad_values, None, None, grad_W, None, None
+
+
+def _groups(cols: Tensor, group_ends: tuple[int, ...]):
+    """``(lo, hi, entries in [lo, hi))`` for each group; a single group keeps everything."""
+    lo = 0
+    for hi in group_ends:
+        keep = slice(None) if len(group_ends) == 1 else (cols >= lo) & (cols < hi)
+        yield lo, hi, keep
+        lo = hi
 
 
 def encode_at(
-    pre_BS: Tensor, x_BD: Tensor, W_enc_DS: Tensor, bias_S: Tensor, rows: Tensor, cols: Tensor
+    pre_BS: Tensor,
+    x_BD: Tensor,
+    W_enc_DS: Tensor,  # noqa: N803
+    b_enc_S: Tensor,
+    b_dec_D: Tensor,
+    rows: Tensor,
+    cols: Tensor,
 ) -> Tensor:
-    """Differentiable ``(x @ W_enc + bias)[rows, cols]`` given precomputed ``pre_BS``."""
-    return _EncodeAt.apply(pre_BS.detach(), x_BD, W_enc_DS, bias_S, rows, cols)
+    """Differentiable ``((x - b_dec) @ W_enc + b_enc)[rows, cols]`` given ``pre_BS``."""
+    return _EncodeAt.apply(pre_BS.detach(), x_BD, W_enc_DS, b_enc_S, b_dec_D, rows, cols)
 
 
-def decode_sparse(active: ActiveLatents, W_dec_SD: Tensor) -> Tensor:
+def decode_sparse(active: ActiveLatents, W_dec_SD: Tensor) -> Tensor:  # noqa: N803
     """Differentiable ``active.to_dense() @ W_dec`` without the dense product."""
-    return _DecodeSparse.apply(active.values, active.rows, active.cols, W_dec_SD, active.n_rows)
+    return decode_groups(active, W_dec_SD, (W_dec_SD.shape[0],))[0]
+
+
+def decode_groups(active: ActiveLatents, W_dec_SD: Tensor, group_ends: tuple[int, ...]) -> Tensor:  # noqa: N803
+    """``[G, B, D]``: the contribution of each latent group ``[group_ends[g-1], group_ends[g])``
+    to the decode (their cumulative sums are the Matryoshka prefix reconstructions)."""
+    return _DecodeGroups.apply(
+        active.values, active.rows, active.cols, W_dec_SD, active.n_rows, tuple(group_ends)
+    )

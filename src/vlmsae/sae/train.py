@@ -83,7 +83,7 @@ def train_step(
     """One optimizer step, in the order that keeps the decoder on the unit sphere."""
     dead_S = state.examples_since_fired_S >= cfg.dead_after
     with torch.autocast(x_BD.device.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
-        out = sae(x_BD)  # forward (BatchTopK: k·B over the batch)
+        out = sae(x_BD, return_codes=False)  # forward (BatchTopK: k·B over the batch)
         loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
     if not torch.isfinite(loss.total):
         raise NonFiniteError(f"the loss is {float(loss.total)}")
@@ -105,9 +105,9 @@ def train_step(
 def _update_latent_stats(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainConfig) -> None:
     """Dead-latent counters, and the BatchTopK inference threshold: an EMA of the smallest
     code kept in the batch, so that thresholding at inference keeps ~k per example."""
-    n = out.codes.reshape(-1, sae.cfg.d_sae).shape[0]
-    fired_S = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=out.codes.device)
+    n = out.pre_acts.shape[0]
     if out.active is not None:
+        fired_S = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=out.pre_acts.device)
         fired_S[out.active.cols[out.active.values > 0]] = True
     else:
         fired_S = (out.codes.reshape(n, -1) != 0).any(0)
@@ -122,6 +122,15 @@ def _update_latent_stats(sae: SAE, out: SAEOutput, state: TrainState, cfg: Train
                 sae.threshold.copy_(smallest)
             else:
                 sae.threshold.mul_(cfg.threshold_beta).add_((1 - cfg.threshold_beta) * smallest)
+
+
+def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam at the lr of step 0; the fused kernel (one pass per tensor) where available."""
+    lr = cfg.learning_rate * lr_factor(0, cfg)
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
+    except (RuntimeError, ValueError):  # a device without the fused kernel
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas)
 
 
 def _init_b_dec(sae: SAE, x_BD: Tensor) -> None:
@@ -161,9 +170,7 @@ def train_sae(
     device = torch.device(cfg.device)
     out_path = Path(out_dir) if out_dir is not None else None
     sae = SAE(cfg.sae, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-    optimizer = torch.optim.Adam(
-        sae.parameters(), lr=cfg.learning_rate * lr_factor(0, cfg), betas=cfg.adam_betas
-    )
+    optimizer = make_optimizer(sae, cfg)
     state = TrainState(0, torch.zeros(cfg.sae.d_sae, dtype=torch.int64, device=device))
     if resume:
         if out_path is None:

@@ -148,6 +148,11 @@ def load_resume_state(
             _, idx, name = key.split(".", 2)
             per_param.setdefault(int(idx), {})[name] = value  # Adam moves them
     optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+    for group in optimizer.param_groups:  # moments in their parameter's memory layout: the
+        for p in group["params"]:  # fused kernel walks parameter and state storage together
+            for name, value in optimizer.state[p].items():
+                if isinstance(value, Tensor) and value.shape == p.shape:
+                    optimizer.state[p][name] = torch.empty_like(p).copy_(value)
     state.step = int(meta["step"])
     state.examples_since_fired_S.copy_(tensors["examples_since_fired"])
     state.last_checkpoint = state.step

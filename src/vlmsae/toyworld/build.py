@@ -30,11 +30,17 @@ class BuildConfig:
 
     seed: int = 0
     """World seed (images) and model seed (weights, batch order)."""
-    n_train: int = 12_000
+    n_train: int = 10_000
     """Training images, rendered once and shared by both models."""
-    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    clip: ClipTrainConfig = field(
+        default_factory=lambda: ClipTrainConfig(steps=400, batch_size=128, group_size=0, lr=3e-3)
+    )
     """The toy CLIP's size and schedule (its ``seed`` is replaced by ``seed``)."""
-    llava: LlavaTrainConfig = field(default_factory=LlavaTrainConfig)
+    llava: LlavaTrainConfig = field(
+        default_factory=lambda: LlavaTrainConfig(
+            lm_layers=2, text_steps=100, align_steps=100, tune_steps=400, batch_size=64
+        )
+    )
     """The toy LLaVA's size and schedule (its ``seed`` is replaced by ``seed``)."""
     threads: int = 1
     """torch CPU threads; part of the recipe, since reductions depend on it."""
@@ -56,8 +62,14 @@ def _save(model: Any, processor: Any, out_dir: Path) -> None:
     tmp.rename(out_dir)
 
 
+STAGES = ("clip", "llava")
+
+
 def build_toyworld(
-    out_dir: str | Path | None = None, seed: int = 0, config: BuildConfig | None = None
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    config: BuildConfig | None = None,
+    stages: tuple[str, ...] = STAGES,
 ) -> dict[str, Any]:
     """Train both toy models and save them under ``out_dir/clip`` and ``out_dir/llava``.
 
@@ -65,9 +77,14 @@ def build_toyworld(
         out_dir: models folder; default: the package's own (replaces the shipped models).
         seed: used when ``config`` is not given.
         config: the full recipe (default ``BuildConfig(seed=seed)``).
+        stages: ``("llava",)`` retrains only the LLaVA around the CLIP already in
+            ``out_dir/clip`` (saving and loading are exact, so the result is the same as
+            a full build's).
 
     Returns the build record also written to ``out_dir/build.json``.
     """
+    if not stages or set(stages) - set(STAGES):
+        raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {stages}")
     import torch
 
     from vlmsae.toyworld import MODELS_DIR
@@ -82,24 +99,30 @@ def build_toyworld(
         t0 = time.perf_counter()
         data = make_batch(list(iter_world("train", cfg.n_train, cfg.seed)), cfg.seed)
         timings["render_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         clip_cfg = ClipTrainConfig(**{**asdict(cfg.clip), "seed": cfg.seed})
-        clip = train_clip(data, clip_cfg)
-        timings["clip_s"] = time.perf_counter() - t0
-        _save(clip, make_clip_processor(), out / "clip")
-        t0 = time.perf_counter()
-        llava_cfg = LlavaTrainConfig(**{**asdict(cfg.llava), "seed": cfg.seed})
-        llava = train_llava(data, clip, llava_cfg)
-        timings["llava_s"] = time.perf_counter() - t0
-        _save(llava, make_llava_processor(clip_cfg.patch_size), out / "llava")
+        if "clip" in stages:
+            t0 = time.perf_counter()
+            clip = train_clip(data, clip_cfg)
+            timings["clip_s"] = time.perf_counter() - t0
+            _save(clip, make_clip_processor(), out / "clip")
+        if "llava" in stages:
+            from transformers import CLIPModel
+
+            clip = CLIPModel.from_pretrained(out / "clip").eval()
+            t0 = time.perf_counter()
+            llava_cfg = LlavaTrainConfig(**{**asdict(cfg.llava), "seed": cfg.seed})
+            llava = train_llava(data, clip, llava_cfg)
+            timings["llava_s"] = time.perf_counter() - t0
+            _save(llava, make_llava_processor(clip_cfg.patch_size), out / "llava")
     finally:
         torch.set_num_threads(threads)
     record = {
         "vlmsae_version": __version__,
         "torch_version": torch.__version__,
         "config": asdict(cfg),
+        "stages": list(stages),
         "timings": timings,
     }
-    write_json(out / "build.json", record)
+    write_json(out / f"build-{'-'.join(stages)}.json", record)
     log.info("built the toy models in %s (%s)", out, timings)
     return record

@@ -24,6 +24,9 @@ def build(
     clip_steps: int = typer.Option(None, help="Toy CLIP steps (default: the recipe's)."),
     llava_steps: int = typer.Option(None, help="Toy LLaVA stage-2 steps (default: recipe)."),
     threads: int = typer.Option(1, help="torch CPU threads (part of the deterministic recipe)."),
+    only_llava: bool = typer.Option(
+        False, "--only-llava", help="Retrain only the LLaVA, around the CLIP already in OUT."
+    ),
 ) -> None:
     """Train the toy CLIP and LLaVA from scratch, deterministically, and save them."""
     from dataclasses import replace
@@ -37,7 +40,7 @@ def build(
         cfg = replace(cfg, clip=replace(cfg.clip, steps=clip_steps))
     if llava_steps is not None:
         cfg = replace(cfg, llava=replace(cfg.llava, tune_steps=llava_steps))
-    record = build_toyworld(out, config=cfg)
+    record = build_toyworld(out, config=cfg, stages=("llava",) if only_llava else ("clip", "llava"))
     typer.echo(json.dumps(record["timings"], indent=2))
 
 

@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.toyworld.data import WorldBatch, all_captions, normalize_pixels
+from vlmsae.toyworld.data import (
+    MODEL_IMAGE_SIZE,
+    WorldBatch,
+    all_captions,
+    concept_prompts,
+    make_image_processor,
+)
 from vlmsae.toyworld.tokenizer import EOS, PAD, make_tokenizer
-from vlmsae.toyworld.world import IMAGE_SIZE
+from vlmsae.toyworld.world import ATTRIBUTES, SIZES
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +33,17 @@ class ClipTrainConfig:
     text_layers: int = 2
     """Transformer blocks of the text tower."""
     patch_size: int = 8
-    """ViT patch side in pixels (64x64 images -> 64 patches + CLS)."""
+    """ViT patch side in pixels (32x32 model input -> 16 patches + CLS)."""
     projection_dim: int = 128
     """Width of the shared image-text embedding."""
     steps: int = 600
     """Optimizer steps."""
     batch_size: int = 128
     """Image-caption pairs per step."""
+    group_size: int = 16
+    """Hard negatives: a batch is made of groups of this many images that share colour
+    and size, so that only shape and background tell their captions apart (0 = plain
+    random batches, on which a from-scratch ViT learns colour and size only)."""
     lr: float = 2e-3
     """Peak AdamW learning rate (linear warm-up, cosine decay)."""
     weight_decay: float = 0.05
@@ -44,10 +54,15 @@ class ClipTrainConfig:
     def __post_init__(self) -> None:
         if self.width % 32 != 0:
             raise ValueError(f"width must be a multiple of 32 (heads of 32), got {self.width}")
-        if IMAGE_SIZE % self.patch_size != 0:
-            raise ValueError(f"patch_size must divide {IMAGE_SIZE}, got {self.patch_size}")
+        if MODEL_IMAGE_SIZE % self.patch_size != 0:
+            raise ValueError(f"patch_size must divide {MODEL_IMAGE_SIZE}, got {self.patch_size}")
         if min(self.layers, self.text_layers, self.steps, self.batch_size) < 1:
             raise ValueError("layers, text_layers, steps and batch_size must be >= 1")
+        if self.group_size < 0 or (self.group_size and self.batch_size % self.group_size):
+            raise ValueError(
+                f"group_size must be 0 or divide batch_size={self.batch_size}, "
+                f"got {self.group_size}"
+            )
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
 
@@ -77,7 +92,7 @@ def make_clip(cfg: ClipTrainConfig) -> Any:
             intermediate_size=2 * cfg.width,
             num_hidden_layers=cfg.layers,
             num_attention_heads=heads,
-            image_size=IMAGE_SIZE,
+            image_size=MODEL_IMAGE_SIZE,
             patch_size=cfg.patch_size,
             hidden_act="gelu",  # one fused op; quick_gelu's mul+sigmoid doubles CPU step time
         ),
@@ -89,12 +104,11 @@ def make_clip(cfg: ClipTrainConfig) -> Any:
 
 def make_clip_processor() -> Any:
     """The ``CLIPProcessor`` of the toy CLIP (PIL image processor; no torchvision)."""
-    from transformers import CLIPImageProcessorPil, CLIPProcessor
+    from transformers import CLIPProcessor
 
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    return CLIPProcessor(
+        image_processor=make_image_processor(), tokenizer=make_tokenizer(add_eos=True)
     )
-    return CLIPProcessor(image_processor=image_processor, tokenizer=make_tokenizer(add_eos=True))
 
 
 def caption_tokens(captions: list[str]) -> tuple[Any, Any]:
@@ -103,12 +117,39 @@ def caption_tokens(captions: list[str]) -> tuple[Any, Any]:
     return enc["input_ids"], enc["attention_mask"]
 
 
+def _features(out: Any) -> Any:
+    """``get_*_features`` return a tensor in some transformers versions, an output in others."""
+    return out if hasattr(out, "ndim") else out.pooler_output
+
+
 def _lr_at(step: int, cfg: ClipTrainConfig) -> float:
     warmup = max(1, cfg.steps // 20)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, cfg.steps - warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _batch_sampler(data: WorldBatch, cfg: ClipTrainConfig):
+    """A function returning the next batch's image indices (deterministic from the seed)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(data.caption_ids_N)
+    if not cfg.group_size:
+        return lambda: torch.randint(n, (cfg.batch_size,), generator=gen)
+    color_col, size_col = list(ATTRIBUTES).index("color"), list(ATTRIBUTES).index("size")
+    key_N = data.labels_NA[:, color_col] * len(SIZES) + data.labels_NA[:, size_col]
+    pools = [torch.from_numpy(np.flatnonzero(key_N == k)) for k in np.unique(key_N)]
+
+    def sample():
+        groups = []
+        for k in torch.randint(len(pools), (cfg.batch_size // cfg.group_size,), generator=gen):
+            pool = pools[int(k)]
+            groups.append(pool[torch.randint(len(pool), (cfg.group_size,), generator=gen)])
+        return torch.cat(groups)
+
+    return sample
 
 
 def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
@@ -124,8 +165,13 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
 
     model = make_clip(cfg)
     model.train()
-    ids_CL, mask_CL = caption_tokens(all_captions())
-    pixels_NCHW = normalize_pixels(data.pixels_NHWC)
+    captions, prompts = all_captions(), concept_prompts()
+    ids_TL, mask_TL = caption_tokens(captions + [p for ps in prompts.values() for p in ps])
+    blocks, lo = [], len(captions)  # column range of each attribute's prompts
+    for name, ps in prompts.items():
+        blocks.append((list(ATTRIBUTES).index(name), lo, lo + len(ps)))
+        lo += len(ps)
+    labels_NA = torch.from_numpy(data.labels_NA)
     cap_N = torch.from_numpy(data.caption_ids_N)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -134,28 +180,34 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n = len(cap_N)
-    order = torch.randperm(n, generator=gen)
-    pos = 0
+    sample = _batch_sampler(data, cfg)
     bar = tqdm(range(cfg.steps), desc="toy CLIP", mininterval=2)
     for step in bar:
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
-        cap_B = cap_N[idx]
-        uniq, inverse = torch.unique(cap_B, return_inverse=True)
+        idx = sample()
+        uniq, inverse = torch.unique(cap_N[idx], return_inverse=True)
+        texts = torch.cat([uniq, torch.arange(len(captions), len(ids_TL))])
         # fp32: at these widths bf16 autocast is slower on CPU (casts dominate the matmuls)
-        out = model(
-            input_ids=ids_CL[uniq], attention_mask=mask_CL[uniq], pixel_values=pixels_NCHW[idx]
+        img_BE = F.normalize(
+            _features(model.get_image_features(pixel_values=data.pixel_values_NCHW[idx]))
         )
-        logits_BU = out.logits_per_image.float()  # [B, unique captions]
+        txt_TE = F.normalize(
+            _features(
+                model.get_text_features(input_ids=ids_TL[texts], attention_mask=mask_TL[texts])
+            )
+        )
+        logits_BT = model.logit_scale.exp() * img_BE @ txt_TE.T
+        logits_BU = logits_BT[:, : len(uniq)]  # full captions
         target_BU = F.one_hot(inverse, len(uniq)).float()
         loss_img = F.cross_entropy(logits_BU, target_BU)
         # text -> image: every image with that caption is a positive
         loss_txt = F.cross_entropy(logits_BU.T, target_BU.T / target_BU.sum(0, keepdim=True).T)
-        loss = (loss_img + loss_txt) / 2
+        # concept captions ("a star"): image -> text over the values of each attribute
+        shift = len(uniq) - len(captions)
+        loss_concepts = sum(
+            F.cross_entropy(logits_BT[:, a + shift : b + shift], labels_NA[idx, col])
+            for col, a, b in blocks
+        ) / len(blocks)
+        loss = (loss_img + loss_txt) / 2 + loss_concepts
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -164,33 +216,8 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
-        if step % 50 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 25 == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}", concepts=f"{loss_concepts.item():.3f}")
             log.debug("clip step %d loss %.4f", step, loss.item())
     model.eval()
     return model
-
-
-def clip_embed_images(model: Any, pixels_NHWC: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Unit-norm image embeddings ``[N, projection_dim]`` (float32)."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(pixels_NHWC), batch_size):
-            x = normalize_pixels(pixels_NHWC[lo : lo + batch_size])
-            emb = model.get_image_features(pixel_values=x)
-            emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
-            out.append(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
-    return np.concatenate(out)
-
-
-def clip_embed_texts(model: Any, texts: list[str]) -> np.ndarray:
-    """Unit-norm text embeddings ``[len(texts), projection_dim]`` (float32)."""
-    import torch
-
-    ids, mask = caption_tokens(texts)
-    with torch.no_grad():
-        emb = model.get_text_features(input_ids=ids, attention_mask=mask)
-        emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
-    return torch.nn.functional.normalize(emb.float(), dim=-1).numpy()

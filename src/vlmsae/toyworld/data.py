@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from vlmsae.toyworld.world import ATTRIBUTES, BACKGROUNDS, COLORS, SHAPES, SIZES, ToyImage, render
 
-# The OpenAI CLIP normalisation that CLIPImageProcessor applies (tests check the match).
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+MODEL_IMAGE_SIZE = 32
+"""Side of the images the toy models see: their image processor resizes the 64x64 world
+images to 32x32 (as hub CLIPs resize photos to 224 or 336), so a patch-8 ViT has 16
+patches and the models train in minutes on a CPU."""
 
 
 class WorldBatch(NamedTuple):
     """A rendered sample of the world, ready for training."""
 
-    pixels_NHWC: np.ndarray
-    """uint8 images ``[N, 64, 64, 3]``."""
+    pixel_values_NCHW: Any
+    """float32 tensor ``[N, 3, 32, 32]``: the images through the models' image processor."""
     labels_NA: np.ndarray
     """int64 index of each attribute value (columns in ``ATTRIBUTES`` order) ``[N, A]``."""
     caption_ids_N: np.ndarray
@@ -36,6 +38,21 @@ def all_captions() -> list[str]:
     ]
 
 
+CONCEPT_TEMPLATES: dict[str, str] = {
+    "shape": "a {}",
+    "color": "a {} object",
+    "size": "a {} object",
+    "background": "a {} background",
+}
+"""Short texts naming one concept value: extra captions in CLIP training, and the class
+prompts of zero-shot classification."""
+
+
+def concept_prompts() -> dict[str, list[str]]:
+    """Attribute -> one prompt per value (in ``ATTRIBUTES`` order)."""
+    return {a: [t.format(v) for v in ATTRIBUTES[a]] for a, t in CONCEPT_TEMPLATES.items()}
+
+
 def caption_index(r: ToyImage) -> int:
     """Position of ``r.caption`` in :func:`all_captions`."""
     s, c = SHAPES.index(r.shape), tuple(COLORS).index(r.color)
@@ -49,18 +66,31 @@ def labels(r: ToyImage) -> list[int]:
 
 def make_batch(records: list[ToyImage], seed: int = 0) -> WorldBatch:
     """Render ``records`` and collect their labels."""
-    pixels = np.stack([np.asarray(render(r, seed)) for r in records])
     return WorldBatch(
-        pixels_NHWC=pixels,
+        pixel_values_NCHW=pixel_values([render(r, seed) for r in records]),
         labels_NA=np.array([labels(r) for r in records], np.int64).reshape(len(records), -1),
         caption_ids_N=np.array([caption_index(r) for r in records], np.int64),
         records=records,
     )
 
 
-def normalize_pixels(pixels_NHWC: np.ndarray):  # -> torch.Tensor [N, 3, H, W]
-    """uint8 images -> the float tensor ``CLIPImageProcessor`` makes of them."""
+def make_image_processor() -> Any:
+    """The toy models' image processor: PIL backend (no torchvision), resize to 32x32."""
+    from transformers import CLIPImageProcessorPil
+
+    side = MODEL_IMAGE_SIZE
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+
+
+def pixel_values(images: list[Image.Image], chunk: int = 1024) -> Any:
+    """``pixel_values`` of PIL images, exactly as the shipped processors compute them."""
     import torch
 
-    x = (pixels_NHWC.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    processor = make_image_processor()
+    parts = [
+        processor(images=images[lo : lo + chunk], return_tensors="pt")["pixel_values"]
+        for lo in range(0, len(images), chunk)
+    ]
+    return torch.cat(parts)

@@ -1,9 +1,9 @@
 """How well the toy models know the world, on held-out images.
 
-- CLIP zero-shot: each attribute value is a class whose text embedding is the mean of
-  the embeddings of every caption that has that value (CLIP's prompt ensembling, the
-  ensemble being the world's captions); an image is classified by cosine similarity.
-  ``clip_caption`` is retrieval of the exact caption among all 512.
+- CLIP zero-shot: each attribute value is a class whose prompt names it ("a star",
+  "a red object", "a striped background"); an image goes to the class whose prompt
+  embedding is most cosine-similar. ``clip_caption`` is retrieval of the exact caption
+  among all 512.
 - LLaVA: greedy ``generate`` through the real ``LlavaProcessor`` on the three questions;
   an answer counts when it equals the truth after lower-casing and stripping.
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlmsae.toyworld.data import all_captions, caption_index
+from vlmsae.toyworld.data import all_captions, caption_index, concept_prompts
 from vlmsae.toyworld.tokenizer import llava_prompt
 from vlmsae.toyworld.world import (
     ATTRIBUTES,
@@ -44,35 +44,38 @@ BARS: dict[str, float] = {
 """Accuracy each metric must reach on held-out images."""
 
 
+def _unit(out: Any) -> np.ndarray:
+    """Unit-norm rows of a ``get_*_features`` result (a tensor or an output object)."""
+    import torch
+
+    emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return torch.nn.functional.normalize(emb.float(), dim=-1).numpy()
+
+
 def clip_zero_shot(
     model: Any, processor: Any, images: list[Image.Image], records: list[ToyImage]
 ) -> dict[str, float]:
     """Zero-shot accuracy per attribute, and exact caption retrieval, of a CLIP model."""
     import torch
 
-    captions = all_captions()
+    captions, prompts = all_captions(), concept_prompts()
+
+    def embed_texts(texts: list[str]) -> np.ndarray:
+        enc = processor(text=texts, return_tensors="pt", padding=True)
+        return _unit(model.get_text_features(**enc))
+
     with torch.no_grad():
-        text = processor(text=captions, return_tensors="pt", padding=True)
-        txt = model.get_text_features(**text)
-        txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
-        txt_CE = torch.nn.functional.normalize(txt.float(), dim=-1).numpy()
+        txt_CE = embed_texts(captions)
         img = []
         for lo in range(0, len(images), 256):
             pix = processor(images=images[lo : lo + 256], return_tensors="pt")["pixel_values"]
-            emb = model.get_image_features(pixel_values=pix)
-            emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
-            img.append(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
-    img_NE = np.concatenate(img)
-    out = {}
-    for name in ("shape", "color", "size", "background"):
-        values = ATTRIBUTES[name]
-        protos = np.stack(
-            [txt_CE[[f" {v} " in f" {c} " for c in captions]].mean(0) for v in values]
-        )
-        protos /= np.linalg.norm(protos, axis=1, keepdims=True)
-        pred = (img_NE @ protos.T).argmax(1)
-        truth = np.array([values.index(getattr(r, name)) for r in records])
-        out[f"clip_{name}"] = float((pred == truth).mean())
+            img.append(_unit(model.get_image_features(pixel_values=pix)))
+        img_NE = np.concatenate(img)
+        out = {}
+        for name in ("shape", "color", "size", "background"):
+            pred = (img_NE @ embed_texts(prompts[name]).T).argmax(1)
+            truth = np.array([ATTRIBUTES[name].index(getattr(r, name)) for r in records])
+            out[f"clip_{name}"] = float((pred == truth).mean())
     retrieved = (img_NE @ txt_CE.T).argmax(1)
     out["clip_caption"] = float((retrieved == [caption_index(r) for r in records]).mean())
     return out

@@ -21,12 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
-
-from vlmsae.toyworld.data import WorldBatch, normalize_pixels
+from vlmsae.toyworld.data import WorldBatch, make_image_processor
 from vlmsae.toyworld.tokenizer import EOS, IMAGE, LLAVA_CHAT_TEMPLATE, PAD, llava_prompt
 from vlmsae.toyworld.tokenizer import make_tokenizer as _make_tokenizer
-from vlmsae.toyworld.world import IMAGE_SIZE, QUESTIONS, ToyImage
+from vlmsae.toyworld.world import QUESTIONS, ToyImage
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +66,10 @@ class LlavaTrainConfig:
 
 def make_llava_processor(patch_size: int) -> Any:
     """The real ``LlavaProcessor`` of the toy LLaVA (PIL image processor, word tokenizer)."""
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
+    from transformers import LlavaProcessor
 
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=make_image_processor(),
         tokenizer=_make_tokenizer(add_eos=False),
         patch_size=patch_size,
         vision_feature_select_strategy="default",
@@ -117,21 +112,21 @@ def make_llava(clip: Any, cfg: LlavaTrainConfig) -> Any:
     config.vision_config.model_type = "clip_vision_model"
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config)
-    model.model.vision_tower.vision_model.load_state_dict(clip.vision_model.state_dict())
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     model.generation_config.pad_token_id = text_config.pad_token_id
     model.generation_config.eos_token_id = text_config.eos_token_id
     return model
 
 
-def vision_features(model: Any, pixels_NHWC: np.ndarray, batch_size: int = 256) -> Any:
+def vision_features(model: Any, pixel_values_NCHW: Any, batch_size: int = 256) -> Any:
     """The frozen tower's features at ``vision_feature_layer`` without CLS ``[N, P, D]``."""
     import torch
 
     tower = model.model.vision_tower
     out = []
     with torch.no_grad():
-        for lo in range(0, len(pixels_NHWC), batch_size):
-            x = normalize_pixels(pixels_NHWC[lo : lo + batch_size])
+        for lo in range(0, len(pixel_values_NCHW), batch_size):
+            x = pixel_values_NCHW[lo : lo + batch_size]
             hs = tower(pixel_values=x, output_hidden_states=True).hidden_states
             out.append(hs[VISION_FEATURE_LAYER][:, 1:].float())
     return torch.cat(out)
@@ -223,7 +218,7 @@ def train_llava(data: WorldBatch, clip: Any, cfg: LlavaTrainConfig) -> Any:
     import torch
 
     model = make_llava(clip, cfg)
-    feats_NPD = vision_features(model, data.pixels_NHWC)
+    feats_NPD = vision_features(model, data.pixel_values_NCHW)
     n_tokens = feats_NPD.shape[1]
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(data.records)

@@ -43,7 +43,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (245, 125, 195),
 }
 """Object colours (level 3 of the taxonomy) and their nominal RGB values."""
-SIZES: dict[str, tuple[float, float]] = {"small": (9.0, 12.0), "large": (17.0, 22.0)}
+SIZES: dict[str, tuple[float, float]] = {"small": (10.0, 13.0), "large": (18.0, 23.0)}
 """Object sizes and the range of the object's radius, in pixels."""
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
 """Background patterns, drawn in grey so that they never compete with object colours."""
@@ -185,7 +185,7 @@ def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
     base = rng.uniform(70, 170)
     contrast = rng.uniform(35, 60) * rng.choice([-1.0, 1.0])
     yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(float)
-    period = rng.uniform(7, 11)
+    period = rng.uniform(10, 14)  # >= 5 pixels at the models' 32x32 input
     phase = rng.uniform(0, period)
     if kind == "plain":
         mask = np.zeros_like(xx)
@@ -196,9 +196,9 @@ def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
     elif kind == "dotted":
         cx = (xx + phase) % period - period / 2
         cy = (yy + phase) % period - period / 2
-        mask = (cx**2 + cy**2 < (period * 0.22) ** 2).astype(float)
+        mask = (cx**2 + cy**2 < (period * 0.27) ** 2).astype(float)
     elif kind == "checkered":
-        mask = (((xx + phase) // (period / 1.4) + (yy + phase) // (period / 1.4)) % 2).astype(float)
+        mask = (((xx + phase) // (period / 2) + (yy + phase) // (period / 2)) % 2).astype(float)
     else:
         raise ValueError(f"unknown background {kind!r}; expected one of {BACKGROUNDS}")
     return base + contrast * mask
