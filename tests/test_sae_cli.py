@@ -117,13 +117,3 @@ def test_convert_command(tmp_path):
     config = json.loads((tmp_path / "sae/config.json").read_text())
     assert config["converted_from"].endswith("ae.pt")
 
-
-def test_demo_command(tmp_path):
-    result = invoke(
-        "demo", "--out", tmp_path / "demo", "--steps", "40", "--json", tmp_path / "s.json"
-    )
-    summary = json.loads((tmp_path / "demo/summary.json").read_text())
-    assert set(summary["results"]) == {"batchtopk", "matryoshka"}
-    assert json.loads((tmp_path / "s.json").read_text()) == summary
-    assert "recovered" in result.output
-    assert SAE.load(tmp_path / "demo/matryoshka").cfg.is_matryoshka

@@ -42,7 +42,13 @@ class DemoConfig:
     top_n: int = 16
     """Highest-activating images kept per neuron."""
     steer: bool = True
-    """Run the steering section (toy LLaVA; skipped if the steering stage is missing)."""
+    """Run the steering section on the toy LLaVA."""
+    steer_train: int = 1024
+    """Training images of the steering SAE (every token of LLaVA's vision block)."""
+    steer_test: int = 96
+    """Test images per protocol (insertion, suppression); a quarter of it for α choice."""
+    steer_steps: int = 1500
+    """Training steps of the steering SAE."""
     seed: int = 0
     """Seed of the world, the data order and the SAE initialisations."""
     models_dir: str | None = None
@@ -78,6 +84,9 @@ class DemoConfig:
             steps=300,
             batch_size=256,
             n_grid=2,
+            steer_train=256,
+            steer_test=24,
+            steer_steps=300,
         )
         return cls(**{**small, **overrides})
 

@@ -18,6 +18,7 @@ import numpy as np
 from vlmsae._io import write_json
 from vlmsae.demo import analysis, stages, writeup
 from vlmsae.demo.config import DemoConfig
+from vlmsae.demo.steering import steering_section
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     emb = timed("embed", stages.embed_world, cfg, world)
     runs = timed("train", stages.train_saes, cfg, acts)
     scores = timed("score", analysis.score_all, cfg, acts, emb, runs, world)
-    steering = timed("steer", steering_section, cfg, runs) if cfg.steer else None
+    steering = timed("steer", steering_section, cfg) if cfg.steer else None
     report, summary, lines = writeup.write_report(cfg, scores, steering, timings)
     summary["config"] = cfg.to_dict()
     summary["seconds"] = timings
     summary = _nan_to_none(summary)
     write_json(out / "summary.json", summary)
     return DemoResult(report, summary, lines)
-
-
-def steering_section(cfg: DemoConfig, runs: Any) -> Any:
-    raise NotImplementedError
 
 
 def _nan_to_none(obj: Any) -> Any:

@@ -1,4 +1,4 @@
-"""CLI commands of the SAE stage: ``vlmsae train``, ``vlmsae convert``, ``vlmsae demo``."""
+"""CLI commands of the SAE stage: ``vlmsae train`` and ``vlmsae convert``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("convert")(convert)
-    app.command("demo")(demo)
 
 
 def _parse_fractions(text: str | None) -> tuple[float, ...] | None:
@@ -125,21 +124,3 @@ def convert(
     sae.save(out, converted_from=str(ae_path))
     typer.echo(f"{sae}\nwrote {out}")
 
-
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory."),
-    steps: int = typer.Option(600, "--steps", help="Training steps per SAE."),
-    json_path: Path = typer.Option(None, "--json", help="Also write the summary here."),
-) -> None:
-    """Train SAEs on a planted dictionary and print how much of it they recovered."""
-    import torch
-
-    from vlmsae._io import write_json
-    from vlmsae.sae.demo import format_summary, run_demo
-
-    torch.set_num_threads(1)  # tiny matrices: threads only add synchronisation
-    summary = run_demo(out, steps=steps)
-    if json_path is not None:
-        write_json(json_path, summary)
-    typer.echo(format_summary(summary))
-    typer.echo(f"wrote {out / 'summary.json'}")
