@@ -35,7 +35,11 @@ def brute_force_ms(acts_NK: np.ndarray, emb_NE: np.ndarray) -> np.ndarray:
         for p in range(n):
             for q in range(p + 1, n):
                 w = t[p] * t[q]
-                s = 0.0 if norms[p] == 0 or norms[q] == 0 else emb[p] @ emb[q] / (norms[p] * norms[q])
+                s = (
+                    0.0
+                    if norms[p] == 0 or norms[q] == 0
+                    else emb[p] @ emb[q] / (norms[p] * norms[q])
+                )
                 num += w * s
                 den += w
         if den > 0:
@@ -122,7 +126,9 @@ def test_two_images():
     ms = monosemanticity_score(acts, emb)
     # neuron 0 rescales to (0, 1): no pair with both weights > 0
     assert np.isnan(ms).all()
-    ms = monosemanticity_score(np.array([[1.0], [3.0], [2.0]]), np.array([[1, 0], [0.6, 0.8], [0, 1]]))
+    ms = monosemanticity_score(
+        np.array([[1.0], [3.0], [2.0]]), np.array([[1, 0], [0.6, 0.8], [0, 1]])
+    )
     assert ms[0] == pytest.approx(0.8)  # only pair (image 1, image 2) has weight: cos = 0.8
 
 
@@ -135,7 +141,9 @@ def ms_inputs(draw):
     acts = draw(hnp.arrays(np.float64, (n, k), elements=vals))
     if draw(st.booleans()):  # continuous values too
         acts = acts * draw(hnp.arrays(np.float64, (n, k), elements=st.floats(0.1, 10)))
-    emb = draw(hnp.arrays(np.float64, (n, e), elements=st.floats(-3, 3).filter(lambda x: abs(x) > 0.05)))
+    emb = draw(
+        hnp.arrays(np.float64, (n, e), elements=st.floats(-3, 3).filter(lambda x: abs(x) > 0.05))
+    )
     if n > 2 and draw(st.booleans()):
         emb[1] = emb[0]  # duplicate images
         acts[1] = acts[0]
