@@ -1,23 +1,24 @@
-"""Metrics stage: Monosemanticity Score, top-activating images, uniqueness, hierarchy."""
+"""Metrics stage: Monosemanticity Score, reconstruction metrics, top-activating images,
+uniqueness, hierarchy depth and agreement with human judgements.
 
-from vlmsae.metrics.hierarchy import (
-    LCADepths,
-    depth_by_group,
-    label_paths,
-    lca_depths,
-    parse_taxonomy_name,
+All functions are pure: they take arrays (dense, ``scipy.sparse`` CSR, torch tensors) or
+activation stores and return named results.
+"""
+
+from __future__ import annotations
+
+from vlmsae.metrics.ms import (
+    MSResult,
+    compare_sae_raw,
+    monosemanticity,
+    monosemanticity_score,
+    summarize_ms,
 )
-from vlmsae.metrics.top_images import TopImages, top_images
-from vlmsae.metrics.uniqueness import Uniqueness, uniqueness
 
 __all__ = [
-    "LCADepths",
-    "TopImages",
-    "Uniqueness",
-    "depth_by_group",
-    "label_paths",
-    "lca_depths",
-    "parse_taxonomy_name",
-    "top_images",
-    "uniqueness",
+    "MSResult",
+    "compare_sae_raw",
+    "monosemanticity",
+    "monosemanticity_score",
+    "summarize_ms",
 ]
