@@ -80,13 +80,14 @@ def score_neurons(
     acts: np.ndarray | sp.csr_matrix, emb: Embeddings, labels: dict[str, np.ndarray], top_n: int
 ) -> NeuronScores:
     """MS under both embeddings, top images and their purity for ``acts [N, K]``."""
-    from vlmsae.metrics import monosemanticity, top_images
+    from vlmsae.metrics import monosemanticity
+    from vlmsae.metrics.top_images import top_images
 
     clip = monosemanticity(acts, ActivationStore(emb.clip))
     oracle = monosemanticity(acts, ActivationStore(emb.oracle))
-    top = top_images(acts, n=top_n)
+    top = top_images(acts, top_n)
     return NeuronScores(
-        clip.ms, oracle.ms, clip.n_active, top.images, top.values, label_purity(top.images, labels)
+        clip.ms, oracle.ms, clip.n_active, top.indices, top.values, label_purity(top.indices, labels)
     )
 
 
@@ -94,10 +95,10 @@ def lca_depth_by_group(
     top: np.ndarray, labels: dict[str, np.ndarray], group_sizes: tuple[int, ...]
 ) -> list[float]:
     """Mean LCA depth (taxonomy family → shape → colour) of each group's neurons."""
-    from vlmsae.metrics import depth_by_group, label_paths, lca_depths
+    from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy
 
-    paths = label_paths(list(zip(*(labels[level].tolist() for level in TAXONOMY))))
-    return depth_by_group(lca_depths(top, paths).mean, group_sizes)
+    paths = encode_taxonomy(list(zip(*(labels[level].tolist() for level in TAXONOMY))))
+    return hierarchy(paths, top, group_sizes).group_mean_depth.tolist()
 
 
 def score_sae(run: SAERun, x_ND: np.ndarray, emb: Embeddings, labels, top_n: int) -> SAEScores:
@@ -131,7 +132,7 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
     """Score every SAE and every hook's raw neurons on the test split."""
     from tqdm.auto import tqdm
 
-    from vlmsae.metrics import uniqueness
+    from vlmsae.metrics.uniqueness import uniqueness
 
     images = ActivationStore(emb.clip).images
     labels = world_labels(world, images)
@@ -147,6 +148,7 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
     uniq = {}
     for s in saes:
         if s.run.k == cfg.k:
-            u = uniqueness(s.neurons.top, s.neurons.top_values)
-            uniq[s.run.name] = {"n_neurons": u.n_neurons, "pairs_above": u.pairs_above}
+            u = uniqueness(s.neurons.top)
+            pairs_above = dict(zip(map(str, u.thresholds), u.n_pairs_above.tolist()))
+            uniq[s.run.name] = {"n_pairs": u.n_pairs, "pairs_above": pairs_above}
     return Scores(saes, raw, labels, images, uniq)
