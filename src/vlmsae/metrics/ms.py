@@ -1,0 +1,238 @@
+"""The Monosemanticity Score (MS) of Pach et al. (2025), exact and streaming.
+
+For neuron ``k`` with activations ``a_nk`` over ``N`` images, rescaled per neuron to
+``ã_nk = (a_nk - min_n a_nk) / (max_n a_nk - min_n a_nk)``, and cosine similarities
+``s_nm`` of the images' embeddings::
+
+    MS_k = Σ_{n<m} ã_nk ã_mk s_nm / Σ_{n<m} ã_nk ã_mk
+
+With unit-normalised embeddings ``e_n`` the pair sums have closed forms
+(``Σ_{n<m} ã_n ã_m s_nm = (‖Σ_n ã_n e_n‖² − Σ_n ã_n² ‖e_n‖²) / 2`` and
+``Σ_{n<m} ã_n ã_m = ((Σ_n ã_n)² − Σ_n ã_n²) / 2``), so all neurons cost one product
+``Ãᵀ E``: O(nnz·E) for sparse SAE codes instead of the reference's O(N²·K). Sums are
+accumulated in float64 because the numerator is a difference of two large sums.
+
+An embedding of norm 0 has cosine similarity 0 with every image (it is treated as the zero
+vector). The score is undefined (NaN) where the denominator is 0: dead or constant neurons,
+and neurons whose rescaled activation is non-zero on a single image.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from vlmsae.metrics._source import Rows, is_sparse, iter_rows, n_cols, n_rows, read_rows
+
+log = logging.getLogger(__name__)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+class MSResult(NamedTuple):
+    """Per-neuron Monosemanticity Scores and what they were computed from."""
+
+    ms: np.ndarray
+    """``float64 [K]``: the score, NaN where undefined."""
+    n_active: np.ndarray
+    """``int64 [K]``: images where the neuron's activation is > 0."""
+    max_activation: np.ndarray
+    """``float64 [K]``: largest activation over the images."""
+    min_activation: np.ndarray
+    """``float64 [K]``: smallest activation over the images (0 for most sparse codes)."""
+    n_images: int
+    """Number of images ``N`` scored."""
+
+    @property
+    def n_undefined(self) -> int:
+        """Neurons whose score is NaN (dead, constant, or active on one image only)."""
+        return int(np.isnan(self.ms).sum())
+
+
+class _Range(NamedTuple):
+    lo: np.ndarray
+    hi: np.ndarray
+    n_active: np.ndarray
+
+
+def _neuron_range(acts: Rows, chunk_rows: int, progress: bool) -> _Range:
+    """Pass 1: per-neuron min, max (implicit zeros of sparse rows included) and activity."""
+    k = n_cols(acts)
+    lo, hi = np.full(k, np.inf), np.full(k, -np.inf)
+    n_active = np.zeros(k, np.int64)
+    for _, block in tqdm(
+        iter_rows(acts, chunk_rows), desc="MS range", disable=not progress, leave=False
+    ):
+        if block.shape[0] == 0:
+            continue
+        if sp.issparse(block):
+            # scipy's axis reductions count implicit zeros where a column is not full
+            lo = np.minimum(lo, block.min(axis=0).toarray().ravel())
+            hi = np.maximum(hi, block.max(axis=0).toarray().ravel())
+            n_active += np.bincount(block.indices[block.data > 0], minlength=k)
+        else:
+            lo = np.minimum(lo, block.min(axis=0))
+            hi = np.maximum(hi, block.max(axis=0))
+            n_active += (block > 0).sum(axis=0)
+    return _Range(lo, hi, n_active)
+
+
+def _unit_rows(emb_NE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    norm_N = np.linalg.norm(emb_NE, axis=1)
+    safe_N = np.where(norm_N > 0, norm_N, 1.0)
+    unit_NE = emb_NE / safe_N[:, None]
+    return unit_NE, (norm_N > 0).astype(np.float64)  # squared norm of the unit rows
+
+
+class _Sums:
+    """float64 accumulators of one block of neurons."""
+
+    def __init__(self, k: int, e: int) -> None:
+        self.v_KE = np.zeros((k, e))  # Σ_n ã_n e_n
+        self.s1 = np.zeros(k)  # Σ_n ã_n
+        self.s2 = np.zeros(k)  # Σ_n ã_n²
+        self.s2e = np.zeros(k)  # Σ_n ã_n² ‖e_n‖²
+
+    def add_dense(self, scaled_NK: np.ndarray, unit_NE: np.ndarray, sq_N: np.ndarray) -> None:
+        sq_NK = scaled_NK * scaled_NK
+        self.v_KE += scaled_NK.T @ unit_NE
+        self.s1 += scaled_NK.sum(axis=0)
+        self.s2 += sq_NK.sum(axis=0)
+        self.s2e += sq_N @ sq_NK
+
+    def add_sparse(self, scaled: sp.csr_matrix, unit_NE: np.ndarray, sq_N: np.ndarray) -> None:
+        k = scaled.shape[1]
+        cols, vals = scaled.indices, scaled.data
+        rows = np.repeat(np.arange(scaled.shape[0]), np.diff(scaled.indptr))
+        self.v_KE += scaled.T @ unit_NE
+        self.s1 += np.bincount(cols, weights=vals, minlength=k)
+        self.s2 += np.bincount(cols, weights=vals * vals, minlength=k)
+        self.s2e += np.bincount(cols, weights=vals * vals * sq_N[rows], minlength=k)
+
+    def scores(self) -> np.ndarray:
+        num = np.einsum("ke,ke->k", self.v_KE, self.v_KE) - self.s2e
+        den = self.s1 * self.s1 - self.s2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _accumulate_block(
+    acts: Rows, emb: Rows, k0: int, k1: int, rng: _Range, chunk_rows: int, progress: bool
+) -> np.ndarray:
+    lo, span = rng.lo[k0:k1], rng.hi[k0:k1] - rng.lo[k0:k1]
+    live = span > 0
+    inv = np.where(live, 1.0 / np.where(live, span, 1.0), 0.0)
+    dense_cols = np.flatnonzero(lo != 0)  # sparse columns whose implicit zeros rescale to > 0
+    sparse_ok = (lo == 0).astype(np.float64) * inv
+    sums = _Sums(k1 - k0, n_cols(emb))
+    sparse = is_sparse(acts)
+    for start, block in tqdm(
+        iter_rows(acts, chunk_rows), desc=f"MS {k0}:{k1}", disable=not progress, leave=False
+    ):
+        stop = start + block.shape[0]
+        unit_NE, sq_N = _unit_rows(read_rows(emb, start, stop))
+        if k0 > 0 or k1 < block.shape[1]:
+            block = block[:, k0:k1]
+        if not sparse:
+            scaled = (block - lo) * inv  # constant neurons become all-zero columns
+            sums.add_dense(scaled, unit_NE, sq_N)
+            continue
+        scaled = block.copy()
+        scaled.data = scaled.data * sparse_ok[scaled.indices]
+        sums.add_sparse(scaled, unit_NE, sq_N)
+        if len(dense_cols):
+            sub = _Sums(len(dense_cols), unit_NE.shape[1])
+            sub.add_dense(
+                (block[:, dense_cols].toarray() - lo[dense_cols]) * inv[dense_cols],
+                unit_NE,
+                sq_N,
+            )
+            for name in ("v_KE", "s1", "s2", "s2e"):
+                getattr(sums, name)[dense_cols] += getattr(sub, name)
+    return sums.scores()
+
+
+def monosemanticity(
+    activations: Rows,
+    embeddings: Rows,
+    *,
+    chunk_rows: int = 8192,
+    max_memory_bytes: int = 1 << 30,
+    progress: bool = False,
+) -> MSResult:
+    """Monosemanticity Score of every neuron, with per-neuron activity statistics.
+
+    Args:
+        activations: ``[N, K]``, one row per image: a dense array (raw neurons, may be
+            negative), a ``scipy.sparse`` matrix (SAE codes), a torch tensor or an
+            :class:`~vlmsae.data.store.ActivationStore`.
+        embeddings: ``[N, E]`` image embeddings (array, tensor or store), same row order.
+        chunk_rows: images read at a time.
+        max_memory_bytes: bound on the float64 ``[K, E]`` accumulator; above it, neurons
+            are scored in blocks, one pass over the rows per block.
+        progress: show progress bars.
+    """
+    n, k = n_rows(activations), n_cols(activations)
+    if n_rows(embeddings) != n:
+        raise ValueError(
+            f"activations have {n} rows but embeddings have {n_rows(embeddings)}; both need "
+            "one row per image in the same order (aggregate tokens per image first)"
+        )
+    if n < 2:
+        raise ValueError(f"the score needs at least 2 images, got {n}")
+    rng = _neuron_range(activations, chunk_rows, progress)
+    e = n_cols(embeddings)
+    block_k = max(1, min(k, max_memory_bytes // (8 * e)))
+    ms = np.empty(k)
+    for k0 in range(0, k, block_k):
+        k1 = min(k, k0 + block_k)
+        ms[k0:k1] = _accumulate_block(activations, embeddings, k0, k1, rng, chunk_rows, progress)
+    result = MSResult(ms, rng.n_active, rng.hi, rng.lo, n)
+    if result.n_undefined:
+        log.info("MS undefined for %d of %d neurons (dead or constant)", result.n_undefined, k)
+    return result
+
+
+def monosemanticity_score(activations: Rows, embeddings: Rows, **kwargs: Any) -> np.ndarray:
+    """MS of every neuron: ``float64 [K]``, NaN where undefined. See :func:`monosemanticity`."""
+    return monosemanticity(activations, embeddings, **kwargs).ms
+
+
+def summarize_ms(ms: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> dict[str, Any]:
+    """Mean ± std, quantiles, max (and its neuron) and the undefined count of scores."""
+    ms = np.asarray(ms, dtype=np.float64)
+    ok = ms[~np.isnan(ms)]
+    out: dict[str, Any] = {"n_neurons": int(ms.size), "n_undefined": int(ms.size - ok.size)}
+    if ok.size == 0:
+        return {**out, "mean": None, "std": None, "max": None, "argmax": None, "quantiles": {}}
+    return {
+        **out,
+        "mean": float(ok.mean()),
+        "std": float(ok.std()),
+        "min": float(ok.min()),
+        "max": float(ok.max()),
+        "argmax": int(np.nanargmax(ms)),
+        "quantiles": {f"q{round(q * 100):02d}": float(np.quantile(ok, q)) for q in quantiles},
+    }
+
+
+def compare_sae_raw(ms_sae: np.ndarray, ms_raw: np.ndarray) -> dict[str, Any]:
+    """Share of (defined) SAE neurons scoring above the best and the median raw neuron."""
+    sae = np.asarray(ms_sae, np.float64)
+    raw = np.asarray(ms_raw, np.float64)
+    sae, raw = sae[~np.isnan(sae)], raw[~np.isnan(raw)]
+    if sae.size == 0 or raw.size == 0:
+        raise ValueError("both score arrays need at least one defined (non-NaN) score")
+    best, median = float(raw.max()), float(np.median(raw))
+    return {
+        "best_raw": best,
+        "median_raw": median,
+        "n_sae_defined": int(sae.size),
+        "n_raw_defined": int(raw.size),
+        "share_above_best_raw": float((sae > best).mean()),
+        "share_above_median_raw": float((sae > median).mean()),
+        "n_above_best_raw": int((sae > best).sum()),
+    }

@@ -1,0 +1,89 @@
+"""Highest-activating images (HAI) of every neuron, streamed with bounded memory.
+
+Memory is ``O(K·k)`` plus one chunk: each chunk's candidates are merged with the running
+top-k, after dropping every candidate below its neuron's current k-th value.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from vlmsae.metrics._source import Rows, is_sparse, iter_images, n_cols
+
+
+class TopImages(NamedTuple):
+    """Top-k images per neuron, best first."""
+
+    indices: np.ndarray
+    """``int64 [K, k]``: image indices; -1 where a sparse neuron has fewer than k active images."""
+    values: np.ndarray
+    """``float32 [K, k]``: activations (0 in the slots of missing images of sparse codes)."""
+
+    @property
+    def kth_value(self) -> np.ndarray:
+        """``[K]``: the k-th largest value (the paper drops neurons where it is 0 as dead)."""
+        return self.values[:, -1]
+
+
+def _merge(
+    val_Kk: np.ndarray, idx_Kk: np.ndarray, cols: np.ndarray, vals: np.ndarray, imgs: np.ndarray
+) -> None:
+    """Merge candidates (neuron, value, image) into the running top-k, in place."""
+    n_k, k = val_Kk.shape
+    keep = vals > val_Kk[cols, -1]
+    cols, vals, imgs = cols[keep], vals[keep], imgs[keep]
+    if cols.size == 0:
+        return
+    touched = np.unique(cols)
+    all_c = np.concatenate([np.repeat(touched, k), cols])
+    all_v = np.concatenate([val_Kk[touched].ravel(), vals])
+    all_i = np.concatenate([idx_Kk[touched].ravel(), imgs])
+    order = np.lexsort((all_i, -all_v, all_c))  # by neuron, value desc, image asc
+    all_c, all_v, all_i = all_c[order], all_v[order], all_i[order]
+    first = np.searchsorted(all_c, all_c, side="left")
+    rank = np.arange(len(all_c)) - first
+    sel = rank < k
+    val_Kk[all_c[sel], rank[sel]] = all_v[sel]
+    idx_Kk[all_c[sel], rank[sel]] = all_i[sel]
+
+
+def top_images(
+    activations: Rows,
+    k: int = 16,
+    *,
+    image_index: np.ndarray | None = None,
+    aggregate: str = "max",
+    chunk_rows: int = 1 << 16,
+    progress: bool = False,
+) -> TopImages:
+    """Top-``k`` images of every neuron.
+
+    Args:
+        activations: ``[R, K]`` rows (dense, CSR codes, tensor or store).
+        k: images kept per neuron.
+        image_index: ``[R]`` image of every row (non-decreasing; a store's ``rows[:, 0]``);
+            rows of one image are aggregated with ``aggregate`` (``"max"`` or ``"mean"``).
+            Without it every row is an image.
+        chunk_rows: rows read at a time.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    n_k = n_cols(activations)
+    sparse = is_sparse(activations)
+    fill = 0.0 if sparse else -np.inf
+    val_Kk = np.full((n_k, k), fill, np.float32)
+    idx_Kk = np.full((n_k, k), -1, np.int64)
+    chunks = iter_images(activations, chunk_rows, image_index, aggregate, np.float32)
+    for images, block in tqdm(chunks, desc="top images", disable=not progress, leave=False):
+        if sp.issparse(block):
+            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+            _merge(val_Kk, idx_Kk, block.indices.astype(np.int64), block.data, images[rows])
+        else:
+            b = block.shape[0]
+            cols = np.tile(np.arange(n_k), b)
+            _merge(val_Kk, idx_Kk, cols, block.ravel(), np.repeat(images, n_k))
+    return TopImages(idx_Kk, val_Kk)

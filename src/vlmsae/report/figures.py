@@ -1,0 +1,49 @@
+"""Paper-style figures (matplotlib, Agg backend): MS histograms of SAE vs raw neurons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vlmsae._io import atomic_write
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def ms_histogram(
+    path: str | Path,
+    scores: dict[str, np.ndarray],
+    *,
+    bins: int = 50,
+    title: str = "Monosemanticity Score",
+) -> Path:
+    """Histogram PNG of MS per set of neurons (e.g. ``{"SAE": ms, "raw": ms_raw}``),
+    densities so that sets of different sizes compare; undefined scores are left out."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=150)
+    edges = np.linspace(-0.2, 1.0, bins + 1)
+    finite = [s[~np.isnan(s)] for s in scores.values() if np.any(~np.isnan(s))]
+    if finite:
+        lo = min(-0.2, min(float(f.min()) for f in finite))
+        edges = np.linspace(lo, 1.0, bins + 1)
+    for name, ms in scores.items():
+        ok = ms[~np.isnan(ms)]
+        label = f"{name} (n={ok.size}, mean {ok.mean():.3f})" if ok.size else f"{name} (none)"
+        ax.hist(ok, bins=edges, density=True, alpha=0.55, label=label)
+    ax.set_xlabel("MS")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return path
