@@ -1,13 +1,15 @@
-"""Figures shared by the CLI and the demo (matplotlib with the Agg backend)."""
+"""Paper-style figures (matplotlib, Agg backend): MS histograms of SAE vs raw neurons."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
+from vlmsae._io import atomic_write
 
-def pyplot() -> Any:
+
+def pyplot():
     """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
@@ -17,25 +19,32 @@ def pyplot() -> Any:
     return plt
 
 
-def ms_histogram(ms_sae: np.ndarray, ms_raw: np.ndarray | None = None, *, title: str = "") -> Any:
-    """Histogram of MS of SAE neurons (and raw neurons), density-normalised; returns the
-    figure. NaN scores (dead or constant neurons) are left out and counted in the legend."""
+def ms_histogram(
+    path: str | Path,
+    scores: dict[str, np.ndarray],
+    *,
+    bins: int = 50,
+    title: str = "Monosemanticity Score",
+) -> Path:
+    """Histogram PNG of MS per set of neurons (e.g. ``{"SAE": ms, "raw": ms_raw}``),
+    densities so that sets of different sizes compare; undefined scores are left out."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    bins = np.linspace(0, 1, 41)
-    series = [("SAE neurons", ms_sae, "tab:blue")]
-    if ms_raw is not None:
-        series.append(("raw neurons", ms_raw, "tab:orange"))
-    for name, ms, colour in series:
-        ms = np.asarray(ms, np.float64)
-        ok = ms[np.isfinite(ms)]
-        undefined = ms.size - ok.size
-        label = f"{name} (n={ok.size}" + (f", {undefined} undefined)" if undefined else ")")
-        ax.hist(np.clip(ok, 0, 1), bins=bins, density=True, alpha=0.55, color=colour, label=label)
-    ax.set_xlabel("Monosemanticity Score")
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=150)
+    edges = np.linspace(-0.2, 1.0, bins + 1)
+    finite = [s[~np.isnan(s)] for s in scores.values() if np.any(~np.isnan(s))]
+    if finite:
+        lo = min(-0.2, min(float(f.min()) for f in finite))
+        edges = np.linspace(lo, 1.0, bins + 1)
+    for name, ms in scores.items():
+        ok = ms[~np.isnan(ms)]
+        label = f"{name} (n={ok.size}, mean {ok.mean():.3f})" if ok.size else f"{name} (none)"
+        ax.hist(ok, bins=edges, density=True, alpha=0.55, label=label)
+    ax.set_xlabel("MS")
     ax.set_ylabel("density")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    return fig
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return path

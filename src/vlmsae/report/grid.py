@@ -1,4 +1,7 @@
-"""Image grids of neurons' highest-activating images, like the paper's figures."""
+"""Grids of each neuron's top images with its MS, like the paper's figures.
+
+Unreadable or missing images become grey tiles (counted), never an error.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +9,100 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vlmsae._io import atomic_write
 
 log = logging.getLogger(__name__)
 
 
-def _tile(path: str | Path, size: int) -> Image.Image:
-    """The image at ``path`` as an RGB square tile; a grey tile when it cannot be read."""
+def _tile(path: str | None, size: int) -> tuple[np.ndarray, bool]:
+    if path is None:
+        return np.full((size, size, 3), 200, np.uint8), False
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            return im.resize((size, size), Image.Resampling.LANCZOS)
-    except (OSError, ValueError) as e:
-        log.warning("grid: cannot read %s (%s); drawing a blank tile", path, e)
-        return Image.new("RGB", (size, size), (200, 200, 200))
+            w, h = im.size
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            return np.asarray(im.resize((size, size))), True
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        log.debug("unreadable image %s: %s", path, e)
+        return np.full((size, size, 3), 160, np.uint8), False
 
 
 def neuron_grid(
-    image_paths: Sequence[Sequence[str | Path]],
-    labels: Sequence[str],
+    path: str | Path,
+    neurons: Sequence[int],
+    top_idx_Kk: np.ndarray,
+    image_paths: Sequence[str],
     *,
+    ms: np.ndarray | None = None,
+    n_images: int = 16,
     tile: int = 64,
-    per_row: int = 16,
-    pad: int = 2,
-    label_width: int = 150,
-) -> Image.Image:
-    """One row per neuron: its label (e.g. ``neuron 12  MS 0.91``) then its top images.
+    columns: int = 4,
+) -> dict[str, int]:
+    """One panel per neuron (``n_images`` top images in a square grid, titled with the neuron
+    id and MS), panels side by side in rows of ``columns``. Returns counts of drawn tiles."""
+    import matplotlib
 
-    Args:
-        image_paths: per neuron, its top image paths, best first.
-        labels: per neuron, the text drawn left of its row.
-        tile: side of each image tile in pixels.
-        per_row: image slots per row (missing images leave the slot empty).
-    """
-    if len(image_paths) != len(labels):
-        raise ValueError(f"{len(image_paths)} rows of images but {len(labels)} labels")
-    width = label_width + per_row * (tile + pad) + pad
-    height = max(1, len(labels)) * (tile + pad) + pad
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    for r, (paths, label) in enumerate(zip(image_paths, labels)):
-        y = pad + r * (tile + pad)
-        draw.text((pad, y + tile // 2 - 6), label, fill="black", font=font)
-        for c, path in enumerate(list(paths)[:per_row]):
-            canvas.paste(_tile(path, tile), (label_width + pad + c * (tile + pad), y))
-    return canvas
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not len(neurons):
+        raise ValueError("no neurons to draw")
+    side = int(np.ceil(np.sqrt(n_images)))
+    n_rows = int(np.ceil(len(neurons) / columns))
+    n_cols = min(columns, len(neurons))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols, 2.6 * n_rows), dpi=120)
+    axes = np.atleast_1d(axes).ravel()
+    counts = {"drawn": 0, "unreadable": 0}
+    for ax, k in zip(axes, neurons, strict=False):
+        panel = np.full((side * tile, side * tile, 3), 255, np.uint8)
+        for j, img in enumerate(top_idx_Kk[k][:n_images]):
+            p = image_paths[img] if 0 <= img < len(image_paths) else None
+            arr, ok = _tile(p, tile)
+            counts["drawn" if ok else "unreadable"] += int(p is not None)
+            r, c = divmod(j, side)
+            panel[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = arr
+        ax.imshow(panel)
+        score = "" if ms is None or np.isnan(ms[k]) else f"  MS {ms[k]:.3f}"
+        ax.set_title(f"neuron {k}{score}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    if counts["unreadable"]:
+        log.warning("%d top images could not be read (grey tiles)", counts["unreadable"])
+    return counts
+
+
+def select_neurons(
+    ms: np.ndarray | None,
+    *,
+    ids: Sequence[int] | None = None,
+    top_n: int | None = None,
+    group: int | None = None,
+    group_sizes: Sequence[int] | None = None,
+    alive_K: np.ndarray | None = None,
+) -> list[int]:
+    """Neurons to draw: explicit ``ids``, else the ``top_n`` best MS (inside Matryoshka
+    ``group`` when given)."""
+    if ids:
+        return [int(i) for i in ids]
+    if ms is None:
+        raise ValueError("choosing neurons by MS rank needs scores (--scores)")
+    lo, hi = 0, len(ms)
+    if group is not None:
+        if not group_sizes or not 0 <= group < len(group_sizes):
+            raise ValueError(f"group {group} needs group sizes with more than {group} groups")
+        lo = int(sum(group_sizes[:group]))
+        hi = lo + int(group_sizes[group])
+    cand = np.arange(lo, hi)
+    score = np.nan_to_num(ms[lo:hi], nan=-np.inf)
+    if alive_K is not None:
+        score = np.where(alive_K[lo:hi], score, -np.inf)
+    order = np.argsort(-score, kind="stable")[: top_n or 8]
+    return [int(cand[o]) for o in order if np.isfinite(score[o])]

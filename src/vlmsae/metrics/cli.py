@@ -1,0 +1,318 @@
+"""CLI of the metrics stage: ``vlmsae score``, ``top-images``, ``uniqueness``, ``hierarchy``,
+``agreement``, ``grid`` and ``ms-table``. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)
+    app.command("top-images")(top_images_cmd)
+    app.command("uniqueness")(uniqueness_cmd)
+    app.command("hierarchy")(hierarchy_cmd)
+    app.command("agreement")(agreement_cmd)
+    app.command("grid")(grid_cmd)
+    app.command("ms-table")(ms_table_cmd)
+
+
+def _save_npy(path: Path, arr) -> None:
+    """Atomic ``np.save`` without pickle (np.save on a path would append ``.npy``)."""
+    import numpy as np
+
+    from vlmsae._io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    atomic_write(path, write)
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(t) for t in text.replace(" ", "").split(",") if t] if text else None
+
+
+def _per_image(store, aggregate: str, chunk_rows: int):
+    """One row per image: the store itself, or its rows aggregated per image in memory."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from vlmsae.metrics._source import image_index_of, iter_images
+
+    image_R = image_index_of(store)
+    if image_R is None:
+        return store
+    log.info("%s has several rows per image: aggregating them (%s)", store.dir, aggregate)
+    blocks = [b for _, b in iter_images(store, chunk_rows, image_R, aggregate, np.float32)]
+    return sp.vstack(blocks, format="csr") if store.is_sparse else np.concatenate(blocks)
+
+
+def _sae_codes(sae_dir: Path, acts, chunk_rows: int):
+    """Codes of an SAE over the activations (CSR) and the reconstruction metrics."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from vlmsae.metrics._source import iter_rows
+    from vlmsae.metrics.recon import ReconAccumulator
+    from vlmsae.sae import SAE
+
+    sae = SAE.load(sae_dir)
+    sae.eval()
+    acc, parts = ReconAccumulator(), []
+    with torch.inference_mode():
+        for _, block in iter_rows(acts, chunk_rows, np.float32):
+            x = torch.from_numpy(np.ascontiguousarray(block))
+            codes = sae.encode(x)
+            acc.add(x, sae.decode(codes))
+            parts.append(sp.csr_matrix(codes.float().numpy()))
+    codes = sp.vstack(parts, format="csr")
+    rec = acc.result()
+    rec["l0"] = float(codes.nnz / max(codes.shape[0], 1))
+    return sae, codes, rec
+
+
+def score(
+    activations: Path = typer.Option(..., help="Store of activations or SAE codes (kind=codes)."),
+    embeddings: Path = typer.Option(..., help="Embedding store, one row per image (DINOv2)."),
+    out: Path = typer.Option(..., help="Output directory."),
+    sae: Path | None = typer.Option(None, help="SAE checkpoint: score its codes of ACTIVATIONS."),
+    raw: Path | None = typer.Option(
+        None, help="Raw activation store to compare a code store with."
+    ),
+    aggregate: str = typer.Option("max", help="Several rows per image: 'max' or 'mean'."),
+    chunk_rows: int = typer.Option(8192, help="Images read at a time."),
+    name: str | None = typer.Option(None, help="Name of this run in tables (default: out dir)."),
+) -> None:
+    """Monosemanticity Score of every neuron: scores.csv/.npy, summary.json, ms_hist.png,
+    table.md (and raw_scores.npy with the SAE vs raw comparison)."""
+    import numpy as np
+
+    from vlmsae._io import atomic_write_text, write_json
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics.ms import compare_sae_raw, monosemanticity, summarize_ms
+    from vlmsae.metrics.tables import ms_table, tradeoff_table
+    from vlmsae.report.figures import ms_histogram
+
+    acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
+    acts = _per_image(acts_store, aggregate, chunk_rows)
+    summary: dict = {"activations": str(activations), "embeddings": str(embeddings)}
+    summary.update({k: acts_store.manifest.get(k) for k in ("model", "hookpoint", "layer")})
+    raw_acts, model = None, None
+    if sae is not None:
+        model, codes, rec = _sae_codes(sae, acts, chunk_rows)
+        summary.update(sae=str(sae), arch=model.cfg.arch, k=model.cfg.k, **rec)
+        summary["expansion"] = model.cfg.d_sae // model.cfg.d_in
+        summary["group_sizes"] = list(model.cfg.group_sizes)
+        raw_acts, acts = acts, codes
+    elif raw is not None:
+        raw_acts = _per_image(ActivationStore(raw), aggregate, chunk_rows)
+    res = monosemanticity(acts, emb, chunk_rows=chunk_rows, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_npy(out / "scores.npy", res.ms)
+    lines = ["neuron,ms,n_active,max_activation"]
+    lines += [
+        f"{k},{'' if np.isnan(m) else f'{m:.6f}'},{n},{a:.6g}"
+        for k, (m, n, a) in enumerate(zip(res.ms, res.n_active, res.max_activation, strict=True))
+    ]
+    atomic_write_text(out / "scores.csv", "\n".join(lines) + "\n")
+    summary["name"] = name or out.name
+    summary["n_images"] = res.n_images
+    summary["ms"] = summarize_ms(res.ms)
+    summary["mean_ms"], summary["max_ms"] = summary["ms"]["mean"], summary["ms"]["max"]
+    hist = {"SAE" if raw_acts is not None or acts_store.is_sparse else "neurons": res.ms}
+    if raw_acts is not None:
+        raw_ms = monosemanticity(raw_acts, emb, chunk_rows=chunk_rows).ms
+        _save_npy(out / "raw_scores.npy", raw_ms)
+        summary["raw_ms"] = summarize_ms(raw_ms)
+        summary["sae_vs_raw"] = compare_sae_raw(res.ms, raw_ms)
+        hist["raw"] = raw_ms
+    ms_histogram(out / "ms_hist.png", hist)
+    atomic_write_text(out / "table.md", ms_table([summary]) + "\n" + tradeoff_table([summary]))
+    write_json(out / "summary.json", summary)
+    s = summary["ms"]
+    typer.echo(
+        f"MS over {res.n_images} images, {len(res.ms)} neurons: mean {s['mean']} ± {s['std']}, "
+        f"max {s['max']}, undefined {s['n_undefined']} → {out}"
+    )
+
+
+def top_images_cmd(
+    codes: Path = typer.Argument(..., help="Store of SAE codes or activations."),
+    out: Path = typer.Option(..., help="Output directory."),
+    sae: Path | None = typer.Option(None, help="SAE checkpoint: rank its codes of CODES."),
+    k: int = typer.Option(16, help="Images kept per neuron."),
+    aggregate: str = typer.Option("max", help="Several rows per image: 'max' or 'mean'."),
+    chunk_rows: int = typer.Option(1 << 16, help="Rows read at a time."),
+) -> None:
+    """Top-k images of every neuron: top_indices.npy, top_values.npy, summary.json."""
+
+    from vlmsae._io import write_json
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics._source import image_index_of
+    from vlmsae.metrics.top_images import top_images
+
+    store = ActivationStore(codes)
+    source, image_R = store, image_index_of(store)
+    if sae is not None:
+        _, source, _ = _sae_codes(sae, store, chunk_rows)
+    top = top_images(source, k, image_index=image_R, aggregate=aggregate, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_npy(out / "top_indices.npy", top.indices)
+    _save_npy(out / "top_values.npy", top.values)
+    dead = int((top.kth_value <= 0).sum())
+    write_json(
+        out / "summary.json",
+        {"store": str(codes), "sae": str(sae) if sae else None, "k": k, "aggregate": aggregate,
+         "n_neurons": len(top.indices), "n_dead_kth_zero": dead},
+    )  # fmt: skip
+    typer.echo(f"top-{k} images of {len(top.indices)} neurons ({dead} with k-th value 0) → {out}")
+
+
+def _load_top(top_dir: Path):
+    import numpy as np
+
+    return np.load(top_dir / "top_indices.npy"), np.load(top_dir / "top_values.npy")
+
+
+def uniqueness_cmd(
+    top: Path = typer.Argument(..., help="Output directory of `vlmsae top-images`."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the result here."),
+) -> None:
+    """Pairwise Jaccard of top-image sets: pairs above 0.1 … 0.9."""
+    from vlmsae._io import write_json
+    from vlmsae.metrics.uniqueness import uniqueness
+
+    idx, val = _load_top(top)
+    idx = idx.copy()
+    idx[val <= 0] = -1  # dead slots are not top images
+    res = uniqueness(idx)
+    out = {
+        "n_pairs": res.n_pairs,
+        "pairs_above": {
+            f"{t:.1f}": int(c) for t, c in zip(res.thresholds, res.n_pairs_above, strict=True)
+        },
+        "mean_max_jaccard": float(res.max_jaccard.mean()),
+    }
+    write_json(json_path or top / "uniqueness.json", out)
+    for t, c in out["pairs_above"].items():
+        typer.echo(f"Jaccard > {t}: {c} of {res.n_pairs} pairs")
+
+
+def hierarchy_cmd(
+    top: Path = typer.Argument(..., help="Output directory of `vlmsae top-images`."),
+    images: Path | None = typer.Option(None, help="Store whose images.txt names the images."),
+    labels: Path | None = typer.Option(None, help="Text file: label path (a/b/c) per image."),
+    group_sizes: str | None = typer.Option(None, help="Matryoshka group sizes, e.g. 64,192,768."),
+    sae: Path | None = typer.Option(None, help="SAE checkpoint providing the group sizes."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the result here."),
+) -> None:
+    """Mean / majority LCA depth of top-image pairs per neuron, averaged per group."""
+    import numpy as np
+
+    from vlmsae._io import write_json
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy, label_paths_from_images
+
+    if labels is not None:
+        paths = labels.read_text(encoding="utf-8").splitlines()
+    elif images is not None:
+        paths = label_paths_from_images(ActivationStore(images).images)
+    else:
+        raise typer.BadParameter("give --images STORE or --labels FILE")
+    sizes = _ints(group_sizes)
+    if sizes is None and sae is not None:
+        from vlmsae.sae import SAE
+
+        sizes = list(SAE.load(sae).cfg.group_sizes)
+    idx, val = _load_top(top)
+    res = hierarchy(encode_taxonomy(paths), idx, sizes, valid_K=val[:, -1] > 0)
+    defined = res.mean_depth[~np.isnan(res.mean_depth)]
+    out = {
+        "group_sizes": sizes,
+        "group_mean_depth": res.group_mean_depth.tolist(),
+        "group_majority_depth": res.group_majority_depth.tolist(),
+        "mean_depth": float(defined.mean()) if defined.size else None,
+    }
+    write_json(json_path or top / "hierarchy.json", out)
+    for g, (m, j) in enumerate(zip(res.group_mean_depth, res.group_majority_depth, strict=True)):
+        typer.echo(f"group {g}: mean LCA depth {m:.3f}, majority {j:.3f}")
+
+
+def agreement_cmd(
+    pairs: Path = typer.Argument(..., help="Benchmark CSV: k_x,k_y,R_user,MS_x_*,MS_y_*."),
+    scores: list[str] = typer.Option([], help="NAME=PATH of vlmsae scores (.npy or scores.csv)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the result here."),
+) -> None:
+    """How often the neuron with the higher MS is the one users preferred."""
+    import numpy as np
+
+    from vlmsae._io import write_json
+    from vlmsae.metrics.agreement import agreement, agreement_markdown, read_pairs
+
+    p = read_pairs(pairs)
+    results = {n: agreement(x, y, p.r_user) for n, (x, y) in p.scores.items()}
+    for spec in scores:
+        name, _, path = spec.rpartition("=")
+        path = Path(path)
+        if path.suffix == ".npy":
+            ms = np.load(path)
+        else:
+            ms = np.genfromtxt(path, delimiter=",", names=True)["ms"]
+        if max(p.k_x.max(), p.k_y.max()) >= len(ms):
+            raise typer.BadParameter(f"{path} has {len(ms)} scores; the pairs name larger neurons")
+        results[name or path.stem] = agreement(ms[p.k_x], ms[p.k_y], p.r_user)
+    typer.echo(agreement_markdown(results))
+    write_json(json_path or pairs.with_suffix(".agreement.json"), results)
+
+
+def grid_cmd(
+    top: Path = typer.Argument(..., help="Output directory of `vlmsae top-images`."),
+    images: Path = typer.Option(..., help="Store whose images.txt lists the image paths."),
+    out: Path = typer.Option(..., help="PNG file to write."),
+    scores: Path | None = typer.Option(None, help="scores.npy of `vlmsae score`."),
+    neurons: str | None = typer.Option(None, help="Neuron ids, e.g. 3,17,42."),
+    top_n: int = typer.Option(8, help="Without --neurons: the N neurons of highest MS."),
+    group: int | None = typer.Option(None, help="Restrict the ranking to a Matryoshka group."),
+    group_sizes: str | None = typer.Option(None, help="Group sizes, e.g. 64,192,768."),
+    n_images: int = typer.Option(16, help="Images per neuron."),
+) -> None:
+    """PNG grid of each chosen neuron's top images, titled with its MS."""
+    import numpy as np
+
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.report.grid import neuron_grid, select_neurons
+
+    idx, val = _load_top(top)
+    ms = np.load(scores) if scores else None
+    chosen = select_neurons(
+        ms, ids=_ints(neurons), top_n=top_n, group=group, group_sizes=_ints(group_sizes),
+        alive_K=val[:, -1] > 0,
+    )  # fmt: skip
+    counts = neuron_grid(out, chosen, idx, ActivationStore(images).images, ms=ms, n_images=n_images)
+    typer.echo(
+        f"{len(chosen)} neurons, {counts['drawn']} images, "
+        f"{counts['unreadable']} unreadable → {out}"
+    )
+
+
+def ms_table_cmd(
+    runs: list[Path] = typer.Argument(..., help="Output directories of `vlmsae score`."),
+    out: Path | None = typer.Option(None, help="Markdown file to write."),
+) -> None:
+    """The paper's Table (max MS per layer × expansion × architecture) and the sparsity /
+    reconstruction trade-off over a set of scored SAEs."""
+    from vlmsae._io import atomic_write_text, read_json
+    from vlmsae.metrics.tables import ms_table, tradeoff_table
+
+    records = [read_json(r / "summary.json") for r in runs]
+    text = "## Max MS\n\n" + ms_table(records) + "\n## Trade-off\n\n" + tradeoff_table(records)
+    if out:
+        atomic_write_text(out, text)
+    typer.echo(text)

@@ -1,0 +1,121 @@
+"""End to end: `vlmsae score / top-images / uniqueness / hierarchy / grid / ms-table /
+agreement` on small stores, with a real SAE checkpoint for `--sae`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlmsae._io import read_json
+from vlmsae.cli import app
+from vlmsae.data.store import ActivationStore
+from vlmsae.metrics import monosemanticity_score
+
+TAXA = [
+    "00001_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+    "00002_Animalia_Chordata_Mammalia_Carnivora_Felidae_Felis_catus",
+    "00003_Plantae_Tracheophyta_Magnoliopsida_Rosales_Rosaceae_Rosa_canina",
+]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    rng = np.random.default_rng(0)
+    n, tokens = 40, 2
+    paths = []
+    for i in range(n):
+        p = root / "imgs" / TAXA[i % 3] / f"{i}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if i == 5:
+            p.write_bytes(b"not an image")  # unreadable: a grey tile, not an error
+        else:
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    acts = rng.normal(size=(n * tokens, 8)).astype(np.float32)
+    image_R = np.repeat(np.arange(n), tokens)
+    store = ActivationStore.write(
+        root / "acts", acts, {"layer": 3}, image_index=image_R, shard_rows=16
+    )
+    # rewrite images.txt through the writer's close() contract
+    (root / "acts" / "images.txt").write_text("".join(f"{p}\n" for p in paths))
+    emb = rng.normal(size=(n, 5)).astype(np.float32)
+    ActivationStore.write(root / "emb", emb, kind="embeddings")
+    import vlmsae
+
+    cfg = vlmsae.SAEConfig(d_in=8, d_sae=32, sparsity="topk", k=4, group_fractions=(0.25, 0.75))
+    vlmsae.SAE(cfg).save(root / "sae")
+    return root, store, acts, image_R, emb
+
+
+def test_score_with_sae_end_to_end(stores):
+    root, _, acts, image_R, emb = stores
+    runner = CliRunner()
+    out = root / "score"
+    args = ["score", "--activations", str(root / "acts"), "--embeddings", str(root / "emb")]
+    r = runner.invoke(app, [*args, "--out", str(out), "--sae", str(root / "sae")])
+    assert r.exit_code == 0, r.output
+    summary = read_json(out / "summary.json")
+    assert summary["arch"] and summary["expansion"] == 4 and "r2" in summary
+    assert 0 <= summary["sae_vs_raw"]["share_above_best_raw"] <= 1
+    # the raw scores equal the library's on per-image max-aggregated activations
+    per_image = acts.reshape(-1, 2, 8).max(1)
+    np.testing.assert_allclose(
+        np.load(out / "raw_scores.npy"), monosemanticity_score(per_image, emb), rtol=1e-9
+    )
+    assert (out / "ms_hist.png").stat().st_size > 1000
+    assert "neuron,ms" in (out / "scores.csv").read_text()
+    assert "×4" in (out / "table.md").read_text()
+    r = runner.invoke(app, ["ms-table", str(out), "--out", str(root / "t.md")])
+    assert r.exit_code == 0 and "Trade-off" in (root / "t.md").read_text()
+
+    top = root / "top"
+    r = runner.invoke(
+        app,
+        [
+            "top-images",
+            str(root / "acts"),
+            "--out",
+            str(top),
+            "--sae",
+            str(root / "sae"),
+            "--k",
+            "4",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    idx = np.load(top / "top_indices.npy")
+    assert idx.shape == (32, 4) and idx.max() < 40
+    r = runner.invoke(app, ["uniqueness", str(top)])
+    assert r.exit_code == 0, r.output
+    assert read_json(top / "uniqueness.json")["n_pairs"] >= 0
+    r = runner.invoke(
+        app, ["hierarchy", str(top), "--images", str(root / "acts"), "--sae", str(root / "sae")]
+    )
+    assert r.exit_code == 0, r.output
+    h = read_json(top / "hierarchy.json")
+    assert h["group_sizes"] == [8, 24] and len(h["group_mean_depth"]) == 2
+    png = root / "grid.png"
+    grid = ["grid", str(top), "--images", str(root / "acts"), "--out", str(png)]
+    r = runner.invoke(app, [*grid, "--scores", str(out / "scores.npy"), "--top-n", "3"])
+    assert r.exit_code == 0, r.output
+    assert png.stat().st_size > 1000
+    r = runner.invoke(app, [*grid, "--neurons", "0,1", "--n-images", "4"])
+    assert r.exit_code == 0, r.output
+
+
+def test_agreement_cli(tmp_path):
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text(
+        "k_x,k_y,R_user,MS_x_dino,MS_y_dino,MS_x_clip,MS_y_clip\n"
+        "0,1,0.8,0.9,0.1,0.5,0.4\n2,3,0.3,0.2,0.6,0.1,0.3\n"
+    )
+    np.save(tmp_path / "ms.npy", np.array([0.9, 0.2, 0.1, 0.5]))
+    r = CliRunner().invoke(
+        app, ["agreement", str(csv_path), "--scores", f"ours={tmp_path / 'ms.npy'}"]
+    )
+    assert r.exit_code == 0, r.output
+    res = read_json(tmp_path / "pairs.agreement.json")
+    assert res["dino"]["agreement"] == 1.0 and res["ours"]["agreement"] == 1.0
