@@ -16,15 +16,15 @@ class DemoConfig:
 
     out_dir: str = "runs/demo"
     """Where everything is written (``README.md`` and ``index.html`` at the top)."""
-    n_train: int = 12_000
+    n_train: int = 8_000
     """Toy-world training images whose CLS activations train the SAEs."""
     n_test: int = 2_000
     """Held-out images: MS, top images, hierarchy and R² are measured on them."""
-    layers: tuple[int, ...] = (2, 3, 4)
+    layers: tuple[int, ...] = (2, 4)
     """Toy-CLIP blocks cached (``post_mlp_residual``, CLS token); the projection is added."""
     archs: tuple[str, ...] = ("batchtopk", "matryoshka")
     """SAE architectures of the Table."""
-    expansions: tuple[int, ...] = (1, 2, 4, 8, 16)
+    expansions: tuple[int, ...] = (1, 4, 16)
     """Expansion factors of the Table."""
     k: int = 4
     """Active latents per image: the paper's k=20 at width 1024, scaled to width 128."""
@@ -33,9 +33,9 @@ class DemoConfig:
     below 16, last layer)."""
     group_fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5625)
     """Matryoshka groups (the paper's)."""
-    steps: int = 1_500
-    """SAE training steps."""
-    batch_size: int = 512
+    steps: int = 800
+    """SAE training steps (25 epochs of the default training set at batch 256)."""
+    batch_size: int = 256
     """SAE training batch size."""
     n_grid: int = 4
     """Neurons shown in each of the most / least monosemantic grids."""

@@ -42,9 +42,12 @@ def ms_figures(cfg: DemoConfig, scores: Scores, out: Path) -> list[tuple[str, st
     plt = _plt()
     figs = []
     s = showcase_sae(cfg, scores)
-    fig = ms_histogram(s.neurons.ms_clip, scores.raw[s.run.hook].ms_clip,
-                       title=f"{s.run.name}: SAE vs raw neurons")
-    figs.append((_save(fig, out, "ms_histogram.png"),
+    ms_histogram(
+        out / "figures" / "ms_histogram.png",
+        {"SAE neurons": s.neurons.ms_clip, "raw neurons": scores.raw[s.run.hook].ms_clip},
+        title=f"{s.run.name}: SAE vs raw neurons",
+    )
+    figs.append(("figures/ms_histogram.png",
                  f"MS (toy-CLIP embedding) of the neurons of {s.run.name} and of the raw "
                  f"neurons of {s.run.hook}"))
 
@@ -92,16 +95,12 @@ def grids(cfg: DemoConfig, scores: Scores, out: Path) -> list[tuple[str, str]]:
     s = showcase_sae(cfg, scores)
     ms = s.neurons.ms_clip
     alive = np.flatnonzero(np.isfinite(ms) & (s.neurons.top[:, -1] >= 0))
-    order = alive[np.argsort(-ms[alive])]
+    order = alive[np.argsort(-ms[alive], kind="stable")]
     figs = []
     for name, ids in (("most", order[: cfg.n_grid]), ("least", order[::-1][: cfg.n_grid])):
-        image = neuron_grid(
-            [[scores.images[i] for i in s.neurons.top[k] if i >= 0] for k in ids],
-            [f"neuron {k}  MS {ms[k]:.2f}" for k in ids],
-        )
         rel = f"figures/grid_{name}_monosemantic.png"
-        from vlmsae._io import atomic_write
-
-        atomic_write(out / rel, lambda p, im=image: im.save(p, format="PNG"))
-        figs.append((rel, f"The {cfg.n_grid} {name} monosemantic neurons of {s.run.name}"))
+        neuron_grid(out / rel, ids.tolist(), s.neurons.top, scores.images, ms=ms,
+                    n_images=cfg.top_n, columns=cfg.n_grid)
+        figs.append((rel, f"The {cfg.n_grid} {name} monosemantic neurons of {s.run.name}, "
+                          f"each with its {cfg.top_n} highest-activating held-out images"))
     return figs
