@@ -65,6 +65,19 @@ def test_score_with_sae_end_to_end(stores):
     np.testing.assert_allclose(
         np.load(out / "raw_scores.npy"), monosemanticity_score(per_image, emb), rtol=1e-9
     )
+    # SAE codes: every token encoded, then max over the tokens of each image
+    import torch
+
+    import vlmsae
+
+    with torch.inference_mode():
+        codes = vlmsae.SAE.load(root / "sae").encode(torch.from_numpy(acts)).numpy()
+    np.testing.assert_allclose(
+        np.load(out / "scores.npy"),
+        monosemanticity_score(codes.reshape(-1, 2, 32).max(1), emb),
+        rtol=1e-6,
+        atol=1e-9,
+    )
     assert (out / "ms_hist.png").stat().st_size > 1000
     assert "neuron,ms" in (out / "scores.csv").read_text()
     assert "×4" in (out / "table.md").read_text()
@@ -119,3 +132,25 @@ def test_agreement_cli(tmp_path):
     assert r.exit_code == 0, r.output
     res = read_json(tmp_path / "pairs.agreement.json")
     assert res["dino"]["agreement"] == 1.0 and res["ours"]["agreement"] == 1.0
+
+
+def test_score_code_store_against_raw(tmp_path):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    codes = sp.random(30, 16, density=0.3, random_state=1, format="csr", dtype=np.float32)
+    ActivationStore.write(tmp_path / "codes", codes)
+    ActivationStore.write(tmp_path / "raw", rng.normal(size=(30, 4)).astype(np.float32))
+    emb = rng.normal(size=(30, 3)).astype(np.float32)
+    ActivationStore.write(tmp_path / "emb", emb, kind="embeddings")
+    out = tmp_path / "score"
+    r = CliRunner().invoke(
+        app,
+        ["score", "--activations", str(tmp_path / "codes"), "--embeddings", str(tmp_path / "emb"),
+         "--raw", str(tmp_path / "raw"), "--out", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(
+        np.load(out / "scores.npy"), monosemanticity_score(codes, emb), rtol=1e-9
+    )
+    assert "sae_vs_raw" in read_json(out / "summary.json")

@@ -38,19 +38,18 @@ def _ints(text: str | None) -> list[int] | None:
     return [int(t) for t in text.replace(" ", "").split(",") if t] if text else None
 
 
-def _per_image(store, aggregate: str, chunk_rows: int):
-    """One row per image: the store itself, or its rows aggregated per image in memory."""
+def _per_image(x, image_R, aggregate: str, chunk_rows: int):
+    """One row per image: ``x`` itself, or its rows aggregated per image in memory."""
     import numpy as np
     import scipy.sparse as sp
 
-    from vlmsae.metrics._source import image_index_of, iter_images
+    from vlmsae.metrics._source import is_sparse, iter_images
 
-    image_R = image_index_of(store)
     if image_R is None:
-        return store
-    log.info("%s has several rows per image: aggregating them (%s)", store.dir, aggregate)
-    blocks = [b for _, b in iter_images(store, chunk_rows, image_R, aggregate, np.float32)]
-    return sp.vstack(blocks, format="csr") if store.is_sparse else np.concatenate(blocks)
+        return x
+    log.info("several rows per image: aggregating them per image (%s)", aggregate)
+    blocks = [b for _, b in iter_images(x, chunk_rows, image_R, aggregate, np.float32)]
+    return sp.vstack(blocks, format="csr") if is_sparse(x) else np.concatenate(blocks)
 
 
 def _sae_codes(sae_dir: Path, acts, chunk_rows: int):
@@ -101,18 +100,24 @@ def score(
     from vlmsae.report.figures import ms_histogram
 
     acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
-    acts = _per_image(acts_store, aggregate, chunk_rows)
+    from vlmsae.metrics._source import image_index_of
+
+    image_R = image_index_of(acts_store)
+    acts = _per_image(acts_store, image_R, aggregate, chunk_rows)
     summary: dict = {"activations": str(activations), "embeddings": str(embeddings)}
     summary.update({k: acts_store.manifest.get(k) for k in ("model", "hookpoint", "layer")})
     raw_acts, model = None, None
     if sae is not None:
-        model, codes, rec = _sae_codes(sae, acts, chunk_rows)
+        # encode every token, then aggregate the codes per image
+        model, codes, rec = _sae_codes(sae, acts_store, chunk_rows)
+        codes = _per_image(codes, image_R, aggregate, chunk_rows)
         summary.update(sae=str(sae), arch=model.cfg.arch, k=model.cfg.k, **rec)
         summary["expansion"] = model.cfg.d_sae // model.cfg.d_in
         summary["group_sizes"] = list(model.cfg.group_sizes)
         raw_acts, acts = acts, codes
     elif raw is not None:
-        raw_acts = _per_image(ActivationStore(raw), aggregate, chunk_rows)
+        raw_store = ActivationStore(raw)
+        raw_acts = _per_image(raw_store, image_index_of(raw_store), aggregate, chunk_rows)
     res = monosemanticity(acts, emb, chunk_rows=chunk_rows, progress=True)
     out.mkdir(parents=True, exist_ok=True)
     _save_npy(out / "scores.npy", res.ms)

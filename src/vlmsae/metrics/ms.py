@@ -81,24 +81,43 @@ def _neuron_range(acts: Rows, chunk_rows: int, progress: bool) -> _Range:
 
 
 def _unit_rows(emb_NE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    norm_N = np.linalg.norm(emb_NE, axis=1)
+    norm_N = np.sqrt(np.einsum("ne,ne->n", emb_NE, emb_NE))
     safe_N = np.where(norm_N > 0, norm_N, 1.0)
     unit_NE = emb_NE / safe_N[:, None]
     return unit_NE, (norm_N > 0).astype(np.float64)  # squared norm of the unit rows
+
+
+def _sparse_t_matmul(scaled: sp.csr_matrix, unit_NE: np.ndarray) -> np.ndarray:
+    """``scaledᵀ @ unit_NE`` in float64; torch's CSR kernel uses every thread (scipy's one)."""
+    import warnings
+
+    import torch
+
+    t = scaled.tocsc()  # the CSC arrays of a matrix are the CSR arrays of its transpose
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        a = torch.sparse_csr_tensor(
+            torch.from_numpy(t.indptr.astype(np.int64)),
+            torch.from_numpy(t.indices.astype(np.int64)),
+            torch.from_numpy(t.data.astype(np.float64)),
+            size=(t.shape[1], t.shape[0]),
+        )
+        return (a @ torch.from_numpy(np.ascontiguousarray(unit_NE))).numpy()
 
 
 class _Sums:
     """float64 accumulators of one block of neurons."""
 
     def __init__(self, k: int, e: int) -> None:
-        self.v_KE = np.zeros((k, e))  # Σ_n ã_n e_n
+        self.shape = (k, e)
+        self.v: np.ndarray | None = None  # Σ_n ã_n e_n, [K, E] (allocated by the first add)
         self.s1 = np.zeros(k)  # Σ_n ã_n
         self.s2 = np.zeros(k)  # Σ_n ã_n²
         self.s2e = np.zeros(k)  # Σ_n ã_n² ‖e_n‖²
 
     def add_dense(self, scaled_NK: np.ndarray, unit_NE: np.ndarray, sq_N: np.ndarray) -> None:
         sq_NK = scaled_NK * scaled_NK
-        self.v_KE += scaled_NK.T @ unit_NE
+        self._add_v(scaled_NK.T @ unit_NE)
         self.s1 += scaled_NK.sum(axis=0)
         self.s2 += sq_NK.sum(axis=0)
         self.s2e += sq_N @ sq_NK
@@ -107,10 +126,22 @@ class _Sums:
         k = scaled.shape[1]
         cols, vals = scaled.indices, scaled.data
         rows = np.repeat(np.arange(scaled.shape[0]), np.diff(scaled.indptr))
-        self.v_KE += scaled.T @ unit_NE
+        self._add_v(_sparse_t_matmul(scaled, unit_NE))
         self.s1 += np.bincount(cols, weights=vals, minlength=k)
         self.s2 += np.bincount(cols, weights=vals * vals, minlength=k)
         self.s2e += np.bincount(cols, weights=vals * vals * sq_N[rows], minlength=k)
+
+    def _add_v(self, v_KE: np.ndarray) -> None:
+        if self.v is None:  # no zero-filled [K, E] array to page in and add to
+            self.v = v_KE
+        else:
+            self.v += v_KE
+
+    @property
+    def v_KE(self) -> np.ndarray:
+        if self.v is None:
+            self.v = np.zeros(self.shape)
+        return self.v
 
     def scores(self) -> np.ndarray:
         num = np.einsum("ke,ke->k", self.v_KE, self.v_KE) - self.s2e
@@ -159,7 +190,7 @@ def monosemanticity(
     activations: Rows,
     embeddings: Rows,
     *,
-    chunk_rows: int = 8192,
+    chunk_rows: int | None = None,
     max_memory_bytes: int = 1 << 30,
     progress: bool = False,
 ) -> MSResult:
@@ -170,7 +201,7 @@ def monosemanticity(
             negative), a ``scipy.sparse`` matrix (SAE codes), a torch tensor or an
             :class:`~vlmsae.data.store.ActivationStore`.
         embeddings: ``[N, E]`` image embeddings (array, tensor or store), same row order.
-        chunk_rows: images read at a time.
+        chunk_rows: images read at a time (default 65,536 for sparse codes, 8,192 dense).
         max_memory_bytes: bound on the float64 ``[K, E]`` accumulator; above it, neurons
             are scored in blocks, one pass over the rows per block.
         progress: show progress bars.
@@ -183,6 +214,8 @@ def monosemanticity(
         )
     if n < 2:
         raise ValueError(f"the score needs at least 2 images, got {n}")
+    if chunk_rows is None:
+        chunk_rows = 1 << 16 if is_sparse(activations) else 1 << 13
     rng = _neuron_range(activations, chunk_rows, progress)
     e = n_cols(embeddings)
     block_k = max(1, min(k, max_memory_bytes // (8 * e)))

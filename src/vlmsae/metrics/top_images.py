@@ -83,7 +83,12 @@ def top_images(
             rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
             _merge(val_Kk, idx_Kk, block.indices.astype(np.int64), block.data, images[rows])
         else:
-            b = block.shape[0]
-            cols = np.tile(np.arange(n_k), b)
-            _merge(val_Kk, idx_Kk, cols, block.ravel(), np.repeat(images, n_k))
+            if block.shape[0] > k:  # the chunk's own top-k per neuron first: k·K candidates
+                rows_kK = np.argpartition(-block, k - 1, axis=0)[:k]
+                block = np.take_along_axis(block, rows_kK, axis=0)
+                images = images[rows_kK].ravel()
+            else:
+                images = np.repeat(images, n_k)
+            cols = np.tile(np.arange(n_k), block.shape[0])
+            _merge(val_Kk, idx_Kk, cols, block.ravel(), images)
     return TopImages(idx_Kk, val_Kk)
