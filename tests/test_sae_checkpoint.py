@@ -12,16 +12,6 @@ import vlmsae
 from vlmsae.sae import SAE, CheckpointError, SAEConfig, TrainConfig
 from vlmsae.sae.checkpoint import read_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread avoids synchronisation cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 VARIANTS = [
     dict(sparsity="relu"),
     dict(sparsity="topk", k=3),

@@ -16,14 +16,6 @@ from vlmsae.sae import SAE
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def invoke(*args):
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -116,4 +108,3 @@ def test_convert_command(tmp_path):
     assert float(sae.threshold) == pytest.approx(0.1)
     config = json.loads((tmp_path / "sae/config.json").read_text())
     assert config["converted_from"].endswith("ae.pt")
-

@@ -14,15 +14,6 @@ D, S, K = 12, 48, 4
 gen = torch.Generator().manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread avoids synchronisation cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rand(*shape, scale=1.0):
     return torch.randn(*shape, generator=gen) * scale
 

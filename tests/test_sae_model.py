@@ -10,16 +10,6 @@ from hypothesis import strategies as st
 from vlmsae.sae import SAE, SAEConfig
 from vlmsae.sae.sparse import select_batchtopk, select_topk
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread avoids synchronisation cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 VARIANTS = [
     ("relu", None),
     ("topk", None),

@@ -16,16 +16,6 @@ from vlmsae.sae.planted import dictionary_recovery, make_planted
 from vlmsae.sae.train import NonFiniteError, geometric_median, lr_factor, train_sae
 from vlmsae.sae.trainer_io import evaluate_sae
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread avoids synchronisation cost on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 K = 5
 
 

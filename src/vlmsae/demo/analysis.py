@@ -87,7 +87,12 @@ def score_neurons(
     oracle = monosemanticity(acts, ActivationStore(emb.oracle))
     top = top_images(acts, top_n)
     return NeuronScores(
-        clip.ms, oracle.ms, clip.n_active, top.indices, top.values, label_purity(top.indices, labels)
+        clip.ms,
+        oracle.ms,
+        clip.n_active,
+        top.indices,
+        top.values,
+        label_purity(top.indices, labels),
     )
 
 
@@ -97,7 +102,7 @@ def lca_depth_by_group(
     """Mean LCA depth (taxonomy family → shape → colour) of each group's neurons."""
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy
 
-    paths = encode_taxonomy(list(zip(*(labels[level].tolist() for level in TAXONOMY))))
+    paths = encode_taxonomy(list(zip(*(labels[level].tolist() for level in TAXONOMY), strict=True)))
     return hierarchy(paths, top, group_sizes).group_mean_depth.tolist()
 
 
@@ -149,6 +154,6 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
     for s in saes:
         if s.run.k == cfg.k:
             u = uniqueness(s.neurons.top)
-            pairs_above = dict(zip(map(str, u.thresholds), u.n_pairs_above.tolist()))
+            pairs_above = dict(zip(map(str, u.thresholds), u.n_pairs_above.tolist(), strict=True))
             uniq[s.run.name] = {"n_pairs": u.n_pairs, "pairs_above": pairs_above}
     return Scores(saes, raw, labels, images, uniq)

@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    out: Path = typer.Option(None, "--out", help="Output directory [runs/demo, or runs/demo-quick]."),
+    out: Path = typer.Option(
+        None, "--out", help="Output directory [runs/demo, or runs/demo-quick]."
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="A reduced run (about a minute) for CI and a first look."
     ),

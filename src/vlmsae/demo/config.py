@@ -56,9 +56,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.n_train < self.batch_size:
-            raise ValueError(
-                f"n_train={self.n_train} is smaller than batch_size={self.batch_size}"
-            )
+            raise ValueError(f"n_train={self.n_train} is smaller than batch_size={self.batch_size}")
         if self.n_test < 2 * self.top_n:
             raise ValueError(f"n_test={self.n_test} must be at least 2 × top_n={self.top_n}")
         if not self.layers or not self.expansions or not self.archs:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmsae.demo.analysis import Scores, SAEScores
+from vlmsae.demo.analysis import SAEScores, Scores
 from vlmsae.demo.config import DemoConfig
 
 DPI = 150
@@ -47,23 +47,41 @@ def ms_figures(cfg: DemoConfig, scores: Scores, out: Path) -> list[tuple[str, st
         {"SAE neurons": s.neurons.ms_clip, "raw neurons": scores.raw[s.run.hook].ms_clip},
         title=f"{s.run.name}: SAE vs raw neurons",
     )
-    figs.append(("figures/ms_histogram.png",
-                 f"MS (toy-CLIP embedding) of the neurons of {s.run.name} and of the raw "
-                 f"neurons of {s.run.hook}"))
+    figs.append(
+        (
+            "figures/ms_histogram.png",
+            f"MS (toy-CLIP embedding) of the neurons of {s.run.name} and of the raw "
+            f"neurons of {s.run.hook}",
+        )
+    )
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for hook in cfg.hooks:
-        for arch, style in zip(cfg.archs, ("-o", "--s")):
-            runs = sorted((x for x in scores.saes if x.run.k == cfg.k and x.run.hook == hook
-                           and x.run.arch == arch), key=lambda x: x.run.expansion)
-            ax.plot([x.run.expansion for x in runs],
-                    [np.nanmax(x.neurons.ms_clip) for x in runs], style, label=f"{hook} {arch}")
+        for arch, style in zip(cfg.archs, ("-o", "--s", "-.^"), strict=False):
+            runs = sorted(
+                (
+                    x
+                    for x in scores.saes
+                    if x.run.k == cfg.k and x.run.hook == hook and x.run.arch == arch
+                ),
+                key=lambda x: x.run.expansion,
+            )
+            ax.plot(
+                [x.run.expansion for x in runs],
+                [np.nanmax(x.neurons.ms_clip) for x in runs],
+                style,
+                label=f"{hook} {arch}",
+            )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("expansion factor")
     ax.set_ylabel("max MS (toy CLIP)")
     ax.legend(fontsize=7)
-    figs.append((_save(fig, out, "max_ms_vs_expansion.png"),
-                 "Highest MS of any neuron against the SAE's expansion factor"))
+    figs.append(
+        (
+            _save(fig, out, "max_ms_vs_expansion.png"),
+            "Highest MS of any neuron against the SAE's expansion factor",
+        )
+    )
 
     clip = np.concatenate([x.neurons.ms_clip for x in scores.saes if x.run.k == cfg.k])
     oracle = np.concatenate([x.neurons.ms_oracle for x in scores.saes if x.run.k == cfg.k])
@@ -71,8 +89,12 @@ def ms_figures(cfg: DemoConfig, scores: Scores, out: Path) -> list[tuple[str, st
     ax.scatter(oracle, clip, s=3, alpha=0.3)
     ax.set_xlabel("MS under the oracle (ground-truth) embedding")
     ax.set_ylabel("MS under the toy-CLIP embedding")
-    figs.append((_save(fig, out, "ms_clip_vs_oracle.png"),
-                 "Each dot an SAE neuron: MS measured with the model's embedding against the truth"))
+    figs.append(
+        (
+            _save(fig, out, "ms_clip_vs_oracle.png"),
+            "Each dot an SAE neuron: MS measured with the model's embedding against the truth",
+        )
+    )
     return figs
 
 
@@ -99,8 +121,20 @@ def grids(cfg: DemoConfig, scores: Scores, out: Path) -> list[tuple[str, str]]:
     figs = []
     for name, ids in (("most", order[: cfg.n_grid]), ("least", order[::-1][: cfg.n_grid])):
         rel = f"figures/grid_{name}_monosemantic.png"
-        neuron_grid(out / rel, ids.tolist(), s.neurons.top, scores.images, ms=ms,
-                    n_images=cfg.top_n, columns=cfg.n_grid)
-        figs.append((rel, f"The {cfg.n_grid} {name} monosemantic neurons of {s.run.name}, "
-                          f"each with its {cfg.top_n} highest-activating held-out images"))
+        neuron_grid(
+            out / rel,
+            ids.tolist(),
+            s.neurons.top,
+            scores.images,
+            ms=ms,
+            n_images=cfg.top_n,
+            columns=cfg.n_grid,
+        )
+        figs.append(
+            (
+                rel,
+                f"The {cfg.n_grid} {name} monosemantic neurons of {s.run.name}, "
+                f"each with its {cfg.top_n} highest-activating held-out images",
+            )
+        )
     return figs

@@ -82,7 +82,9 @@ def embed_world(cfg: DemoConfig, world: Path) -> Embeddings:
     emb_dir = Path(cfg.out_dir) / "embeddings"
     emb = Embeddings(emb_dir / "clip", emb_dir / "oracle")
     if not _complete_store(emb.clip):
-        embed_images(clip_path(cfg.models_dir), world, emb.clip, split="test", workers=0, progress=False)
+        embed_images(
+            clip_path(cfg.models_dir), world, emb.clip, split="test", workers=0, progress=False
+        )
     if not _complete_store(emb.oracle):
         write_oracle_embeddings(world / "test", emb.oracle)
     clip_images = [Path(p).resolve() for p in ActivationStore(emb.clip).images]
@@ -117,8 +119,9 @@ def planned_saes(cfg: DemoConfig) -> list[SAERun]:
     ]
     sweep_exp = max([e for e in cfg.expansions if e < 16] or cfg.expansions)
     runs += [
-        SAERun(cfg.hooks[-2] if len(cfg.hooks) > 1 else cfg.hooks[0], "batchtopk", sweep_exp, k,
-               Path())
+        SAERun(
+            cfg.hooks[-2] if len(cfg.hooks) > 1 else cfg.hooks[0], "batchtopk", sweep_exp, k, Path()
+        )
         for k in cfg.k_sweep
     ]
     unique = {r.name: r for r in runs}

@@ -58,7 +58,7 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
         summary={
             "layer": result.layer,
             "neurons": neurons,
-            "rows": [dict(zip(table.columns, row)) for row in rows],
+            "rows": [dict(zip(table.columns, row, strict=True)) for row in rows],
             "seconds": result.seconds,
         },
     )

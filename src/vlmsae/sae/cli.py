@@ -123,4 +123,3 @@ def convert(
     )
     sae.save(out, converted_from=str(ae_path))
     typer.echo(f"{sae}\nwrote {out}")
-
