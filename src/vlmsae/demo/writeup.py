@@ -232,6 +232,22 @@ def findings(cfg: DemoConfig, scores: Scores, sweep: list[SAEScores]) -> tuple[l
     return out, numbers
 
 
+def _alive_note(cfg: DemoConfig, scores: Scores) -> str:
+    """How many latents stay alive, against how many concepts the world has."""
+    from vlmsae.toyworld import ATTRIBUTES
+
+    n_concepts = sum(len(v) for k, v in ATTRIBUTES.items() if k != "family")
+    alive = [int((s.neurons.n_active > 0).sum()) for s in _table_saes(cfg, scores)]
+    return (
+        f"Latents active on at least one held-out image: median {int(np.median(alive))} "
+        f"per SAE (range {min(alive)}–{max(alive)}), whatever the width. The toy world has "
+        f"{n_concepts} concept values (shapes, colours, sizes, backgrounds), so wide SAEs "
+        "leave most latents dead here: there is nothing left for them to explain (R² is "
+        "high throughout), and AuxK cannot revive latents the residual does not need. "
+        '"dead" is the fraction of latents silent on every held-out image.'
+    )
+
+
 def write_report(
     cfg: DemoConfig, scores: Scores, steering: Any, timings: dict
 ) -> tuple[Path, dict, list[str]]:
@@ -259,6 +275,7 @@ def write_report(
         )
     )
     sec = report.section("Monosemanticity of SAE and raw neurons")
+    sec.paragraphs.append(_alive_note(cfg, scores))
     sec.tables += [paper_table(cfg, scores), sae_rows(cfg, scores)]
     sec.figures += figures.ms_figures(cfg, scores, out)
     sec = report.section("Sparsity and reconstruction")
