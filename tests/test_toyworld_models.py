@@ -94,7 +94,11 @@ def accuracy(clip, llava, sample):
 
 # Bars the shipped models do not meet yet (measured on this sample; see the README).
 # strict: the day a rebuilt model meets one, its test fails until the mark is removed.
-BELOW_BAR: dict[str, str] = {}
+BELOW_BAR: dict[str, str] = {
+    "clip_shape": "shipped toy CLIP: ~37% zero-shot shape (shape is learned last; see docs)",
+    "llava_shape": "shipped toy LLaVA: ~40% one-word shape (bounded by the CLIP tower)",
+    "llava_caption": "shipped toy LLaVA: ~13% exact captions (the shape word is usually wrong)",
+}
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ class BuildConfig:
     n_train: int = 10_000
     """Training images, rendered once and shared by both models."""
     clip: ClipTrainConfig = field(
-        default_factory=lambda: ClipTrainConfig(steps=400, batch_size=128, group_size=0, lr=3e-3)
+        default_factory=lambda: ClipTrainConfig(steps=1500, batch_size=128, group_size=0, lr=3e-3)
     )
     """The toy CLIP's size and schedule (its ``seed`` is replaced by ``seed``)."""
     llava: LlavaTrainConfig = field(
