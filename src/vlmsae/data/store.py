@@ -165,7 +165,8 @@ class StoreWriter:
                 f"{n} rows but {len(image_index)} image and {len(token_index)} token indices"
             )
         if self.kind == "codes":
-            self._csr.append(sp.csr_matrix(rows, dtype=np.dtype(self.dtype)))
+            # scipy.sparse has no float16: buffer in float32, cast the values when written
+            self._csr.append(sp.csr_matrix(rows, dtype=np.float32))
         else:
             if sp.issparse(rows):
                 rows = rows.toarray()
@@ -226,7 +227,7 @@ class StoreWriter:
         self._write_manifest(complete=False)
 
     def _empty_csr(self) -> sp.csr_matrix:
-        return sp.csr_matrix((0, self.d), dtype=np.dtype(self.dtype))
+        return sp.csr_matrix((0, self.d), dtype=np.float32)
 
     def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
         """Write the last shard, ``rows.npy``, ``images.txt`` and the final manifest."""
@@ -322,6 +323,12 @@ class ActivationStore:
     def is_sparse(self) -> bool:
         return self.kind == "codes"
 
+    @property
+    def _csr_dtype(self) -> np.dtype:
+        """dtype of CSR values in memory: scipy.sparse has no float16, so float16 codes
+        are read as float32."""
+        return np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
+
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
@@ -364,7 +371,7 @@ class ActivationStore:
         a, b = int(indptr[lo]), int(indptr[hi])
         return sp.csr_matrix(
             (
-                np.asarray(values[a:b]),
+                np.asarray(values[a:b], dtype=self._csr_dtype),
                 np.asarray(indices[a:b]),
                 np.asarray(indptr[lo : hi + 1]) - a,
             ),
@@ -376,7 +383,7 @@ class ActivationStore:
             return (
                 sp.vstack(parts, format="csr")
                 if parts
-                else sp.csr_matrix((0, self.d), dtype=self.dtype)
+                else sp.csr_matrix((0, self.d), dtype=self._csr_dtype)
             )
         return np.concatenate(parts) if parts else np.zeros((0, self.d), self.dtype)
 

@@ -1,1 +1,24 @@
-"""sae stage of vlmsae."""
+"""The SAE stage: one sparse autoencoder module, its trainer and checkpoints.
+
+``SAE`` (pluggable sparsity: relu / topk / batchtopk / jumprelu, Matryoshka groups on
+top), ``SAEConfig``, ``TrainConfig``, ``train_sae``; checkpoints are directories with
+``config.json`` + ``sae.safetensors`` (``SAE.save`` / ``SAE.load``).
+"""
+
+from __future__ import annotations
+
+from vlmsae.sae.checkpoint import CheckpointError, load_sae, save_sae
+from vlmsae.sae.config import SAEConfig, TrainConfig
+from vlmsae.sae.model import SAE, SAEOutput
+from vlmsae.sae.sparse import ActiveLatents
+
+__all__ = [
+    "SAE",
+    "ActiveLatents",
+    "CheckpointError",
+    "SAEConfig",
+    "SAEOutput",
+    "TrainConfig",
+    "load_sae",
+    "save_sae",
+]

@@ -1,0 +1,220 @@
+"""Image datasets from folder layouts, with robust decoding.
+
+Layouts (``layout="auto"`` detects them):
+
+- ``imagenet``: ``ROOT/{train,val}/nXXXXXXXX/*.JPEG`` (one folder per WordNet id).
+- ``inat21``: ``ROOT/{train,train_mini,val}/CLASS/`` where CLASS is
+  ``NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_species``;
+  the taxonomy is parsed from the folder name (:attr:`ImageDataset.taxonomy`).
+- ``cub``: ``ROOT/images/NNN.Class_Name/*.jpg`` with ``images.txt`` and
+  ``train_test_split.txt`` (split ``train`` or ``test``).
+- ``imagefolder``: ``ROOT[/SPLIT]/CLASS/*`` (any class names).
+- ``flat``: ``ROOT[/SPLIT]/*`` (no classes; label -1).
+
+Order is deterministic: classes sorted by name, files sorted by name within a class.
+``every`` keeps every n-th image, then ``limit`` keeps the first n of those.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "imagenet", "inat21", "cub", "imagefolder", "flat")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+TAXONOMY_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+_INAT_DIR = re.compile(r"^\d{5}_[A-Za-z]+(_[A-Za-z-]+){5,}$")
+_WNID_DIR = re.compile(r"^n\d{8}$")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A list of image files with class labels, in a fixed order."""
+
+    root: str
+    """The dataset root given by the user."""
+    split: str | None
+    """The split folder or CUB split used, or None."""
+    layout: str
+    """The resolved layout (never ``auto``)."""
+    paths: tuple[str, ...]
+    """Image paths, in dataset order."""
+    labels: tuple[int, ...]
+    """Class index per image (-1 when the layout has no classes)."""
+    classes: tuple[str, ...] = ()
+    """Class names (folder names), indexed by label."""
+    taxonomy: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    """iNaturalist 2021: per class, the names at :data:`TAXONOMY_LEVELS`."""
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.labels):
+            raise ValueError("paths and labels must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout of ``root`` (the folder that holds classes or images)."""
+    if (root / "images").is_dir() and (root / "train_test_split.txt").is_file():
+        return "cub"
+    dirs = _class_dirs(root)
+    if not dirs:
+        return "flat"
+    names = [d.name for d in dirs]
+    if all(_INAT_DIR.match(n) for n in names):
+        return "inat21"
+    if all(_WNID_DIR.match(n) for n in names):
+        return "imagenet"
+    return "imagefolder"
+
+
+def load_dataset(
+    root: str | Path,
+    split: str | None = None,
+    *,
+    layout: str = "auto",
+    limit: int | None = None,
+    every: int = 1,
+) -> ImageDataset:
+    """List the images of a dataset folder (see the module docstring for layouts)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    if every < 1 or (limit is not None and limit < 0):
+        raise ValueError(f"every must be >= 1 and limit >= 0, got every={every}, limit={limit}")
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"dataset folder {root_path} does not exist")
+    is_cub = layout == "cub" or (layout == "auto" and detect_layout(root_path) == "cub")
+    folder = root_path
+    if split and not is_cub:
+        folder = root_path / split
+        if not folder.is_dir():
+            found = ", ".join(d.name for d in _class_dirs(root_path)[:10])
+            raise FileNotFoundError(f"no split folder {folder} (folders in {root_path}: {found})")
+    resolved = "cub" if is_cub else (detect_layout(folder) if layout == "auto" else layout)
+    if resolved == "cub":
+        paths, labels, classes = _list_cub(root_path, split)
+    elif resolved == "flat":
+        paths, labels, classes = [str(p) for p in _files(folder)], [], []
+        labels = [-1] * len(paths)
+    else:
+        paths, labels, classes = _list_class_folders(folder)
+    keep = slice(None, None, every)
+    paths, labels = paths[keep], labels[keep]
+    if limit is not None:
+        paths, labels = paths[:limit], labels[:limit]
+    taxonomy = tuple(parse_inat_taxonomy(c) for c in classes) if resolved == "inat21" else ()
+    if not paths:
+        raise ValueError(f"found no images in {folder} (layout {resolved})")
+    log.info("%s: %d images, %d classes (layout %s)", folder, len(paths), len(classes), resolved)
+    return ImageDataset(
+        str(root_path), split, resolved, tuple(paths), tuple(labels), tuple(classes), taxonomy
+    )
+
+
+def _list_class_folders(folder: Path) -> tuple[list[str], list[int], list[str]]:
+    paths: list[str] = []
+    labels: list[int] = []
+    classes = _class_dirs(folder)
+    for label, class_dir in enumerate(classes):
+        files = _files(class_dir)
+        paths.extend(str(p) for p in files)
+        labels.extend([label] * len(files))
+    return paths, labels, [c.name for c in classes]
+
+
+def _list_cub(root: Path, split: str | None) -> tuple[list[str], list[int], list[str]]:
+    """CUB-200-2011: ``images.txt`` (id, relative path), ``train_test_split.txt`` (id, 1=train)."""
+    if split not in (None, "train", "test"):
+        raise ValueError(f"CUB has splits 'train' and 'test', got {split!r}")
+    ids_paths = [ln.split() for ln in (root / "images.txt").read_text().splitlines() if ln.strip()]
+    is_train = {
+        a: b == "1"
+        for a, b in (
+            ln.split() for ln in (root / "train_test_split.txt").read_text().splitlines() if ln
+        )
+    }
+    classes = sorted({rel.split("/")[0] for _, rel in ids_paths})
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [
+        (str(root / "images" / rel), index[rel.split("/")[0]])
+        for image_id, rel in ids_paths
+        if split is None or is_train.get(image_id, False) == (split == "train")
+    ]
+    rows.sort(key=lambda r: (r[1], Path(r[0]).name))
+    return [r[0] for r in rows], [r[1] for r in rows], classes
+
+
+def parse_inat_taxonomy(class_dir: str) -> tuple[str, ...]:
+    """``"00001_Animalia_Arthropoda_Insecta_..._Genus_species"`` -> the 7 names of
+    :data:`TAXONOMY_LEVELS` (species as ``"Genus species"``, extra words kept)."""
+    parts = class_dir.split("_")
+    if len(parts) < 8:
+        raise ValueError(f"{class_dir!r} is not an iNaturalist 2021 class folder name")
+    kingdom, phylum, cls, order, family, genus = parts[1:7]
+    species = " ".join([genus, *parts[7:]])
+    return kingdom, phylum, cls, order, family, genus, species
+
+
+# -- decoding ----------------------------------------------------------------------------
+class Decoded(NamedTuple):
+    """One image read from disk: an RGB image, or None with the reason it was skipped."""
+
+    image: Image.Image | None
+    error: str | None
+
+
+def open_rgb(path: str | Path) -> Decoded:
+    """Read an image as 8-bit RGB; never raises on a bad file (returns the reason).
+
+    Converts greyscale, 16-bit, palette, CMYK and alpha images (alpha is composited on
+    white) and applies the EXIF orientation. Zero-byte, truncated and unreadable files
+    come back as ``Decoded(None, reason)``.
+    """
+    try:
+        if Path(path).stat().st_size == 0:
+            return Decoded(None, "empty file (0 bytes)")
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file raises here, not later
+            return Decoded(to_rgb(im), None)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return Decoded(None, f"{type(e).__name__}: {e}")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``im`` with the EXIF orientation applied."""
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit greyscale: rescale
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im.convert("RGB") if im.mode != "RGB" else im.copy()

@@ -1,0 +1,395 @@
+"""Cache activations and embeddings of a vision model to activation stores.
+
+``cache_activations`` runs the model once per batch, captures every requested hook point
+in that pass (stopping after the deepest block needed) and writes one store per hook point::
+
+    OUT/layer_11/          post_mlp_residual of block 11 (an activation store)
+    OUT/layer_23/          ... one store per --layer
+    OUT/post_projection/   image embeddings (one row per image)
+    OUT/codes_layer_11/    with an SAE: its codes at that hook point (kind="codes", CSR)
+    OUT/summary.json       images, skipped, seconds, images/s, stores
+
+``embed_images`` writes one embedding store (``kind="embeddings"``) directly in OUT.
+Both resume an interrupted run from the last complete shard of every store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from vlmsae._io import read_json, write_json
+from vlmsae.data.images import ImageDataset, load_dataset
+from vlmsae.data.store import MANIFEST, StoreError, StoreWriter
+from vlmsae.encoders.adapters import Encoder
+from vlmsae.encoders.loader import ImageBatch, image_batches
+from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
+
+log = logging.getLogger(__name__)
+_CHECKED_META = ("model", "hookpoint", "layer", "tokens", "split", "dataset_size")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """What to cache and how (shared by the library, the CLI and the manifests)."""
+
+    layers: tuple[int, ...] = ()
+    """Blocks for ``post_mlp_residual`` (negative counts from the end)."""
+    hookpoints: tuple[str, ...] = ("post_mlp_residual",)
+    """Hook points to cache: ``post_mlp_residual`` (needs ``layers``) and/or ``post_projection``."""
+    tokens: str = "cls"
+    """Token selection at block outputs: ``cls``, ``mean``, ``all`` or ``random:N``."""
+    dtype: str = "float16"
+    """On-disk dtype: ``float16`` or ``float32``."""
+    batch_size: int = 64
+    """Images per forward pass."""
+    workers: int = 4
+    """DataLoader worker processes that decode and preprocess images (0 = in process)."""
+    shard_rows: int = 1 << 16
+    """Rows per shard (a shard closes at the first batch boundary past this)."""
+    seed: int = 0
+    """Seed of the ``random:N`` token draw (per image: ``(seed, image index)``)."""
+    resume: bool = False
+    """Continue interrupted stores in the output directory."""
+    progress: bool = True
+    """Show a progress bar with images/s."""
+
+    def __post_init__(self) -> None:
+        unknown = [h for h in self.hookpoints if h not in HOOKPOINTS]
+        if unknown or not self.hookpoints:
+            raise ValueError(f"unknown hook point(s) {unknown}; choose from {HOOKPOINTS}")
+        if "post_mlp_residual" in self.hookpoints and not self.layers:
+            raise ValueError("post_mlp_residual needs at least one layer (--layer 11,23)")
+        if self.layers and "post_mlp_residual" not in self.hookpoints:
+            raise ValueError("layers were given but post_mlp_residual is not a chosen hook point")
+        TokenSelection.parse(self.tokens)
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.batch_size < 1 or self.workers < 0 or self.shard_rows < 1:
+            raise ValueError("batch_size and shard_rows must be >= 1 and workers >= 0")
+
+
+class CacheResult(NamedTuple):
+    """What a caching run wrote."""
+
+    stores: dict[str, Path]
+    """Store directory per hook point name (``layer_11``, ``post_projection``, ``codes_*``)."""
+    n_images: int
+    """Images in the dataset listing (written or skipped)."""
+    n_skipped: int
+    """Images that could not be decoded or preprocessed."""
+    seconds: float
+    """Wall time of this run (not counting earlier interrupted runs)."""
+    images_per_s: float
+    """Throughput of this run."""
+
+
+@dataclass
+class _Target:
+    name: str
+    key: int | str  # block index or "post_projection"
+    writer: StoreWriter
+    sae: Any = None  # write SAE codes instead of the activations
+
+
+def _open_writer(
+    path: Path, d: int, kind: str, meta: dict[str, Any], cfg: CacheConfig, dtype: str
+) -> StoreWriter:
+    manifest_path = path / MANIFEST
+    if cfg.resume and manifest_path.exists():
+        old = read_json(manifest_path)
+        for key in _CHECKED_META:
+            if key in meta and old.get(key) != meta[key]:
+                raise StoreError(
+                    f"cannot resume {path}: its {key} is {old.get(key)!r}, this run has "
+                    f"{meta[key]!r}; use another --out or the original options"
+                )
+    return StoreWriter(
+        path, d, kind=kind, dtype=dtype, shard_rows=cfg.shard_rows, meta=meta, resume=cfg.resume
+    )
+
+
+def _as_encoder(encoder: Encoder | str | Path, device: str | None) -> Encoder:
+    if isinstance(encoder, Encoder):
+        return encoder.to(device) if device else encoder
+    return Encoder.from_pretrained(encoder, device=device or "cpu")
+
+
+def _as_dataset(dataset: ImageDataset | str | Path, split: str | None) -> ImageDataset:
+    return dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, split)
+
+
+def _base_meta(encoder: Encoder, data: ImageDataset) -> dict[str, Any]:
+    return {
+        "model": encoder.name,
+        "revision": encoder.revision,
+        "model_family": encoder.family,
+        "n_layers": encoder.n_layers,
+        "dataset_root": data.root,
+        "split": data.split,
+        "dataset_layout": data.layout,
+        "dataset_size": len(data),
+    }
+
+
+def cache_activations(
+    encoder: Encoder | str | Path,
+    dataset: ImageDataset | str | Path,
+    out_dir: str | Path,
+    cfg: CacheConfig,
+    *,
+    split: str | None = None,
+    sae: Any = None,
+    sae_hookpoint: int | str | None = None,
+    device: str | None = None,
+) -> CacheResult:
+    """Cache the hook points of ``cfg`` for every image of ``dataset`` under ``out_dir``.
+
+    Args:
+        encoder: an :class:`Encoder`, or a hub id / local folder to load one from.
+        dataset: an :class:`~vlmsae.data.images.ImageDataset` or a dataset folder.
+        out_dir: output directory (layout in the module docstring).
+        cfg: what to cache.
+        split: split folder when ``dataset`` is a path.
+        sae: an SAE (``encode``/``decode``); its codes at ``sae_hookpoint`` are stored too.
+        sae_hookpoint: block index or ``"post_projection"``; defaults to the SAE's own
+            ``hookpoint``/``layer`` metadata, else the only hook point cached.
+        device: move the model there (``cpu``, ``cuda``, ``cuda:1``).
+    """
+    enc = _as_encoder(encoder, device)
+    data = _as_dataset(dataset, split)
+    selection = TokenSelection.parse(cfg.tokens, cfg.seed)
+    enc.check_tokens(selection)
+    out = Path(out_dir)
+    base = _base_meta(enc, data)
+    targets: list[_Target] = []
+    for layer in dict.fromkeys(enc.layer_index(x) for x in cfg.layers):
+        meta = {**base, "hookpoint": "post_mlp_residual", "layer": layer, "tokens": str(selection)}
+        writer = _open_writer(
+            out / f"layer_{layer}", enc.d_model, "activations", meta, cfg, cfg.dtype
+        )
+        targets.append(_Target(f"layer_{layer}", layer, writer))
+    if "post_projection" in cfg.hookpoints:
+        meta = {**base, "hookpoint": "post_projection", "tokens": "pooled"}
+        writer = _open_writer(
+            out / "post_projection", enc.d_embed, "activations", meta, cfg, cfg.dtype
+        )
+        targets.append(_Target("post_projection", "post_projection", writer))
+    if sae is not None:
+        targets.append(_sae_target(enc, sae, sae_hookpoint, targets, out, cfg))
+    return _run(enc, data, targets, selection, cfg, out / "summary.json")
+
+
+def embed_images(
+    encoder: Encoder | str | Path,
+    dataset: ImageDataset | str | Path,
+    out_dir: str | Path,
+    *,
+    split: str | None = None,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    workers: int = 4,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> CacheResult:
+    """Write an embedding store (``post_projection``, one row per image) in ``out_dir``:
+    the image embeddings the Monosemanticity Score compares (the paper used DINOv2)."""
+    cfg = CacheConfig(
+        hookpoints=("post_projection",),
+        dtype=dtype,
+        batch_size=batch_size,
+        workers=workers,
+        resume=resume,
+        progress=progress,
+    )
+    enc = _as_encoder(encoder, device)
+    data = _as_dataset(dataset, split)
+    meta = {**_base_meta(enc, data), "hookpoint": "post_projection", "tokens": "pooled"}
+    writer = _open_writer(Path(out_dir), enc.d_embed, "embeddings", meta, cfg, dtype)
+    target = _Target("embeddings", "post_projection", writer)
+    selection = TokenSelection.parse("cls")
+    return _run(enc, data, [target], selection, cfg, Path(out_dir) / "summary.json")
+
+
+def _sae_target(
+    enc: Encoder,
+    sae: Any,
+    hookpoint: int | str | None,
+    targets: list[_Target],
+    out: Path,
+    cfg: CacheConfig,
+) -> _Target:
+    """The code store of ``sae``, at a hook point that is among ``targets``."""
+    key = hookpoint if hookpoint is not None else _sae_source(sae)
+    if key is None:
+        if len(targets) != 1:
+            raise ValueError(
+                "the SAE does not say which hook point it was trained on and several are "
+                "cached: pass sae_hookpoint (a layer or 'post_projection')"
+            )
+        key = targets[0].key
+    key = key if key == "post_projection" else enc.layer_index(int(key))
+    source = next((t for t in targets if t.key == key), None)
+    if source is None:
+        raise ValueError(
+            f"the SAE reads hook point {key!r}, which this run does not cache; "
+            f"add it (--layer {key} or --hookpoint post_projection)"
+        )
+    d_sae = int(getattr(getattr(sae, "cfg", None), "d_sae", 0)) or _probe_width(sae, source, enc)
+    meta = {**source.writer.meta, "sae": str(getattr(sae, "path", "") or type(sae).__name__)}
+    name = f"codes_{source.name}"
+    writer = _open_writer(out / name, d_sae, "codes", meta, cfg, cfg.dtype)
+    if hasattr(sae, "to"):
+        sae.to(enc.device)
+    return _Target(name, key, writer, sae=sae)
+
+
+def _sae_source(sae: Any) -> int | str | None:
+    """The hook point an SAE's config records (``hookpoint`` / ``layer``), if any."""
+    cfg = getattr(sae, "cfg", None)
+    sources = [cfg, getattr(cfg, "source", None), getattr(sae, "source", None)]
+    for src in sources:
+        get = src.get if isinstance(src, dict) else (lambda k, s=src: getattr(s, k, None))
+        if src is None:
+            continue
+        if get("hookpoint") == "post_projection":
+            return "post_projection"
+        if get("layer") is not None:
+            return int(get("layer"))
+    return None
+
+
+def _probe_width(sae: Any, source: _Target, enc: Encoder) -> int:
+    d_in = source.writer.d
+    with torch.inference_mode():
+        return int(sae.encode(torch.zeros(1, d_in, device=enc.device)).shape[-1])
+
+
+def _run(
+    enc: Encoder,
+    data: ImageDataset,
+    targets: list[_Target],
+    selection: TokenSelection,
+    cfg: CacheConfig,
+    summary_path: Path,
+) -> CacheResult:
+    """The caching loop shared by :func:`cache_activations` and :func:`embed_images`."""
+    n = len(data)
+    start = min(t.writer.images_done for t in targets)
+    layers = sorted({t.key for t in targets if isinstance(t.key, int)})
+    want_projection = any(t.key == "post_projection" for t in targets)
+    if start:
+        log.info("resuming at image %d of %d", start, n)
+    loader = image_batches(
+        data.paths,
+        enc.processor,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        start=start,
+        pin_memory=enc.device.type == "cuda",
+    )
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, initial=start, unit="img", disable=not cfg.progress, desc=enc.name[-30:])
+    position = start
+    try:
+        for batch in loader:
+            _write_batch(enc, batch, targets, layers, want_projection, selection)
+            bar.update(batch.end - position)
+            position = batch.end
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    stores = {t.name: t.writer.close(images=data.paths).dir for t in targets}
+    n_skipped = max(len(t.writer.skipped) for t in targets)
+    rate = (n - start) / seconds if seconds > 0 else 0.0
+    summary = {
+        "model": enc.name,
+        "dataset_root": data.root,
+        "split": data.split,
+        "n_images": n,
+        "n_skipped": n_skipped,
+        "resumed_at": start,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(rate, 3),
+        "tokens": str(selection),
+        "batch_size": cfg.batch_size,
+        "stores": {
+            t.name: {"path": str(t.writer.dir), "rows": t.writer.n_rows, "d": t.writer.d}
+            for t in targets
+        },
+    }
+    write_json(summary_path, summary)
+    log.info("%d images (%d skipped) in %.1f s: %.1f images/s", n, n_skipped, seconds, rate)
+    return CacheResult(stores, n, n_skipped, seconds, rate)
+
+
+def _write_batch(
+    enc: Encoder,
+    batch: ImageBatch,
+    targets: list[_Target],
+    layers: Sequence[int],
+    want_projection: bool,
+    selection: TokenSelection,
+) -> None:
+    """Capture one batch and hand each store the rows of images it has not written yet."""
+    captured: dict[int | str, torch.Tensor] = {}
+    if batch.pixel_values is not None:
+        captured = enc.capture(batch.pixel_values, layers, post_projection=want_projection)
+    for t in targets:
+        writer = t.writer
+        if batch.end <= writer.images_done:
+            continue  # this store already holds the batch (a resumed run)
+        if captured:
+            if t.key == "post_projection":
+                acts_RD = captured["post_projection"]
+                image_R, token_R = batch.index, np.full(len(batch.index), -1, np.int64)
+            else:
+                acts_RD, image_R, token_R = select_tokens(captured[t.key], selection, batch.index)
+            keep_R = image_R >= writer.images_done
+            if keep_R.any():
+                if not keep_R.all():
+                    acts_RD = acts_RD[torch.as_tensor(keep_R, device=acts_RD.device)]
+                    image_R, token_R = image_R[keep_R], token_R[keep_R]
+                rows = (
+                    sae_codes(t.sae, acts_RD)
+                    if t.sae is not None
+                    else acts_RD.float().cpu().numpy()
+                )
+                writer.add(rows, image_R, token_R)
+        for index, path, reason in batch.skipped:
+            if index >= writer.images_done:
+                writer.skip(index, path, reason)
+        writer.mark(batch.end)
+
+
+@torch.inference_mode()
+def sae_codes(sae: Any, acts_RD: torch.Tensor, chunk_rows: int = 4096) -> sp.csr_matrix:
+    """SAE codes of ``acts_RD`` as a CSR matrix ``[R, d_sae]``, encoded ``chunk_rows`` at a
+    time so that no dense ``R x d_sae`` array is ever held."""
+    params = list(sae.parameters()) if hasattr(sae, "parameters") else []
+    dtype = params[0].dtype if params else torch.float32
+    parts = []
+    for lo in range(0, acts_RD.shape[0], chunk_rows):
+        codes_RS = sae.encode(acts_RD[lo : lo + chunk_rows].to(dtype)).float()
+        csr = codes_RS.to_sparse_csr()
+        parts.append(
+            sp.csr_matrix(
+                (
+                    csr.values().cpu().numpy(),
+                    csr.col_indices().cpu().numpy(),
+                    csr.crow_indices().cpu().numpy(),
+                ),
+                shape=tuple(codes_RS.shape),
+            )
+        )
+    return sp.vstack(parts, format="csr")

@@ -1,0 +1,144 @@
+"""SAE checkpoints: a directory with ``config.json`` and ``sae.safetensors``.
+
+``sae.safetensors`` holds ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
+``b_dec [d_in]`` and ``threshold`` where the architecture has one (BatchTopK: a scalar,
+JumpReLU: ``[d_sae]``). Trainer state (optimizer moments, counters, RNG, data position)
+lives in ``trainer_state.safetensors`` + ``trainer_state.json`` next to it, so loading an
+SAE never needs it — and nothing here is ever unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlmsae._io import atomic_write, read_json, write_json
+from vlmsae.sae.config import SAEConfig
+
+SCHEMA = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "sae.safetensors"
+STATE_TENSORS_FILE = "trainer_state.safetensors"
+STATE_JSON_FILE = "trainer_state.json"
+SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, from a newer vlmsae, or inconsistent."""
+
+
+def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:
+    """The ``config.json`` content of an SAE: schema, versions, shape and provenance."""
+    from vlmsae import __version__
+
+    cfg: SAEConfig = sae.cfg
+    threshold = None
+    if cfg.sparsity == "batchtopk":
+        threshold = float(sae.threshold)
+    return {
+        "schema": SCHEMA,
+        "library": "vlmsae",
+        "version": __version__,
+        "architecture": cfg.arch,
+        "sparsity": cfg.sparsity,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "k": cfg.k if cfg.sparsity in ("topk", "batchtopk") else None,
+        "group_sizes": list(cfg.group_sizes),
+        "threshold": threshold,
+        **{f: getattr(cfg, f) for f in SOURCE_FIELDS},
+        "sae": cfg.to_dict(),
+        **extra,
+    }
+
+
+def save_sae(sae: Any, path: str | Path, **extra: Any) -> Path:
+    """Write ``sae`` to directory ``path`` (created); ``extra`` goes into ``config.json``
+    (e.g. ``train=TrainConfig.to_dict()``, ``converted_from=...``). Both files are
+    written atomically; the weights first, so a config never points at missing weights."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
+    atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=_meta()))
+    write_json(path / CONFIG_FILE, config_dict(sae, **extra))
+    return path
+
+
+def _meta() -> dict[str, str]:
+    from vlmsae import __version__
+
+    return {"format": "pt", "library": "vlmsae", "version": __version__}
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint directory, with its schema checked."""
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.exists():
+        raise CheckpointError(
+            f"{path} is not an SAE checkpoint: no {CONFIG_FILE} (for a dictionary_learning "
+            "ae.pt, run `vlmsae convert` first)"
+        )
+    config = read_json(config_path)
+    if config.get("schema", 0) > SCHEMA:
+        raise CheckpointError(
+            f"{path} has checkpoint schema {config['schema']} (written by vlmsae "
+            f"{config.get('version')}); this vlmsae reads up to {SCHEMA}: upgrade vlmsae"
+        )
+    return config
+
+
+def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
+    """Load an SAE from a checkpoint directory (``config.json`` + ``sae.safetensors``)."""
+    from vlmsae.sae.model import SAE
+
+    path = Path(path)
+    config = read_config(path)
+    cfg = SAEConfig.from_dict(config["sae"])
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.exists():
+        raise CheckpointError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    tensors = load_file(str(weights_path), device=str(device))
+    with torch.device("meta"):
+        sae = SAE(cfg)  # shapes only: the weights come from the file
+    expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        raise CheckpointError(
+            f"{weights_path} does not match its config ({cfg.sparsity}, d_in={cfg.d_in}, "
+            f"d_sae={cfg.d_sae}): expected tensors {expected}, found {found}"
+        )
+    sae.load_state_dict(tensors, assign=True)
+    return sae.eval()
+
+
+def save_trainer_state(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Trainer state: tensors (optimizer moments, counters, RNG) + JSON (step, position).
+
+    The JSON is written last: it names the step the tensors belong to, so a crash in
+    between leaves the previous (consistent) pair detectable by ``step``."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    step = str(meta["step"])
+    atomic_write(
+        path / STATE_TENSORS_FILE,
+        lambda p: save_file(tensors, str(p), metadata={"step": step}),
+    )
+    write_json(path / STATE_JSON_FILE, meta)
+
+
+def load_trainer_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    meta = read_json(path / STATE_JSON_FILE)
+    with safe_open(str(path / STATE_TENSORS_FILE), framework="pt") as f:
+        if f.metadata().get("step") != str(meta["step"]):
+            raise CheckpointError(
+                f"{path}: trainer state files disagree on the step (an interrupted write); "
+                "restart without --resume"
+            )
+    return load_file(str(path / STATE_TENSORS_FILE)), meta

@@ -1,0 +1,265 @@
+"""The sparse autoencoder: one module, pluggable sparsity, Matryoshka groups on top.
+
+``codes = σ((x - b_dec) @ W_enc + b_enc)`` and ``x_hat = codes @ W_dec + b_dec``, where σ is
+
+- ``relu``: ReLU (trained with an L1 penalty weighted by decoder norms);
+- ``topk``: keep the k largest ReLU'd pre-activations of each example;
+- ``batchtopk``: keep the k·B largest over a training batch of B examples; at inference
+  keep those above a learned threshold (per example and deterministic);
+- ``jumprelu``: keep pre-activations above a learned per-latent threshold.
+
+Matryoshka groups split the latents into nested prefixes (the first ``group_ends[g]``
+latents); the model reconstructs each prefix and the loss averages their errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlmsae.sae.config import SAEConfig
+from vlmsae.sae.sparse import (
+    ActiveLatents,
+    decode_sparse,
+    encode_at,
+    select_batchtopk,
+    select_threshold,
+    select_topk,
+)
+
+ENCODE_MODES = ("threshold", "batch", "topk")
+
+
+class SAEOutput(NamedTuple):
+    """What :meth:`SAE.forward` returns (shapes for input ``[..., D]``)."""
+
+    x_hat: Tensor
+    """[..., D] reconstruction from all latents."""
+    codes: Tensor
+    """[..., S] dense codes (zero for inactive latents)."""
+    prefix_x_hats: tuple[Tensor, ...]
+    """[..., D] reconstruction from each nested Matryoshka prefix; the last is ``x_hat``."""
+    pre_acts: Tensor
+    """[B, S] encoder pre-activations with leading dims flattened (differentiable only for
+    ``relu`` / ``jumprelu``; AuxK and the BatchTopK threshold read them)."""
+    active: ActiveLatents | None
+    """Active entries of ``codes`` (``topk`` / ``batchtopk``), else ``None``."""
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``pre * (pre > θ)``; θ gets a straight-through (rectangle kernel) gradient."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
+        grad_threshold = (-(threshold / bw) * in_window * grad).sum(0)
+        return grad * (pre > threshold), grad_threshold, None
+
+
+class _Step(torch.autograd.Function):
+    """``(pre > θ)``, the L0 count; θ gets the straight-through gradient ``-K/ε``."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
+        return None, (-(1.0 / bw) * in_window * grad).sum(0), None
+
+
+def jumprelu_l0(pre_BS: Tensor, threshold_S: Tensor, bandwidth: float) -> Tensor:
+    """Differentiable (w.r.t. the threshold) count of active latents, ``[B, S]``."""
+    return _Step.apply(pre_BS, threshold_S, bandwidth)
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder. Build with ``SAE(SAEConfig(...))``, load with ``SAE.load(dir)``.
+
+    Parameters: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]`` (unit-norm
+    rows), ``b_dec [d_in]``, and ``threshold`` (BatchTopK: a scalar buffer, negative until
+    training sets it; JumpReLU: a learned ``[d_sae]`` parameter).
+    """
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, s = cfg.d_in, cfg.d_sae
+        w_dec = torch.randn(s, d, generator=generator)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(
+            w_dec.t().contiguous()
+        )  # encoder starts as the decoder's transpose
+        self.b_enc = nn.Parameter(torch.zeros(s))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.sparsity == "batchtopk":
+            self.register_buffer("threshold", torch.tensor(-1.0))
+        elif cfg.sparsity == "jumprelu":
+            self.threshold = nn.Parameter(torch.full((s,), cfg.jumprelu_init_threshold))
+        else:
+            self.threshold = None
+
+    # -- encoding ----------------------------------------------------------------------
+    def pre_acts(self, x_BD: Tensor) -> Tensor:
+        """``(x - b_dec) @ W_enc + b_enc`` as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the
+        input never needs a centred copy and its product is the only dense one."""
+        return (x_BD @ self.W_enc).float() + self._enc_bias()
+
+    def _enc_bias(self) -> Tensor:
+        with torch.autocast(self.W_enc.device.type, enabled=False):  # keep the bias in fp32
+            return self.b_enc - self.b_dec @ self.W_enc
+
+    def _default_mode(self) -> str:
+        if self.cfg.sparsity != "batchtopk":
+            return "topk"
+        if self.training:
+            return "batch"
+        return "threshold" if float(self.threshold) >= 0 else "topk"
+
+    def _select(self, pre_BS: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+        if self.cfg.sparsity == "topk" or mode == "topk":
+            return select_topk(pre_BS, self.cfg.k)
+        if mode == "batch":
+            return select_batchtopk(pre_BS, self.cfg.k)
+        if float(self.threshold) < 0:
+            raise ValueError(
+                "this BatchTopK SAE has no inference threshold yet (it is set during training "
+                "from step threshold_start_step); use mode='batch' or mode='topk'"
+            )
+        return select_threshold(pre_BS, self.threshold)
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"input width {x.shape[-1]} does not match the SAE's d_in={self.cfg.d_in}"
+            )
+        return x.reshape(-1, self.cfg.d_in).to(self.W_enc.dtype)
+
+    def _encode_2d(self, x_BD: Tensor, mode: str | None) -> tuple[Tensor, ActiveLatents | None]:
+        """Pre-activations and, for the k-sparse variants, the active entries."""
+        if mode is not None and mode not in ENCODE_MODES:
+            raise ValueError(f"mode must be one of {ENCODE_MODES}, got {mode!r}")
+        mode = mode or self._default_mode()
+        if self.cfg.sparsity in ("relu", "jumprelu"):
+            return self.pre_acts(x_BD), None
+        with torch.no_grad():
+            pre_BS = self.pre_acts(x_BD)
+            rows, cols = self._select(pre_BS, mode)
+        values = F.relu(encode_at(pre_BS, x_BD, self.W_enc, self._enc_bias(), rows, cols))
+        return pre_BS, ActiveLatents(rows, cols, values, x_BD.shape[0], self.cfg.d_sae)
+
+    def _dense_codes(self, pre_BS: Tensor) -> Tensor:
+        if self.cfg.sparsity == "relu":
+            return F.relu(pre_BS)
+        return F.relu(_JumpReLU.apply(pre_BS, self.threshold, self.cfg.jumprelu_bandwidth))
+
+    def encode(self, x: Tensor, mode: str | None = None) -> Tensor:
+        """Dense codes ``[..., d_sae]`` of inputs ``[..., d_in]``.
+
+        ``mode`` (BatchTopK only): ``"threshold"`` (default once trained; per example),
+        ``"batch"`` (the k·B largest over the batch, as in training) or ``"topk"`` (k per
+        example; the default before a threshold exists).
+        """
+        x_BD = self._check_input(x)
+        pre_BS, active = self._encode_2d(x_BD, mode)
+        codes_BS = self._dense_codes(pre_BS) if active is None else active.to_dense()
+        return codes_BS.reshape(*x.shape[:-1], self.cfg.d_sae)
+
+    def encode_sparse(self, x: Tensor, mode: str | None = None) -> ActiveLatents:
+        """Active latents of inputs ``[..., d_in]`` (rows index the flattened leading dims)."""
+        x_BD = self._check_input(x)
+        pre_BS, active = self._encode_2d(x_BD, mode)
+        if active is not None:
+            return active
+        codes_BS = self._dense_codes(pre_BS)
+        rows, cols = codes_BS.nonzero(as_tuple=True)
+        return ActiveLatents(rows, cols, codes_BS[rows, cols], x_BD.shape[0], self.cfg.d_sae)
+
+    # -- decoding ----------------------------------------------------------------------
+    def decode(self, codes: Tensor | ActiveLatents) -> Tensor:
+        """Reconstruction ``[..., d_in]`` of dense codes ``[..., d_sae]`` (or active entries)."""
+        if isinstance(codes, ActiveLatents):
+            return decode_sparse(codes, self.W_dec) + self.b_dec
+        if codes.shape[-1] != self.cfg.d_sae:
+            raise ValueError(f"codes have width {codes.shape[-1]}, the SAE has {self.cfg.d_sae}")
+        return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor, mode: str | None = None) -> SAEOutput:
+        """Encode and decode, with every nested Matryoshka prefix reconstructed."""
+        x_BD = self._check_input(x)
+        pre_BS, active = self._encode_2d(x_BD, mode)
+        x_hat_BD = self.b_dec.expand_as(x_BD)
+        prefixes, lo = [], 0
+        if active is None:
+            codes_BS = self._dense_codes(pre_BS)
+            for hi in self.cfg.group_ends:  # prefix g adds group g's contribution to g-1's
+                x_hat_BD = x_hat_BD + codes_BS[:, lo:hi] @ self.W_dec[lo:hi]
+                prefixes.append(x_hat_BD)
+                lo = hi
+        else:
+            codes_BS = active.to_dense()
+            for hi in self.cfg.group_ends:
+                x_hat_BD = x_hat_BD + decode_sparse(active.select_latents(lo, hi), self.W_dec)
+                prefixes.append(x_hat_BD)
+                lo = hi
+        lead = x.shape[:-1]
+        return SAEOutput(
+            x_hat=x_hat_BD.reshape(*lead, self.cfg.d_in),
+            codes=codes_BS.reshape(*lead, self.cfg.d_sae),
+            prefix_x_hats=tuple(p.reshape(*lead, self.cfg.d_in) for p in prefixes),
+            pre_acts=pre_BS,
+            active=active,
+        )
+
+    # -- constraints used by the trainer -----------------------------------------------
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Scale every decoder row to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the gradient component parallel to each decoder row (it would only change
+        the row's norm, which :meth:`normalize_decoder_` undoes)."""
+        if self.W_dec.grad is None:
+            return
+        w, g = self.W_dec, self.W_dec.grad
+        g -= (g * w).sum(dim=1, keepdim=True) * w / (w * w).sum(dim=1, keepdim=True)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save(self, path: str | Path, **extra: object) -> Path:
+        """Write ``config.json`` and ``sae.safetensors`` into directory ``path``."""
+        from vlmsae.sae.checkpoint import save_sae
+
+        return save_sae(self, path, **extra)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
+        """Load a checkpoint directory written by :meth:`save` (never unpickles)."""
+        from vlmsae.sae.checkpoint import load_sae
+
+        return load_sae(path, device=device)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        groups = f", groups={list(c.group_sizes)}" if c.is_matryoshka else ""
+        k = f", k={c.k}" if c.sparsity in ("topk", "batchtopk") else ""
+        return f"d_in={c.d_in}, d_sae={c.d_sae}, sparsity={c.sparsity}{k}{groups}"
