@@ -11,14 +11,19 @@ from vlmsae.sae.checkpoint import CheckpointError, load_sae, save_sae
 from vlmsae.sae.config import SAEConfig, TrainConfig
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.sae.sparse import ActiveLatents
+from vlmsae.sae.train import NonFiniteError, train_sae
+from vlmsae.sae.trainer_io import evaluate_sae
 
 __all__ = [
     "SAE",
     "ActiveLatents",
     "CheckpointError",
+    "NonFiniteError",
     "SAEConfig",
     "SAEOutput",
     "TrainConfig",
+    "evaluate_sae",
     "load_sae",
     "save_sae",
+    "train_sae",
 ]

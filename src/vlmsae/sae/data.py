@@ -1,0 +1,121 @@
+"""Where training batches come from: a tensor, an activation store, or any iterable.
+
+Every source yields ``[batch_size, d]`` float32 tensors as a pure function of
+``(seed, skip)``, so a resumed run sees exactly the batches an uninterrupted one would
+(for an iterable, exactness is the caller's: it must replay the same batches).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vlmsae.data.store import ActivationStore
+
+log = logging.getLogger(__name__)
+Data = Tensor | np.ndarray | str | Path | ActivationStore | Iterable[Any]
+SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
+
+
+@dataclass
+class BatchSource:
+    """A resolved training data source."""
+
+    d: int | None
+    """Row width when known up front (``None`` for an iterable)."""
+    n_rows: int | None
+    """Rows available (``None`` for an iterable)."""
+    batches: Any
+    """``batches(batch_size, seed, skip) -> Iterator[Tensor]``."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Provenance copied from a store manifest (model, hook point, layer, tokens)."""
+    description: str = ""
+
+
+def _as_tensor(rows: Any) -> Tensor:
+    if isinstance(rows, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    if isinstance(rows, Tensor):
+        return rows.float()
+    raise TypeError(f"a batch must be a Tensor or np.ndarray, got {type(rows).__name__}")
+
+
+def _tensor_batches(x_ND: Tensor, batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
+    n = x_ND.shape[0]
+    per_epoch = n // batch_size  # the last partial batch of an epoch is dropped
+    epoch, start = divmod(skip, per_epoch)
+    while True:
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        for i in range(start, per_epoch):
+            yield _as_tensor(x_ND[perm[i * batch_size : (i + 1) * batch_size]])
+        start, epoch = 0, epoch + 1
+
+
+def _iterable_batches(data: Iterable[Any], skip: int) -> Iterator[Tensor]:
+    for batch in itertools.islice(iter(data), skip, None):
+        yield _as_tensor(batch)
+
+
+def make_source(data: Data) -> BatchSource:
+    """Resolve ``data`` (tensor / array ``[N, d]``, store directory or object, iterable)."""
+    if isinstance(data, (str, Path)):
+        data = ActivationStore(data)
+    if isinstance(data, ActivationStore):
+        store = data
+        if store.is_sparse:
+            raise ValueError(f"{store.dir} holds SAE codes; train on an activation store")
+
+        def store_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
+            for rows in store.batches(batch_size, shuffle=True, seed=seed, skip=skip):
+                yield torch.from_numpy(rows)
+
+        meta = {k: store.manifest[k] for k in SOURCE_FIELDS if store.manifest.get(k) is not None}
+        return BatchSource(store.d, len(store), store_batches, meta, f"store {store.dir}")
+    if isinstance(data, (Tensor, np.ndarray)):
+        if data.ndim != 2:
+            raise ValueError(f"training data must be 2-D [rows, d_in], got shape {data.shape}")
+        x_ND = data if isinstance(data, Tensor) else torch.from_numpy(np.asarray(data))
+
+        def tensor_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
+            return _tensor_batches(x_ND, batch_size, seed, skip)
+
+        return BatchSource(x_ND.shape[1], x_ND.shape[0], tensor_batches, {}, "tensor")
+    if isinstance(data, Iterable):
+
+        def iter_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
+            return _iterable_batches(data, skip)
+
+        return BatchSource(None, None, iter_batches, {}, "iterable")
+    raise TypeError(
+        f"cannot train on {type(data).__name__}: pass a Tensor [N, d_in], an activation-store "
+        "directory, an ActivationStore, or an iterable of batches"
+    )
+
+
+def load_rows(data: Data, n_rows: int) -> Tensor:
+    """Up to ``n_rows`` rows of ``data`` as one float32 tensor (a held-out set).
+
+    A store contributes rows spread evenly over its length (not just its first shard)."""
+    if isinstance(data, (str, Path)):
+        data = ActivationStore(data)
+    if isinstance(data, ActivationStore):
+        idx = np.unique(np.linspace(0, len(data) - 1, min(n_rows, len(data))).astype(np.int64))
+        return torch.from_numpy(np.asarray(data[idx], dtype=np.float32))
+    if isinstance(data, (Tensor, np.ndarray)):
+        return _as_tensor(data[:n_rows])
+    parts, total = [], 0
+    for batch in data:
+        parts.append(_as_tensor(batch))
+        total += parts[-1].shape[0]
+        if total >= n_rows:
+            break
+    return torch.cat(parts)[:n_rows]

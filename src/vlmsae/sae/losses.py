@@ -1,0 +1,120 @@
+"""Losses and reconstruction metrics of an SAE: pure functions of a batch and its output.
+
+Every function takes ``(x_BD, out, ...)`` with ``out`` the :class:`SAEOutput` of the batch.
+Reconstruction losses are the squared error summed over features and averaged over
+examples (as in dictionary_learning); metrics are reported per element (MSE), relative to
+the batch variance (normalised MSE) and as the fraction of variance explained (R²).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from vlmsae.sae.config import TrainConfig
+from vlmsae.sae.model import SAE, SAEOutput, jumprelu_l0
+from vlmsae.sae.sparse import ActiveLatents, decode_sparse, encode_at
+
+
+class LossOutput(NamedTuple):
+    """The training loss and its parts (scalars, except ``group_losses``)."""
+
+    total: Tensor
+    """What is minimised: reconstruction + penalties (+ AuxK)."""
+    recon: Tensor
+    """Weighted mean over Matryoshka prefixes of the reconstruction loss."""
+    group_losses: Tensor
+    """[G] reconstruction loss of each nested prefix (G = 1 for a plain SAE)."""
+    aux: Tensor
+    """AuxK loss on dead latents (normalised by the residual's variance; 0 when none)."""
+    sparsity: Tensor
+    """L1 (``relu``) or L0 (``jumprelu``) penalty before its coefficient; 0 otherwise."""
+
+
+def reconstruction_losses(x_BD: Tensor, out: SAEOutput) -> Tensor:
+    """``[G]``: mean over examples of ``‖x - x̂_g‖²`` for every nested prefix ``g``."""
+    x_BD = x_BD.reshape(-1, x_BD.shape[-1]).float()
+    return torch.stack(
+        [(x_BD - p.reshape(x_BD.shape)).pow(2).sum(-1).mean() for p in out.prefix_x_hats]
+    )
+
+
+def auxk_loss(sae: SAE, x_BD: Tensor, out: SAEOutput, dead_S: Tensor, k_aux: int) -> Tensor:
+    """AuxK (Gao et al. 2024): reconstruct the residual ``x - x̂`` from the ``k_aux``
+    largest dead latents, normalised by the residual's variance so that the loss is
+    comparable across scales; 0 when no latent is dead."""
+    dead_idx = dead_S.nonzero().squeeze(1)
+    if dead_idx.numel() == 0:
+        return x_BD.new_zeros(())
+    x_BD = x_BD.reshape(-1, sae.cfg.d_in).float()
+    k = min(k_aux, dead_idx.numel())
+    pre_dead_BK = out.pre_acts.detach()[:, dead_idx]
+    top_BK = pre_dead_BK.topk(k, dim=-1, sorted=False).indices
+    rows = torch.arange(x_BD.shape[0], device=x_BD.device).repeat_interleave(k)
+    cols = dead_idx[top_BK.reshape(-1)]
+    values = torch.relu(encode_at(out.pre_acts, x_BD, sae.W_enc, sae._enc_bias(), rows, cols))
+    active = ActiveLatents(rows, cols, values, x_BD.shape[0], sae.cfg.d_sae)
+    residual_BD = (x_BD - out.x_hat.reshape(x_BD.shape)).detach()
+    err = (residual_BD - decode_sparse(active, sae.W_dec)).pow(2).sum(-1).mean()
+    denom = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean()
+    return (err / denom).nan_to_num(0.0)
+
+
+def sparsity_penalty(sae: SAE, out: SAEOutput) -> Tensor:
+    """L1 of codes weighted by decoder row norms (``relu``) or the L0 count (``jumprelu``)
+    per example, averaged over examples; 0 for the k-sparse variants."""
+    if sae.cfg.sparsity == "relu":
+        codes_BS = out.codes.reshape(-1, sae.cfg.d_sae)
+        return (codes_BS * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    if sae.cfg.sparsity == "jumprelu":
+        step_BS = jumprelu_l0(out.pre_acts, sae.threshold, sae.cfg.jumprelu_bandwidth)
+        return step_BS.sum(-1).mean()
+    return out.x_hat.new_zeros(())
+
+
+def sae_loss(
+    sae: SAE, x_BD: Tensor, out: SAEOutput, dead_S: Tensor, cfg: TrainConfig
+) -> LossOutput:
+    """The training objective of ``cfg``: weighted prefix reconstruction + penalty + AuxK."""
+    group_losses = reconstruction_losses(x_BD, out)
+    weights = sae.cfg.group_weights or (1.0,) * sae.cfg.n_groups
+    w_G = torch.tensor(weights, device=group_losses.device)
+    recon = (w_G * group_losses).sum() / w_G.sum()
+    sparsity = sparsity_penalty(sae, out)
+    coeff = {"relu": cfg.l1_coeff, "jumprelu": cfg.l0_coeff}.get(sae.cfg.sparsity, 0.0)
+    aux = recon.new_zeros(())
+    if sae.cfg.sparsity in ("topk", "batchtopk") and cfg.aux_alpha > 0:
+        aux = auxk_loss(sae, x_BD, out, dead_S, cfg.k_aux)
+    total = recon + coeff * sparsity + cfg.aux_alpha * aux
+    return LossOutput(total, recon, group_losses, aux, sparsity)
+
+
+# -- metrics (no gradient) ------------------------------------------------------------
+@torch.no_grad()
+def variance_metrics(
+    x_BD: Tensor, x_hat_BD: Tensor, prefix_x_hats: tuple[Tensor, ...] = ()
+) -> dict[str, Any]:
+    """MSE (per element), normalised MSE (error / variance of ``x`` around its mean), R²
+    (``1 - nmse``, the fraction of variance explained) and, given more than one
+    Matryoshka prefix, the normalised MSE of every prefix."""
+    x_BD = x_BD.reshape(-1, x_BD.shape[-1]).float()
+    var = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+    sq_err = (x_BD - x_hat_BD.reshape(x_BD.shape)).pow(2).sum()
+    nmse = float(sq_err / var)
+    metrics: dict[str, Any] = {"mse": float(sq_err / x_BD.numel()), "nmse": nmse, "r2": 1 - nmse}
+    if len(prefix_x_hats) > 1:
+        metrics["group_nmse"] = [
+            float((x_BD - p.reshape(x_BD.shape)).pow(2).sum() / var) for p in prefix_x_hats
+        ]
+    return metrics
+
+
+@torch.no_grad()
+def reconstruction_metrics(x_BD: Tensor, out: SAEOutput) -> dict[str, Any]:
+    """:func:`variance_metrics` of a forward output plus L0 (active latents per example)."""
+    n = x_BD.reshape(-1, x_BD.shape[-1]).shape[0]
+    metrics = variance_metrics(x_BD, out.x_hat, out.prefix_x_hats)
+    metrics["l0"] = float((out.codes != 0).sum() / n)
+    return metrics

@@ -1,0 +1,320 @@
+"""Training an SAE: ``train_sae(data, TrainConfig(...), out_dir=...)``.
+
+The recipe is the paper's (dictionary_learning defaults): Adam, lr ``2e-4/sqrt(d_sae/2^14)``
+with linear warm-up and a linear decay over the last part of training, gradient clipping,
+unit-norm decoder rows with the decoder-parallel gradient removed, ``W_enc = W_decᵀ`` and
+``b_dec`` = geometric median of the first batch at initialisation, AuxK on dead latents,
+and an EMA inference threshold for BatchTopK.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vlmsae._io import write_json
+from vlmsae.sae import checkpoint as ckpt
+from vlmsae.sae.config import TrainConfig
+from vlmsae.sae.data import Data, make_source
+from vlmsae.sae.losses import LossOutput, reconstruction_metrics, sae_loss
+from vlmsae.sae.model import SAE, SAEOutput
+from vlmsae.sae.trainer_io import (
+    MetricsLog,
+    evaluate_sae,
+    load_resume_state,
+    save_training_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A batch or the loss became NaN / Inf; training stopped at the last good checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that a resumed run must restore."""
+
+    step: int
+    """Completed optimizer steps (= batches consumed)."""
+    examples_since_fired_S: Tensor
+    """int64 [S]: training examples since each latent last fired (dead-latent detection)."""
+    last_checkpoint: int | None = None
+    """Step of the last checkpoint written, if any."""
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr at ``step`` (0-based): linear warm-up, then constant,
+    then linear decay to 0 from ``decay_start * steps``."""
+    factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.decay_start is not None:
+        start = int(cfg.decay_start * cfg.steps)
+        if step >= start and cfg.steps > start:
+            factor *= (cfg.steps - step) / (cfg.steps - start)
+    return factor
+
+
+@torch.no_grad()
+def geometric_median(points_ND: Tensor, n_iter: int = 100, tol: float = 1e-5) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to ``points_ND``."""
+    guess_D = points_ND.mean(0)
+    for _ in range(n_iter):
+        prev_D = guess_D
+        weights_N = 1.0 / (points_ND - guess_D).norm(dim=1).clamp_min(1e-8)
+        guess_D = (weights_N[:, None] * points_ND).sum(0) / weights_N.sum()
+        if (guess_D - prev_D).norm() < tol * (1.0 + prev_D.norm()):
+            break
+    return guess_D
+
+
+def train_step(
+    sae: SAE, optimizer: torch.optim.Optimizer, x_BD: Tensor, state: TrainState, cfg: TrainConfig
+) -> tuple[LossOutput, SAEOutput]:
+    """One optimizer step, in the order that keeps the decoder on the unit sphere."""
+    dead_S = state.examples_since_fired_S >= cfg.dead_after
+    with torch.autocast(x_BD.device.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+        out = sae(x_BD)  # forward (BatchTopK: k·B over the batch)
+        loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
+    if not torch.isfinite(loss.total):
+        raise NonFiniteError(f"the loss is {float(loss.total)}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()  # backward
+    sae.remove_parallel_grad_()  # remove decoder-parallel gradient
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)  # clip
+    optimizer.step()  # step
+    sae.normalize_decoder_()  # renormalise decoder
+    for group in optimizer.param_groups:  # schedule: the lr of the next step
+        group["lr"] = cfg.learning_rate * lr_factor(state.step + 1, cfg)
+    _update_latent_stats(sae, out, state, cfg)
+    state.step += 1
+    return loss, out
+
+
+@torch.no_grad()
+def _update_latent_stats(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainConfig) -> None:
+    """Dead-latent counters, and the BatchTopK inference threshold: an EMA of the smallest
+    code kept in the batch, so that thresholding at inference keeps ~k per example."""
+    n = out.codes.reshape(-1, sae.cfg.d_sae).shape[0]
+    fired_S = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=out.codes.device)
+    if out.active is not None:
+        fired_S[out.active.cols[out.active.values > 0]] = True
+    else:
+        fired_S = (out.codes.reshape(n, -1) != 0).any(0)
+    state.examples_since_fired_S += n
+    state.examples_since_fired_S[fired_S] = 0
+    if sae.cfg.sparsity == "batchtopk" and state.step >= cfg.threshold_start_step:
+        values = out.active.values
+        positive = values[values > 0]
+        if positive.numel():
+            smallest = positive.min().float()
+            if sae.threshold < 0:  # first update: no EMA history yet
+                sae.threshold.copy_(smallest)
+            else:
+                sae.threshold.mul_(cfg.threshold_beta).add_((1 - cfg.threshold_beta) * smallest)
+
+
+def _init_b_dec(sae: SAE, x_BD: Tensor) -> None:
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(x_BD.float()))
+
+
+def train_sae(
+    data: Data,
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    *,
+    val: Data | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> SAE:
+    """Train an SAE on ``data`` and return it (in eval mode).
+
+    Args:
+        data: a Tensor / array ``[N, d_in]``, an activation-store directory or
+            :class:`~vlmsae.data.store.ActivationStore`, or an iterable of ``[B, d_in]``
+            batches (resuming an iterable replays it from the start and skips).
+        cfg: the training configuration (holds the SAE configuration).
+        out_dir: where ``config.json``, ``sae.safetensors``, the trainer state,
+            ``metrics.jsonl`` and ``summary.json`` go; ``None`` keeps everything in memory.
+        val: held-out data (same kinds as ``data``) evaluated at every log point.
+        resume: continue the run in ``out_dir`` exactly where its last checkpoint left it.
+        on_step: called as ``on_step(step, metrics)`` after every step (``metrics`` is
+            filled at log points only).
+
+    Raises:
+        NonFiniteError: a batch or the loss holds NaN / Inf; the message names the step,
+            and the last checkpoint in ``out_dir`` is left untouched.
+    """
+    source = make_source(data)
+    cfg = _check_width(cfg, source)
+    device = torch.device(cfg.device)
+    out_path = Path(out_dir) if out_dir is not None else None
+    sae = SAE(cfg.sae, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    optimizer = torch.optim.Adam(
+        sae.parameters(), lr=cfg.learning_rate * lr_factor(0, cfg), betas=cfg.adam_betas
+    )
+    state = TrainState(0, torch.zeros(cfg.sae.d_sae, dtype=torch.int64, device=device))
+    if resume:
+        if out_path is None:
+            raise ValueError("resume=True needs the out_dir of the interrupted run")
+        load_resume_state(out_path, sae, optimizer, state, cfg)
+    elif out_path is not None and (out_path / ckpt.STATE_JSON_FILE).exists():
+        raise FileExistsError(
+            f"{out_path} already holds a training run; pass --resume to continue it or "
+            "choose another --out"
+        )
+    if source.n_rows is not None and cfg.batch_size > source.n_rows:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {source.n_rows} rows of data")
+    val_x = None
+    if val is not None:
+        from vlmsae.sae.data import load_rows
+
+        val_x = load_rows(val, cfg.val_rows).to(device)
+        if val_x.shape[1] != cfg.sae.d_in:
+            raise ValueError(f"validation rows have width {val_x.shape[1]}, d_in is {cfg.sae.d_in}")
+    metrics_log = MetricsLog(out_path, state.step) if out_path is not None else None
+    _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step)
+    return sae.eval()
+
+
+def _check_width(cfg: TrainConfig, source: Any) -> TrainConfig:
+    if source.d is not None and source.d != cfg.sae.d_in:
+        raise ValueError(
+            f"the data ({source.description}) has width {source.d} but the SAE config has "
+            f"d_in={cfg.sae.d_in}; set d_in={source.d}"
+        )
+    meta = {k: v for k, v in source.meta.items() if getattr(cfg.sae, k) is None}
+    return replace(cfg, sae=replace(cfg.sae, **meta)) if meta else cfg
+
+
+def _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step) -> None:
+    device = next(sae.parameters()).device
+    batches = source.batches(cfg.batch_size, cfg.seed, state.step)
+    t0, start_step = time.perf_counter(), state.step
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not cfg.progress, desc="train sae")
+    metrics: dict[str, Any] = {}
+    try:
+        while state.step < cfg.steps:
+            step_no = state.step + 1
+            x_BD = next(batches, None)
+            if x_BD is None:
+                log.warning("the data ran out after %d steps (of %d)", state.step, cfg.steps)
+                break
+            x_BD = _check_batch(x_BD, cfg, state, step_no, out_path).to(device)
+            if state.step == 0:
+                _init_b_dec(sae, x_BD)  # b_dec starts at the geometric median of batch 1
+            try:
+                loss, out = train_step(sae, optimizer, x_BD, state, cfg)
+            except NonFiniteError as e:
+                raise NonFiniteError(
+                    _stop_message(f"{e} at step {step_no}", state, out_path)
+                ) from None
+            metrics = {}
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                metrics = _log_point(sae, x_BD, loss, out, state, cfg, val_x, t0, start_step)
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.4g}",
+                    l0=f"{metrics['l0']:.1f}",
+                    r2=f"{metrics['r2']:.3f}",
+                )
+                if metrics_log is not None:
+                    metrics_log.append(metrics)
+            if out_path is not None and (state.step % cfg.checkpoint_every == 0):
+                save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+            bar.update(1)
+            if on_step is not None:
+                on_step(state.step, metrics)
+    finally:
+        bar.close()
+    _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, start_step)
+
+
+def _check_batch(
+    x_BD: Tensor, cfg: TrainConfig, state: TrainState, step_no: int, out_path: Path | None
+) -> Tensor:
+    if x_BD.ndim != 2 or x_BD.shape[1] != cfg.sae.d_in:
+        raise ValueError(
+            f"batch of step {step_no} has shape {tuple(x_BD.shape)}; expected [B, {cfg.sae.d_in}]"
+        )
+    if not torch.isfinite(x_BD).all():
+        bad = int((~torch.isfinite(x_BD)).any(1).sum())
+        raise NonFiniteError(
+            _stop_message(
+                f"NaN or Inf in {bad} rows of the batch of step {step_no}", state, out_path
+            )
+        )
+    return x_BD
+
+
+def _stop_message(what: str, state: TrainState, out_path: Path | None) -> str:
+    if out_path is None:
+        kept = "no checkpoint was written (out_dir=None)"
+    elif state.last_checkpoint is None:
+        kept = f"no checkpoint was written to {out_path} yet"
+    else:
+        kept = f"the last good checkpoint (step {state.last_checkpoint}) is kept in {out_path}"
+    return f"training stopped: {what}; {kept}"
+
+
+def _log_point(sae, x_BD, loss, out, state, cfg, val_x, t0, start_step) -> dict[str, Any]:
+    dead_S = state.examples_since_fired_S >= cfg.dead_after
+    elapsed = time.perf_counter() - t0
+    metrics: dict[str, Any] = {
+        "step": state.step,
+        "loss": float(loss.total.detach()),
+        "recon_loss": float(loss.recon.detach()),
+        **reconstruction_metrics(x_BD, out),
+        "dead_fraction": float(dead_S.float().mean()),
+        "aux_loss": float(loss.aux.detach()),
+        "lr": cfg.learning_rate * lr_factor(state.step - 1, cfg),
+        "examples_per_s": (state.step - start_step) * cfg.batch_size / max(elapsed, 1e-9),
+    }
+    if sae.cfg.is_matryoshka:
+        metrics["group_loss"] = [float(v) for v in loss.group_losses.detach()]
+    if sae.cfg.sparsity in ("relu", "jumprelu"):
+        metrics["sparsity_penalty"] = float(loss.sparsity.detach())
+    if sae.threshold is not None and sae.cfg.sparsity == "batchtopk":
+        metrics["threshold"] = float(sae.threshold)
+    if val_x is not None:
+        metrics["val"] = evaluate_sae(sae, val_x, cfg.batch_size)
+    return metrics
+
+
+def _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, start_step):
+    if sae.cfg.sparsity == "batchtopk" and float(sae.threshold) < 0:
+        log.warning(
+            "training ended before threshold_start_step=%d: the SAE has no inference "
+            "threshold and encodes with per-example top-k",
+            cfg.threshold_start_step,
+        )
+    if out_path is None:
+        return
+    if state.last_checkpoint != state.step:
+        save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+    elapsed = time.perf_counter() - t0
+    summary = {
+        "steps": state.step,
+        "examples": state.step * cfg.batch_size,
+        "seconds": elapsed,
+        "examples_per_s": (state.step - start_step) * cfg.batch_size / max(elapsed, 1e-9),
+        "final": {k: v for k, v in metrics.items() if k != "val"},
+        "val": metrics.get("val")
+        or (evaluate_sae(sae, val_x, cfg.batch_size) if val_x is not None else None),
+        "sae": ckpt.config_dict(sae),
+        "train": cfg.to_dict(),
+        "data": source.description,
+    }
+    if not math.isfinite(summary["examples_per_s"]):
+        summary["examples_per_s"] = None
+    write_json(out_path / "summary.json", summary)
