@@ -1,0 +1,105 @@
+"""``build_toyworld``: train the toy CLIP and LLaVA from scratch and save them.
+
+The build is deterministic: the same seed, config and thread count give the same
+weights (CPU kernels are deterministic at a fixed thread count). The shipped models in
+``vlmsae/toyworld/models`` were made by ``build_toyworld()`` with the defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmsae import __version__
+from vlmsae._io import write_json
+from vlmsae.toyworld.clip import ClipTrainConfig, make_clip_processor, train_clip
+from vlmsae.toyworld.data import make_batch
+from vlmsae.toyworld.llava import LlavaTrainConfig, make_llava_processor, train_llava
+from vlmsae.toyworld.world import iter_world
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines the toy models."""
+
+    seed: int = 0
+    """World seed (images) and model seed (weights, batch order)."""
+    n_train: int = 12_000
+    """Training images, rendered once and shared by both models."""
+    clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    """The toy CLIP's size and schedule (its ``seed`` is replaced by ``seed``)."""
+    llava: LlavaTrainConfig = field(default_factory=LlavaTrainConfig)
+    """The toy LLaVA's size and schedule (its ``seed`` is replaced by ``seed``)."""
+    threads: int = 1
+    """torch CPU threads; part of the recipe, since reductions depend on it."""
+
+    def __post_init__(self) -> None:
+        if self.n_train < 64:
+            raise ValueError(f"n_train must be >= 64, got {self.n_train}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def _save(model: Any, processor: Any, out_dir: Path) -> None:
+    """``save_pretrained`` into a fresh folder, swapped in only once complete."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def build_toyworld(
+    out_dir: str | Path | None = None, seed: int = 0, config: BuildConfig | None = None
+) -> dict[str, Any]:
+    """Train both toy models and save them under ``out_dir/clip`` and ``out_dir/llava``.
+
+    Args:
+        out_dir: models folder; default: the package's own (replaces the shipped models).
+        seed: used when ``config`` is not given.
+        config: the full recipe (default ``BuildConfig(seed=seed)``).
+
+    Returns the build record also written to ``out_dir/build.json``.
+    """
+    import torch
+
+    from vlmsae.toyworld import MODELS_DIR
+
+    cfg = config or BuildConfig(seed=seed)
+    out = Path(out_dir) if out_dir is not None else MODELS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        data = make_batch(list(iter_world("train", cfg.n_train, cfg.seed)), cfg.seed)
+        timings["render_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        clip_cfg = ClipTrainConfig(**{**asdict(cfg.clip), "seed": cfg.seed})
+        clip = train_clip(data, clip_cfg)
+        timings["clip_s"] = time.perf_counter() - t0
+        _save(clip, make_clip_processor(), out / "clip")
+        t0 = time.perf_counter()
+        llava_cfg = LlavaTrainConfig(**{**asdict(cfg.llava), "seed": cfg.seed})
+        llava = train_llava(data, clip, llava_cfg)
+        timings["llava_s"] = time.perf_counter() - t0
+        _save(llava, make_llava_processor(clip_cfg.patch_size), out / "llava")
+    finally:
+        torch.set_num_threads(threads)
+    record = {
+        "vlmsae_version": __version__,
+        "torch_version": torch.__version__,
+        "config": asdict(cfg),
+        "timings": timings,
+    }
+    write_json(out / "build.json", record)
+    log.info("built the toy models in %s (%s)", out, timings)
+    return record

@@ -1,0 +1,92 @@
+"""CLI of the toy world: ``vlmsae toyworld build|evaluate|export|oracle``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+toyworld_app = typer.Typer(
+    help="The built-in ground-truth world and its tiny CLIP and LLaVA.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(toyworld_app, name="toyworld")
+
+
+@toyworld_app.command("build")
+def build(
+    out: Path = typer.Option(None, help="Models folder (default: the package's shipped models)."),
+    seed: int = typer.Option(0, help="World and weight seed."),
+    n_train: int = typer.Option(None, help="Training images (default: the recipe's)."),
+    clip_steps: int = typer.Option(None, help="Toy CLIP steps (default: the recipe's)."),
+    llava_steps: int = typer.Option(None, help="Toy LLaVA stage-2 steps (default: recipe)."),
+    threads: int = typer.Option(1, help="torch CPU threads (part of the deterministic recipe)."),
+) -> None:
+    """Train the toy CLIP and LLaVA from scratch, deterministically, and save them."""
+    from dataclasses import replace
+
+    from vlmsae.toyworld.build import BuildConfig, build_toyworld
+
+    cfg = BuildConfig(seed=seed, threads=threads)
+    if n_train is not None:
+        cfg = replace(cfg, n_train=n_train)
+    if clip_steps is not None:
+        cfg = replace(cfg, clip=replace(cfg.clip, steps=clip_steps))
+    if llava_steps is not None:
+        cfg = replace(cfg, llava=replace(cfg.llava, tune_steps=llava_steps))
+    record = build_toyworld(out, config=cfg)
+    typer.echo(json.dumps(record["timings"], indent=2))
+
+
+@toyworld_app.command("evaluate")
+def evaluate(
+    models: Path = typer.Option(None, help="Models folder (default: the shipped models)."),
+    n: int = typer.Option(500, help="Held-out images to evaluate on."),
+    seed: int = typer.Option(0, help="World seed of the sample."),
+    split: str = typer.Option("test", help="Split to sample: val or test."),
+    out: Path = typer.Option(Path("runs/toyworld-eval"), help="Folder for summary.json."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the summary here."),
+) -> None:
+    """Accuracy of the toy models on held-out images, against the bars."""
+    from vlmsae._io import write_json
+    from vlmsae.toyworld.evaluate import evaluate_toyworld
+
+    summary = evaluate_toyworld(models, n=n, seed=seed, split=split)
+    typer.echo(f"{'metric':<18}{'accuracy':>10}{'bar':>8}  ok")
+    for name, value in summary["metrics"].items():
+        bar = summary["bars"].get(name)
+        ok = "" if bar is None else ("yes" if value >= bar else "NO")
+        bar_s = "-" if bar is None else f"{bar:.0%}"
+        typer.echo(f"{name:<18}{value:>10.1%}{bar_s:>8}  {ok}")
+    write_json(out / "summary.json", summary)
+    if json_path is not None:
+        write_json(json_path, summary)
+    typer.echo(f"summary: {out / 'summary.json'}")
+
+
+@toyworld_app.command("export")
+def export(
+    out: Path = typer.Argument(..., help="Dataset root; images go to OUT/SPLIT/NNNNN_.../."),
+    split: str = typer.Option("test", help="train, val or test."),
+    n: int = typer.Option(1000, help="Number of images."),
+    seed: int = typer.Option(0, help="World seed."),
+) -> None:
+    """Write images of the world as an iNaturalist-style ImageFolder + attributes.csv."""
+    from vlmsae.toyworld.export import export_imagefolder
+
+    typer.echo(str(export_imagefolder(out, split, n, seed)))
+
+
+@toyworld_app.command("oracle")
+def oracle(
+    split_dir: Path = typer.Argument(..., help="An exported split folder (OUT/SPLIT)."),
+    out: Path = typer.Argument(..., help="Embedding store to write."),
+) -> None:
+    """Write the ground-truth (oracle) embedding of an exported split as an embedding store."""
+    from vlmsae.toyworld.embeddings import write_oracle_embeddings
+
+    store = write_oracle_embeddings(split_dir, out)
+    typer.echo(f"{out}: {len(store)} rows x {store.d}")

@@ -1,0 +1,129 @@
+"""Embedding stores of the toy world: the ground-truth oracle and the toy CLIP.
+
+The Monosemanticity Score compares the images a neuron fires on through an embedding
+model. In the toy world that embedding can be the truth itself: the **oracle
+embedding** of an image is the concatenation of one-hot vectors of its categorical
+concepts (family, shape, colour, size, background), each block scaled to unit norm, so
+that the cosine similarity of two images is the fraction of concepts they share. The
+**toy CLIP** image embedding (``image_embeds``, the ``post_projection`` hook point) is the
+learned alternative, as CLIP is the paper's alternative to DINOv2.
+
+Both are written as ordinary embedding stores (``kind="embeddings"``, one row per
+image, ``images.txt`` listing the exported image paths in dataset order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vlmsae.data.store import ActivationStore, StoreWriter
+from vlmsae.toyworld.export import ExportedImage, read_exported
+from vlmsae.toyworld.world import ATTRIBUTES, ToyImage
+
+log = logging.getLogger(__name__)
+
+ORACLE_MODEL = "vlmsae/toyworld-oracle"
+"""``model`` field of an oracle embedding store's manifest."""
+
+
+def oracle_dims() -> list[str]:
+    """Names of the oracle embedding's coordinates, ``attribute=value``."""
+    return [f"{name}={v}" for name, values in ATTRIBUTES.items() for v in values]
+
+
+def oracle_embedding(records: Sequence[ToyImage]) -> np.ndarray:
+    """Unit-norm ground-truth embeddings ``[N, E]`` (E = 25 concept values).
+
+    Each attribute block is one-hot with weight ``1/sqrt(A)`` (A attributes), so the
+    cosine similarity of two images equals the fraction of attributes they share.
+    """
+    emb_NE = np.zeros((len(records), len(oracle_dims())), np.float32)
+    offset = 0
+    weight = 1.0 / np.sqrt(len(ATTRIBUTES))
+    for name, values in ATTRIBUTES.items():
+        idx = np.array([values.index(getattr(r, name)) for r in records], np.int64)
+        emb_NE[np.arange(len(records)), offset + idx] = weight
+        offset += len(values)
+    return emb_NE
+
+
+def _exported(source: str | Path | Sequence[ExportedImage]) -> list[ExportedImage]:
+    return read_exported(source) if isinstance(source, (str, Path)) else list(source)
+
+
+def _write_store(
+    emb_NE: np.ndarray, images: list[ExportedImage], out_dir: str | Path, meta: dict
+) -> ActivationStore:
+    writer = StoreWriter(out_dir, emb_NE.shape[1], kind="embeddings", dtype="float32", meta=meta)
+    writer.add(emb_NE, np.arange(len(emb_NE)))
+    writer.mark(len(emb_NE))
+    return writer.close(images=[str(im.path) for im in images], n_images=len(images))
+
+
+def write_oracle_embeddings(
+    source: str | Path | Sequence[ExportedImage], out_dir: str | Path
+) -> ActivationStore:
+    """Write the oracle embedding of an exported split folder as an embedding store.
+
+    Args:
+        source: a folder written by :func:`~vlmsae.toyworld.export.export_imagefolder`
+            (``out/split``), or the list :func:`~vlmsae.toyworld.export.read_exported`
+            returns.
+        out_dir: the store directory (must not hold a store yet).
+    """
+    images = _exported(source)
+    if not images:
+        raise ValueError("no images to embed")
+    meta = {
+        "model": ORACLE_MODEL,
+        "revision": "ground-truth",
+        "hookpoint": "post_projection",
+        "dataset_root": str(images[0].path.parent.parent),
+        "split": images[0].record.split,
+        "dims": oracle_dims(),
+    }
+    store = _write_store(oracle_embedding([im.record for im in images]), images, out_dir, meta)
+    log.info("wrote the oracle embedding of %d images to %s", len(images), out_dir)
+    return store
+
+
+def write_clip_embeddings(
+    source: str | Path | Sequence[ExportedImage],
+    out_dir: str | Path,
+    model_path: str | Path | None = None,
+    batch_size: int = 256,
+) -> ActivationStore:
+    """Write the toy CLIP's unit-norm image embeddings (``post_projection``) as a store.
+
+    The images are read back from disk and preprocessed by the model's own
+    ``CLIPProcessor``, exactly as a hub model would be.
+    """
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    from vlmsae.toyworld import clip_path
+
+    images = _exported(source)
+    path = Path(model_path) if model_path is not None else clip_path()
+    model = CLIPModel.from_pretrained(path).eval()
+    processor = CLIPProcessor.from_pretrained(path)
+    parts = []
+    with torch.no_grad():
+        for lo in range(0, len(images), batch_size):
+            pil = [Image.open(im.path).convert("RGB") for im in images[lo : lo + batch_size]]
+            pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
+            emb = model.get_image_features(pixel_values=pixels)
+            emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
+            parts.append(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
+    meta = {
+        "model": str(path),
+        "hookpoint": "post_projection",
+        "dataset_root": str(images[0].path.parent.parent),
+        "split": images[0].record.split,
+    }
+    return _write_store(np.concatenate(parts), images, out_dir, meta)

@@ -1,0 +1,256 @@
+"""The toy world: procedural images whose concepts are known.
+
+Every image shows one object on a patterned background. Its concepts are the object's
+shape (8, grouped into 3 shape families), colour (8), size (2) and the background
+pattern (4); position, rotation, size, hue and pixel noise vary within each concept so
+that a model has to generalise. The taxonomy is family -> shape -> colour (3 levels,
+64 leaves), the layout the hierarchy analysis reads from iNaturalist.
+
+Images are a pure function of ``(seed, split, index)``: the same call always draws the
+same pixels, and each split draws from its own random stream, so the splits never
+share an image.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 64
+"""Side of every image, in pixels."""
+_SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled, which anti-aliases their edges
+
+SHAPE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "curved": ("circle", "oval", "heart"),
+    "angular": ("triangle", "square", "diamond"),
+    "pointed": ("star", "cross"),
+}
+"""Level 1 -> level 2 of the taxonomy: shape family -> shapes."""
+SHAPES: tuple[str, ...] = tuple(s for family in SHAPE_FAMILIES.values() for s in family)
+FAMILY_OF: dict[str, str] = {s: f for f, shapes in SHAPE_FAMILIES.items() for s in shapes}
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "orange": (245, 135, 20),
+    "yellow": (240, 220, 30),
+    "green": (40, 175, 60),
+    "cyan": (30, 205, 215),
+    "blue": (40, 70, 225),
+    "purple": (140, 50, 205),
+    "pink": (245, 125, 195),
+}
+"""Object colours (level 3 of the taxonomy) and their nominal RGB values."""
+SIZES: dict[str, tuple[float, float]] = {"small": (9.0, 12.0), "large": (17.0, 22.0)}
+"""Object sizes and the range of the object's radius, in pixels."""
+BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
+"""Background patterns, drawn in grey so that they never compete with object colours."""
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "family": tuple(SHAPE_FAMILIES),
+    "shape": SHAPES,
+    "color": tuple(COLORS),
+    "size": tuple(SIZES),
+    "background": BACKGROUNDS,
+}
+"""Every categorical concept of the world and its values, in a fixed order."""
+
+QUESTION_SHAPE = "What is shown in this image? Use exactly one word!"
+QUESTION_COLOR = "What color is the object?"
+QUESTION_CAPTION = "Describe the image."
+QUESTIONS: tuple[str, ...] = (QUESTION_SHAPE, QUESTION_COLOR, QUESTION_CAPTION)
+
+
+@dataclass(frozen=True)
+class ToyImage:
+    """Ground truth of one image of the world."""
+
+    split: str
+    """``train``, ``val`` or ``test``."""
+    index: int
+    """Index of the image within its split."""
+    family: str
+    """Shape family (taxonomy level 1)."""
+    shape: str
+    """Object shape (taxonomy level 2)."""
+    color: str
+    """Object colour (taxonomy level 3)."""
+    size: str
+    """``small`` or ``large``."""
+    background: str
+    """Background pattern."""
+    x: float
+    """Object centre, pixels from the left edge."""
+    y: float
+    """Object centre, pixels from the top edge."""
+    radius: float
+    """Object radius in pixels."""
+    angle: float
+    """Object rotation in degrees."""
+
+    @property
+    def caption(self) -> str:
+        return caption(self)
+
+    @property
+    def leaf(self) -> str:
+        """Taxonomy path ``family_shape_color``."""
+        return f"{self.family}_{self.shape}_{self.color}"
+
+    def qa_pairs(self) -> list[tuple[str, str]]:
+        """The (question, answer) pairs the toy LLaVA is trained and evaluated on."""
+        return [
+            (QUESTION_SHAPE, self.shape),
+            (QUESTION_COLOR, self.color),
+            (QUESTION_CAPTION, self.caption),
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "caption": self.caption}
+
+
+def caption(attrs: ToyImage | dict[str, str]) -> str:
+    """The image's caption, e.g. ``"a small red star on a striped background"``."""
+    a = attrs if isinstance(attrs, dict) else asdict(attrs)
+    return f"a {a['size']} {a['color']} {a['shape']} on a {a['background']} background"
+
+
+def leaf_classes() -> list[tuple[str, str, str]]:
+    """All taxonomy leaves ``(family, shape, color)`` in their fixed class order."""
+    return [(FAMILY_OF[s], s, c) for s in SHAPES for c in COLORS]
+
+
+def _split_id(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return SPLITS.index(split)
+
+
+def sample_attributes(split: str, index: int, seed: int = 0) -> ToyImage:
+    """Draw the ground truth of image ``index`` of ``split`` (a pure function)."""
+    rng = np.random.default_rng([seed, _split_id(split), index, 0])
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    size = tuple(SIZES)[rng.integers(len(SIZES))]
+    radius = float(rng.uniform(*SIZES[size]))
+    margin = radius + 2
+    return ToyImage(
+        split=split,
+        index=index,
+        family=FAMILY_OF[shape],
+        shape=shape,
+        color=tuple(COLORS)[rng.integers(len(COLORS))],
+        size=size,
+        background=BACKGROUNDS[rng.integers(len(BACKGROUNDS))],
+        x=float(rng.uniform(margin, IMAGE_SIZE - margin)),
+        y=float(rng.uniform(margin, IMAGE_SIZE - margin)),
+        radius=radius,
+        angle=float(rng.uniform(0, 360)),
+    )
+
+
+def _outline(shape: str) -> np.ndarray:
+    """Vertices of a shape of circumradius ~1 centred on the origin, ``[V, 2]``."""
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    if shape == "circle":
+        return np.stack([np.cos(t), np.sin(t)], 1)
+    if shape == "oval":
+        return np.stack([np.cos(t), 0.5 * np.sin(t)], 1)
+    if shape == "heart":
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        return np.stack([x, y + 2], 1) / 16.0
+    if shape in ("triangle", "square"):
+        n = 3 if shape == "triangle" else 4
+        a = np.arange(n) * 2 * np.pi / n - np.pi / 2
+        return np.stack([np.cos(a), np.sin(a)], 1) * (1.15 if n == 3 else 1.0)
+    if shape == "diamond":
+        return np.array([[0.0, -1.0], [0.55, 0.0], [0.0, 1.0], [-0.55, 0.0]])
+    if shape == "star":
+        a = np.arange(10) * np.pi / 5 - np.pi / 2
+        r = np.where(np.arange(10) % 2 == 0, 1.1, 0.45)
+        return np.stack([r * np.cos(a), r * np.sin(a)], 1)
+    if shape == "cross":
+        w = 0.32
+        pts = [(w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1)]
+        pts += [(-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1)]
+        return np.array(pts, dtype=float)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A grey ``[H, W]`` float background of the given pattern."""
+    base = rng.uniform(70, 170)
+    contrast = rng.uniform(35, 60) * rng.choice([-1.0, 1.0])
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(float)
+    period = rng.uniform(7, 11)
+    phase = rng.uniform(0, period)
+    if kind == "plain":
+        mask = np.zeros_like(xx)
+    elif kind == "striped":
+        theta = rng.choice([0.0, 45.0, 90.0, 135.0]) * np.pi / 180
+        u = xx * np.cos(theta) + yy * np.sin(theta) + phase
+        mask = ((u % period) < period / 2).astype(float)
+    elif kind == "dotted":
+        cx = (xx + phase) % period - period / 2
+        cy = (yy + phase) % period - period / 2
+        mask = (cx**2 + cy**2 < (period * 0.22) ** 2).astype(float)
+    elif kind == "checkered":
+        mask = (((xx + phase) // (period / 1.4) + (yy + phase) // (period / 1.4)) % 2).astype(float)
+    else:
+        raise ValueError(f"unknown background {kind!r}; expected one of {BACKGROUNDS}")
+    return base + contrast * mask
+
+
+def _object_rgb(color: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    """The colour with a little hue, saturation and value jitter."""
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in COLORS[color]))
+    h = (h + rng.uniform(-0.02, 0.02)) % 1.0
+    s = float(np.clip(s * rng.uniform(0.85, 1.0), 0, 1))
+    v = float(np.clip(v * rng.uniform(0.85, 1.05), 0, 1))
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))  # type: ignore[return-value]
+
+
+def render(attrs: ToyImage, seed: int = 0) -> Image.Image:
+    """Draw the image of ``attrs`` (deterministic: the nuisance draws are seeded too)."""
+    rng = np.random.default_rng([seed, _split_id(attrs.split), attrs.index, 1])
+    grey_HW = _background(attrs.background, rng)
+    canvas = np.repeat(grey_HW[:, :, None], 3, axis=2)
+    k = _SUPERSAMPLE
+    mask_img = Image.new("L", (IMAGE_SIZE * k, IMAGE_SIZE * k), 0)
+    theta = np.deg2rad(attrs.angle)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    pts = _outline(attrs.shape) @ rot.T * attrs.radius + np.array([attrs.x, attrs.y])
+    ImageDraw.Draw(mask_img).polygon([tuple(p) for p in (pts * k)], fill=255)
+    mask_HW = np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), float)[..., None]
+    rgb = np.array(_object_rgb(attrs.color, rng), float)
+    canvas = canvas * (1 - mask_HW / 255) + rgb * (mask_HW / 255)
+    canvas += rng.normal(0, rng.uniform(2, 8), canvas.shape)
+    return Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
+
+
+def iter_world(split: str, n: int, seed: int = 0, start: int = 0) -> Iterator[ToyImage]:
+    """Ground truth of images ``start .. start + n - 1`` of ``split``."""
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
+    for i in range(start, start + n):
+        yield sample_attributes(split, i, seed)
+
+
+def make_world(
+    split: str, n: int, seed: int = 0, start: int = 0
+) -> tuple[list[Image.Image], list[ToyImage]]:
+    """Render ``n`` images of ``split``: ``(PIL images, ground-truth records)``.
+
+    The same ``(split, index, seed)`` always gives the same image, whatever ``n`` and
+    ``start`` are, so a prefix of a larger sample is the smaller sample.
+    """
+    records = list(iter_world(split, n, seed, start))
+    return [render(r, seed) for r in records], records
+
+
+def images_array(images: list[Image.Image]) -> np.ndarray:
+    """Stack PIL images as ``uint8 [N, H, W, 3]``."""
+    return np.stack([np.asarray(im.convert("RGB")) for im in images])
