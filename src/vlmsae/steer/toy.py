@@ -174,13 +174,12 @@ def toyworld_steering(
     seconds["neurons_and_directions"] = time.perf_counter() - t0
     for c, n in neurons.items():
         log.info("concept %s -> neuron %d (purity %.2f)", c, n.neuron, n.purity)
+    chosen = list(neurons.items())
     specs = [
         MethodSpec(
             "SAE",
             {
-                kind: {
-                    c: SAESteering(sae, layer, (n.neuron,), cfg.mode) for c, n in neurons.items()
-                }
+                kind: {c: SAESteering(sae, layer, (n.neuron,), cfg.mode) for c, n in chosen}
                 for kind in ("insert", "suppress")
             },
             {
