@@ -1,0 +1,163 @@
+"""DiffMean: the steering baseline the paper compares SAE neurons with.
+
+The direction of a concept is the mean activation at the steering hook point over
+images that show it minus the mean over images that do not (labels from a store, or a
+neuron's top images vs random images). Insertion adds ``α · direction`` to every token of
+the block output; suppression removes ``α`` times the component of every token along the
+direction (``α = 1`` projects it out; ``α > 1`` pushes past zero).
+
+Registered like the SAE attachment: a forward hook on the block with ``prepend=True``
+(transformers 5.x records LLaVA's hidden states with its own hooks; an intervention
+registered after them would not reach the language model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlmsae.encoders import Encoder
+from vlmsae.encoders.adapters import block_output
+from vlmsae.steer.steering import check_steerable
+
+KINDS = ("insert", "suppress")
+
+
+def diffmean_direction(acts_with_ND: Any, acts_without_MD: Any) -> torch.Tensor:
+    """``[D]`` float32: mean of rows with the concept minus mean of rows without it.
+
+    Rows are activations at the hook point (per token or pooled per image; pass the same
+    kind for both sets). Raises ValueError if a set is empty or the widths differ.
+    """
+    pos = torch.as_tensor(np.asarray(acts_with_ND, dtype=np.float32))
+    neg = torch.as_tensor(np.asarray(acts_without_MD, dtype=np.float32))
+    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
+        raise ValueError(
+            f"expected two [rows, d] arrays of the same width, got {tuple(pos.shape)} and "
+            f"{tuple(neg.shape)}"
+        )
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(
+            "DiffMean needs rows with and without the concept; one of the sets is empty"
+        )
+    return pos.mean(0) - neg.mean(0)
+
+
+def directions_from_labels(acts_ND: Any, labels_N: Any) -> dict[str, torch.Tensor]:
+    """One DiffMean direction per label value: rows with that label vs all other rows."""
+    acts = np.asarray(acts_ND, dtype=np.float32)
+    labels = np.asarray(labels_N)
+    if len(acts) != len(labels):
+        raise ValueError(f"{len(acts)} activation rows but {len(labels)} labels")
+    return {
+        str(v): diffmean_direction(acts[labels == v], acts[labels != v]) for v in np.unique(labels)
+    }
+
+
+def directions_from_store(store: Any, labels_by_image: Any) -> dict[str, torch.Tensor]:
+    """DiffMean directions from an :class:`~vlmsae.data.store.ActivationStore`.
+
+    ``labels_by_image[i]`` is the label of image ``i`` of the store (``store.rows[:, 0]``
+    maps every row, token rows included, to its image).
+    """
+    labels = np.asarray(labels_by_image)
+    image_R = np.asarray(store.rows[:, 0])
+    if image_R.max(initial=-1) >= len(labels):
+        raise ValueError(f"the store has image {image_R.max()} but only {len(labels)} labels")
+    return directions_from_labels(store.to_numpy(), labels[image_R])
+
+
+def directions_from_top_images(
+    image_acts_ND: Any, neuron_acts_N: Any, *, top_n: int = 16, seed: int = 0
+) -> torch.Tensor:
+    """DiffMean direction for a neuron: its ``top_n`` images vs ``top_n`` random others.
+
+    Args:
+        image_acts_ND: per-image activations at the hook point (e.g. mean over tokens).
+        neuron_acts_N: the neuron's activation per image.
+    """
+    acts = np.asarray(image_acts_ND, dtype=np.float32)
+    neuron = np.asarray(neuron_acts_N, dtype=np.float64)
+    if len(acts) != len(neuron) or len(acts) < 2 * top_n:
+        raise ValueError(f"need >= {2 * top_n} images with one neuron activation each")
+    order = np.argsort(-neuron, kind="stable")
+    top, rest = order[:top_n], order[top_n:]
+    rng = np.random.default_rng(seed)
+    random = rng.choice(rest, size=min(top_n, len(rest)), replace=False)
+    return diffmean_direction(acts[top], acts[random])
+
+
+class DiffMeanHook:
+    """A live DiffMean intervention on one vision block; a context manager."""
+
+    def __init__(
+        self, encoder: Encoder, layer: int, direction_D: torch.Tensor, kind: str, alpha: float
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown DiffMean kind {kind!r}; choose one of {KINDS}")
+        direction_D = torch.as_tensor(direction_D, dtype=torch.float32).flatten()
+        if direction_D.shape[0] != encoder.d_model:
+            raise ValueError(
+                f"the direction has width {direction_D.shape[0]} but block outputs of "
+                f"{encoder.name} have width {encoder.d_model}"
+            )
+        if kind == "suppress" and float(direction_D.norm()) == 0:
+            raise ValueError("cannot suppress along a zero direction")
+        self.layer = check_steerable(encoder, layer)
+        self.kind, self.alpha = kind, float(alpha)
+        self.direction_D = direction_D
+        self.unit_D = direction_D / direction_D.norm().clamp_min(1e-12)
+        block: nn.Module = encoder.blocks[self.layer]
+        self._handle = block.register_forward_hook(self._hook, prepend=True)
+
+    def apply(self, h_BTD: torch.Tensor) -> torch.Tensor:
+        """The edited block output (any leading shape)."""
+        x = h_BTD.float()
+        if self.kind == "insert":
+            out = x + self.alpha * self.direction_D.to(x.device)
+        else:
+            unit = self.unit_D.to(x.device)
+            out = x - self.alpha * (x @ unit)[..., None] * unit
+        return out.to(h_BTD.dtype)
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        edited = self.apply(block_output(output))
+        if isinstance(output, tuple):
+            return (edited, *output[1:])
+        if isinstance(output, list):
+            return [edited, *output[1:]]
+        return edited
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> DiffMeanHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+@dataclass(frozen=True)
+class DiffMeanSteering:
+    """Steering method "add / remove a DiffMean direction" with one free strength α."""
+
+    direction: torch.Tensor
+    """``[D]`` the concept direction (not normalised: α = 1 inserts one mean difference)."""
+    layer: int
+    """Vision block to edit."""
+    kind: str = "insert"
+    """``insert`` (add α·direction) or ``suppress`` (remove α × the component)."""
+    name: str = "DiffMean"
+    """Label in tables."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown DiffMean kind {self.kind!r}; choose one of {KINDS}")
+
+    def attach(self, encoder: Encoder, alpha: float) -> DiffMeanHook:
+        return DiffMeanHook(encoder, self.layer, self.direction, self.kind, alpha)
