@@ -27,4 +27,5 @@ def test_report_round_trip(tmp_path):
 
 def test_format_value():
     assert format_value(True) == "yes" and format_value(0.5, 2) == "0.50"
-    assert format_value(float("nan")) == "–" and format_value("x") == "x" and format_value(3) == "3"
+    assert format_value(float("nan")) == "–" and format_value(None) == "–"
+    assert format_value("x") == "x" and format_value(3) == "3"

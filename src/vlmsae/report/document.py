@@ -32,7 +32,9 @@ figcaption { color: #555; font-size: 90%; } .note { color: #555; }
 
 
 def format_value(value: Any, digits: int = 3) -> str:
-    """Human-readable cell: floats to ``digits`` significant decimals, NaN as ``–``."""
+    """Human-readable cell: floats to ``digits`` decimals, NaN and None as ``–``."""
+    if value is None:
+        return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
