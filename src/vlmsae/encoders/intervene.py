@@ -37,7 +37,40 @@ class SparseCoder(Protocol):
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
-class SAEAttachment:
+class BlockEdit:
+    """A forward hook that replaces a block's output with ``self.apply(output)``.
+
+    Registered with ``prepend=True`` (see the module docstring); remove it with
+    :meth:`remove` or use the object as a context manager. Subclasses define ``apply``.
+    """
+
+    _handle: Any
+
+    def _register(self, block: nn.Module) -> None:
+        self._handle = block.register_forward_hook(self._hook, prepend=True)
+
+    def apply(self, h_BTD: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        edited = self.apply(block_output(output))
+        if isinstance(output, tuple):
+            return (edited, *output[1:])
+        if isinstance(output, list):
+            return [edited, *output[1:]]
+        return edited
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class SAEAttachment(BlockEdit):
     """A live SAE attachment; remove it with :meth:`remove` or use it as a context manager.
 
     Attributes:
@@ -71,8 +104,7 @@ class SAEAttachment:
                 encoder.name,
                 encoder.read_layers,
             )
-        block: nn.Module = encoder.blocks[self.layer]
-        self._handle = block.register_forward_hook(self._hook, prepend=True)
+        self._register(encoder.blocks[self.layer])
 
     def apply(self, h_BTD: torch.Tensor) -> torch.Tensor:
         """The edited block output for a block output ``h_BTD`` (any leading shape)."""
@@ -85,23 +117,6 @@ class SAEAttachment:
         else:
             out = x + (self.sae.decode(z_edit) - self.sae.decode(z)) if self.edit else x
         return out.to(h_BTD.dtype)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        edited = self.apply(block_output(output))
-        if isinstance(output, tuple):
-            return (edited, *output[1:])
-        if isinstance(output, list):
-            return [edited, *output[1:]]
-        return edited
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-    def __enter__(self) -> SAEAttachment:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def attach_sae(

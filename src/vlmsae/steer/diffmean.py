@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from vlmsae.encoders import Encoder
-from vlmsae.encoders.adapters import block_output
+from vlmsae.encoders.intervene import BlockEdit
 from vlmsae.steer.steering import check_steerable
 
 KINDS = ("insert", "suppress")
@@ -91,7 +90,7 @@ def directions_from_top_images(
     return diffmean_direction(acts[top], acts[random])
 
 
-class DiffMeanHook:
+class DiffMeanHook(BlockEdit):
     """A live DiffMean intervention on one vision block; a context manager."""
 
     def __init__(
@@ -111,8 +110,7 @@ class DiffMeanHook:
         self.kind, self.alpha = kind, float(alpha)
         self.direction_D = direction_D
         self.unit_D = direction_D / direction_D.norm().clamp_min(1e-12)
-        block: nn.Module = encoder.blocks[self.layer]
-        self._handle = block.register_forward_hook(self._hook, prepend=True)
+        self._register(encoder.blocks[self.layer])
 
     def apply(self, h_BTD: torch.Tensor) -> torch.Tensor:
         """The edited block output (any leading shape)."""
@@ -123,23 +121,6 @@ class DiffMeanHook:
             unit = self.unit_D.to(x.device)
             out = x - self.alpha * (x @ unit)[..., None] * unit
         return out.to(h_BTD.dtype)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
-        edited = self.apply(block_output(output))
-        if isinstance(output, tuple):
-            return (edited, *output[1:])
-        if isinstance(output, list):
-            return [edited, *output[1:]]
-        return edited
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-    def __enter__(self) -> DiffMeanHook:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 @dataclass(frozen=True)
