@@ -1,0 +1,261 @@
+"""Writing an activation store: :class:`StoreWriter` (sharded, atomic, resumable).
+
+The format is described in :mod:`vlmsae.data.store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from vlmsae._io import atomic_write, atomic_write_text, read_json, write_json
+from vlmsae.data.format import KINDS, MANIFEST, SCHEMA, StoreError
+
+if TYPE_CHECKING:
+    from vlmsae.data.store import ActivationStore
+
+log = logging.getLogger(__name__)
+
+
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+class StoreWriter:
+    """Append rows to a store, one image batch at a time; resumable.
+
+    Call :meth:`add` with the rows of some images, then :meth:`mark` once those images
+    are fully written (a safe resume point); :meth:`close` finalises the store.
+
+    Args:
+        out_dir: store directory (created).
+        d: row width.
+        kind: ``"activations"``, ``"embeddings"`` or ``"codes"`` (sparse CSR rows).
+        dtype: on-disk dtype of values, ``"float16"`` or ``"float32"``.
+        shard_rows: a shard is closed at the first image boundary after this many rows.
+        meta: provenance fields stored in the manifest (model, hook point, layer, ...).
+        resume: continue an incomplete store in ``out_dir`` instead of refusing it.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        d: int,
+        *,
+        kind: str = "activations",
+        dtype: str = "float32",
+        shard_rows: int = 1 << 16,
+        meta: dict[str, Any] | None = None,
+        resume: bool = False,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"store dtype must be float16 or float32, got {dtype!r}")
+        if d <= 0 or shard_rows <= 0:
+            raise ValueError(
+                f"d and shard_rows must be positive, got d={d}, shard_rows={shard_rows}"
+            )
+        self.dir = Path(out_dir)
+        self.d, self.kind, self.dtype, self.shard_rows = int(d), kind, dtype, int(shard_rows)
+        self.meta = dict(meta or {})
+        self.shards: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.closed = False
+        self._reset_buffer()
+        manifest_path = self.dir / MANIFEST
+        if manifest_path.exists():
+            self._open_existing(read_json(manifest_path), resume)
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._write_manifest(complete=False)
+        self._images_end = self.images_done
+
+    # -- state -------------------------------------------------------------------------
+    def _reset_buffer(self) -> None:
+        self._values: list[np.ndarray] = []
+        self._csr: list[sp.csr_matrix] = []
+        self._rows: list[np.ndarray] = []
+        self._pending_skips: list[dict[str, Any]] = []
+        self._buffered = 0
+
+    def _open_existing(self, manifest: dict[str, Any], resume: bool) -> None:
+        if manifest.get("complete") and not resume:
+            raise FileExistsError(
+                f"{self.dir} already holds a complete store; choose another --out or delete it"
+            )
+        if not manifest.get("complete") and not resume:
+            raise FileExistsError(
+                f"{self.dir} holds an interrupted store; pass resume=True (--resume) to continue "
+                "it, or delete the directory"
+            )
+        for key, want in (("d", self.d), ("kind", self.kind), ("dtype", self.dtype)):
+            if manifest[key] != want:
+                raise StoreError(
+                    f"cannot resume {self.dir}: its {key} is {manifest[key]!r}, "
+                    f"this run writes {want!r}"
+                )
+        self.shards = list(manifest["shards"])
+        self.skipped = [s for s in manifest.get("skipped", []) if s["index"] < self.images_done]
+        self.closed = bool(manifest.get("complete"))
+        listed = {s["file"].removesuffix(".npy") for s in self.shards}
+        for f in self.dir.glob("shard-*"):  # files of a shard that never made the manifest
+            if f.name.split(".")[0] not in listed:
+                f.unlink()
+        for f in self.dir.glob(".shard-*.tmp"):  # a write killed half-way
+            f.unlink()
+        log.info("resuming %s after %d images (%d rows)", self.dir, self.images_done, self.n_rows)
+
+    @property
+    def images_done(self) -> int:
+        """Dataset images consumed (written or skipped) up to the last complete shard."""
+        return int(self.shards[-1]["images_end"]) if self.shards else 0
+
+    @property
+    def n_rows(self) -> int:
+        return sum(int(s["rows"]) for s in self.shards)
+
+    # -- writing -----------------------------------------------------------------------
+    def add(
+        self,
+        rows: np.ndarray | sp.spmatrix | sp.sparray,
+        image_index: np.ndarray | Sequence[int],
+        token_index: np.ndarray | Sequence[int] | None = None,
+    ) -> None:
+        """Buffer ``rows`` (dense ``[n, d]``, or CSR for a code store) with their image and
+        token indices (token -1 means a pooled row)."""
+        assert not self.closed, "store already closed"
+        n = rows.shape[0]
+        if rows.ndim != 2 or rows.shape[1] != self.d:
+            raise ValueError(
+                f"rows have shape {tuple(rows.shape)}, the store's width d is {self.d}"
+            )
+        image_index = np.asarray(image_index, dtype=np.int64).reshape(-1)
+        token_index = (
+            np.full(n, -1, np.int64)
+            if token_index is None
+            else np.asarray(token_index, dtype=np.int64).reshape(-1)
+        )
+        if len(image_index) != n or len(token_index) != n:
+            raise ValueError(
+                f"{n} rows but {len(image_index)} image and {len(token_index)} token indices"
+            )
+        if self.kind == "codes":
+            # scipy.sparse has no float16: buffer in float32, cast the values when written
+            self._csr.append(sp.csr_matrix(rows, dtype=np.float32))
+        else:
+            if sp.issparse(rows):
+                rows = rows.toarray()
+            values = np.asarray(rows, dtype=np.dtype(self.dtype))
+            if not np.isfinite(values).all():
+                raise ValueError("rows contain NaN or Inf (after conversion to the store dtype)")
+            self._values.append(values)
+        self._rows.append(np.stack([image_index, token_index], axis=1))
+        self._buffered += n
+
+    def skip(self, image_index: int, path: str, reason: str) -> None:
+        """Record an image that could not be used (kept in the manifest's ``skipped``)."""
+        self._pending_skips.append({"index": int(image_index), "path": str(path), "reason": reason})
+
+    def mark(self, images_end: int) -> None:
+        """Declare that the first ``images_end`` dataset images are fully added; a shard is
+        written when enough rows are buffered."""
+        self._images_end = int(images_end)
+        if self._buffered >= self.shard_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffered == 0 and not self._pending_skips:
+            return
+        name = _shard_name(len(self.shards))
+        try:
+            if self.kind == "codes":
+                matrix = sp.vstack(self._csr, format="csr") if self._csr else self._empty_csr()
+                parts = {
+                    "indptr": matrix.indptr.astype(np.int64),
+                    "indices": matrix.indices.astype(np.int32),
+                    "values": matrix.data.astype(np.dtype(self.dtype)),
+                }
+                for part, arr in parts.items():
+                    _save_npy(self.dir / f"{name}.{part}.npy", arr)
+                entry = {"file": name, "rows": self._buffered, "nnz": int(matrix.nnz)}
+            else:
+                values = (
+                    np.concatenate(self._values)
+                    if self._values
+                    else np.zeros((0, self.d), np.dtype(self.dtype))
+                )
+                _save_npy(self.dir / f"{name}.npy", values)
+                entry = {"file": f"{name}.npy", "rows": self._buffered}
+            rows = np.concatenate(self._rows) if self._rows else np.zeros((0, 2), np.int64)
+            _save_npy(self.dir / f"{name}.rows.npy", rows)
+        except OSError as e:
+            for f in self.dir.glob(f"{name}*"):
+                f.unlink(missing_ok=True)
+            raise StoreError(
+                f"could not write {name} in {self.dir} ({e.strerror or e}); the store stays "
+                f"resumable after {self.images_done} images — free space and rerun with --resume"
+            ) from e
+        entry["images_end"] = self._images_end
+        self.shards.append(entry)
+        self.skipped.extend(self._pending_skips)
+        self._reset_buffer()
+        self._write_manifest(complete=False)
+
+    def _empty_csr(self) -> sp.csr_matrix:
+        return sp.csr_matrix((0, self.d), dtype=np.float32)
+
+    def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
+        """Write the last shard, ``rows.npy``, ``images.txt`` and the final manifest."""
+        if not self.closed:
+            if self._buffered or self._pending_skips:
+                self._flush()
+            self.meta.update(meta)
+            row_parts = [np.load(self._rows_file(s)) for s in self.shards]
+            rows = np.concatenate(row_parts) if row_parts else np.zeros((0, 2), np.int64)
+            atomic_write(self.dir / "rows.npy", lambda p: _np_save(p, rows))
+            if images is not None:
+                atomic_write_text(self.dir / "images.txt", "".join(f"{p}\n" for p in images))
+                self.meta["n_images"] = len(images)
+            self._write_manifest(complete=True)
+            for s in self.shards:
+                self._rows_file(s).unlink(missing_ok=True)
+            self.closed = True
+        from vlmsae.data.store import ActivationStore  # the reader imports this module
+
+        return ActivationStore(self.dir)
+
+    def _rows_file(self, shard: dict[str, Any]) -> Path:
+        return self.dir / f"{shard['file'].removesuffix('.npy')}.rows.npy"
+
+    def _write_manifest(self, complete: bool) -> None:
+        manifest = {
+            "schema": SCHEMA,
+            "kind": self.kind,
+            "d": self.d,
+            "n_rows": self.n_rows,
+            "dtype": self.dtype,
+            "complete": complete,
+            **{k: v for k, v in self.meta.items() if k not in ("skipped",)},
+            "n_skipped": len(self.skipped),
+            "skipped": self.skipped,
+            "shards": self.shards,
+        }
+        write_json(self.dir / MANIFEST, manifest)
+
+
+def _np_save(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    atomic_write(path, lambda p: _np_save(p, arr))
