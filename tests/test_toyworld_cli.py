@@ -56,6 +56,7 @@ def test_reduced_build_is_deterministic_and_loads(tmp_path):
     cfg = BuildConfig(
         n_train=64,
         clip=ClipTrainConfig(steps=3, batch_size=16, group_size=8),
+        clip_more=((2, 1e-3),),  # exercises continued CLIP phases
         llava=LlavaTrainConfig(text_steps=2, align_steps=2, tune_steps=2, batch_size=8),
     )
     build_toyworld(tmp_path / "a", config=cfg)
@@ -69,3 +70,12 @@ def test_reduced_build_is_deterministic_and_loads(tmp_path):
     summary = evaluate_toyworld(tmp_path / "a", n=8)
     assert set(summary["metrics"]) >= {"clip_shape", "llava_caption"}
     assert np.isfinite(list(summary["metrics"].values())).all()
+
+
+def test_build_config_rejects_bad_clip_phases():
+    from vlmsae.toyworld.build import BuildConfig
+
+    with pytest.raises(ValueError, match="clip_more"):
+        BuildConfig(clip_more=((0, 1e-3),))
+    with pytest.raises(ValueError, match="clip_more"):
+        BuildConfig(clip_more=((10, 2.0),))

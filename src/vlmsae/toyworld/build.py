@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,12 @@ class BuildConfig:
     clip: ClipTrainConfig = field(
         default_factory=lambda: ClipTrainConfig(steps=1500, batch_size=128, group_size=0, lr=3e-3)
     )
-    """The toy CLIP's size and schedule (its ``seed`` is replaced by ``seed``)."""
+    """The toy CLIP's size and first schedule (its ``seed`` is replaced by ``seed``)."""
+    clip_more: tuple[tuple[int, float], ...] = ()
+    """Further CLIP phases, each ``(steps, peak lr)``: training continues from the previous
+    phase's weights with a fresh optimizer, warmup and cosine decay, and batches drawn with
+    seed ``seed + phase``. None by default: a measured second cycle of 500 steps at 1e-3
+    did not raise zero-shot shape (35 % on 300 val images, from ~37 %)."""
     llava: LlavaTrainConfig = field(
         default_factory=lambda: LlavaTrainConfig(
             lm_layers=2, text_steps=100, align_steps=100, tune_steps=400, batch_size=64
@@ -48,6 +53,8 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.n_train < 64:
             raise ValueError(f"n_train must be >= 64, got {self.n_train}")
+        if any(steps < 1 or not 0 < lr < 1 for steps, lr in self.clip_more):
+            raise ValueError(f"clip_more phases need steps >= 1 and 0 < lr < 1: {self.clip_more}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
@@ -103,6 +110,9 @@ def build_toyworld(
         if "clip" in stages:
             t0 = time.perf_counter()
             clip = train_clip(data, clip_cfg)
+            for phase, (steps, lr) in enumerate(cfg.clip_more, start=1):
+                more = replace(clip_cfg, steps=steps, lr=lr, seed=cfg.seed + phase)
+                clip = train_clip(data, more, model=clip)
             timings["clip_s"] = time.perf_counter() - t0
             _save(clip, make_clip_processor(), out / "clip")
         if "llava" in stages:

@@ -153,8 +153,12 @@ def _batch_sampler(data: WorldBatch, cfg: ClipTrainConfig):
     return sample
 
 
-def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
+def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any:
     """Train the toy CLIP on ``data`` (images with their captions); returns the model.
+
+    ``model``: continue training this CLIP (a fresh optimizer and warmup/cosine schedule
+    over ``cfg.steps``) instead of a new one from ``make_clip(cfg)``; the build uses it for
+    its later phases.
 
     The loss is CLIP's symmetric InfoNCE, with one change for a world of 512 distinct
     captions: pairs in a batch that share a caption are all positives (the target is
@@ -164,7 +168,7 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig) -> Any:
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    model = make_clip(cfg)
+    model = make_clip(cfg) if model is None else model
     model.train()
     captions, prompts = all_captions(), concept_prompts()
     ids_TL, mask_TL = caption_tokens(captions + [p for ps in prompts.values() for p in ps])
