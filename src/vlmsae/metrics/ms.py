@@ -80,11 +80,11 @@ def _neuron_range(acts: Rows, chunk_rows: int, progress: bool) -> _Range:
     return _Range(lo, hi, n_active)
 
 
-def _unit_rows(emb_NE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _inv_norms(emb_NE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``1 / ‖e_n‖`` (0 for a zero row) and the squared norm of the unit rows (1 or 0)."""
     norm_N = np.sqrt(np.einsum("ne,ne->n", emb_NE, emb_NE))
-    safe_N = np.where(norm_N > 0, norm_N, 1.0)
-    unit_NE = emb_NE / safe_N[:, None]
-    return unit_NE, (norm_N > 0).astype(np.float64)  # squared norm of the unit rows
+    inv_N = np.where(norm_N > 0, 1.0 / np.where(norm_N > 0, norm_N, 1.0), 0.0)
+    return inv_N, (norm_N > 0).astype(np.float64)
 
 
 def _sparse_t_matmul(scaled: sp.csr_matrix, unit_NE: np.ndarray) -> np.ndarray:
@@ -122,11 +122,16 @@ class _Sums:
         self.s2 += sq_NK.sum(axis=0)
         self.s2e += sq_N @ sq_NK
 
-    def add_sparse(self, scaled: sp.csr_matrix, unit_NE: np.ndarray, sq_N: np.ndarray) -> None:
+    def add_sparse(
+        self, scaled: sp.csr_matrix, emb_NE: np.ndarray, inv_N: np.ndarray, sq_N: np.ndarray
+    ) -> None:
+        """Add rows of sparse rescaled codes; ``emb_NE`` unnormalised, ``inv_N`` its inverse
+        row norms (folded into the codes' values: cheaper than normalising ``emb_NE``)."""
         k = scaled.shape[1]
         cols, vals = scaled.indices, scaled.data
         rows = np.repeat(np.arange(scaled.shape[0]), np.diff(scaled.indptr))
-        self._add_v(_sparse_t_matmul(scaled, unit_NE))
+        over_norm = sp.csr_matrix((vals * inv_N[rows], cols, scaled.indptr), shape=scaled.shape)
+        self._add_v(_sparse_t_matmul(over_norm, emb_NE))
         self.s1 += np.bincount(cols, weights=vals, minlength=k)
         self.s2 += np.bincount(cols, weights=vals * vals, minlength=k)
         self.s2e += np.bincount(cols, weights=vals * vals * sq_N[rows], minlength=k)
@@ -164,17 +169,19 @@ def _accumulate_block(
         iter_rows(acts, chunk_rows), desc=f"MS {k0}:{k1}", disable=not progress, leave=False
     ):
         stop = start + block.shape[0]
-        unit_NE, sq_N = _unit_rows(read_rows(emb, start, stop))
+        emb_NE = read_rows(emb, start, stop)
+        inv_N, sq_N = _inv_norms(emb_NE)
         if k0 > 0 or k1 < block.shape[1]:
             block = block[:, k0:k1]
         if not sparse:
             scaled = (block - lo) * inv  # constant neurons become all-zero columns
-            sums.add_dense(scaled, unit_NE, sq_N)
+            sums.add_dense(scaled, emb_NE * inv_N[:, None], sq_N)
             continue
         scaled = block.copy()
         scaled.data = scaled.data * sparse_ok[scaled.indices]
-        sums.add_sparse(scaled, unit_NE, sq_N)
+        sums.add_sparse(scaled, emb_NE, inv_N, sq_N)
         if len(dense_cols):
+            unit_NE = emb_NE * inv_N[:, None]
             sub = _Sums(len(dense_cols), unit_NE.shape[1])
             sub.add_dense(
                 (block[:, dense_cols].toarray() - lo[dense_cols]) * inv[dense_cols],
