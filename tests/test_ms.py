@@ -16,6 +16,7 @@ from vlmsae.metrics import (
     monosemanticity_score,
     summarize_ms,
 )
+from vlmsae.metrics.ms import DEN_RTOL
 
 
 def brute_force_ms(acts_NK: np.ndarray, emb_NE: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ def brute_force_ms(acts_NK: np.ndarray, emb_NE: np.ndarray) -> np.ndarray:
                 )
                 num += w * s
                 den += w
-        if den > 0:
+        if den > DEN_RTOL * t.sum() ** 2:  # the documented rounding-level cut-off
             out[j] = num / den
     return out
 

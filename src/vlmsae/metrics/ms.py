@@ -14,7 +14,8 @@ accumulated in float64 because the numerator is a difference of two large sums.
 
 An embedding of norm 0 has cosine similarity 0 with every image (it is treated as the zero
 vector). The score is undefined (NaN) where the denominator is 0: dead or constant neurons,
-and neurons whose rescaled activation is non-zero on a single image.
+and neurons whose rescaled activation is non-zero on a single image (numerically: pair
+weights below ``DEN_RTOL`` relative to ``(Σ ã)²``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from vlmsae.metrics._source import Rows, is_sparse, iter_rows, n_cols, n_rows, r
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+DEN_RTOL = 1e-12
+"""MS is undefined where Σ_{n<m} ã_n ã_m ≤ DEN_RTOL · (Σ_n ã_n)²: below rounding level the
+closed form's difference of sums cannot tell the pair weight from 0."""
 
 
 class MSResult(NamedTuple):
@@ -151,8 +155,10 @@ class _Sums:
     def scores(self) -> np.ndarray:
         num = np.einsum("ke,ke->k", self.v_KE, self.v_KE) - self.s2e
         den = self.s1 * self.s1 - self.s2
+        # pair weights below rounding level of (Σã)² cannot be told from 0: undefined
+        ok = den > DEN_RTOL * self.s1 * self.s1
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+            return np.where(ok, num / np.where(ok, den, 1.0), np.nan)
 
 
 def _accumulate_block(
