@@ -42,11 +42,11 @@ class Llava:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.encoder.device  # the encoder wraps the whole LLaVA model
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.encoder.dtype
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
