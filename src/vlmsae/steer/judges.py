@@ -61,7 +61,7 @@ class ClipJudge:
 
     Args:
         embed_texts: maps a list of strings to unit-norm embeddings ``[n, E]`` (e.g.
-            :meth:`vlmsae.steer.clip.ClipEmbedder.embed_texts`).
+            :meth:`vlmsae.steer.score.ClipEmbedder.embed_texts`).
         template: prompt for a candidate value.
         margin: the best candidate must beat the second by this cosine margin, else None.
     """
