@@ -1,4 +1,4 @@
-"""Shared test settings."""
+"""Shared test settings and the tiny steering fixtures used by several test files."""
 
 from __future__ import annotations
 
@@ -14,3 +14,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():
+    """A tiny random LLaVA (4 CLIP blocks + Llama) that reads block 2
+    (``vision_feature_layer = -2``). Tests attach hooks only inside ``with`` blocks."""
+    from tiny_models import make_llava
+    from vlmsae.steer.llava import wrap_llava
+
+    model, processor = make_llava(n_layers=4)
+    return wrap_llava(model, processor, "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_sae():
+    """A ReLU SAE on the tiny LLaVA's width whose neuron 3 is constant (code 2.0 on every
+    token) and neuron 5 dead."""
+    from vlmsae import SAE, SAEConfig
+
+    torch.manual_seed(1)
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, sparsity="relu", k=None)).eval()
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.W_enc[:, 3] = 0.0
+        sae.b_enc[3] = 2.0
+        sae.W_enc[:, 5] = 0.0
+        sae.b_enc[5] = -1.0
+    return sae
