@@ -123,14 +123,24 @@ def compare_steering(
 
     Args:
         train_labels: the target attribute's value for every training image.
-        val_items / test_items: ``{"insert"|"suppress": items}`` (see :func:`make_items`).
+        val_items / test_items: ``{"insert"|"suppress": items}`` (see :func:`make_items`);
+            ``val_items`` needs every kind of ``test_items``. Every concept either targets
+            gets a neuron and a DiffMean direction.
     """
     cfg = cfg or SteerEvalConfig()
     layer = check_steerable(llava.encoder, layer)
+    missing = [kind for kind in test_items if kind not in val_items]
+    if missing:
+        raise ValueError(
+            f"no validation items for {missing[0]!r}: α is chosen on val_items, so give "
+            f"them for every kind in test_items ({sorted(test_items)})"
+        )
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     labels = np.asarray(train_labels).astype(str)
-    concepts = sorted({it.value for items in test_items.values() for it in items})
+    # every concept α is tried on (validation) or reported on (test) needs its methods
+    items = [*val_items.values(), *test_items.values()]
+    concepts = sorted({it.value for its in items for it in its})
     codes_NS = image_codes(llava, sae, train_images, layer)
     neurons = choose_concept_neurons(codes_NS, labels, concepts, top_n=cfg.top_n)
     unit = float(np.median([codes_NS[:, n.neuron].max() for n in neurons.values()]))
