@@ -65,6 +65,17 @@ def test_clip_embedder_matches_clip_forward(toy_clip):
     np.testing.assert_allclose(text_NE, alone, atol=1e-5)
 
 
+def test_clip_embedder_truncates_texts_to_the_text_tower(toy_clip):
+    """The toy tokenizer allows 128 tokens, the text tower 16 positions: a long answer is
+    cut to what the tower can embed (its end is ignored) instead of raising."""
+    n_positions = toy_clip.model.config.text_config.max_position_embeddings
+    long = "a large green star on a striped background and a small red circle on a dotted"
+    assert len(toy_clip.tokenizer(long)["input_ids"]) > n_positions
+    emb = toy_clip.embed_texts([long, long + " background", "a red object"])
+    _assert_unit_rows(emb, 3, toy_clip.model.config.projection_dim)
+    np.testing.assert_allclose(emb[0], emb[1], atol=1e-6)
+
+
 def test_clip_embedder_images_are_nearest_their_colour_prompt(toy_clip):
     images, records = make_world("test", 32)
     colors = ATTRIBUTES["color"]

@@ -42,8 +42,13 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """``[n, E]`` float32 unit-norm text embeddings."""
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        """``[n, E]`` float32 unit-norm text embeddings (long texts are truncated)."""
+        # the tokenizer's model_max_length may exceed the text tower's positions (the toy
+        # CLIP's says 128 for 16): truncate to what the model can embed
+        max_length = self.model.config.text_config.max_position_embeddings
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         out = self.model.get_text_features(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
         )
