@@ -92,25 +92,7 @@ def accuracy(clip, llava, sample):
     return acc | llava_accuracy(*llava, images[:N_LLAVA], records[:N_LLAVA])
 
 
-# Bars the shipped models do not meet yet (measured on this sample; see the README).
-# strict: the day a rebuilt model meets one, its test fails until the mark is removed.
-BELOW_BAR: dict[str, str] = {
-    "clip_shape": "shipped toy CLIP: ~37% zero-shot shape (shape is learned last; see docs)",
-    "llava_shape": "shipped toy LLaVA: ~40% one-word shape (bounded by the CLIP tower)",
-    "llava_caption": "shipped toy LLaVA: ~13% exact captions (the shape word is usually wrong)",
-}
-
-
-@pytest.mark.parametrize(
-    "metric",
-    [
-        pytest.param(
-            m,
-            marks=pytest.mark.xfail(strict=True, reason=BELOW_BAR[m]) if m in BELOW_BAR else (),
-        )
-        for m in BARS
-    ],
-)
+@pytest.mark.parametrize("metric", list(BARS))
 def test_shipped_models_meet_the_bar(accuracy, metric):
     assert accuracy[metric] >= BARS[metric], accuracy
 

@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 class SteerEvalConfig:
     """α grids, steering mode and generation settings of the comparison."""
 
-    sae_alphas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    sae_alphas: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
     """SAE insertion α, in multiples of the concept neurons' median peak activation on the
-    training images (the paper's α = 100 is ~ this scale on CLIP ViT-L)."""
+    training images (the paper's α = 100 is ~ this scale on CLIP ViT-L). On the toy LLaVA
+    insertion needs 16-32: a shape neuron clamped at 8x its peak changed the one-word
+    answer on a third of the images."""
     sae_suppress_alphas: tuple[float, ...] = (0.0, -1.0, -2.0, -4.0)
     """SAE suppression α, same units (0 switches the neuron off)."""
     diffmean_alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
