@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import (
     AutoProcessor,
     CLIPModel,
@@ -143,4 +144,12 @@ def test_clip_embedding_store(tmp_path):
     loaded = ActivationStore(tmp_path / "clip-emb")
     assert loaded.kind == "embeddings" and len(loaded) == 12 and store.d == loaded.d
     assert loaded.images == [str(im.path) for im in read_exported(folder)]
-    np.testing.assert_allclose(np.linalg.norm(loaded[:], axis=1), 1.0, rtol=1e-5)
+    model, processor = (
+        CLIPModel.from_pretrained(clip_path()).eval(),
+        CLIPProcessor.from_pretrained(clip_path()),
+    )
+    images = [Image.open(im.path) for im in read_exported(folder)]
+    with torch.no_grad():
+        want = model(**processor(text=["a"], images=images, return_tensors="pt")).image_embeds
+    got = loaded[:] / np.linalg.norm(loaded[:], axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)

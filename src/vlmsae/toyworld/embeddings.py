@@ -92,38 +92,21 @@ def write_oracle_embeddings(
 
 
 def write_clip_embeddings(
-    source: str | Path | Sequence[ExportedImage],
+    folder: str | Path,
     out_dir: str | Path,
     model_path: str | Path | None = None,
     batch_size: int = 256,
 ) -> ActivationStore:
-    """Write the toy CLIP's unit-norm image embeddings (``post_projection``) as a store.
+    """Write the toy CLIP's image embeddings (``post_projection``) of an exported folder.
 
-    The images are read back from disk and preprocessed by the model's own
-    ``CLIPProcessor``, exactly as a hub model would be.
+    This is :func:`vlmsae.encoders.cache.embed_images` with the toy CLIP: the images are
+    read back from disk and preprocessed by the model's own processor, exactly as a hub
+    model's would be, and rows follow ``attributes.csv``. MS normalises embeddings itself,
+    so they are stored as the model returns them.
     """
-    import torch
-    from PIL import Image
-    from transformers import CLIPModel, CLIPProcessor
-
+    from vlmsae.encoders.cache import embed_images
     from vlmsae.toyworld import clip_path
 
-    images = _exported(source)
-    path = Path(model_path) if model_path is not None else clip_path()
-    model = CLIPModel.from_pretrained(path).eval()
-    processor = CLIPProcessor.from_pretrained(path)
-    parts = []
-    with torch.no_grad():
-        for lo in range(0, len(images), batch_size):
-            pil = [Image.open(im.path).convert("RGB") for im in images[lo : lo + batch_size]]
-            pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
-            emb = model.get_image_features(pixel_values=pixels)
-            emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
-            parts.append(torch.nn.functional.normalize(emb.float(), dim=-1).numpy())
-    meta = {
-        "model": str(path),
-        "hookpoint": "post_projection",
-        "dataset_root": str(images[0].path.parent.parent),
-        "split": images[0].record.split,
-    }
-    return _write_store(np.concatenate(parts), images, out_dir, meta)
+    model = Path(model_path) if model_path is not None else clip_path()
+    embed_images(model, folder, out_dir, batch_size=batch_size, workers=0, progress=False)
+    return ActivationStore(out_dir)
