@@ -20,6 +20,7 @@ class SteeringSection:
 
 def steering_section(cfg: DemoConfig) -> SteeringSection:
     """Run the insertion / suppression comparison and turn it into a report section."""
+    from vlmsae.steer.evaluate import KINDS
     from vlmsae.steer.toy import ToySteeringConfig, toyworld_steering
 
     steer_cfg = ToySteeringConfig(
@@ -42,6 +43,12 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
         "Concept insertion and suppression on held-out images (rates; the paper's poster)",
     )
     neurons = {c: int(n.neuron) for c, n in result.comparison.neurons.items()}
+    both = {(r.kind, r.method): r.both for r in result.comparison.table.rows}
+    versus = []
+    for kind, name in (("insert", "insertion"), ("suppress", "suppression")):
+        sae, dm = both[(kind, "SAE")], both[(kind, "DiffMean")]
+        verdict = "reproduced" if sae > dm else "not reproduced"
+        versus.append(f"{name} {sae:.0%} vs {dm:.0%} ({verdict})")
     section = SteeringSection(
         paragraphs=[
             f"An SAE trained on every token of vision block {result.layer} of the toy LLaVA "
@@ -53,12 +60,16 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
             "(prompt followed). Suppression: the true shape disappears from the answer "
             "(concept), the colour answer is still right (prompt followed). Examples and "
             "α sweeps are in steering/.",
+            "The paper found SAE steering ahead of DiffMean on both protocols (both rates: "
+            "insertion 42.4 % vs 35.8 %, suppression 52.5 % vs 33.3 %). Here, SAE vs "
+            f"DiffMean: {'; '.join(versus)}.",
         ],
         tables=[table],
         summary={
             "layer": result.layer,
             "neurons": neurons,
             "rows": [dict(zip(table.columns, row, strict=True)) for row in rows],
+            "sae_beats_diffmean": {k: both[(k, "SAE")] > both[(k, "DiffMean")] for k in KINDS},
             "seconds": result.seconds,
         },
     )
