@@ -64,6 +64,8 @@ def test_attributes_cover_every_value_and_object_lies_inside():
         assert r.radius < r.x < world.IMAGE_SIZE - r.radius
         assert r.radius < r.y < world.IMAGE_SIZE - r.radius
         assert r.family == world.FAMILY_OF[r.shape]
+        assert abs(r.angle) <= world.MAX_ROTATION  # upright within the bound
+    assert max(abs(r.angle) for r in recs) > world.MAX_ROTATION / 2  # but still varied
 
 
 def test_object_pixels_carry_the_object_colour():
