@@ -44,11 +44,12 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
     )
     neurons = {c: int(n.neuron) for c, n in result.comparison.neurons.items()}
     both = {(r.kind, r.method): r.both for r in result.comparison.table.rows}
-    versus = []
-    for kind, name in (("insert", "insertion"), ("suppress", "suppression")):
-        sae, dm = both[(kind, "SAE")], both[(kind, "DiffMean")]
-        verdict = "reproduced" if sae > dm else "not reproduced"
-        versus.append(f"{name} {sae:.0%} vs {dm:.0%} ({verdict})")
+    beats = {kind: both[(kind, "SAE")] > both[(kind, "DiffMean")] for kind in KINDS}
+    versus = [
+        f"{name} {both[(kind, 'SAE')]:.0%} vs {both[(kind, 'DiffMean')]:.0%} "
+        f"({'reproduced' if beats[kind] else 'not reproduced'})"
+        for kind, name in (("insert", "insertion"), ("suppress", "suppression"))
+    ]
     section = SteeringSection(
         paragraphs=[
             f"An SAE trained on every token of vision block {result.layer} of the toy LLaVA "
@@ -69,7 +70,7 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
             "layer": result.layer,
             "neurons": neurons,
             "rows": [dict(zip(table.columns, row, strict=True)) for row in rows],
-            "sae_beats_diffmean": {k: both[(k, "SAE")] > both[(k, "DiffMean")] for k in KINDS},
+            "sae_beats_diffmean": beats,
             "seconds": result.seconds,
         },
     )
