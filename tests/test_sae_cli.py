@@ -64,10 +64,18 @@ def test_train_from_store_and_resume(tmp_path):
     assert sae.cfg.group_sizes == (8, 24) and sae.cfg.layer == 1 and sae.cfg.k == 3
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["val"]["n_rows"] == 100 and summary["steps"] == 12
-    steps_arg = args.index("--steps") + 1
-    args[steps_arg] = "16"  # a resumed run must keep the config: steps differ -> refused
+    k_arg = args.index("--k") + 1
+    args[k_arg] = "4"  # a resumed run must keep the config: k differs -> refused, named
     result = runner.invoke(app, [str(a) for a in args] + ["--resume"])
-    assert result.exit_code != 0 and "steps" in str(result.exception)
+    assert result.exit_code != 0 and "sae.k 3 -> 4" in str(result.exception)
+    args[k_arg] = "3"
+    args[args.index("--steps") + 1] = "16"  # --resume --steps N extends the finished run
+    invoke(*args, "--resume")
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["steps"] == 16 and summary["final"]["step"] == 16
+    before = (tmp_path / "run/summary.json").read_text()
+    invoke(*args, "--resume")  # resuming a finished run changes nothing
+    assert (tmp_path / "run/summary.json").read_text() == before
 
 
 def test_train_rejects_bad_arguments(tmp_path):

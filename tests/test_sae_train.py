@@ -110,17 +110,22 @@ def test_run_directory_files(trained):
     assert {
         "config.json",
         "sae.safetensors",
-        "trainer_state.json",
-        "trainer_state.safetensors",
+        "checkpoint.json",
+        "checkpoints",
         "metrics.jsonl",
         "summary.json",
     } <= names
+    (state_dir,) = (out / "checkpoints").iterdir()  # the latest checkpoint only
+    assert {p.name for p in state_dir.iterdir()} == {
+        "trainer_state.json",
+        "trainer_state.safetensors",
+    }
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [50, 100, 150, 200, 250]
     held_out = {"mse", "nmse", "r2", "l0", "dead_fraction"}
     assert held_out | {"aux_loss", "lr", "loss", "examples_per_s"} <= set(lines[-1])
     assert held_out <= set(lines[-1]["val"])
-    assert lines[0]["lr"] > lines[-1]["lr"]  # the decay ran
+    assert lines[0]["lr"] == lines[-1]["lr"] == 4e-3  # warm-up done, no decay (the paper's)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 250 and summary["val"]["r2"] == lines[-1]["val"]["r2"]
     loaded = SAE.load(out)
@@ -203,14 +208,18 @@ def test_nan_batch_stops_and_keeps_last_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(32, 16)).astype(np.float32) for _ in range(30)]
     batches[7][3, 5] = np.nan  # the batch of step 8
-    with pytest.raises(NonFiniteError, match=r"step 8.*last good checkpoint \(step 5\)"):
+    with pytest.raises(ValueError, match="NaN, Inf"):  # caught up front by the scale estimate
         train_sae(batches, small_config(checkpoint_every=5), tmp_path)
+    assert not (tmp_path / "checkpoint.json").exists()
+    raw = dict(normalize_activations=False)
+    with pytest.raises(NonFiniteError, match=r"step 8.*last good checkpoint \(step 5\)"):
+        train_sae(batches, small_config(checkpoint_every=5, **raw), tmp_path)
     assert load_trainer_state(tmp_path)[1]["step"] == 5
     assert json.loads((tmp_path / "config.json").read_text())["step"] == 5
     assert torch.isfinite(SAE.load(tmp_path).W_enc).all()
     batches[7][3, 5] = np.inf
     with pytest.raises(NonFiniteError, match="no checkpoint was written"):
-        train_sae(batches, small_config(checkpoint_every=50), tmp_path / "b")
+        train_sae(batches, small_config(checkpoint_every=50, **raw), tmp_path / "b")
 
 
 def test_store_width_mismatch_names_both(tmp_path):
@@ -234,7 +243,10 @@ def test_store_metadata_reaches_the_checkpoint(tmp_path):
 
 def test_iterable_that_runs_out_stops_cleanly(tmp_path):
     batches = (torch.randn(32, 16) for _ in range(6))
-    sae = train_sae(batches, small_config(steps=20), tmp_path)
+    with pytest.raises(ValueError, match="one-shot iterator"):  # the scale would eat it
+        train_sae(batches, small_config(steps=20), tmp_path)
+    batches = (torch.randn(32, 16) for _ in range(6))
+    sae = train_sae(batches, small_config(steps=20, normalize_activations=False), tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 6
     assert isinstance(sae, SAE)
 
@@ -248,10 +260,12 @@ def test_bfloat16_training_is_finite():
 def test_lr_schedule():
     cfg = small_config(steps=100, warmup_steps=10, decay_start=0.8)
     factors = [lr_factor(s, cfg) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[50] == 1.0
+    assert factors[0] == 0 and factors[9] == pytest.approx(0.9)  # lr·s/W: 0 at step 0
+    assert factors[10] == 1.0 and factors[50] == 1.0
     assert factors[80] == pytest.approx(1.0) and factors[99] == pytest.approx(0.05)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
     default = TrainConfig(sae=SAEConfig(d_in=768, expansion=16, k=20))
+    assert [lr_factor(s, default) for s in (1000, 109_999)] == [1.0, 1.0]  # no decay
     assert default.learning_rate == pytest.approx(2e-4 / np.sqrt(12288 / 2**14))
 
 

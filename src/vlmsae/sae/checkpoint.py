@@ -2,13 +2,19 @@
 
 ``sae.safetensors`` holds ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
 ``b_dec [d_in]`` and ``threshold`` where the architecture has one (BatchTopK: a scalar,
-JumpReLU: ``[d_sae]``). Trainer state (optimizer moments, counters, RNG, data position)
-lives in ``trainer_state.safetensors`` + ``trainer_state.json`` next to it, so loading an
-SAE never needs it — and nothing here is ever unpickled.
+JumpReLU: ``[d_sae]``), always in the units of the raw activations (a trainer that
+normalised its inputs folds the scale back in and records it as ``norm_factor``). A training
+run adds its trainer state (weights in training units, optimizer moments, counters, RNG) in
+``checkpoints/step-…/trainer_state.{safetensors,json}``, named by ``checkpoint.json``, so
+loading an SAE never needs it — and nothing here is ever unpickled.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +23,15 @@ from safetensors.torch import load_file, save_file
 
 from vlmsae._io import atomic_write, read_json, write_json
 from vlmsae.sae.config import SAEConfig
+from vlmsae.sae.model import scale_biases_
 
 SCHEMA = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "sae.safetensors"
 STATE_TENSORS_FILE = "trainer_state.safetensors"
 STATE_JSON_FILE = "trainer_state.json"
+POINTER_FILE = "checkpoint.json"  # names the folder under checkpoints/ with the trainer state
+CHECKPOINTS_DIR = "checkpoints"
 SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
 
 
@@ -55,15 +64,25 @@ def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
-def save_sae(sae: Any, path: str | Path, **extra: Any) -> Path:
+def save_sae(sae: Any, path: str | Path, *, norm_factor: float | None = None, **extra: Any) -> Path:
     """Write ``sae`` to directory ``path`` (created); ``extra`` goes into ``config.json``
     (e.g. ``train=TrainConfig.to_dict()``, ``converted_from=...``). Both files are
-    written atomically; the weights first, so a config never points at missing weights."""
+    written atomically; the weights first, so a config never points at missing weights.
+
+    ``norm_factor``: ``sae`` was trained on activations divided by it; the files get its
+    biases and thresholds multiplied by it (``sae`` itself is left as it is), so that the
+    saved SAE applies to raw activations, and ``config.json`` records the factor."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
+    tensors = {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
+    threshold = config_dict(sae)["threshold"]
+    if norm_factor is not None:
+        scale_biases_(tensors, norm_factor, threshold=sae.has_threshold)
+        threshold = None if threshold is None or threshold < 0 else threshold * norm_factor
+        extra["norm_factor"] = float(norm_factor)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=_meta()))
-    write_json(path / CONFIG_FILE, config_dict(sae, **extra))
+    write_json(path / CONFIG_FILE, {**config_dict(sae, **extra), "threshold": threshold})
     return path
 
 
@@ -117,29 +136,71 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
 
 
 def save_trainer_state(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Trainer state: tensors (optimizer moments, counters, RNG) + JSON (step, position).
+    """Trainer state: tensors (weights, optimizer moments, counters, RNG) + JSON (step, config).
 
-    The JSON is written last: it names the step the tensors belong to, so a crash in
-    between leaves the previous (consistent) pair detectable by ``step``."""
+    One atomic unit: both files go into a fresh ``checkpoints/step-…`` folder, and then
+    ``checkpoint.json`` is replaced in one rename to name it. A crash at any instant leaves
+    ``checkpoint.json`` naming either the previous complete folder or the new one; older
+    folders (and the debris of an interrupted write) are removed only after the switch."""
     path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    step = str(meta["step"])
-    atomic_write(
-        path / STATE_TENSORS_FILE,
-        lambda p: save_file(tensors, str(p), metadata={"step": step}),
-    )
-    write_json(path / STATE_JSON_FILE, meta)
+    root = path / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{int(meta['step']):09d}-{secrets.token_hex(4)}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(tensors, str(tmp / STATE_TENSORS_FILE), metadata={"step": str(meta["step"])})
+        write_json(tmp / STATE_JSON_FILE, meta)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
+        os.replace(tmp, root / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_json(path / POINTER_FILE, {"step": int(meta["step"]), "dir": f"{CHECKPOINTS_DIR}/{name}"})
+    for old in root.iterdir():  # the previous checkpoint and any interrupted write
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    for legacy in (STATE_TENSORS_FILE, STATE_JSON_FILE):  # the layout before checkpoints/
+        (path / legacy).unlink(missing_ok=True)
+
+
+def has_trainer_state(path: str | Path) -> bool:
+    """``path`` holds a resumable training run (a checkpoint was written)."""
+    path = Path(path)
+    return (path / POINTER_FILE).exists() or (path / STATE_JSON_FILE).exists()
+
+
+def trainer_state_dir(path: str | Path) -> Path:
+    """The folder holding the current trainer state of run ``path``."""
+    path = Path(path)
+    if (path / POINTER_FILE).exists():
+        pointer = read_json(path / POINTER_FILE)
+        state_dir = path / pointer["dir"]
+        if not (state_dir / STATE_JSON_FILE).exists():
+            raise CheckpointError(
+                f"{path / POINTER_FILE} names {state_dir}, which is missing or incomplete; "
+                "the run's checkpoint was removed by hand: restart without --resume"
+            )
+        return state_dir
+    return path  # written by vlmsae before checkpoints/ existed: files at the top level
 
 
 def load_trainer_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON of the trainer state of run ``path`` (see :func:`save_trainer_state`)."""
     from safetensors import safe_open
 
-    path = Path(path)
-    meta = read_json(path / STATE_JSON_FILE)
-    with safe_open(str(path / STATE_TENSORS_FILE), framework="pt") as f:
+    state_dir = trainer_state_dir(path)
+    meta = read_json(state_dir / STATE_JSON_FILE)
+    with safe_open(str(state_dir / STATE_TENSORS_FILE), framework="pt") as f:
         if f.metadata().get("step") != str(meta["step"]):
             raise CheckpointError(
-                f"{path}: trainer state files disagree on the step (an interrupted write); "
-                "restart without --resume"
+                f"{state_dir}: trainer state files disagree on the step (an interrupted write "
+                "of a checkpoint made by an older vlmsae); restart without --resume"
             )
-    return load_file(str(path / STATE_TENSORS_FILE)), meta
+    return load_file(str(state_dir / STATE_TENSORS_FILE)), meta
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
     app.command("convert")(convert)
 
 
-def _parse_fractions(text: str | None) -> tuple[float, ...] | None:
+def _parse_fractions(
+    text: str | None, option: str = "--group-fractions"
+) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
@@ -25,7 +27,7 @@ def _parse_fractions(text: str | None) -> tuple[float, ...] | None:
     except ValueError as e:
         raise typer.BadParameter(
             f"{text!r}: give numbers separated by spaces or commas, e.g. '0.0625 0.125 0.5 0.3125'",
-            param_hint="--group-fractions",
+            param_hint=option,
         ) from e
 
 
@@ -51,7 +53,25 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     warmup_steps: int = typer.Option(1000, "--warmup-steps"),
     threshold_start_step: int = typer.Option(1000, "--threshold-start-step"),
-    aux_alpha: float = typer.Option(1 / 32, "--aux-alpha", help="AuxK weight (0 disables)."),
+    aux_alpha: float = typer.Option(0.03, "--aux-alpha", help="AuxK weight (0 disables)."),
+    normalize: bool = typer.Option(
+        True,
+        "--normalize/--no-normalize",
+        help="Train on inputs scaled to unit mean squared norm, folded back into the saved "
+        "weights (the paper's code); --no-normalize trains on raw activations.",
+    ),
+    decay_start: float = typer.Option(
+        None,
+        "--decay-start",
+        help="Decay the lr linearly to 0 after this fraction of --steps (default: no decay, "
+        "as the paper's scripts).",
+    ),
+    group_weights: str = typer.Option(
+        None,
+        "--group-weights",
+        help="Matryoshka prefix loss weights w_g, loss Σ w_g L_g / G (default 1/G each, the "
+        "paper's Σ L_g / G²).",
+    ),
     dead_after: int = typer.Option(10_000_000, "--dead-after", help="Examples without firing."),
     l1_coeff: float = typer.Option(1e-3, "--l1-coeff", help="L1 penalty (relu)."),
     l0_coeff: float = typer.Option(1e-3, "--l0-coeff", help="L0 penalty (jumprelu)."),
@@ -75,6 +95,7 @@ def train(
         sparsity="batchtopk" if arch == "matryoshka" else arch,
         k=k,
         group_fractions=fractions,
+        group_weights=_parse_fractions(group_weights, "--group-weights"),
     )
     cfg = TrainConfig(
         sae=sae_cfg,
@@ -87,6 +108,8 @@ def train(
         warmup_steps=warmup_steps,
         threshold_start_step=threshold_start_step,
         aux_alpha=aux_alpha,
+        normalize_activations=normalize,
+        decay_start=decay_start,
         dead_after=dead_after,
         l1_coeff=l1_coeff,
         l0_coeff=l0_coeff,

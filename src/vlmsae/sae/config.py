@@ -42,7 +42,8 @@ class SAEConfig:
     """Matryoshka group sizes (sum to ``d_sae``). Derived from ``group_fractions`` when not
     given; ``(d_sae,)`` for a plain SAE. Always set after construction."""
     group_weights: tuple[float, ...] | None = None
-    """Weight of each nested prefix's reconstruction loss (default: uniform mean)."""
+    """Weight ``w_g`` of each nested prefix's reconstruction loss; the loss is
+    ``Σ_g w_g L_g / G``. Default ``1/G`` each, i.e. ``Σ_g L_g / G²`` (the paper's code)."""
     jumprelu_bandwidth: float = 1e-3
     """Width of the straight-through estimator's rectangle kernel (JumpReLU)."""
     jumprelu_init_threshold: float = 1e-3
@@ -161,7 +162,9 @@ class SAEConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train one SAE (dictionary_learning / paper defaults)."""
+    """How to train one SAE. Every default is the paper's recipe (its ``sae_train.py`` and
+    scripts, through the dictionary_learning trainers it vendors); ``docs/fidelity.md``
+    lists each one and the options that depart from it."""
 
     sae: SAEConfig
     """The SAE to train."""
@@ -174,15 +177,17 @@ class TrainConfig:
     seed: int = 0
     """Seed of initialisation and data order."""
     warmup_steps: int = 1000
-    """Linear learning-rate warm-up from 0."""
-    decay_start: float | None = 0.8
-    """Fraction of ``steps`` after which the lr decays linearly to 0 (``None``: no decay)."""
+    """Linear learning-rate warm-up: step ``s`` (0-based) uses ``lr · s / warmup_steps``."""
+    decay_start: float | None = None
+    """Fraction of ``steps`` after which the lr decays linearly to 0. ``None`` (the paper's
+    scripts: ``decay_start = steps - 1``, which never lowers the lr) means no decay."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     grad_clip: float = 1.0
     """Clip the gradient's global norm to this value (``0`` disables)."""
-    aux_alpha: float = 1 / 32
-    """Weight of the AuxK loss on dead latents (TopK / BatchTopK; 0 disables)."""
+    aux_alpha: float = 0.03
+    """Weight of the AuxK loss on dead latents (TopK / BatchTopK; 0 disables). The paper's
+    scripts pass 0.03 (dictionary_learning's own default is 1/32)."""
     aux_k: int | None = None
     """Dead latents each example may use in AuxK (``None``: ``d_in // 2``)."""
     dead_after: int = 10_000_000
@@ -194,7 +199,14 @@ class TrainConfig:
     threshold_beta: float = 0.999
     """EMA factor of the BatchTopK inference threshold."""
     threshold_start_step: int = 1000
-    """Step from which the BatchTopK threshold is updated."""
+    """The BatchTopK threshold is updated at the steps after this one (0-based step index
+    ``> threshold_start_step``, as in the paper's code)."""
+    normalize_activations: bool = True
+    """Divide the inputs by a scale estimated from the training data, so that they have unit
+    mean squared norm, and fold it back into the saved weights (biases and thresholds), so
+    that the saved SAE applies to raw activations (dictionary_learning's ``trainSAE``)."""
+    norm_batches: int = 100
+    """Batches of the training data read to estimate that scale."""
     dtype: str = "float32"
     """Compute dtype of the encoder product: ``float32`` or ``bfloat16`` (autocast)."""
     device: str = "cpu"
@@ -211,7 +223,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.sae, SAEConfig):
             raise ValueError(f"sae must be an SAEConfig, got {type(self.sae).__name__}")
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "val_rows"):
+        for name in (
+            "steps",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+            "val_rows",
+            "norm_batches",
+        ):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
@@ -220,7 +239,8 @@ class TrainConfig:
             raise ValueError("warmup_steps and threshold_start_step must be >= 0")
         if self.decay_start is not None and not 0 <= self.decay_start <= 1:
             raise ValueError(
-                f"decay_start is a fraction of steps in [0, 1], got {self.decay_start}"
+                f"decay_start is a fraction of steps in [0, 1] (or None for no decay), "
+                f"got {self.decay_start}"
             )
         if not 0 <= self.threshold_beta < 1:
             raise ValueError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
@@ -253,3 +273,15 @@ class TrainConfig:
         d["sae"] = SAEConfig.from_dict(d["sae"])
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr at ``step`` (0-based): linear warm-up ``step / warmup``
+    (0 at step 0, as dictionary_learning's schedule), then constant, then (with
+    ``decay_start``) linear decay to 0 from ``decay_start * steps``."""
+    factor = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.decay_start is not None:
+        start = int(cfg.decay_start * cfg.steps)
+        if step >= start and cfg.steps > start:
+            factor *= (cfg.steps - step) / (cfg.steps - start)
+    return factor

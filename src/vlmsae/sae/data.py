@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ class BatchSource:
     meta: dict[str, Any] = field(default_factory=dict)
     """Provenance copied from a store manifest (model, hook point, layer, tokens)."""
     description: str = ""
+    replayable: bool = True
+    """``batches`` can be called more than once (``False`` for a one-shot iterator)."""
 
 
 def _as_tensor(rows: Any) -> Tensor:
@@ -94,11 +97,43 @@ def make_source(data: Data) -> BatchSource:
         def iter_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
             return _iterable_batches(data, skip)
 
-        return BatchSource(None, None, iter_batches, {}, "iterable")
+        one_shot = isinstance(data, Iterator)  # a generator: a second pass finds it empty
+        return BatchSource(None, None, iter_batches, {}, "iterable", replayable=not one_shot)
     raise TypeError(
         f"cannot train on {type(data).__name__}: pass a Tensor [N, d_in], an activation-store "
         "directory, an ActivationStore, or an iterable of batches"
     )
+
+
+def estimate_norm_factor(source: BatchSource, batch_size: int, seed: int, n_batches: int) -> float:
+    """The scale that gives the training data unit mean squared norm: ``sqrt`` of the mean
+    over up to ``n_batches`` batches (the first ones of the training order, at most one
+    epoch) of each batch's mean ``‖x‖²`` — dictionary_learning's ``get_norm_factor``.
+
+    Raises:
+        ValueError: the source is a one-shot iterator (reading it here would leave nothing
+            to train on), it is empty, or its rows are all zero or not finite.
+    """
+    if not source.replayable:
+        raise ValueError(
+            "normalize_activations needs to read the data twice (once for the scale); the data "
+            "is a one-shot iterator: pass a list, tensor or store, or normalize_activations=False"
+        )
+    total, n_seen, rows = 0.0, 0, 0
+    for x_BD in itertools.islice(source.batches(batch_size, seed, 0), n_batches):
+        total += float(x_BD.float().pow(2).sum(-1).mean())
+        n_seen, rows = n_seen + 1, rows + x_BD.shape[0]
+        if source.n_rows is not None and rows >= source.n_rows:
+            break  # a whole epoch read: more batches would only repeat rows
+    if n_seen == 0:
+        raise ValueError(f"no training data in {source.description}")
+    scale = math.sqrt(total / n_seen)
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError(
+            f"cannot normalise {source.description}: the mean squared norm of its rows is "
+            f"{total / n_seen} (NaN, Inf or all-zero rows); check the data"
+        )
+    return scale
 
 
 def load_rows(data: Data, n_rows: int) -> Tensor:

@@ -24,7 +24,8 @@ class LossOutput(NamedTuple):
     total: Tensor
     """What is minimised: reconstruction + penalties (+ AuxK)."""
     recon: Tensor
-    """Weighted mean over Matryoshka prefixes of the reconstruction loss."""
+    """Reconstruction loss: ``Σ_g w_g L_g / G`` over the G Matryoshka prefixes (``L`` for a
+    plain SAE)."""
     group_losses: Tensor
     """[G] reconstruction loss of each nested prefix (G = 1 for a plain SAE)."""
     aux: Tensor
@@ -77,11 +78,18 @@ def sparsity_penalty(sae: SAE, out: SAEOutput) -> Tensor:
 def sae_loss(
     sae: SAE, x_BD: Tensor, out: SAEOutput, dead_S: Tensor, cfg: TrainConfig
 ) -> LossOutput:
-    """The training objective of ``cfg``: weighted prefix reconstruction + penalty + AuxK."""
+    """The training objective of ``cfg``: weighted prefix reconstruction + penalty + AuxK.
+
+    ``dead_S`` is the dead set AuxK uses: the trainer updates the "examples since fired"
+    counters with this batch first, so a latent that fires here is not dead (as in the
+    paper's code)."""
     group_losses = reconstruction_losses(x_BD, out)
-    weights = sae.cfg.group_weights or (1.0,) * sae.cfg.n_groups
+    n_groups = sae.cfg.n_groups
+    weights = sae.cfg.group_weights or (1.0 / n_groups,) * n_groups
     w_G = torch.tensor(weights, device=group_losses.device)
-    recon = (w_G * group_losses).sum() / w_G.sum()
+    # the paper's code weighs each prefix by w_g = 1/G and then averages over the G prefixes,
+    # Σ_g L_g / G²: AuxK weighs G times more against reconstruction than under a plain mean
+    recon = (w_G * group_losses).sum() / n_groups
     sparsity = sparsity_penalty(sae, out)
     coeff = {"relu": cfg.l1_coeff, "jumprelu": cfg.l0_coeff}.get(sae.cfg.sparsity, 0.0)
     aux = recon.new_zeros(())

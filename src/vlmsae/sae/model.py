@@ -33,6 +33,15 @@ from vlmsae.sae.sparse import (
 )
 
 ENCODE_MODES = ("threshold", "batch", "topk")
+# Tensors in the units of the input: scaled with it (see SAE.scale_biases_).
+BIAS_NAMES = ("b_enc", "b_dec", "threshold")
+
+
+def scale_biases_(tensors: dict[str, Tensor], scale: float, *, threshold: bool) -> None:
+    """Multiply the biases in a state dict (and the threshold, where ``threshold``) in place."""
+    for name in BIAS_NAMES:
+        if name in tensors and (name != "threshold" or threshold):
+            tensors[name].mul_(scale)
 
 
 class SAEOutput(NamedTuple):
@@ -253,6 +262,20 @@ class SAE(nn.Module):
         norm_sq_S = torch.linalg.vector_norm(w, dim=1).square()
         coef_S1 = (torch.linalg.vecdot(g, w) / norm_sq_S).unsqueeze(1)
         g.addcmul_(coef_S1, w, value=-1.0)
+
+    @torch.no_grad()
+    def scale_biases_(self, scale: float) -> None:
+        """Multiply biases and thresholds by ``scale``: an SAE trained on ``x / scale`` then
+        encodes raw ``x`` to ``scale`` × its codes and reconstructs raw ``x`` (how a trainer
+        folds its input normalisation back into the weights)."""
+        scale_biases_(self.state_dict(), scale, threshold=self.has_threshold)
+
+    @property
+    def has_threshold(self) -> bool:
+        """A threshold is in use: JumpReLU's, or a BatchTopK one set by training (>= 0)."""
+        if self.cfg.sparsity == "jumprelu":
+            return True
+        return self.cfg.sparsity == "batchtopk" and float(self.threshold) >= 0
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self, path: str | Path, **extra: object) -> Path:

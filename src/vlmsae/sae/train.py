@@ -1,10 +1,12 @@
 """Training an SAE: ``train_sae(data, TrainConfig(...), out_dir=...)``.
 
-The recipe is the paper's (dictionary_learning defaults): Adam, lr ``2e-4/sqrt(d_sae/2^14)``
-with linear warm-up and a linear decay over the last part of training, gradient clipping,
+The recipe is the paper's (its scripts through the dictionary_learning trainers): inputs
+scaled to unit mean squared norm (the scale folded back into the saved weights), Adam at lr
+``2e-4/sqrt(d_sae/2^14)`` with the warm-up ``lr·s/W`` and no decay, gradient clipping,
 unit-norm decoder rows with the decoder-parallel gradient removed, ``W_enc = W_decᵀ`` and
-``b_dec`` = geometric median of the first batch at initialisation, AuxK on dead latents,
-and an EMA inference threshold for BatchTopK.
+``b_dec`` = geometric median of the first batch at initialisation, AuxK (α 0.03) on the
+latents dead after this batch, Matryoshka prefix losses weighted ``Σ_g L_g / G²``, and an
+EMA inference threshold for BatchTopK. ``docs/fidelity.md`` lists every detail.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vlmsae._io import write_json
+from vlmsae._io import read_json, write_json
 from vlmsae.sae import checkpoint as ckpt
-from vlmsae.sae.config import TrainConfig
-from vlmsae.sae.data import Data, make_source
+from vlmsae.sae.config import TrainConfig, lr_factor
+from vlmsae.sae.data import Data, estimate_norm_factor, make_source
 from vlmsae.sae.losses import LossOutput, reconstruction_metrics, sae_loss
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.sae.trainer_io import (
@@ -35,6 +37,7 @@ from vlmsae.sae.trainer_io import (
 )
 
 log = logging.getLogger(__name__)
+SUMMARY_FILE = "summary.json"
 
 
 class NonFiniteError(RuntimeError):
@@ -51,17 +54,8 @@ class TrainState:
     """int64 [S]: training examples since each latent last fired (dead-latent detection)."""
     last_checkpoint: int | None = None
     """Step of the last checkpoint written, if any."""
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base lr at ``step`` (0-based): linear warm-up, then constant,
-    then linear decay to 0 from ``decay_start * steps``."""
-    factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    if cfg.decay_start is not None:
-        start = int(cfg.decay_start * cfg.steps)
-        if step >= start and cfg.steps > start:
-            factor *= (cfg.steps - step) / (cfg.steps - start)
-    return factor
+    norm_factor: float = 1.0
+    """The training data is divided by this (1 without ``normalize_activations``)."""
 
 
 @torch.no_grad()
@@ -81,9 +75,10 @@ def train_step(
     sae: SAE, optimizer: torch.optim.Optimizer, x_BD: Tensor, state: TrainState, cfg: TrainConfig
 ) -> tuple[LossOutput, SAEOutput]:
     """One optimizer step, in the order that keeps the decoder on the unit sphere."""
-    dead_S = state.examples_since_fired_S >= cfg.dead_after
     with torch.autocast(x_BD.device.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
         out = sae(x_BD, return_codes=False)  # forward (BatchTopK: k·B over the batch)
+        _record_firing(sae, out, state)  # first: a latent that fires here is not dead
+        dead_S = state.examples_since_fired_S >= cfg.dead_after
         loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
     if not torch.isfinite(loss.total):
         raise NonFiniteError(f"the loss is {float(loss.total)}")
@@ -96,15 +91,14 @@ def train_step(
     sae.normalize_decoder_()  # renormalise decoder
     for group in optimizer.param_groups:  # schedule: the lr of the next step
         group["lr"] = cfg.learning_rate * lr_factor(state.step + 1, cfg)
-    _update_latent_stats(sae, out, state, cfg)
+    _update_threshold(sae, out, state, cfg)
     state.step += 1
     return loss, out
 
 
 @torch.no_grad()
-def _update_latent_stats(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainConfig) -> None:
-    """Dead-latent counters, and the BatchTopK inference threshold: an EMA of the smallest
-    code kept in the batch, so that thresholding at inference keeps ~k per example."""
+def _record_firing(sae: SAE, out: SAEOutput, state: TrainState) -> None:
+    """Dead-latent counters: examples since each latent last had a positive code."""
     n = out.pre_acts.shape[0]
     if out.active is not None:
         fired_S = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=out.pre_acts.device)
@@ -113,7 +107,14 @@ def _update_latent_stats(sae: SAE, out: SAEOutput, state: TrainState, cfg: Train
         fired_S = (out.codes.reshape(n, -1) != 0).any(0)
     state.examples_since_fired_S += n
     state.examples_since_fired_S[fired_S] = 0
-    if sae.cfg.sparsity == "batchtopk" and state.step >= cfg.threshold_start_step:
+
+
+@torch.no_grad()
+def _update_threshold(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainConfig) -> None:
+    """The BatchTopK inference threshold: an EMA of the smallest code kept in the batch, so
+    that thresholding at inference keeps ~k per example; updated at the steps after
+    ``threshold_start_step`` (0-based ``state.step`` is this step's index)."""
+    if sae.cfg.sparsity == "batchtopk" and state.step > cfg.threshold_start_step:
         values = out.active.values
         positive = values[values > 0]
         if positive.numel():
@@ -147,7 +148,9 @@ def train_sae(
     resume: bool = False,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> SAE:
-    """Train an SAE on ``data`` and return it (in eval mode).
+    """Train an SAE on ``data`` and return it (in eval mode, applying to raw activations:
+    with ``cfg.normalize_activations`` it trains on ``x / norm_factor`` and folds the
+    factor back into its biases and thresholds at the end).
 
     Args:
         data: a Tensor / array ``[N, d_in]``, an activation-store directory or
@@ -157,7 +160,8 @@ def train_sae(
         out_dir: where ``config.json``, ``sae.safetensors``, the trainer state,
             ``metrics.jsonl`` and ``summary.json`` go; ``None`` keeps everything in memory.
         val: held-out data (same kinds as ``data``) evaluated at every log point.
-        resume: continue the run in ``out_dir`` exactly where its last checkpoint left it.
+        resume: continue the run in ``out_dir`` exactly where its last checkpoint left it
+            (``cfg.steps`` may be larger than the run's: it is extended).
         on_step: called as ``on_step(step, metrics)`` after every step (``metrics`` is
             filled at log points only).
 
@@ -176,7 +180,7 @@ def train_sae(
         if out_path is None:
             raise ValueError("resume=True needs the out_dir of the interrupted run")
         load_resume_state(out_path, sae, optimizer, state, cfg)
-    elif out_path is not None and (out_path / ckpt.STATE_JSON_FILE).exists():
+    elif out_path is not None and ckpt.has_trainer_state(out_path):
         raise FileExistsError(
             f"{out_path} already holds a training run; pass --resume to continue it or "
             "choose another --out"
@@ -190,9 +194,35 @@ def train_sae(
         val_x = load_rows(val, cfg.val_rows).to(device)
         if val_x.shape[1] != cfg.sae.d_in:
             raise ValueError(f"validation rows have width {val_x.shape[1]}, d_in is {cfg.sae.d_in}")
+    _warn_schedule(cfg, state.step)
+    if cfg.normalize_activations and not resume:
+        state.norm_factor = estimate_norm_factor(source, cfg.batch_size, cfg.seed, cfg.norm_batches)
+        log.info("inputs are divided by %.6g (unit mean squared norm)", state.norm_factor)
+    if val_x is not None and cfg.normalize_activations:
+        val_x = val_x / state.norm_factor  # metrics in training units (R², L0 are scale-free)
     metrics_log = MetricsLog(out_path, state.step) if out_path is not None else None
     _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step)
+    if cfg.normalize_activations:
+        sae.scale_biases_(state.norm_factor)  # fold: the returned SAE applies to raw inputs
     return sae.eval()
+
+
+def _warn_schedule(cfg: TrainConfig, start_step: int) -> None:
+    """Say up front when a short run cannot follow its schedule."""
+    if cfg.warmup_steps >= cfg.steps:
+        log.warning(
+            "warmup_steps=%d >= steps=%d: the lr never reaches its base value; lower "
+            "--warmup-steps",
+            cfg.warmup_steps,
+            cfg.steps,
+        )
+    if cfg.sae.sparsity == "batchtopk" and cfg.threshold_start_step >= cfg.steps - 1:
+        log.warning(
+            "threshold_start_step=%d >= steps - 1: the BatchTopK inference threshold will never "
+            "be set and the SAE will encode with per-example top-k; lower "
+            "--threshold-start-step",
+            cfg.threshold_start_step,
+        )
 
 
 def _check_width(cfg: TrainConfig, source: Any) -> TrainConfig:
@@ -219,6 +249,8 @@ def _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_st
                 log.warning("the data ran out after %d steps (of %d)", state.step, cfg.steps)
                 break
             x_BD = _check_batch(x_BD, cfg, state, step_no, out_path).to(device)
+            if cfg.normalize_activations:
+                x_BD = x_BD / state.norm_factor  # unit mean squared norm
             if state.step == 0:
                 _init_b_dec(sae, x_BD)  # b_dec starts at the geometric median of batch 1
             try:
@@ -309,6 +341,11 @@ def _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, st
         return
     if state.last_checkpoint != state.step:
         save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+    if state.step == start_step and (out_path / SUMMARY_FILE).exists():
+        log.info("%s already finished at step %d; nothing to do", out_path, state.step)
+        return  # a resumed finished run keeps the summary of the run that trained it
+    if not metrics:  # the run ended at its checkpoint: its last log point has the metrics
+        metrics = MetricsLog.last(out_path) or {}
     elapsed = time.perf_counter() - t0
     summary = {
         "steps": state.step,
@@ -318,10 +355,11 @@ def _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, st
         "final": {k: v for k, v in metrics.items() if k != "val"},
         "val": metrics.get("val")
         or (evaluate_sae(sae, val_x, cfg.batch_size) if val_x is not None else None),
-        "sae": ckpt.config_dict(sae),
+        "norm_factor": state.norm_factor if cfg.normalize_activations else None,
+        "sae": read_json(out_path / ckpt.CONFIG_FILE),
         "train": cfg.to_dict(),
         "data": source.description,
     }
     if not math.isfinite(summary["examples_per_s"]):
         summary["examples_per_s"] = None
-    write_json(out_path / "summary.json", summary)
+    write_json(out_path / SUMMARY_FILE, summary)

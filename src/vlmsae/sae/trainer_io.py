@@ -1,10 +1,10 @@
 """Files of a training run: checkpoints with resumable trainer state, metrics, evaluation.
 
-A training checkpoint is the SAE checkpoint (``config.json`` + ``sae.safetensors``) plus
-``trainer_state.safetensors`` (a copy of the weights, Adam moments, dead-latent counters,
-RNG state) and ``trainer_state.json`` (step, config, data description). The trainer state
-carries its own copy of the weights so that it is consistent by itself even when a crash
-falls between the two writes.
+A training checkpoint is the SAE checkpoint (``config.json`` + ``sae.safetensors``, in raw
+units) plus the trainer state under ``checkpoints/`` (a copy of the weights in training
+units, Adam moments, dead-latent counters, RNG state, step, config, normalisation scale),
+written as one atomic unit (see :func:`vlmsae.sae.checkpoint.save_trainer_state`). The
+trainer state is self-contained, so a crash between it and the SAE files loses nothing.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmsae._io import atomic_write_text
+from vlmsae._io import atomic_write_text, read_json
 from vlmsae.sae import checkpoint as ckpt
-from vlmsae.sae.config import TrainConfig
+from vlmsae.sae.config import TrainConfig, lr_factor
 from vlmsae.sae.losses import variance_metrics
 from vlmsae.sae.model import SAE
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
-# Fields that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("progress", "device", "log_every", "checkpoint_every", "val_rows")
+# Fields that may differ between an interrupted run and its resumption (``steps`` may grow).
+RESUMABLE_CHANGES = ("progress", "device", "log_every", "checkpoint_every", "val_rows", "steps")
 
 
 class MetricsLog:
@@ -37,16 +37,30 @@ class MetricsLog:
         self.path = out_dir / METRICS_FILE
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= start_step
-            ]
+            kept = [json.dumps(m) for m in self.read(self.path) if m["step"] <= start_step]
             atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def append(self, metrics: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        """The complete lines of a metrics file; a line cut by a crash is skipped."""
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: skipping a line cut short by an interrupted write", path)
+        return records
+
+    @classmethod
+    def last(cls, out_dir: Path) -> dict[str, Any] | None:
+        """The last log point of the run in ``out_dir``, if any."""
+        path = out_dir / METRICS_FILE
+        records = cls.read(path) if path.exists() else []
+        return records[-1] if records else None
 
 
 @torch.no_grad()
@@ -99,32 +113,56 @@ def save_training_checkpoint(
         "examples_since_fired": state.examples_since_fired_S,
         "rng.torch": torch.get_rng_state(),
     }
+    norm_factor = state.norm_factor if cfg.normalize_activations else None
     meta = {
         "step": state.step,
         "train": cfg.to_dict(),
         "param_groups": param_groups,
         "data": source.description,
+        "norm_factor": norm_factor,
     }
     ckpt.save_trainer_state(out_dir, tensors, meta)
-    sae.save(out_dir, train=cfg.to_dict(), step=state.step)
+    publish_sae(out_dir, sae, state, cfg)
     state.last_checkpoint = state.step
     log.debug("checkpoint at step %d in %s", state.step, out_dir)
 
 
-def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path) -> None:
-    now = cfg.to_dict()
-    saved = json.loads(json.dumps(saved))  # tuples became lists on disk
-    now = json.loads(json.dumps(now))
+def publish_sae(out_dir: Path, sae: SAE, state: Any, cfg: TrainConfig) -> None:
+    """Write the SAE files of the run (raw units) for the trainer state's step."""
+    norm_factor = state.norm_factor if cfg.normalize_activations else None
+    sae.save(out_dir, norm_factor=norm_factor, train=cfg.to_dict(), step=state.step)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path, step: int) -> None:
+    saved = _flat(json.loads(json.dumps(saved)))  # tuples became lists on disk
+    now = _flat(json.loads(json.dumps(cfg.to_dict())))
     diff = [
         k
         for k in sorted(set(saved) | set(now))
-        if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)
+        if k not in RESUMABLE_CHANGES and saved.get(k, "(absent)") != now.get(k, "(absent)")
     ]
     if diff:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+        detail = "; ".join(
+            f"{k} {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in diff
+        )
         raise ValueError(
-            f"cannot resume {out_dir}: the training config differs from the interrupted run's "
-            f"({detail}); use the same settings or another --out"
+            f"cannot resume {out_dir}: {len(diff)} training setting(s) differ from the "
+            f"interrupted run's: {detail}; use the same settings or another --out"
+        )
+    if cfg.steps < step:
+        raise ValueError(
+            f"cannot resume {out_dir} with steps={cfg.steps}: the run is already at step {step}; "
+            f"give steps >= {step} (a larger value extends the run)"
         )
 
 
@@ -132,13 +170,13 @@ def load_resume_state(
     out_dir: Path, sae: SAE, optimizer: torch.optim.Optimizer, state: Any, cfg: TrainConfig
 ) -> None:
     """Restore weights, optimizer, counters, RNG and step from ``out_dir``."""
-    if not (out_dir / ckpt.STATE_JSON_FILE).exists():
+    if not ckpt.has_trainer_state(out_dir):
         raise FileNotFoundError(
-            f"nothing to resume in {out_dir}: no {ckpt.STATE_JSON_FILE} (the run wrote no "
+            f"nothing to resume in {out_dir}: no {ckpt.POINTER_FILE} (the run wrote no "
             "checkpoint yet); start it again without --resume"
         )
     tensors, meta = ckpt.load_trainer_state(out_dir)
-    _check_same_run(meta["train"], cfg, out_dir)
+    _check_same_run(meta["train"], cfg, out_dir, int(meta["step"]))
     device = next(sae.parameters()).device
     weights = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("sae.")}
     sae.load_state_dict(weights)
@@ -156,5 +194,11 @@ def load_resume_state(
     state.step = int(meta["step"])
     state.examples_since_fired_S.copy_(tensors["examples_since_fired"])
     state.last_checkpoint = state.step
+    state.norm_factor = float(meta.get("norm_factor") or 1.0)
+    config_path = out_dir / ckpt.CONFIG_FILE
+    if not config_path.exists() or read_json(config_path).get("step") != state.step:
+        publish_sae(out_dir, sae, state, cfg)  # a crash fell between trainer state and SAE
+    for group in optimizer.param_groups:  # the lr of the next step (the schedule of a run
+        group["lr"] = cfg.learning_rate * lr_factor(state.step, cfg)  # extended by --steps)
     torch.set_rng_state(tensors["rng.torch"])
     log.info("resuming %s from step %d", out_dir, state.step)
