@@ -134,6 +134,7 @@ def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun
     from tqdm.auto import tqdm
 
     from vlmsae.sae import SAEConfig, TrainConfig, train_sae
+    from vlmsae.sae.checkpoint import has_trainer_state
 
     runs = planned_saes(cfg)
     for run in tqdm(runs, desc="train SAEs", unit="sae"):
@@ -160,10 +161,8 @@ def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun
             progress=False,
         )
         torch.manual_seed(cfg.seed)
-        if run.path.exists():  # an interrupted training run: start it again cleanly
-            for f in run.path.iterdir():
-                f.unlink()
-        train_sae(store, train_cfg, out_dir=run.path, val=acts["test"][run.hook])
+        resume = has_trainer_state(run.path)  # an interrupted training run: continue it
+        train_sae(store, train_cfg, out_dir=run.path, val=acts["test"][run.hook], resume=resume)
     return runs
 
 
