@@ -94,31 +94,27 @@ def output_lock(out_dir: str | Path, what: str = "vlmsae") -> Iterator[Path]:
         UserError: another live process holds the lock; the message names its pid, host,
             command and start time.
     """
-    folder = Path(out_dir)
-    key = os.path.realpath(folder)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield folder
-        finally:
-            _HELD[key][1] -= 1
-        return
-    fd = _acquire(folder, what)
-    _HELD[key] = [fd, 1]
+    key = _take(Path(out_dir), what)
     try:
-        yield folder
+        yield Path(out_dir)
     finally:
-        del _HELD[key]
-        _release(fd)
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            _release(_HELD.pop(key)[0])
 
 
 def lock_until_exit(out_dir: str | Path, what: str = "vlmsae") -> Path:
-    """Take :func:`output_lock` on ``out_dir`` and keep it until this process exits (the
-    kernel releases it then): for CLI commands, which write their output and end."""
-    lock = output_lock(out_dir, what)
-    path = lock.__enter__()
-    _KEPT.append(lock)
-    return path
+    """Take the lock of :func:`output_lock` on ``out_dir`` and keep it until this process
+    exits (the kernel releases it then): for CLI commands, which write their output and end."""
+    _take(Path(out_dir), what)  # never given back: the depth stays above 0
+    return Path(out_dir)
 
 
-_KEPT: list = []  # locks held until exit by lock_until_exit (kept referenced, never closed)
+def _take(folder: Path, what: str) -> str:
+    """Lock ``folder`` or, when this process holds it already, count one more holder."""
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key][1] += 1
+    else:
+        _HELD[key] = [_acquire(folder, what), 1]
+    return key
