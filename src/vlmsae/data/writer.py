@@ -157,12 +157,15 @@ class StoreWriter:
         if self.kind == "codes":
             # scipy.sparse has no float16: buffer in float32, cast the values when written
             csr = sp.csr_matrix(rows, dtype=np.float32)
-            _check_finite(csr.data.astype(np.dtype(self.dtype)), "SAE codes")
+            with np.errstate(over="ignore"):  # an overflow to Inf is refused just below
+                stored = csr.data.astype(np.dtype(self.dtype))
+            _check_finite(stored, "SAE codes")
             self._csr.append(csr)
         else:
             if sp.issparse(rows):
                 rows = rows.toarray()
-            values = np.asarray(rows, dtype=np.dtype(self.dtype))
+            with np.errstate(over="ignore"):  # an overflow to Inf is refused just below
+                values = np.asarray(rows, dtype=np.dtype(self.dtype))
             _check_finite(values, "rows")
             self._values.append(values)
         self._rows.append(np.stack([image_index, token_index], axis=1))
