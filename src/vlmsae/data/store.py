@@ -83,46 +83,34 @@ class ActivationStore:
         self._check_shapes()
 
     def _check_shapes(self) -> None:
-        """Refuse a manifest that does not match its files (rows, width, dtype): reading
-        past a shard's end would silently give short or empty batches."""
-        problems = []
-        for s in self.shards:
-            rows, name = int(s["rows"]), s["file"]
-            if self.is_sparse:
-                want = {
-                    f"{name}.indptr.npy": (rows + 1,),
-                    f"{name}.indices.npy": None,
-                    f"{name}.values.npy": None,
-                }
-            else:
-                want = {name: (rows, self.d)}
-            shapes = {f: _npy_shape(self.dir / f) for f in want}
-            for f, shape in want.items():
-                found = shapes[f]
-                if found is None:
-                    problems.append(f"{f} is missing")
-                elif shape is not None and found != shape:
-                    problems.append(f"{f} holds {found} where the manifest says {shape}")
-            nnz = (
-                [shapes[f"{name}.{p}.npy"] for p in ("indices", "values")] if self.is_sparse else []
-            )
-            if nnz and None not in nnz and len({nnz[0], nnz[1], (s.get("nnz", nnz[0][0]),)}) > 1:
-                problems.append(
-                    f"{name}: {nnz[0][0]} indices and {nnz[1][0]} values where the manifest "
-                    f"says {s.get('nnz')} nonzeros"
-                )
+        """Refuse a manifest that does not match its files' headers (rows, width, CSR
+        lengths): reading past a shard's end would silently give short or empty batches."""
+        problems = [p for shard in self.shards for p in self._shard_problems(shard)]
         if int(self.manifest.get("n_rows", len(self))) != len(self):
             problems.append(f"n_rows is {self.manifest['n_rows']} but its shards hold {len(self)}")
         if self.manifest["complete"]:
-            found = _npy_shape(self.dir / "rows.npy")
-            if found != (len(self), 2):
-                problems.append(f"rows.npy holds {found} where {(len(self), 2)} is expected")
+            problems += _shape_problems(self.dir, "rows.npy", (len(self), 2))
         if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise StoreError(
-                f"{self.dir} does not match its {MANIFEST}: {'; '.join(problems[:3])}"
-                f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; the store "
-                "was changed or damaged after it was written: recreate it"
+                f"{self.dir} does not match its {MANIFEST}: {'; '.join(problems[:3])}{more}; "
+                "the store was changed or damaged after it was written: recreate it"
             )
+
+    def _shard_problems(self, shard: dict[str, Any]) -> list[str]:
+        rows, name = int(shard["rows"]), shard["file"]
+        if not self.is_sparse:
+            return _shape_problems(self.dir, name, (rows, self.d))
+        problems = _shape_problems(self.dir, f"{name}.indptr.npy", (rows + 1,))
+        lengths = {p: _npy_shape(self.dir / f"{name}.{p}.npy") for p in ("indices", "values")}
+        problems += [f"{name}.{p}.npy is missing" for p, n in lengths.items() if n is None]
+        nnz = {n[0] for n in lengths.values() if n is not None} | {shard.get("nnz")} - {None}
+        if len(nnz) > 1:
+            problems.append(
+                f"{name}: {lengths['indices']} indices and {lengths['values']} values where "
+                f"the manifest says {shard.get('nnz')} nonzeros"
+            )
+        return problems
 
     # -- metadata ----------------------------------------------------------------------
     @property
@@ -372,3 +360,10 @@ def _npy_shape(path: Path) -> tuple[int, ...] | None:
     except ValueError as e:  # not an .npy file
         raise StoreError(f"{path} is not a NumPy array file ({e}); recreate the store") from e
     return tuple(np.load(path, mmap_mode="r").shape)
+
+
+def _shape_problems(folder: Path, name: str, want: tuple[int, ...]) -> list[str]:
+    found = _npy_shape(folder / name)
+    if found is None:
+        return [f"{name} is missing"]
+    return [] if found == want else [f"{name} holds {found} where the manifest says {want}"]

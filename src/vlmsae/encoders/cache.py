@@ -140,9 +140,14 @@ def _open_writer(
                     f"{meta[key]!r}; use another --out or the original options"
                 )
     return StoreWriter(
-        path, d, kind=kind, dtype=cfg.dtype, shard_rows=cfg.shard_rows, meta=meta,
+        path,
+        d,
+        kind=kind,
+        dtype=cfg.dtype,
+        shard_rows=cfg.shard_rows,
+        meta=meta,
         resume=cfg.resume,
-    )  # fmt: skip
+    )
 
 
 def _as_encoder(encoder: Encoder | str | Path, device: str | None) -> Encoder:
@@ -166,7 +171,7 @@ def _base_meta(encoder: Encoder, data: ImageDataset) -> dict[str, Any]:
         "dataset_layout": data.layout,
         "dataset_size": len(data),
         # entries of the folder that are not images of the dataset (dangling / looping links)
-        "unlisted": [{"path": p, "reason": r} for p, r in getattr(data, "skipped", ())],
+        "unlisted": [{"path": p, "reason": r} for p, r in data.skipped],
     }
 
 
