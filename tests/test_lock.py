@@ -149,3 +149,20 @@ def test_lock_until_exit_survives_nested_release(tmp_path):
         env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
     )  # fmt: skip
     assert probe.returncode != 0 and f"pid {os.getpid()}" in probe.stderr
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    real_flock = fcntl.flock
+
+    def no_locks(fd, op):
+        if op & fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with output_lock(tmp_path / "out", "vlmsae cache"):
+        assert json.loads((tmp_path / "out" / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "the file system cannot lock" in caplog.text

@@ -219,3 +219,26 @@ def test_rejected_options_write_nothing_then_the_corrected_run_works(clip, tmp_p
     assert len(store) == 6 * 4 and store.manifest["tokens"] == "random:4"
     with pytest.raises(FileExistsError, match="already holds a complete store"):
         cache_activations(clip, data, out, _cfg(tokens="random:4"))
+
+
+def test_cli_refuses_too_many_random_tokens_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from tiny_models import make_clip_full
+    from vlmsae.cli import app
+
+    make_clip_full(2).save_pretrained(tmp_path / "model")
+    clip_processor().save_pretrained(tmp_path / "model")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(random_images(3)):
+        im.save(folder / f"{i}.png")
+    args = ["cache", "--model", str(tmp_path / "model"), "--data", str(folder), "--out",
+            str(tmp_path / "out"), "--layer", "1", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    bad = CliRunner().invoke(app, [*args, "--tokens", "random:99"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    errors = [line for line in bad.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: --tokens random:99 asks for 99 tokens")
+    assert not (tmp_path / "out").exists()
+    good = CliRunner().invoke(app, [*args, "--tokens", "random:3"])
+    assert good.exit_code == 0, good.output

@@ -10,8 +10,10 @@ may lock a store inside it; a library caller may already hold it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 from vlmsae._io import ensure_dir, output_error
 from vlmsae.errors import UserError
 
+log = logging.getLogger(__name__)
 LOCK_FILE = ".vlmsae.lock"
 # Open lock files of this process by directory: flock conflicts between two descriptors
 # of one process too, so a nested lock on the same directory must reuse the first one.
@@ -61,6 +64,16 @@ def _acquire(folder: Path, what: str) -> int:
         raise UserError(
             f"{folder} is being written by {holder}; wait for it to finish or choose another --out"
         ) from None
+    except OSError as e:  # a file system without locks (some network / FUSE mounts)
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            os.close(fd)
+            raise
+        log.warning(
+            "%s: the file system cannot lock (%s); make sure no other process writes there "
+            "at the same time",
+            folder,
+            e.strerror,
+        )
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
