@@ -190,7 +190,7 @@ def load_dataset(
             log.warning("%s: layout flat: not reading the images in folders %s", folder, ignored)
     else:
         paths, labels, classes = _list_class_folders(folder, skipped)
-        if loose := _files(folder):
+        if loose := _files(folder, skipped):  # also lists broken links at the class level
             log.warning("%s: %d images outside class folders are not used", folder, len(loose))
     for path, reason in skipped:
         log.warning("skipped %s: %s", path, reason)
@@ -220,7 +220,6 @@ def _list_class_folders(
     paths: list[str] = []
     labels: list[int] = []
     classes = _class_dirs(folder)
-    _files(folder, skipped)  # broken links at the class level (a class folder link?)
     for label, class_dir in enumerate(classes):
         files = _files(class_dir, skipped)
         paths.extend(str(p) for p in files)
