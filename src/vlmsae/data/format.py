@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vlmsae._io import atomic_write_text
+from vlmsae.errors import UserError
 
 SCHEMA = 1
 KINDS = ("activations", "embeddings", "codes")
@@ -22,8 +23,9 @@ OLD_IMAGES_FILE = "images.txt"
 """The image list of stores written before ``images.jsonl``: one path per line (read only)."""
 
 
-class StoreError(RuntimeError):
-    """A store directory is missing, incomplete or inconsistent."""
+class StoreError(UserError, RuntimeError):
+    """A store directory is missing, incomplete or inconsistent (a user-fixable problem:
+    the CLI prints it as one ``Error:`` line; still a ``RuntimeError`` for old callers)."""
 
 
 def write_image_list(store_dir: str | Path, paths: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlmsae._io import atomic_write, read_json, write_json
+from vlmsae.errors import UserError
 from vlmsae.sae.config import SAEConfig
 
 SCHEMA = 1
@@ -27,8 +28,9 @@ STATE_JSON_FILE = "trainer_state.json"
 SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, from a newer vlmsae, or inconsistent."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint directory is missing, from a newer vlmsae, damaged or inconsistent (a
+    user-fixable problem: one ``Error:`` line in the CLI; still a ``RuntimeError``)."""
 
 
 def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:

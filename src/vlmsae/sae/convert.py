@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlmsae.errors import UserError
 from vlmsae.sae.checkpoint import describe_nonfinite
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.model import SAE
@@ -45,7 +46,7 @@ DICT_CLASSES = {
 }
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError):
     """The file is not a dictionary_learning state dict this converter understands."""
 
 
