@@ -107,6 +107,9 @@ def test_incomplete_store_refused_and_width_checked(tmp_path):
         ActivationStore(tmp_path / "s")
     with pytest.raises(ValueError, match="width d is 8"):
         w.add(np.zeros((2, 5), np.float32), [0, 0])
+    w.add(np.zeros((2, 8), np.float32), [0, 1])
+    w.mark(2)
+    w._flush()  # one complete shard: the store is worth resuming, and only with d=8
     with pytest.raises(StoreError, match="d is 8"):
         StoreWriter(tmp_path / "s", 16, resume=True)
     with pytest.raises(StoreError, match="not a store"):

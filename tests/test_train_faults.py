@@ -10,8 +10,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 
+from vlmsae.errors import UserError
 from vlmsae.sae import SAE, SAEConfig, TrainConfig
 from vlmsae.sae.train import train_sae
 
@@ -129,3 +131,43 @@ def test_runs_from_before_checkpoints_dir_still_resume(tmp_path):
     full = train_sae(x, cfg, tmp_path / "full")
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in full.state_dict().items())
     assert not (tmp_path / "trainer_state.json").exists()  # moved into checkpoints/
+
+
+LOCK_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, sys.argv[2])
+    from test_train_faults import config
+    from vlmsae.sae.train import train_sae
+
+    def slow(step, metrics):
+        if step == 1:
+            print("started", flush=True)
+        time.sleep(0.05)
+
+    cfg = config()
+    cfg = type(cfg)(**{**cfg.__dict__, "steps": 2000})
+    train_sae(np.load(sys.argv[3]), cfg, sys.argv[1], on_step=slow)
+    """
+)
+
+
+def test_two_trainings_into_one_out_are_refused(tmp_path):
+    x = np.random.default_rng(3).normal(size=(400, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = [sys.executable, "-c", LOCK_CHILD, str(tmp_path / "run"), os.path.dirname(__file__)]
+    child = subprocess.Popen([*args, str(tmp_path / "x.npy")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "started"
+        with pytest.raises(UserError, match=rf"being written by pid {child.pid} .*vlmsae train"):
+            train_sae(x, config(), tmp_path / "run", resume=True)
+        assert child.poll() is None  # the first writer goes on undisturbed
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    try:  # the kill freed the lock
+        train_sae(x, config(), tmp_path / "run", resume=True)
+    except FileNotFoundError:  # killed before its first checkpoint
+        train_sae(x, config(), tmp_path / "run")
+    assert json.loads((tmp_path / "run/summary.json").read_text())["steps"] == STEPS

@@ -1,32 +1,123 @@
-"""Small file helpers shared by every stage: atomic writes and JSON."""
+"""Small file helpers shared by every stage: atomic writes, JSON, and output errors.
+
+Every file is written to a temporary sibling ``.NAME.XXXXXXXX.tmp`` and renamed over
+``NAME``; :func:`remove_stale_temps` clears the ones a killed process left behind.
+A full disk, a read-only file system, a missing permission or a file where a folder is
+expected ends as an :class:`OutputError`: a :class:`~vlmsae.errors.UserError` (one
+``Error:`` line in the CLI) that is still an ``OSError`` with its ``errno``.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from vlmsae.errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+_OUTPUT_HINTS = {
+    errno.ENOSPC: "the disk is full: free space and run again (with --resume where the "
+    "command has it)",
+    errno.EDQUOT: "the disk quota is exceeded: free space and run again (with --resume where "
+    "the command has it)",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.EACCES: "permission denied: choose another --out or fix its permissions",
+    errno.EPERM: "operation not permitted: choose another --out or fix its permissions",
+    errno.ENOTDIR: "a file stands where a folder is expected: choose another --out or move "
+    "that file",
+    errno.EEXIST: "a file stands where a folder is expected: choose another --out or move "
+    "that file",
+}
+
+
+class OutputError(OSError, UserError):
+    """An output could not be written for a reason the user fixes (full disk, read-only
+    file system, no permission, a file where a folder is expected). ``errno`` is kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def output_error(path: str | Path, error: OSError) -> OSError:
+    """``error`` as an :class:`OutputError` that names ``path`` and says how to fix it, or
+    ``error`` itself when it is not one of the conditions a user can fix."""
+    hint = _OUTPUT_HINTS.get(error.errno)  # type: ignore[arg-type]
+    if hint is None or isinstance(error, OutputError):
+        return error
+    assert error.errno is not None
+    return OutputError(error.errno, f"cannot write {path} ({os.strerror(error.errno)}); {hint}")
+
+
+def _raise_output_error(path: str | Path, error: OSError) -> None:
+    converted = output_error(path, error)
+    if converted is error:
+        raise error
+    raise converted from error
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create the folder ``path`` (and its parents); an :class:`OutputError` when it cannot."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _raise_output_error(path, e)
+    return path
+
+
+def _new_temp(path: Path) -> Path:
+    """Create an empty temporary sibling of ``path``. Created with ``os.open(..., 0o666)``,
+    so the umask decides its mode (``mkstemp`` would force 0600 on every output)."""
+    for _ in range(100):
+        tmp_path = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp_path
+    raise FileExistsError(errno.EEXIST, f"no free temporary name next to {path}")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and move the result to ``path`` in one rename.
 
     A crash (or a full disk) never leaves a half-written ``path`` behind: either the old
-    file is still there or the new one is complete.
+    file is still there or the new one is complete. The temporary file is removed on any
+    error; one left by a killed process is removed by :func:`remove_stale_temps`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    ensure_dir(path.parent)
+    try:
+        tmp_path = _new_temp(path)
+    except OSError as e:
+        _raise_output_error(path, e)
     try:
         write(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            _raise_output_error(path, e)
         raise
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.*.tmp``) that interrupted atomic writes left in
+    ``folder``. Call it only while this process owns ``folder`` (see ``vlmsae._lock``)."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for f in folder.glob(f".*{TEMP_SUFFIX}"):
+            if f.is_file() and not f.is_symlink():
+                f.unlink(missing_ok=True)
+                removed.append(f)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

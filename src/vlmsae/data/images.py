@@ -12,12 +12,21 @@ Layouts (``layout="auto"`` detects them):
 - ``flat``: ``ROOT[/SPLIT]/*`` (no classes; label -1).
 
 Order is deterministic: classes sorted by name, files sorted by name within a class.
-``every`` keeps every n-th image, then ``limit`` keeps the first n of those.
+``every`` keeps every n-th image, then ``limit`` keeps the first n of those. Paths are made
+absolute, so a store written from a relative ``--data`` reads from any working directory.
+
+Hidden folders (``.ipynb_checkpoints``, ``.git``) are never classes, and a subfolder without
+images does not make a flat folder an ImageFolder. A folder with both loose images and
+class folders holding images is refused: which of them is the dataset is the user's call.
+Symbolic links that dangle or loop are listed in :attr:`ImageDataset.skipped` with the
+reason (and logged), never dropped in silence.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from vlmsae.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,9 @@ class ImageDataset:
     """Class names (folder names), indexed by label."""
     taxonomy: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     """iNaturalist 2021: per class, the names at :data:`TAXONOMY_LEVELS`."""
+    skipped: tuple[tuple[str, str], ...] = ()
+    """Folder entries that could not be listed, as ``(path, reason)``: symbolic links that
+    dangle or loop."""
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -68,19 +82,57 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+def _broken_link(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed (it dangles or loops), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"dangling symbolic link to {os.readlink(path)} ({e.strerror})"
+    return None
+
+
+def _files(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The images in ``folder`` by name; broken links go to ``skipped`` with the reason."""
+    files = []
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if _is_image(p):
+            files.append(p)
+        elif skipped is not None and (reason := _broken_link(p)) is not None:
+            skipped.append((str(p), reason))
+    return files
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+    """Subfolders of ``folder`` by name; hidden ones (``.ipynb_checkpoints``) are not classes."""
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def _has_image(folder: Path) -> bool:
+    return any(_is_image(p) for p in folder.iterdir())
 
 
 def detect_layout(root: Path) -> str:
-    """Guess the layout of ``root`` (the folder that holds classes or images)."""
+    """Guess the layout of ``root`` (the folder that holds classes or images).
+
+    Raises:
+        UserError: ``root`` holds both loose images and class folders with images.
+    """
     if (root / "images").is_dir() and (root / "train_test_split.txt").is_file():
         return "cub"
     dirs = _class_dirs(root)
+    loose = _files(root)
+    if loose:
+        with_images = [d for d in dirs if _has_image(d)]
+        if with_images:
+            _refuse_mixed(root, loose, with_images)
+        dirs = []  # empty subfolders do not make a flat folder an ImageFolder
     if not dirs:
         return "flat"
     names = [d.name for d in dirs]
@@ -89,6 +141,19 @@ def detect_layout(root: Path) -> str:
     if all(_WNID_DIR.match(n) for n in names):
         return "imagenet"
     return "imagefolder"
+
+
+def _refuse_mixed(root: Path, loose: list[Path], dirs: list[Path]) -> None:
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    raise UserError(
+        f"{root} holds both {len(loose)} images at its top level ({some([p.name for p in loose])}) "
+        f"and {len(dirs)} folders with images ({some([d.name + '/' for d in dirs])}); it is "
+        "neither a flat folder nor an ImageFolder, and vlmsae will not guess which images you "
+        "mean: move the loose images into a class folder, or the folders out of it "
+        "(or load it with layout='flat' / 'imagefolder' to take only one part)"
+    )
 
 
 def load_dataset(
@@ -104,7 +169,7 @@ def load_dataset(
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     if every < 1 or (limit is not None and limit < 0):
         raise ValueError(f"every must be >= 1 and limit >= 0, got every={every}, limit={limit}")
-    root_path = Path(root)
+    root_path = Path(os.path.abspath(root))  # stores must not depend on the working directory
     if not root_path.is_dir():
         raise FileNotFoundError(f"dataset folder {root_path} does not exist")
     is_cub = layout == "cub" or (layout == "auto" and detect_layout(root_path) == "cub")
@@ -115,13 +180,20 @@ def load_dataset(
             found = ", ".join(d.name for d in _class_dirs(root_path)[:10])
             raise FileNotFoundError(f"no split folder {folder} (folders in {root_path}: {found})")
     resolved = "cub" if is_cub else (detect_layout(folder) if layout == "auto" else layout)
+    skipped: list[tuple[str, str]] = []
     if resolved == "cub":
         paths, labels, classes = _list_cub(root_path, split)
     elif resolved == "flat":
-        paths, labels, classes = [str(p) for p in _files(folder)], [], []
-        labels = [-1] * len(paths)
+        paths = [str(p) for p in _files(folder, skipped)]
+        labels, classes = [-1] * len(paths), []
+        if ignored := [d.name for d in _class_dirs(folder) if _has_image(d)]:
+            log.warning("%s: layout flat: not reading the images in folders %s", folder, ignored)
     else:
-        paths, labels, classes = _list_class_folders(folder)
+        paths, labels, classes = _list_class_folders(folder, skipped)
+        if loose := _files(folder, skipped):  # also lists broken links at the class level
+            log.warning("%s: %d images outside class folders are not used", folder, len(loose))
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
     keep = slice(None, None, every)
     paths, labels = paths[keep], labels[keep]
     if limit is not None:
@@ -131,16 +203,25 @@ def load_dataset(
         raise ValueError(f"found no images in {folder} (layout {resolved})")
     log.info("%s: %d images, %d classes (layout %s)", folder, len(paths), len(classes), resolved)
     return ImageDataset(
-        str(root_path), split, resolved, tuple(paths), tuple(labels), tuple(classes), taxonomy
+        str(root_path),
+        split,
+        resolved,
+        tuple(paths),
+        tuple(labels),
+        tuple(classes),
+        taxonomy,
+        tuple(skipped),
     )
 
 
-def _list_class_folders(folder: Path) -> tuple[list[str], list[int], list[str]]:
+def _list_class_folders(
+    folder: Path, skipped: list[tuple[str, str]]
+) -> tuple[list[str], list[int], list[str]]:
     paths: list[str] = []
     labels: list[int] = []
     classes = _class_dirs(folder)
     for label, class_dir in enumerate(classes):
-        files = _files(class_dir)
+        files = _files(class_dir, skipped)
         paths.extend(str(p) for p in files)
         labels.extend([label] * len(files))
     return paths, labels, [c.name for c in classes]

@@ -9,7 +9,8 @@ Layout of a store directory::
     shard-00000.npy      dense rows x d (activations, embeddings)
     shard-00000.{indptr,indices,values}.npy   CSR arrays (codes)
     rows.npy             int64 [n_rows, 2]: image index, token index (-1 = pooled row)
-    images.txt           image path per image index
+    images.jsonl         image path per image index, one JSON string per line
+                         (stores written before it have images.txt, one path per line)
 
 A shard always ends at an image boundary and records ``images_end``: how many dataset
 images had been consumed (written or skipped) when it was closed. A writer that is
@@ -27,7 +28,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from vlmsae._io import read_json
-from vlmsae.data.format import CSR_PARTS, DTYPES, KINDS, MANIFEST, SCHEMA, StoreError
+from vlmsae.data.format import (
+    CSR_PARTS,
+    DTYPES,
+    KINDS,
+    MANIFEST,
+    SCHEMA,
+    StoreError,
+    read_image_list,
+)
 from vlmsae.data.writer import StoreWriter
 
 __all__ = [
@@ -71,6 +80,37 @@ class ActivationStore:
         self.shards = self.manifest["shards"]
         self._offsets = np.cumsum([0] + [int(s["rows"]) for s in self.shards])
         self._cache: dict[int, Any] = {}
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Refuse a manifest that does not match its files' headers (rows, width, CSR
+        lengths): reading past a shard's end would silently give short or empty batches."""
+        problems = [p for shard in self.shards for p in self._shard_problems(shard)]
+        if int(self.manifest.get("n_rows", len(self))) != len(self):
+            problems.append(f"n_rows is {self.manifest['n_rows']} but its shards hold {len(self)}")
+        if self.manifest["complete"]:
+            problems += _shape_problems(self.dir, "rows.npy", (len(self), 2))
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise StoreError(
+                f"{self.dir} does not match its {MANIFEST}: {'; '.join(problems[:3])}{more}; "
+                "the store was changed or damaged after it was written: recreate it"
+            )
+
+    def _shard_problems(self, shard: dict[str, Any]) -> list[str]:
+        rows, name = int(shard["rows"]), shard["file"]
+        if not self.is_sparse:
+            return _shape_problems(self.dir, name, (rows, self.d))
+        problems = _shape_problems(self.dir, f"{name}.indptr.npy", (rows + 1,))
+        lengths = {p: _npy_shape(self.dir / f"{name}.{p}.npy") for p in ("indices", "values")}
+        problems += [f"{name}.{p}.npy is missing" for p, n in lengths.items() if n is None]
+        nnz = {n[0] for n in lengths.values() if n is not None} | {shard.get("nnz")} - {None}
+        if len(nnz) > 1:
+            problems.append(
+                f"{name}: {lengths['indices']} indices and {lengths['values']} values where "
+                f"the manifest says {shard.get('nnz')} nonzeros"
+            )
+        return problems
 
     # -- metadata ----------------------------------------------------------------------
     @property
@@ -109,8 +149,7 @@ class ActivationStore:
     @property
     def images(self) -> list[str]:
         """Image path per image index (empty when the store was written without them)."""
-        path = self.dir / "images.txt"
-        return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        return read_image_list(self.dir)
 
     def image_rows(self, image_index: int) -> slice:
         """Row range of one image (rows are stored image by image, in order)."""
@@ -305,3 +344,26 @@ class ActivationStore:
                 start += n
                 writer.mark(int(img[-1]) + 1)
         return writer.close()
+
+
+def _npy_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape in an ``.npy`` header (the data is not read), or None if there is no file."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                return tuple(np.lib.format.read_array_header_1_0(f)[0])
+            if version == (2, 0):
+                return tuple(np.lib.format.read_array_header_2_0(f)[0])
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # not an .npy file
+        raise StoreError(f"{path} is not a NumPy array file ({e}); recreate the store") from e
+    return tuple(np.load(path, mmap_mode="r").shape)
+
+
+def _shape_problems(folder: Path, name: str, want: tuple[int, ...]) -> list[str]:
+    found = _npy_shape(folder / name)
+    if found is None:
+        return [f"{name} is missing"]
+    return [] if found == want else [f"{name} holds {found} where the manifest says {want}"]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae._io import atomic_write, atomic_write_text, read_json, write_json
-from vlmsae.data.format import KINDS, MANIFEST, SCHEMA, StoreError
+from vlmsae._io import atomic_write, ensure_dir, read_json, remove_stale_temps, write_json
+from vlmsae.data.format import KINDS, MANIFEST, SCHEMA, StoreError, write_image_list
 
 if TYPE_CHECKING:
     from vlmsae.data.store import ActivationStore
@@ -70,10 +70,14 @@ class StoreWriter:
         self.closed = False
         self._reset_buffer()
         manifest_path = self.dir / MANIFEST
-        if manifest_path.exists():
-            self._open_existing(read_json(manifest_path), resume)
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        manifest = read_json(manifest_path) if manifest_path.exists() else None
+        if manifest is not None and (manifest.get("complete") or manifest.get("shards")):
+            self._open_existing(manifest, resume)
+        else:  # new, or interrupted before its first shard: nothing to keep
+            if manifest is not None:
+                log.info("%s: interrupted before its first shard; starting it over", self.dir)
+                self._remove_unlisted_files()
+            ensure_dir(self.dir)
             self._write_manifest(complete=False)
         self._images_end = self.images_done
 
@@ -104,13 +108,17 @@ class StoreWriter:
         self.shards = list(manifest["shards"])
         self.skipped = [s for s in manifest.get("skipped", []) if s["index"] < self.images_done]
         self.closed = bool(manifest.get("complete"))
+        self._remove_unlisted_files()
+        log.info("resuming %s after %d images (%d rows)", self.dir, self.images_done, self.n_rows)
+
+    def _remove_unlisted_files(self) -> None:
+        """Delete shard files the manifest does not list (a shard killed before it was
+        listed) and temporary files of interrupted atomic writes."""
         listed = {s["file"].removesuffix(".npy") for s in self.shards}
-        for f in self.dir.glob("shard-*"):  # files of a shard that never made the manifest
+        for f in self.dir.glob("shard-*"):
             if f.name.split(".")[0] not in listed:
                 f.unlink()
-        for f in self.dir.glob(".shard-*.tmp"):  # a write killed half-way
-            f.unlink()
-        log.info("resuming %s after %d images (%d rows)", self.dir, self.images_done, self.n_rows)
+        remove_stale_temps(self.dir)
 
     @property
     def images_done(self) -> int:
@@ -148,13 +156,17 @@ class StoreWriter:
             )
         if self.kind == "codes":
             # scipy.sparse has no float16: buffer in float32, cast the values when written
-            self._csr.append(sp.csr_matrix(rows, dtype=np.float32))
+            csr = sp.csr_matrix(rows, dtype=np.float32)
+            with np.errstate(over="ignore"):  # an overflow to Inf is refused just below
+                stored = csr.data.astype(np.dtype(self.dtype))
+            _check_finite(stored, "SAE codes")
+            self._csr.append(csr)
         else:
             if sp.issparse(rows):
                 rows = rows.toarray()
-            values = np.asarray(rows, dtype=np.dtype(self.dtype))
-            if not np.isfinite(values).all():
-                raise ValueError("rows contain NaN or Inf (after conversion to the store dtype)")
+            with np.errstate(over="ignore"):  # an overflow to Inf is refused just below
+                values = np.asarray(rows, dtype=np.dtype(self.dtype))
+            _check_finite(values, "rows")
             self._values.append(values)
         self._rows.append(np.stack([image_index, token_index], axis=1))
         self._buffered += n
@@ -212,7 +224,7 @@ class StoreWriter:
         return sp.csr_matrix((0, self.d), dtype=np.float32)
 
     def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
-        """Write the last shard, ``rows.npy``, ``images.txt`` and the final manifest."""
+        """Write the last shard, ``rows.npy``, ``images.jsonl`` and the final manifest."""
         if not self.closed:
             if self._buffered or self._pending_skips:
                 self._flush()
@@ -221,7 +233,7 @@ class StoreWriter:
             rows = np.concatenate(row_parts) if row_parts else np.zeros((0, 2), np.int64)
             atomic_write(self.dir / "rows.npy", lambda p: _np_save(p, rows))
             if images is not None:
-                atomic_write_text(self.dir / "images.txt", "".join(f"{p}\n" for p in images))
+                write_image_list(self.dir, images)
                 self.meta["n_images"] = len(images)
             self._write_manifest(complete=True)
             for s in self.shards:
@@ -248,6 +260,15 @@ class StoreWriter:
             "shards": self.shards,
         }
         write_json(self.dir / MANIFEST, manifest)
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse NaN / Inf before they reach a shard (float16 overflow becomes Inf here)."""
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"{what} contain NaN or Inf (after conversion to the store dtype); a store must "
+            "hold finite numbers — check the model or SAE weights, or store float32"
+        )
 
 
 def _np_save(path: Path, arr: np.ndarray) -> None:

@@ -10,7 +10,9 @@ in that pass (stopping after the deepest block needed) and writes one store per 
     OUT/summary.json       images, skipped, seconds, images/s, stores
 
 ``embed_images`` writes one embedding store (``kind="embeddings"``) directly in OUT.
-Both resume an interrupted run from the last complete shard of every store.
+Both resume an interrupted run from the last complete shard of every store, validate every
+option before anything is written, and hold an exclusive lock on OUT while they write (a
+second run on the same OUT is refused, naming the first).
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vlmsae._io import read_json, write_json
+from vlmsae._io import read_json, remove_stale_temps, write_json
+from vlmsae._lock import output_lock
 from vlmsae.data.images import ImageDataset, load_dataset
 from vlmsae.data.store import MANIFEST, StoreError, StoreWriter
 from vlmsae.encoders.adapters import Encoder
 from vlmsae.encoders.codes import sae_codes, sae_source
 from vlmsae.encoders.loader import ImageBatch, image_batches
 from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
+from vlmsae.errors import UserError
 
 log = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
@@ -94,6 +98,18 @@ class CacheResult(NamedTuple):
     """Throughput of this run."""
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A store to write, fully validated before any file is touched."""
+
+    name: str
+    key: int | str  # block index or "post_projection"
+    d: int
+    kind: str
+    meta: dict[str, Any]
+    sae: Any = None  # write SAE codes instead of the activations
+
+
 @dataclass
 class _Target:
     name: str
@@ -102,12 +118,21 @@ class _Target:
     sae: Any = None  # write SAE codes instead of the activations
 
 
+def _open_targets(out: Path, plans: list[_Plan], cfg: CacheConfig) -> list[_Target]:
+    """Open a writer per plan (call while holding the lock on ``out``)."""
+    remove_stale_temps(out)
+    return [
+        _Target(p.name, p.key, _open_writer(out / p.name, p.d, p.kind, p.meta, cfg), p.sae)
+        for p in plans
+    ]
+
+
 def _open_writer(
-    path: Path, d: int, kind: str, meta: dict[str, Any], cfg: CacheConfig, dtype: str
+    path: Path, d: int, kind: str, meta: dict[str, Any], cfg: CacheConfig
 ) -> StoreWriter:
     manifest_path = path / MANIFEST
-    if cfg.resume and manifest_path.exists():
-        old = read_json(manifest_path)
+    old = read_json(manifest_path) if manifest_path.exists() else {}
+    if cfg.resume and old.get("shards"):  # a store without a shard is simply replaced
         for key in _CHECKED_META:
             if key in meta and old.get(key) != meta[key]:
                 raise StoreError(
@@ -115,7 +140,13 @@ def _open_writer(
                     f"{meta[key]!r}; use another --out or the original options"
                 )
     return StoreWriter(
-        path, d, kind=kind, dtype=dtype, shard_rows=cfg.shard_rows, meta=meta, resume=cfg.resume
+        path,
+        d,
+        kind=kind,
+        dtype=cfg.dtype,
+        shard_rows=cfg.shard_rows,
+        meta=meta,
+        resume=cfg.resume,
     )
 
 
@@ -139,6 +170,8 @@ def _base_meta(encoder: Encoder, data: ImageDataset) -> dict[str, Any]:
         "split": data.split,
         "dataset_layout": data.layout,
         "dataset_size": len(data),
+        # entries of the folder that are not images of the dataset (dangling / looping links)
+        "unlisted": [{"path": p, "reason": r} for p, r in data.skipped],
     }
 
 
@@ -172,22 +205,35 @@ def cache_activations(
     enc.check_tokens(selection)
     out = Path(out_dir)
     base = _base_meta(enc, data)
-    targets: list[_Target] = []
-    for layer in dict.fromkeys(enc.layer_index(x) for x in cfg.layers):
+    plans: list[_Plan] = []
+    layers = list(dict.fromkeys(enc.layer_index(x) for x in cfg.layers))
+    if layers and selection.kind == "random":
+        _check_token_count(enc, selection, min(layers))
+    for layer in layers:
         meta = {**base, "hookpoint": "post_mlp_residual", "layer": layer, "tokens": str(selection)}
-        writer = _open_writer(
-            out / f"layer_{layer}", enc.d_model, "activations", meta, cfg, cfg.dtype
-        )
-        targets.append(_Target(f"layer_{layer}", layer, writer))
+        plans.append(_Plan(f"layer_{layer}", layer, enc.d_model, "activations", meta))
     if "post_projection" in cfg.hookpoints:
         meta = {**base, "hookpoint": "post_projection", "tokens": "pooled"}
-        writer = _open_writer(
-            out / "post_projection", enc.d_embed, "activations", meta, cfg, cfg.dtype
-        )
-        targets.append(_Target("post_projection", "post_projection", writer))
+        plans.append(_Plan("post_projection", "post_projection", enc.d_embed, "activations", meta))
     if sae is not None:
-        targets.append(_sae_target(enc, sae, sae_hookpoint, targets, out, cfg))
-    return _run(enc, data, targets, selection, cfg, out / "summary.json")
+        plans.append(_sae_plan(enc, sae, sae_hookpoint, plans))
+    with output_lock(out, "vlmsae cache"):
+        targets = _open_targets(out, plans, cfg)
+        return _run(enc, data, targets, selection, cfg, out / "summary.json")
+
+
+def _check_token_count(enc: Encoder, selection: TokenSelection, layer: int) -> None:
+    """Refuse ``random:N`` with more tokens than the model makes per image (one forward of a
+    blank image up to ``layer``: the count depends on the processor's crop, not the config)."""
+    from PIL import Image
+
+    pixel_values = enc.preprocess([Image.new("RGB", (224, 224))])
+    n_tokens = int(enc.capture(pixel_values, [layer])[layer].shape[1])
+    if selection.n > n_tokens:
+        raise UserError(
+            f"--tokens {selection} asks for {selection.n} tokens per image, but {enc.name} makes "
+            f"{n_tokens} per image; choose random:N with N <= {n_tokens}, or --tokens all"
+        )
 
 
 def embed_images(
@@ -216,49 +262,47 @@ def embed_images(
     enc = _as_encoder(encoder, device)
     data = _as_dataset(dataset, split)
     meta = {**_base_meta(enc, data), "hookpoint": "post_projection", "tokens": "pooled"}
-    writer = _open_writer(Path(out_dir), enc.d_embed, "embeddings", meta, cfg, dtype)
-    target = _Target("embeddings", "post_projection", writer)
-    selection = TokenSelection.parse("cls")
-    return _run(enc, data, [target], selection, cfg, Path(out_dir) / "summary.json")
+    out = Path(out_dir)
+    with output_lock(out, "vlmsae embed"):
+        writer = _open_writer(out, enc.d_embed, "embeddings", meta, cfg)
+        target = _Target("embeddings", "post_projection", writer)
+        selection = TokenSelection.parse("cls")
+        return _run(enc, data, [target], selection, cfg, out / "summary.json")
 
 
-def _sae_target(
-    enc: Encoder,
-    sae: Any,
-    hookpoint: int | str | None,
-    targets: list[_Target],
-    out: Path,
-    cfg: CacheConfig,
-) -> _Target:
-    """The code store of ``sae``, at a hook point that is among ``targets``."""
+def _sae_plan(enc: Encoder, sae: Any, hookpoint: int | str | None, plans: list[_Plan]) -> _Plan:
+    """The code store of ``sae``, at a hook point that is among ``plans``."""
     key = hookpoint if hookpoint is not None else sae_source(sae)
     if key is None:
-        if len(targets) != 1:
-            raise ValueError(
+        if len(plans) != 1:
+            raise UserError(
                 "the SAE does not say which hook point it was trained on and several are "
                 "cached: pass sae_hookpoint (a layer or 'post_projection')"
             )
-        key = targets[0].key
+        key = plans[0].key
     key = key if key == "post_projection" else enc.layer_index(int(key))
-    source = next((t for t in targets if t.key == key), None)
+    source = next((p for p in plans if p.key == key), None)
     if source is None:
-        raise ValueError(
+        raise UserError(
             f"the SAE reads hook point {key!r}, which this run does not cache; "
             f"add it (--layer {key} or --hookpoint post_projection)"
         )
-    d_sae = int(getattr(getattr(sae, "cfg", None), "d_sae", 0)) or _probe_width(sae, source, enc)
-    meta = {**source.writer.meta, "sae": str(getattr(sae, "path", "") or type(sae).__name__)}
-    name = f"codes_{source.name}"
-    writer = _open_writer(out / name, d_sae, "codes", meta, cfg, cfg.dtype)
+    d_in = getattr(getattr(sae, "cfg", None), "d_in", None)
+    if d_in is not None and int(d_in) != source.d:
+        raise UserError(
+            f"the SAE reads vectors of width {d_in}, but {source.name} of {enc.name} has width "
+            f"{source.d}; use an SAE trained on this model and hook point"
+        )
     if hasattr(sae, "to"):
         sae.to(enc.device)
     if hasattr(sae, "eval"):
         sae.eval()  # BatchTopK encodes per example (its threshold) outside training
-    return _Target(name, key, writer, sae=sae)
+    d_sae = int(getattr(getattr(sae, "cfg", None), "d_sae", 0)) or _probe_width(sae, source.d, enc)
+    meta = {**source.meta, "sae": str(getattr(sae, "path", "") or type(sae).__name__)}
+    return _Plan(f"codes_{source.name}", key, d_sae, "codes", meta, sae=sae)
 
 
-def _probe_width(sae: Any, source: _Target, enc: Encoder) -> int:
-    d_in = source.writer.d
+def _probe_width(sae: Any, d_in: int, enc: Encoder) -> int:
     with torch.inference_mode():
         return int(sae.encode(torch.zeros(1, d_in, device=enc.device)).shape[-1])
 

@@ -126,3 +126,39 @@ def image_index_of(store: Any) -> np.ndarray | None:
     if len(image_R) and len(np.unique(image_R)) == len(image_R):
         return None
     return image_R
+
+
+def check_finite_rows(x: Rows, what: str, chunk_rows: int = 1 << 13, show: int = 5) -> None:
+    """Refuse rows holding NaN or Inf, naming the first ``show`` of them (row numbers, and
+    the images of a store).
+
+    Raises:
+        UserError: some rows are not finite.
+    """
+    from vlmsae.errors import UserError
+
+    bad: list[int] = []
+    n_bad = 0
+    for start, block in iter_rows(x, chunk_rows, np.float32):
+        values = block.data if sp.issparse(block) else block
+        if np.isfinite(values).all():
+            continue
+        if sp.issparse(block):
+            coo = block.tocoo()
+            rows_bad = np.unique(coo.row[~np.isfinite(coo.data)])
+        else:
+            rows_bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        n_bad += len(rows_bad)
+        bad.extend(int(r) + start for r in rows_bad[: show - len(bad)])
+    if not n_bad:
+        return
+    where = f"rows {', '.join(map(str, bad))}{', ...' if n_bad > len(bad) else ''}"
+    images = x.images if hasattr(x, "images") else []
+    if images:  # a store: its rows.npy maps rows to image indices
+        where += f" (images {', '.join(images[int(x.rows[i, 0])] for i in bad)})"
+    source = f" in {x.dir}" if hasattr(x, "dir") else ""
+    raise UserError(
+        f"{n_bad} of the {what}{source} hold NaN or Inf: {where}; one such row would make "
+        f"every score NaN. Recreate the {what} (check those images), or leave those images "
+        "out of both inputs"
+    )

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from vlmsae._lock import lock_until_exit
+
 log = logging.getLogger(__name__)
 
 
@@ -100,6 +102,7 @@ def score(
     from vlmsae.report.figures import ms_histogram
 
     acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
+    lock_until_exit(out, "vlmsae score")  # one writer per output directory
     from vlmsae.metrics._source import image_index_of
 
     image_R = image_index_of(acts_store)
@@ -164,6 +167,7 @@ def top_images_cmd(
     from vlmsae.metrics.top_images import top_images
 
     store = ActivationStore(codes)
+    lock_until_exit(out, "vlmsae top-images")  # one writer per output directory
     source, image_R = store, image_index_of(store)
     if sae is not None:
         _, source, _ = _sae_codes(sae, store, chunk_rows)

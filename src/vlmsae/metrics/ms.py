@@ -27,7 +27,15 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from vlmsae.metrics._source import Rows, is_sparse, iter_rows, n_cols, n_rows, read_rows
+from vlmsae.metrics._source import (
+    Rows,
+    check_finite_rows,
+    is_sparse,
+    iter_rows,
+    n_cols,
+    n_rows,
+    read_rows,
+)
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -229,6 +237,7 @@ def monosemanticity(
         raise ValueError(f"the score needs at least 2 images, got {n}")
     if chunk_rows is None:
         chunk_rows = 1 << 16 if is_sparse(activations) else 1 << 13
+    check_finite_rows(embeddings, "embeddings", chunk_rows)  # one NaN row: every MS NaN
     rng = _neuron_range(activations, chunk_rows, progress)
     e = n_cols(embeddings)
     block_k = max(1, min(k, max_memory_bytes // (8 * e)))

@@ -11,6 +11,7 @@ loading an SAE never needs it — and nothing here is ever unpickled.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlmsae._io import atomic_write, read_json, write_json
+from vlmsae.errors import UserError
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.model import scale_biases_
 
@@ -35,8 +37,9 @@ CHECKPOINTS_DIR = "checkpoints"
 SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, from a newer vlmsae, or inconsistent."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint directory is missing, from a newer vlmsae, damaged or inconsistent (a
+    user-fixable problem: one ``Error:`` line in the CLI; still a ``RuntimeError``)."""
 
 
 def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:
@@ -101,7 +104,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"{path} is not an SAE checkpoint: no {CONFIG_FILE} (for a dictionary_learning "
             "ae.pt, run `vlmsae convert` first)"
         )
-    config = read_json(config_path)
+    try:
+        config = read_json(config_path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{config_path} is not valid JSON ({e}); the file is damaged: restore it or "
+            "save the SAE again"
+        ) from e
+    if not isinstance(config, dict) or not isinstance(config.get("sae"), dict):
+        raise CheckpointError(
+            f"{config_path} has no 'sae' section, so it is not a vlmsae SAE config (for a "
+            "dictionary_learning checkpoint, run `vlmsae convert` on its ae.pt)"
+        )
     if config.get("schema", 0) > SCHEMA:
         raise CheckpointError(
             f"{path} has checkpoint schema {config['schema']} (written by vlmsae "
@@ -116,7 +130,13 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
 
     path = Path(path)
     config = read_config(path)
-    cfg = SAEConfig.from_dict(config["sae"])
+    try:
+        cfg = SAEConfig.from_dict(config["sae"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path / CONFIG_FILE}: its 'sae' section is not a valid SAE config "
+            f"({type(e).__name__}: {e}); restore the file or save the SAE again"
+        ) from e
     weights_path = path / WEIGHTS_FILE
     if not weights_path.exists():
         raise CheckpointError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
@@ -130,9 +150,26 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
             f"{weights_path} does not match its config ({cfg.sparsity}, d_in={cfg.d_in}, "
             f"d_sae={cfg.d_sae}): expected tensors {expected}, found {found}"
         )
+    if problem := describe_nonfinite(tensors):
+        raise CheckpointError(
+            f"{weights_path} holds non-finite weights ({problem}): the training diverged or "
+            "the file is damaged; use an earlier checkpoint or train again"
+        )
     tensors["W_enc"] = tensors["W_enc"].t().contiguous().t()  # the SAE's [d_sae, d_in] storage
     sae.load_state_dict(tensors, assign=True)
     return sae.eval()
+
+
+def describe_nonfinite(tensors: dict[str, torch.Tensor]) -> str:
+    """``"W_enc: 3 NaN, b_dec: 1 Inf"`` for the tensors holding NaN or Inf, else ``""``."""
+    parts = []
+    for name, t in tensors.items():
+        if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+            continue
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        counts = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "Inf")) if n]
+        parts.append(f"{name}: {' and '.join(counts)}")
+    return ", ".join(parts)
 
 
 def save_trainer_state(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlmsae.errors import UserError
+from vlmsae.sae.checkpoint import describe_nonfinite
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.model import SAE
 
@@ -44,7 +46,7 @@ DICT_CLASSES = {
 }
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError):
     """The file is not a dictionary_learning state dict this converter understands."""
 
 
@@ -59,6 +61,12 @@ def _dict_class_from_config(ae_path: Path) -> tuple[str | None, dict[str, Any]]:
         log.warning("ignoring unreadable %s: %s", config_path, e)
         return None, {}
     trainer = config.get("trainer", {}) if isinstance(config, dict) else {}
+    if not isinstance(trainer, dict):
+        raise ConvertError(
+            f"{config_path}: 'trainer' is a {type(trainer).__name__}, not the object "
+            "dictionary_learning writes (with dict_class, layer, lm_name); fix the file, or "
+            "move it away and give --arch, --model and --layer yourself"
+        )
     return trainer.get("dict_class"), trainer
 
 
@@ -137,6 +145,11 @@ def convert_dictionary_learning(
     dict_class, trainer = _dict_class_from_config(ae_path)
     layout = _layout(sd, dict_class, sparsity)
     params = {name: _f32(t) for name, t in layout["params"].items()}
+    if problem := describe_nonfinite(params):
+        raise ConvertError(
+            f"{ae_path} holds non-finite weights ({problem}): the training diverged or the file "
+            "is damaged; convert an earlier checkpoint"
+        )
     d_in, d_sae = params["W_enc"].shape
     if trainer.get("layer") is not None:
         source.setdefault("layer", trainer["layer"])

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vlmsae._io import read_json, write_json
+from vlmsae._io import read_json, remove_stale_temps, write_json
+from vlmsae._lock import output_lock
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.config import TrainConfig, lr_factor
 from vlmsae.sae.data import Data, estimate_norm_factor, make_source
@@ -171,8 +172,16 @@ def train_sae(
     """
     source = make_source(data)
     cfg = _check_width(cfg, source)
-    device = torch.device(cfg.device)
     out_path = Path(out_dir) if out_dir is not None else None
+    if out_path is None:
+        return _train(source, cfg, None, val, resume, on_step)
+    with output_lock(out_path, "vlmsae train"):  # one writer per run directory
+        remove_stale_temps(out_path)  # debris of a killed writer (we hold the lock)
+        return _train(source, cfg, out_path, val, resume, on_step)
+
+
+def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
+    device = torch.device(cfg.device)
     sae = SAE(cfg.sae, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     optimizer = make_optimizer(sae, cfg)
     state = TrainState(0, torch.zeros(cfg.sae.d_sae, dtype=torch.int64, device=device))

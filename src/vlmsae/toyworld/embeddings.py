@@ -9,12 +9,13 @@ that the cosine similarity of two images is the fraction of concepts they share.
 learned alternative, as CLIP is the paper's alternative to DINOv2.
 
 Both are written as ordinary embedding stores (``kind="embeddings"``, one row per
-image, ``images.txt`` listing the exported image paths in dataset order).
+image, ``images.jsonl`` listing the exported image paths, absolute, in dataset order).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def _write_store(
     writer = StoreWriter(out_dir, emb_NE.shape[1], kind="embeddings", dtype="float32", meta=meta)
     writer.add(emb_NE, np.arange(len(emb_NE)))
     writer.mark(len(emb_NE))
-    return writer.close(images=[str(im.path) for im in images], n_images=len(images))
+    paths = [os.path.abspath(im.path) for im in images]  # readable from any directory
+    return writer.close(images=paths, n_images=len(images))
 
 
 def write_oracle_embeddings(
@@ -82,7 +84,7 @@ def write_oracle_embeddings(
         "model": ORACLE_MODEL,
         "revision": "ground-truth",
         "hookpoint": "post_projection",
-        "dataset_root": str(images[0].path.parent.parent),
+        "dataset_root": os.path.abspath(images[0].path.parent.parent),
         "split": images[0].record.split,
         "dims": oracle_dims(),
     }
