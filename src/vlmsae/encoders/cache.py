@@ -33,6 +33,8 @@ from vlmsae.encoders.adapters import Encoder
 from vlmsae.encoders.codes import sae_codes, sae_source
 from vlmsae.encoders.loader import ImageBatch, image_batches
 from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
+from vlmsae.errors import UserError
+from vlmsae.provenance import check_same_source, sae_provenance
 
 log = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
@@ -152,6 +154,7 @@ def cache_activations(
     sae: Any = None,
     sae_hookpoint: int | str | None = None,
     device: str | None = None,
+    allow_mismatch: bool = False,
 ) -> CacheResult:
     """Cache the hook points of ``cfg`` for every image of ``dataset`` under ``out_dir``.
 
@@ -161,10 +164,15 @@ def cache_activations(
         out_dir: output directory (layout in the module docstring).
         cfg: what to cache.
         split: split folder when ``dataset`` is a path.
-        sae: an SAE (``encode``/``decode``); its codes at ``sae_hookpoint`` are stored too.
+        sae: an SAE (``encode``/``decode``) or an SAE checkpoint directory; its codes at
+            ``sae_hookpoint`` are stored too.
         sae_hookpoint: block index or ``"post_projection"``; defaults to the SAE's own
             ``hookpoint``/``layer`` metadata, else the only hook point cached.
         device: move the model there (``cpu``, ``cuda``, ``cuda:1``).
+        allow_mismatch: apply the SAE even where its recorded source (model, hook point,
+            layer, tokens) differs from what it is applied to (a warning instead of an error).
+
+    Everything is validated before anything is written to ``out_dir``.
     """
     enc = _as_encoder(encoder, device)
     data = _as_dataset(dataset, split)
@@ -172,21 +180,16 @@ def cache_activations(
     enc.check_tokens(selection)
     out = Path(out_dir)
     base = _base_meta(enc, data)
-    targets: list[_Target] = []
+    plans: list[_Plan] = []
     for layer in dict.fromkeys(enc.layer_index(x) for x in cfg.layers):
         meta = {**base, "hookpoint": "post_mlp_residual", "layer": layer, "tokens": str(selection)}
-        writer = _open_writer(
-            out / f"layer_{layer}", enc.d_model, "activations", meta, cfg, cfg.dtype
-        )
-        targets.append(_Target(f"layer_{layer}", layer, writer))
+        plans.append(_Plan(f"layer_{layer}", layer, enc.d_model, meta))
     if "post_projection" in cfg.hookpoints:
         meta = {**base, "hookpoint": "post_projection", "tokens": "pooled"}
-        writer = _open_writer(
-            out / "post_projection", enc.d_embed, "activations", meta, cfg, cfg.dtype
-        )
-        targets.append(_Target("post_projection", "post_projection", writer))
+        plans.append(_Plan("post_projection", "post_projection", enc.d_embed, meta))
     if sae is not None:
-        targets.append(_sae_target(enc, sae, sae_hookpoint, targets, out, cfg))
+        plans.append(_sae_plan(enc, sae, sae_hookpoint, plans, allow_mismatch))
+    targets = [_open_target(p, out, cfg, enc) for p in plans]
     return _run(enc, data, targets, selection, cfg, out / "summary.json")
 
 
@@ -222,43 +225,75 @@ def embed_images(
     return _run(enc, data, [target], selection, cfg, Path(out_dir) / "summary.json")
 
 
-def _sae_target(
+class _Plan(NamedTuple):
+    """A store to write, decided (and validated) before anything is written."""
+
+    name: str
+    key: int | str  # block index or "post_projection"
+    d: int
+    meta: dict[str, Any]
+    sae: Any = None
+
+
+def _open_target(plan: _Plan, out: Path, cfg: CacheConfig, enc: Encoder) -> _Target:
+    kind = "codes" if plan.sae is not None else "activations"
+    writer = _open_writer(out / plan.name, plan.d, kind, plan.meta, cfg, cfg.dtype)
+    if plan.sae is not None:
+        if hasattr(plan.sae, "to"):
+            plan.sae.to(enc.device)
+        if hasattr(plan.sae, "eval"):
+            plan.sae.eval()  # BatchTopK encodes per example (its threshold) outside training
+    return _Target(plan.name, plan.key, writer, sae=plan.sae)
+
+
+def _load_sae(sae: Any) -> tuple[Any, dict[str, Any]]:
+    """An SAE object and its provenance (``sae_provenance`` of a checkpoint directory, or
+    the fields of an in-memory SAE's config)."""
+    if isinstance(sae, (str, Path)):
+        from vlmsae.sae import SAE
+
+        return SAE.load(sae), sae_provenance(sae)
+    cfg = getattr(sae, "cfg", None)
+    prov = {k: getattr(cfg, k, None) for k in ("model", "hookpoint", "layer", "tokens", "d_in")}
+    return sae, {"sae": type(sae).__name__, **{k: v for k, v in prov.items() if v is not None}}
+
+
+def _sae_plan(
     enc: Encoder,
     sae: Any,
     hookpoint: int | str | None,
-    targets: list[_Target],
-    out: Path,
-    cfg: CacheConfig,
-) -> _Target:
-    """The code store of ``sae``, at a hook point that is among ``targets``."""
+    plans: list[_Plan],
+    allow_mismatch: bool,
+) -> _Plan:
+    """The code store of ``sae``, at a hook point that is among ``plans``, after checking
+    that the SAE was trained on what it is applied to."""
+    sae, sae_prov = _load_sae(sae)
     key = hookpoint if hookpoint is not None else sae_source(sae)
     if key is None:
-        if len(targets) != 1:
-            raise ValueError(
+        if len(plans) != 1:
+            raise UserError(
                 "the SAE does not say which hook point it was trained on and several are "
-                "cached: pass sae_hookpoint (a layer or 'post_projection')"
+                "cached: pass --sae-hookpoint (a layer or 'post_projection')"
             )
-        key = targets[0].key
+        key = plans[0].key
     key = key if key == "post_projection" else enc.layer_index(int(key))
-    source = next((t for t in targets if t.key == key), None)
+    source = next((p for p in plans if p.key == key), None)
     if source is None:
-        raise ValueError(
+        raise UserError(
             f"the SAE reads hook point {key!r}, which this run does not cache; "
             f"add it (--layer {key} or --hookpoint post_projection)"
         )
+    target_prov = {**source.meta, "d": source.d}
+    what = f"the activations at {source.name} of {enc.name}"
+    check_same_source(sae_prov, target_prov, f"SAE {sae_prov['sae']}", what,
+                      allow_mismatch=allow_mismatch)  # fmt: skip
     d_sae = int(getattr(getattr(sae, "cfg", None), "d_sae", 0)) or _probe_width(sae, source, enc)
-    meta = {**source.writer.meta, "sae": str(getattr(sae, "path", "") or type(sae).__name__)}
-    name = f"codes_{source.name}"
-    writer = _open_writer(out / name, d_sae, "codes", meta, cfg, cfg.dtype)
-    if hasattr(sae, "to"):
-        sae.to(enc.device)
-    if hasattr(sae, "eval"):
-        sae.eval()  # BatchTopK encodes per example (its threshold) outside training
-    return _Target(name, key, writer, sae=sae)
+    meta = {**source.meta, **{k: sae_prov.get(k) for k in ("sae", "sae_sha256")}}
+    return _Plan(f"codes_{source.name}", key, d_sae, meta, sae=sae)
 
 
-def _probe_width(sae: Any, source: _Target, enc: Encoder) -> int:
-    d_in = source.writer.d
+def _probe_width(sae: Any, source: _Plan, enc: Encoder) -> int:
+    d_in = source.d
     with torch.inference_mode():
         return int(sae.encode(torch.zeros(1, d_in, device=enc.device)).shape[-1])
 
