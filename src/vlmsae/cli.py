@@ -37,7 +37,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
-    debug: bool = typer.Option(
+    debug: bool = typer.Option(  # read by ErrorReportingGroup from the root context
         False,
         "--debug",
         help=f"Show the traceback of user errors too (or set {DEBUG_ENV}=1).",
@@ -59,4 +59,6 @@ for _stage in STAGES:
 
 
 def main() -> None:
+    """Run the ``vlmsae`` command (user errors: one ``Error:`` line, exit code 2; see
+    :mod:`vlmsae.cli_errors`)."""
     app()

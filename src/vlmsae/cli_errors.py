@@ -34,6 +34,7 @@ _ARTIFACT_ERRORS = (
     ("vlmsae.data.format", "StoreError"),
     ("vlmsae.sae.checkpoint", "CheckpointError"),
     ("vlmsae.sae.train", "NonFiniteError"),
+    ("vlmsae.sae.convert", "ConvertError"),
 )
 
 
