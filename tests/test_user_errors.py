@@ -183,6 +183,11 @@ CASES = [
         "point at image 11 but --images",
     ),
     (
+        "hierarchy --sae other than the top images' SAE",
+        lambda w: ["hierarchy", w["top"], "--images", w["acts4"], "--sae", w["sae4b"]],
+        "are about different neurons",
+    ),
+    (
         "ms-table on a folder that is not score output",
         lambda w: ["ms-table", w["scores_b"], w["top"]],
         "is not an output directory of `vlmsae score`",

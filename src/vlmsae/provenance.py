@@ -159,9 +159,15 @@ def _norm_layer(layer: Any, n_layers: Any) -> Any:
     return layer
 
 
+def _norm_tokens(tokens: Any) -> Any:
+    """``random:N`` samples the same token distribution as ``all`` (patch rows)."""
+    return "all" if isinstance(tokens, str) and tokens.startswith("random:") else tokens
+
+
 def source_differences(sae: Mapping[str, Any], store: Mapping[str, Any]) -> list[str]:
-    """``"field: SAE value vs store value"`` for every source field both sides record
-    and that differs (model paths compared by real path, negative layers resolved)."""
+    """``"field SAE-value vs store-value"`` for every source field both sides record and
+    that differs (model folders compared by real path, negative layers resolved,
+    ``random:N`` tokens taken as ``all``)."""
     out = []
     for key in SOURCE_FIELDS:
         x, y = sae.get(key), store.get(key)
@@ -169,6 +175,8 @@ def source_differences(sae: Mapping[str, Any], store: Mapping[str, Any]) -> list
             continue
         if key == "model":
             x, y = _norm_model(x), _norm_model(y)
+        if key == "tokens":
+            x, y = _norm_tokens(x), _norm_tokens(y)
         if key == "layer":
             x, y = _norm_layer(x, store.get("n_layers")), _norm_layer(y, store.get("n_layers"))
         if x != y:

@@ -237,7 +237,7 @@ def hierarchy_cmd(
     import numpy as np
 
     from vlmsae._io import write_json
-    from vlmsae.metrics.fit import check_images_for_top
+    from vlmsae.metrics.fit import check_images_for_top, check_sae_for_top
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy, label_paths_from_images
 
     idx, val = _load_top(top)
@@ -254,6 +254,7 @@ def hierarchy_cmd(
     if sizes is None and sae is not None:
         from vlmsae.sae import SAE
 
+        check_sae_for_top(top, sae)
         sizes = list(SAE.load(sae).cfg.group_sizes)
     res = hierarchy(encode_taxonomy(paths), idx, sizes, valid_K=val[:, -1] > 0)
     defined = res.mean_depth[~np.isnan(res.mean_depth)]

@@ -152,6 +152,15 @@ def check_scores_for_top(top_dir: Path, n_neurons: int, scores_path: Path) -> np
     return ms
 
 
+def check_sae_for_top(top_dir: Path, sae_dir: Path) -> None:
+    """Refuse an SAE other than the one whose top images ``top_dir`` holds."""
+    top = (read_summary(top_dir) or {}).get("neurons")
+    if top:
+        sae = sae_provenance(sae_dir)
+        check_same_neurons(top, neuron_identity(sae, int(sae["d_sae"])), f"top images {top_dir}",
+                           f"--sae {sae_dir}")  # fmt: skip
+
+
 def check_neuron_ids(ids: list[int] | None, n_neurons: int, top_dir: Path) -> None:
     """Refuse neuron ids that the top images do not have."""
     bad = [i for i in ids or [] if not 0 <= i < n_neurons]
