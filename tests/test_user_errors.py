@@ -438,3 +438,29 @@ def test_hub_id_while_offline_is_one_line_in_a_real_process(w, tmp_path):
         "pass a local folder"
     ]
     assert "Traceback" not in done.stderr and not (tmp_path / "e").exists()
+
+
+def test_a_hub_id_the_hub_does_not_know_is_told_apart_from_being_offline():
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from vlmsae.encoders.hub import not_found_message
+
+    def loading_error(cause: Exception) -> OSError:
+        try:
+            try:
+                raise cause
+            except Exception as e:
+                raise OSError("could not load") from e
+        except OSError as e:
+            return e
+
+    missing = loading_error(RepositoryNotFoundError("404", response=None))
+    assert "neither a local folder nor a model on the hub" in not_found_message(
+        "a/b", None, missing
+    )
+    offline = loading_error(ConnectionError("no network"))
+    assert not_found_message("a/b", None, offline) == (
+        "model 'a/b' not found locally and the hub is unreachable; pass a local folder"
+    )
+    bad_rev = OSError("v9 is not a valid git identifier (branch name, tag name or commit id)")
+    assert "has no revision 'v9'" in not_found_message("a/b", "v9", bad_rev)

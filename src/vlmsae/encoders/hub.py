@@ -30,7 +30,7 @@ def not_found_message(name: str, revision: str | None, exc: BaseException) -> st
     """Why loading ``name`` failed: no such folder, no such hub model or revision, or a
     hub id that is not cached while the hub cannot be reached (offline)."""
     kinds = {type(e).__name__ for e in _chain(exc)}
-    if "RevisionNotFoundError" in kinds:
+    if "RevisionNotFoundError" in kinds or "is not a valid git identifier" in str(exc):
         return f"model {name!r} has no revision {revision!r} on the hub; check --revision"
     if kinds & set(_NOT_ON_HUB) or "is not a valid model identifier" in str(exc):
         return (
