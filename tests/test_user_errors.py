@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -454,7 +455,8 @@ def test_a_hub_id_the_hub_does_not_know_is_told_apart_from_being_offline():
         except OSError as e:
             return e
 
-    missing = loading_error(RepositoryNotFoundError("404", response=None))
+    response = SimpleNamespace(headers={}, request=None)  # what the error reads of a response
+    missing = loading_error(RepositoryNotFoundError("404", response=response))
     assert "neither a local folder nor a model on the hub" in not_found_message(
         "a/b", None, missing
     )
