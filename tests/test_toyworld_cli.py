@@ -27,8 +27,8 @@ def test_export_then_oracle(tmp_path):
 
 def test_oracle_rejects_a_folder_without_ground_truth(tmp_path):
     res = runner.invoke(app, ["toyworld", "oracle", str(tmp_path), str(tmp_path / "emb")])
-    assert res.exit_code != 0
-    assert "attributes.csv" in str(res.exception)
+    assert res.exit_code == 2
+    assert "attributes.csv" in res.stderr
 
 
 def test_evaluate_prints_a_table_and_writes_json(tmp_path):

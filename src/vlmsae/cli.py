@@ -14,6 +14,7 @@ import logging
 import typer
 
 from vlmsae import __version__
+from vlmsae.cli_errors import DEBUG_ENV, ErrorReportingGroup
 
 # Stages that contribute commands, in the order `vlmsae --help` lists them.
 STAGES = ("encoders", "data", "sae", "metrics", "toyworld", "steer", "report", "demo")
@@ -23,6 +24,7 @@ app = typer.Typer(
     help="Sparse autoencoders for vision-language models.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=ErrorReportingGroup,  # a user's mistake: one `Error:` line, exit code 2
 )
 
 
@@ -35,6 +37,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    debug: bool = typer.Option(  # read by ErrorReportingGroup from the root context
+        False,
+        "--debug",
+        help=f"Show the traceback of user errors too (or set {DEBUG_ENV}=1).",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
@@ -52,4 +59,6 @@ for _stage in STAGES:
 
 
 def main() -> None:
+    """Run the ``vlmsae`` command (user errors: one ``Error:`` line, exit code 2; see
+    :mod:`vlmsae.cli_errors`)."""
     app()

@@ -20,7 +20,7 @@ interrupted resumes from the last shard listed in the manifest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,10 +316,12 @@ class ActivationStore:
         shard_rows: int = 1 << 16,
         image_index: np.ndarray | None = None,
         token_index: np.ndarray | None = None,
+        images: Sequence[str] | None = None,
     ) -> ActivationStore:
         """Write an array (or CSR matrix, or an iterable of row blocks) as a store.
 
-        Without ``image_index`` every row is its own image. For small arrays and tests;
+        Without ``image_index`` every row is its own image; ``images`` lists the image paths
+        (by image index; recorded with their fingerprint). For small arrays and tests;
         long jobs use :class:`StoreWriter` directly.
         """
         blocks = [data] if hasattr(data, "shape") else list(data)
@@ -343,7 +345,7 @@ class ActivationStore:
                 writer.add(piece, img, tok)
                 start += n
                 writer.mark(int(img[-1]) + 1)
-        return writer.close()
+        return writer.close(images=images)
 
 
 def _npy_shape(path: Path) -> tuple[int, ...] | None:

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from vlmsae._io import atomic_write, ensure_dir, read_json, remove_stale_temps, write_json
 from vlmsae.data.format import KINDS, MANIFEST, SCHEMA, StoreError, write_image_list
+from vlmsae.provenance import image_fingerprint
 
 if TYPE_CHECKING:
     from vlmsae.data.store import ActivationStore
@@ -224,11 +225,14 @@ class StoreWriter:
         return sp.csr_matrix((0, self.d), dtype=np.float32)
 
     def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
-        """Write the last shard, ``rows.npy``, ``images.jsonl`` and the final manifest."""
+        """Write the last shard, ``rows.npy``, ``images.jsonl`` and the final manifest (with
+        the fingerprint of ``images``, see :func:`vlmsae.provenance.image_fingerprint`)."""
         if not self.closed:
             if self._buffered or self._pending_skips:
                 self._flush()
             self.meta.update(meta)
+            if images is not None:  # what later commands check other artifacts against
+                self.meta.update(image_fingerprint(images))
             row_parts = [np.load(self._rows_file(s)) for s in self.shards]
             rows = np.concatenate(row_parts) if row_parts else np.zeros((0, 2), np.int64)
             atomic_write(self.dir / "rows.npy", lambda p: _np_save(p, rows))

@@ -125,10 +125,12 @@ class Encoder:
         a hub model.
         """
         import transformers
-        from transformers import AutoConfig, AutoImageProcessor
+        from transformers import AutoImageProcessor
+
+        from vlmsae.encoders.hub import load_model_config
 
         name = str(name_or_path)
-        config = AutoConfig.from_pretrained(name, revision=revision)
+        config = load_model_config(name, revision)  # a UserError when there is no such model
         model_cls = getattr(transformers, _model_class_name(config))
         model = model_cls.from_pretrained(name, revision=revision, dtype=dtype, **kwargs)
         processor = AutoImageProcessor.from_pretrained(name, revision=revision, backend="pil")

@@ -37,6 +37,7 @@ from vlmsae.encoders.codes import sae_codes, sae_source
 from vlmsae.encoders.loader import ImageBatch, image_batches
 from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
 from vlmsae.errors import UserError
+from vlmsae.provenance import check_same_source, sae_provenance
 
 log = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
@@ -185,6 +186,7 @@ def cache_activations(
     sae: Any = None,
     sae_hookpoint: int | str | None = None,
     device: str | None = None,
+    allow_mismatch: bool = False,
 ) -> CacheResult:
     """Cache the hook points of ``cfg`` for every image of ``dataset`` under ``out_dir``.
 
@@ -194,10 +196,15 @@ def cache_activations(
         out_dir: output directory (layout in the module docstring).
         cfg: what to cache.
         split: split folder when ``dataset`` is a path.
-        sae: an SAE (``encode``/``decode``); its codes at ``sae_hookpoint`` are stored too.
+        sae: an SAE (``encode``/``decode``) or an SAE checkpoint directory; its codes at
+            ``sae_hookpoint`` are stored too.
         sae_hookpoint: block index or ``"post_projection"``; defaults to the SAE's own
             ``hookpoint``/``layer`` metadata, else the only hook point cached.
         device: move the model there (``cpu``, ``cuda``, ``cuda:1``).
+        allow_mismatch: apply the SAE even where its recorded source (model, hook point,
+            layer, tokens) differs from what it is applied to (a warning instead of an error).
+
+    Everything is validated before anything is written to ``out_dir``.
     """
     enc = _as_encoder(encoder, device)
     data = _as_dataset(dataset, split)
@@ -216,7 +223,7 @@ def cache_activations(
         meta = {**base, "hookpoint": "post_projection", "tokens": "pooled"}
         plans.append(_Plan("post_projection", "post_projection", enc.d_embed, "activations", meta))
     if sae is not None:
-        plans.append(_sae_plan(enc, sae, sae_hookpoint, plans))
+        plans.append(_sae_plan(enc, sae, sae_hookpoint, plans, allow_mismatch))
     with output_lock(out, "vlmsae cache"):
         targets = _open_targets(out, plans, cfg)
         return _run(enc, data, targets, selection, cfg, out / "summary.json")
@@ -270,14 +277,34 @@ def embed_images(
         return _run(enc, data, [target], selection, cfg, out / "summary.json")
 
 
-def _sae_plan(enc: Encoder, sae: Any, hookpoint: int | str | None, plans: list[_Plan]) -> _Plan:
-    """The code store of ``sae``, at a hook point that is among ``plans``."""
+def _load_sae(sae: Any) -> tuple[Any, dict[str, Any]]:
+    """An SAE object and its provenance (``sae_provenance`` of a checkpoint directory, or
+    the fields of an in-memory SAE's config)."""
+    if isinstance(sae, (str, Path)):
+        from vlmsae.sae import SAE
+
+        return SAE.load(sae), sae_provenance(sae)
+    cfg = getattr(sae, "cfg", None)
+    prov = {k: getattr(cfg, k, None) for k in ("model", "hookpoint", "layer", "tokens", "d_in")}
+    return sae, {"sae": type(sae).__name__, **{k: v for k, v in prov.items() if v is not None}}
+
+
+def _sae_plan(
+    enc: Encoder,
+    sae: Any,
+    hookpoint: int | str | None,
+    plans: list[_Plan],
+    allow_mismatch: bool,
+) -> _Plan:
+    """The code store of ``sae``, at a hook point that is among ``plans``, after checking
+    that the SAE was trained on what it is applied to."""
+    sae, sae_prov = _load_sae(sae)
     key = hookpoint if hookpoint is not None else sae_source(sae)
     if key is None:
         if len(plans) != 1:
             raise UserError(
                 "the SAE does not say which hook point it was trained on and several are "
-                "cached: pass sae_hookpoint (a layer or 'post_projection')"
+                "cached: pass --sae-hookpoint (a layer or 'post_projection')"
             )
         key = plans[0].key
     key = key if key == "post_projection" else enc.layer_index(int(key))
@@ -293,12 +320,16 @@ def _sae_plan(enc: Encoder, sae: Any, hookpoint: int | str | None, plans: list[_
             f"the SAE reads vectors of width {d_in}, but {source.name} of {enc.name} has width "
             f"{source.d}; use an SAE trained on this model and hook point"
         )
+    target_prov = {**source.meta, "d": source.d}
+    what = f"the activations at {source.name} of {enc.name}"
+    check_same_source(sae_prov, target_prov, f"SAE {sae_prov['sae']}", what,
+                      allow_mismatch=allow_mismatch)  # fmt: skip
     if hasattr(sae, "to"):
         sae.to(enc.device)
     if hasattr(sae, "eval"):
         sae.eval()  # BatchTopK encodes per example (its threshold) outside training
     d_sae = int(getattr(getattr(sae, "cfg", None), "d_sae", 0)) or _probe_width(sae, source.d, enc)
-    meta = {**source.meta, "sae": str(getattr(sae, "path", "") or type(sae).__name__)}
+    meta = {**source.meta, **{k: sae_prov.get(k) for k in ("sae", "sae_sha256")}}
     return _Plan(f"codes_{source.name}", key, d_sae, "codes", meta, sae=sae)
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from vlmsae.cli_errors import user_errors
+
 _DATA_HELP = (
     "Dataset folder: ImageNet, iNaturalist 2021, CUB-200-2011, any ImageFolder or a flat "
     "folder of images (layout detected)."
@@ -15,12 +17,6 @@ _DATA_HELP = (
 def register(app: typer.Typer) -> None:
     app.command("cache")(cache)
     app.command("embed")(embed)
-
-
-def _fail(error: Exception) -> typer.Exit:
-    """A user error (bad option, existing output, unreadable folder): a message, exit 2."""
-    typer.echo(f"Error: {error}", err=True)
-    return typer.Exit(2)
 
 
 def _parse_layers(text: str | None) -> tuple[int, ...]:
@@ -87,6 +83,11 @@ def cache(
     shard_rows: int = typer.Option(1 << 16, "--shard-rows", help="Rows per shard."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random:N token draw."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    allow_mismatch: bool = typer.Option(
+        False,
+        "--allow-mismatch",
+        help="Apply --sae even where it was trained on another model, layer or tokens.",
+    ),
 ) -> None:
     """Cache activations of a vision model at hook points (one store per layer).
 
@@ -110,25 +111,17 @@ def cache(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    from vlmsae.data.store import StoreError
-
     sae_hook = None if sae_layer in (None, "") else sae_layer
     if sae_hook is not None and sae_hook != "post_projection":
         sae_hook = int(_parse_layers(sae_hook)[0])
-    try:
+    with user_errors(ValueError):  # the library's checks of the options and the data
         dataset = load_dataset(data, split, limit=limit, every=every)
         dev = _device(device)
         encoder = _load(model, dev, model_dtype, revision)
-        sae_model = None
-        if sae is not None:
-            from vlmsae.sae import SAE
-
-            sae_model = SAE.load(sae)
         result = cache_activations(
-            encoder, dataset, out, cfg, sae=sae_model, sae_hookpoint=sae_hook, device=dev
-        )
-    except (ValueError, FileExistsError, FileNotFoundError, StoreError) as e:
-        raise _fail(e) from e
+            encoder, dataset, out, cfg, sae=sae, sae_hookpoint=sae_hook, device=dev,
+            allow_mismatch=allow_mismatch,
+        )  # fmt: skip
     for name, path in result.stores.items():
         typer.echo(f"{name}: {path}")
     typer.echo(
@@ -157,10 +150,9 @@ def embed(
     The paper used DINOv2 ViT-B (facebook/dinov2-base) and CLIP ViT-B/32 embeddings.
     """
     from vlmsae.data.images import load_dataset
-    from vlmsae.data.store import StoreError
     from vlmsae.encoders.cache import embed_images
 
-    try:
+    with user_errors(ValueError):  # the library's checks of the options and the data
         dataset = load_dataset(data, split, limit=limit, every=every)
         dev = _device(device)
         encoder = _load(model, dev, model_dtype, revision)
@@ -174,8 +166,6 @@ def embed(
             resume=resume,
             device=dev,
         )
-    except (ValueError, FileExistsError, FileNotFoundError, StoreError) as e:
-        raise _fail(e) from e
     typer.echo(
         f"{out}: {result.n_images} images ({result.n_skipped} skipped), "
         f"{result.images_per_s:.1f} images/s"

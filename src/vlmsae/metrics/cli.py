@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from vlmsae._lock import lock_until_exit
+from vlmsae.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,12 @@ def score(
     raw: Path | None = typer.Option(
         None, help="Raw activation store to compare a code store with."
     ),
-    aggregate: str = typer.Option("max", help="Several rows per image: 'max' or 'mean'."),
+    aggregate: Literal["max", "mean"] = typer.Option("max", help="Several rows per image."),
     chunk_rows: int = typer.Option(8192, help="Images read at a time."),
     name: str | None = typer.Option(None, help="Name of this run in tables (default: out dir)."),
+    allow_mismatch: bool = typer.Option(
+        False, help="Score even where the images or the SAE's source do not match (warns)."
+    ),
 ) -> None:
     """Monosemanticity Score of every neuron: scores.csv/.npy, summary.json, ms_hist.png,
     table.md (and raw_scores.npy with the SAE vs raw comparison)."""
@@ -97,15 +102,18 @@ def score(
 
     from vlmsae._io import atomic_write_text, write_json
     from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics._source import image_index_of
+    from vlmsae.metrics.fit import check_score_inputs, with_neuron_count
     from vlmsae.metrics.ms import compare_sae_raw, monosemanticity, summarize_ms
     from vlmsae.metrics.tables import ms_table, tradeoff_table
     from vlmsae.report.figures import ms_histogram
 
     acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
-    lock_until_exit(out, "vlmsae score")  # one writer per output directory
-    from vlmsae.metrics._source import image_index_of
-
     image_R = image_index_of(acts_store)
+    raw_store = ActivationStore(raw) if raw is not None and sae is None else None
+    provenance = check_score_inputs(acts_store, emb, image_R, sae_dir=sae, raw_store=raw_store,
+                                    allow_mismatch=allow_mismatch)  # fmt: skip
+    lock_until_exit(out, "vlmsae score")  # one writer per output directory
     acts = _per_image(acts_store, image_R, aggregate, chunk_rows)
     summary: dict = {"activations": str(activations), "embeddings": str(embeddings)}
     summary.update({k: acts_store.manifest.get(k) for k in ("model", "hookpoint", "layer")})
@@ -118,8 +126,7 @@ def score(
         summary["expansion"] = model.cfg.d_sae // model.cfg.d_in
         summary["group_sizes"] = list(model.cfg.group_sizes)
         raw_acts, acts = acts, codes
-    elif raw is not None:
-        raw_store = ActivationStore(raw)
+    elif raw_store is not None:
         raw_acts = _per_image(raw_store, image_index_of(raw_store), aggregate, chunk_rows)
     res = monosemanticity(acts, emb, chunk_rows=chunk_rows, progress=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +137,7 @@ def score(
         for k, (m, n, a) in enumerate(zip(res.ms, res.n_active, res.max_activation, strict=True))
     ]
     atomic_write_text(out / "scores.csv", "\n".join(lines) + "\n")
+    summary.update(artifact="scores", **with_neuron_count(provenance, len(res.ms)))
     summary["name"] = name or out.name
     summary["n_images"] = res.n_images
     summary["ms"] = summarize_ms(res.ms)
@@ -156,17 +164,22 @@ def top_images_cmd(
     out: Path = typer.Option(..., help="Output directory."),
     sae: Path | None = typer.Option(None, help="SAE checkpoint: rank its codes of CODES."),
     k: int = typer.Option(16, help="Images kept per neuron."),
-    aggregate: str = typer.Option("max", help="Several rows per image: 'max' or 'mean'."),
+    aggregate: Literal["max", "mean"] = typer.Option("max", help="Several rows per image."),
     chunk_rows: int = typer.Option(1 << 16, help="Rows read at a time."),
+    allow_mismatch: bool = typer.Option(
+        False, help="Apply --sae even where it was trained on another source (warns)."
+    ),
 ) -> None:
     """Top-k images of every neuron: top_indices.npy, top_values.npy, summary.json."""
 
     from vlmsae._io import write_json
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of
+    from vlmsae.metrics.fit import check_top_inputs, with_neuron_count
     from vlmsae.metrics.top_images import top_images
 
     store = ActivationStore(codes)
+    provenance = check_top_inputs(store, sae, allow_mismatch=allow_mismatch)
     lock_until_exit(out, "vlmsae top-images")  # one writer per output directory
     source, image_R = store, image_index_of(store)
     if sae is not None:
@@ -179,7 +192,8 @@ def top_images_cmd(
     write_json(
         out / "summary.json",
         {"store": str(codes), "sae": str(sae) if sae else None, "k": k, "aggregate": aggregate,
-         "n_neurons": len(top.indices), "n_dead_kth_zero": dead},
+         "n_neurons": len(top.indices), "n_dead_kth_zero": dead, "artifact": "top_images",
+         **with_neuron_count(provenance, len(top.indices))},
     )  # fmt: skip
     typer.echo(f"top-{k} images of {len(top.indices)} neurons ({dead} with k-th value 0) → {out}")
 
@@ -226,21 +240,25 @@ def hierarchy_cmd(
     import numpy as np
 
     from vlmsae._io import write_json
-    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics.fit import check_images_for_top, check_sae_for_top
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy, label_paths_from_images
 
+    idx, val = _load_top(top)
     if labels is not None:
         paths = labels.read_text(encoding="utf-8").splitlines()
+        if idx.size and int(idx.max()) >= len(paths):
+            raise UserError(f"top images {top} point at image {int(idx.max())} but --labels "
+                            f"{labels} has {len(paths)} lines (one per image)")  # fmt: skip
     elif images is not None:
-        paths = label_paths_from_images(ActivationStore(images).images)
+        paths = label_paths_from_images(check_images_for_top(top, idx, images))
     else:
         raise typer.BadParameter("give --images STORE or --labels FILE")
     sizes = _ints(group_sizes)
     if sizes is None and sae is not None:
         from vlmsae.sae import SAE
 
+        check_sae_for_top(top, sae)
         sizes = list(SAE.load(sae).cfg.group_sizes)
-    idx, val = _load_top(top)
     res = hierarchy(encode_taxonomy(paths), idx, sizes, valid_K=val[:, -1] > 0)
     defined = res.mean_depth[~np.isnan(res.mean_depth)]
     out = {
@@ -293,18 +311,18 @@ def grid_cmd(
     n_images: int = typer.Option(16, help="Images per neuron."),
 ) -> None:
     """PNG grid of each chosen neuron's top images, titled with its MS."""
-    import numpy as np
-
-    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics.fit import check_images_for_top, check_neuron_ids, check_scores_for_top
     from vlmsae.report.grid import neuron_grid, select_neurons
 
     idx, val = _load_top(top)
-    ms = np.load(scores) if scores else None
+    paths = check_images_for_top(top, idx, images)
+    ms = check_scores_for_top(top, len(idx), scores) if scores else None
+    check_neuron_ids(_ints(neurons), len(idx), top)
     chosen = select_neurons(
         ms, ids=_ints(neurons), top_n=top_n, group=group, group_sizes=_ints(group_sizes),
         alive_K=val[:, -1] > 0,
     )  # fmt: skip
-    counts = neuron_grid(out, chosen, idx, ActivationStore(images).images, ms=ms, n_images=n_images)
+    counts = neuron_grid(out, chosen, idx, paths, ms=ms, n_images=n_images)
     typer.echo(
         f"{len(chosen)} neurons, {counts['drawn']} images, "
         f"{counts['unreadable']} unreadable → {out}"
@@ -317,10 +335,11 @@ def ms_table_cmd(
 ) -> None:
     """The paper's Table (max MS per layer × expansion × architecture) and the sparsity /
     reconstruction trade-off over a set of scored SAEs."""
-    from vlmsae._io import atomic_write_text, read_json
+    from vlmsae._io import atomic_write_text
+    from vlmsae.metrics.fit import read_score_summaries
     from vlmsae.metrics.tables import ms_table, tradeoff_table
 
-    records = [read_json(r / "summary.json") for r in runs]
+    records = read_score_summaries(runs)
     text = "## Max MS\n\n" + ms_table(records) + "\n## Trade-off\n\n" + tradeoff_table(records)
     if out:
         atomic_write_text(out, text)

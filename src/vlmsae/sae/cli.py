@@ -8,6 +8,9 @@ from pathlib import Path
 
 import typer
 
+from vlmsae.cli_errors import user_errors
+from vlmsae.errors import UserError
+
 ARCHS = ("batchtopk", "matryoshka", "topk", "relu", "jumprelu")
 PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
 
@@ -80,6 +83,7 @@ def train(
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
     from vlmsae.data.store import ActivationStore
+    from vlmsae.provenance import check_same_source, store_provenance
     from vlmsae.sae.config import SAEConfig, TrainConfig
     from vlmsae.sae.train import train_sae
 
@@ -89,40 +93,69 @@ def train(
     if arch == "matryoshka" and fractions is None:
         fractions = PAPER_GROUP_FRACTIONS
     store = ActivationStore(activations)
-    sae_cfg = SAEConfig(
-        d_in=store.d,
-        expansion=expansion,
-        sparsity="batchtopk" if arch == "matryoshka" else arch,
-        k=k,
-        group_fractions=fractions,
-        group_weights=_parse_fractions(group_weights, "--group-weights"),
-    )
-    cfg = TrainConfig(
-        sae=sae_cfg,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        dtype=dtype,
-        device=device,
-        warmup_steps=warmup_steps,
-        threshold_start_step=threshold_start_step,
-        aux_alpha=aux_alpha,
-        normalize_activations=normalize,
-        decay_start=decay_start,
-        dead_after=dead_after,
-        l1_coeff=l1_coeff,
-        l0_coeff=l0_coeff,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-    )
-    sae = train_sae(store, cfg, out, val=val, resume=resume)
+    if store.is_sparse:
+        raise UserError(
+            f"{activations} holds SAE codes (kind=codes); train on an activation store "
+            "(a layer_L folder written by `vlmsae cache`)"
+        )
+    source = store_provenance(store)
+    if val is not None:
+        val_source = store_provenance(ActivationStore(val))
+        check_same_source({**source, "d_in": store.d}, val_source, f"--activations {activations}",
+                          f"--val {val}")  # fmt: skip
+    with user_errors(ValueError):  # config validation (--k, --steps, --group-fractions ...)
+        sae_cfg = SAEConfig(
+            d_in=store.d,
+            expansion=expansion,
+            sparsity="batchtopk" if arch == "matryoshka" else arch,
+            k=k,
+            group_fractions=fractions,
+            group_weights=_parse_fractions(group_weights, "--group-weights"),
+        )
+        cfg = TrainConfig(
+            sae=sae_cfg,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            warmup_steps=warmup_steps,
+            threshold_start_step=threshold_start_step,
+            aux_alpha=aux_alpha,
+            normalize_activations=normalize,
+            decay_start=decay_start,
+            dead_after=dead_after,
+            l1_coeff=l1_coeff,
+            l0_coeff=l0_coeff,
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+        )
+        if batch_size > len(store):
+            raise UserError(
+                f"--batch-size {batch_size} is larger than the {len(store)} rows of "
+                f"{activations}; lower it"
+            )
+        sae = train_sae(store, cfg, out, val=val, resume=resume)
+    _record_source(out, source)
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("val") or summary["final"]
     typer.echo(
         f"{sae}\nwrote {out} — R² {final.get('r2', float('nan')):.4f}, "
         f"L0 {final.get('l0', float('nan')):.1f}, dead {final.get('dead_fraction', 0):.1%}"
     )
+
+
+def _record_source(run_dir: Path, source: dict) -> None:
+    """Add the training store's provenance (model, revision, hook point, layer, tokens,
+    dataset, image fingerprint) to the checkpoint's ``config.json`` as ``source``."""
+    from vlmsae._io import read_json, write_json
+    from vlmsae.provenance import PROVENANCE_FIELDS
+
+    config_path = run_dir / "config.json"
+    config = read_json(config_path)
+    config["source"] = {k: source.get(k) for k in (*PROVENANCE_FIELDS, "store")}
+    write_json(config_path, config)
 
 
 def convert(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -24,7 +25,9 @@ def steer(
         help="Clamp value, one per --neuron or one for all (> 0 inserts, <= 0 suppresses).",
     ),
     layer: int = typer.Option(None, "--layer", help="Vision block [the SAE's layer]."),
-    mode: str = typer.Option("replace", "--mode", help="replace (the paper) | preserve."),
+    mode: Literal["replace", "preserve"] = typer.Option(
+        "replace", "--mode", help="replace (the paper) or preserve (error-preserving)."
+    ),
     pre_zero: bool = typer.Option(False, "--pre-zero", help="Zero all other codes first."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens"),
     device: str = typer.Option("cpu", "--device"),
@@ -33,6 +36,7 @@ def steer(
     from PIL import Image
 
     from vlmsae.data.images import to_rgb
+    from vlmsae.errors import UserError
     from vlmsae.sae import SAE
     from vlmsae.steer.llava import generate, load_llava
     from vlmsae.steer.steering import steer_sae
@@ -49,6 +53,11 @@ def steer(
             "the SAE config names no layer; pass --layer", param_hint="--layer"
         )
     llava = load_llava(model, device=device)
+    if sae.cfg.d_in != llava.encoder.d_model:
+        raise UserError(
+            f"--sae {sae_dir} reads {sae.cfg.d_in}-wide activations but the vision tower of "
+            f"{model} is {llava.encoder.d_model} wide; use an SAE trained on this LLaVA's tower"
+        )
     with Image.open(image) as im:
         picture = to_rgb(im)
     clamp = dict(zip(neuron, alpha * len(neuron) if len(alpha) == 1 else alpha, strict=True))

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from vlmsae.encoders import Encoder
+from vlmsae.encoders.hub import load_model_config
+from vlmsae.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,12 @@ def load_llava(
     if torch.device(device).type == "cpu" and dtype == torch.float16:
         raise ValueError("float16 on CPU is ~500x slower than float32: use float32 or bfloat16")
     name = str(name_or_path)
+    model_type = getattr(load_model_config(name, revision), "model_type", None)
+    if model_type != "llava":
+        raise UserError(
+            f"{name} is a {model_type} model, not a LLaVA: steering needs a LLaVA (model_type "
+            "llava), e.g. llava-hf/llava-1.5-7b-hf or the toy world's (toyworld.llava_path())"
+        )
     model = LlavaForConditionalGeneration.from_pretrained(
         name, revision=revision, dtype=dtype, **kwargs
     )
