@@ -166,7 +166,8 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
     """
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
+
+    from vlmsae._progress import tqdm
 
     model = make_clip(cfg) if model is None else model
     model.train()

@@ -23,9 +23,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm import tqdm
-
 from vlmsae._io import atomic_write, atomic_write_text, write_json
+from vlmsae._progress import tqdm
 from vlmsae.toyworld.world import (
     ATTRIBUTES,
     SHAPE_FAMILIES,

@@ -191,7 +191,8 @@ def sequence_loss(model: Any, seq: Sequences, feats_BPD: Any | None) -> Any:
 
 def _run_stage(name: str, model: Any, params: list, steps: int, batch_fn, cfg) -> None:
     import torch
-    from tqdm import tqdm
+
+    from vlmsae._progress import tqdm
 
     if steps == 0:
         return
