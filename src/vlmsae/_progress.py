@@ -37,6 +37,7 @@ MIN_INTERVAL_S = 2.0
 """In ``log`` mode, the shortest time between two lines (the final line excepted); the
 environment variable ``VLMSAE_PROGRESS_MIN_INTERVAL`` (seconds) overrides it."""
 
+_clock = time.monotonic  # tests replace it with a fake clock
 _mode: ContextVar[str | None] = ContextVar("vlmsae_progress_mode", default=None)
 log = logging.getLogger("vlmsae.progress")
 
@@ -127,7 +128,7 @@ class LogProgress:
         self.iterable, self.desc, self.total, self.unit = iterable, desc or "progress", total, unit
         self.n = self._start = initial
         self.silent, self.postfix = silent, ""
-        self._t0 = self._last = time.monotonic()
+        self._t0 = self._last = _clock()
         self._next_tenth = self._tenth(initial) + 1
         self._closed, self._lines = False, 0
         self._min_interval = float(os.environ.get("VLMSAE_PROGRESS_MIN_INTERVAL", MIN_INTERVAL_S))
@@ -159,7 +160,7 @@ class LogProgress:
         self.n += n
         if self.silent:
             return
-        now = time.monotonic()
+        now = _clock()
         since = now - self._last
         if self.total and self.n >= self.total:
             return  # the final line, at close(), says it
@@ -192,7 +193,7 @@ class LogProgress:
         if self._closed:
             return
         self._closed = True
-        now = time.monotonic()
+        now = _clock()
         # a loop of under MIN_INTERVAL_S that printed nothing stays silent: a log file
         # should not fill with the ends of many short inner loops
         if (
