@@ -28,6 +28,8 @@ def fmt(x: Any, digits: int = 3) -> str:
         return "-"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
     text = f"{x:#.{digits}g}"  # '#' keeps trailing zeros: 0.500, 30.0 line up in tables
     if "e" in text and abs(x) >= 1:
         return f"{x:,.0f}"  # 12345.6 -> 12,346 rather than 1.23e+04

@@ -67,7 +67,7 @@ def export_imagefolder(
     folder = Path(out_dir) / split
     records = sorted(iter_world(split, n, seed), key=lambda r: (class_dir_name(*_leaf(r)), r.index))
     rows = []
-    for r in tqdm(records, desc=f"export {split}", mininterval=5):
+    for r in tqdm(records, desc=f"export {split}", unit="img", mininterval=5):
         rel = f"{class_dir_name(*_leaf(r))}/{split}_{r.index:06d}.png"
         image = render(r, seed)
         atomic_write(folder / rel, lambda p, im=image: im.save(p, format="PNG"))
