@@ -310,6 +310,37 @@ def test_train_log_to_tensorboard_mirrors_metrics_jsonl(tmp_path, monkeypatch):
         assert logged[(r["step"], "val/r2")] == r["val"]["r2"]
 
 
+def test_wandb_sink_logs_each_log_point_to_one_resumable_run(tmp_path, monkeypatch):
+    from vlmsae.sae.sinks import open_sinks
+
+    calls: list[tuple] = []
+
+    class Run:
+        def log(self, scalars, step):
+            calls.append(("log", step, scalars))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    def init(**kw):
+        calls.append(("init", kw))
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    ids = []
+    for _ in range(2):  # a run and its --resume
+        with open_sinks(["wandb"], tmp_path / "run", {"k": 4}) as on_step:
+            on_step(1, {})  # not a log point: nothing sent
+            on_step(2, {"step": 2, "loss": 0.5})
+        (init_call,) = [c for c in calls if c[0] == "init"]
+        ids.append(init_call[1]["id"])
+        assert init_call[1]["resume"] == "allow" and init_call[1]["config"] == {"k": 4}
+        assert [c for c in calls if c[0] == "log"] == [("log", 2, {"loss": 0.5})]
+        assert calls[-1] == ("finish",)
+        calls.clear()
+    assert ids[0] == ids[1]
+
+
 def test_a_missing_extra_is_a_clear_error_before_training(tmp_path, monkeypatch):
     from vlmsae.errors import UserError
     from vlmsae.sae.sinks import flat_scalars, open_sinks
