@@ -137,5 +137,5 @@ def test_tables():
         {"arch": "topk", "layer": 11, "expansion": 16, "max_ms": 0.7, "k": 1, "r2": 0.3},
     ]
     t = ms_table(recs)
-    assert "| topk | 11 | 0.5000 | 0.7000 |" in t and "×8" in t
+    assert "| topk | 11 | 0.500 | 0.700 |" in t and "×8" in t
     assert "30.0" in tradeoff_table(recs)

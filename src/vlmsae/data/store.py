@@ -260,6 +260,7 @@ class ActivationStore:
         chunk_rows: int = 1 << 13,
         epochs: int | None = None,
         dtype: Any = np.float32,
+        drop_last: bool = False,
     ) -> Iterator[np.ndarray]:
         """Yield ``[batch_size, d]`` arrays, epoch after epoch (forever if ``epochs`` is None).
 
@@ -267,14 +268,26 @@ class ActivationStore:
         ``chunk_rows`` rows are visited in a random order, ``buffer_rows`` rows at a time,
         and rows are permuted inside each buffer. The stream is a pure function of
         ``seed``; ``skip`` drops the first ``skip`` batches without reading them (exact
-        resumption). Rows left over at the end of a buffer (fewer than ``batch_size``)
-        are dropped for that epoch.
+        resumption).
+
+        The rows of a buffer rarely divide into whole batches. ``drop_last=False`` (the
+        default) yields the rest as a smaller last batch, so that every row is yielded
+        exactly once per epoch (one short batch per buffer; a store of up to
+        ``buffer_rows`` rows has one buffer). ``drop_last=True`` drops those rows for that
+        epoch (fewer than ``batch_size`` per buffer; shuffling drops other rows each
+        epoch), so that every batch has ``batch_size`` rows: SAE training does this (e.g.
+        10,000 rows at batch 4,096 give two batches per epoch and leave 1,808 rows out).
         """
         if self.is_sparse:
             raise StoreError("batches() reads dense stores; code stores are read with read()")
         n = len(self)
-        if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} is larger than the store ({n} rows)")
+        if batch_size > n and drop_last:
+            raise ValueError(
+                f"batch_size {batch_size} is larger than the store ({n} rows): with "
+                "drop_last=True no batch would be yielded"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         buffer_rows = max(buffer_rows, batch_size)
         chunk_rows = min(chunk_rows, buffer_rows)
         epoch = 0
@@ -287,7 +300,9 @@ class ActivationStore:
             for b in range(0, len(chunk_starts), per_buffer):
                 starts = chunk_starts[b : b + per_buffer]
                 sizes = np.minimum(starts + chunk_rows, n) - starts
-                n_batches = int(sizes.sum()) // batch_size
+                n_batches = -(-int(sizes.sum()) // batch_size)  # the last one may be short
+                if drop_last:
+                    n_batches = int(sizes.sum()) // batch_size
                 perm_seed = rng.integers(1 << 62)  # drawn even when skipped: same stream
                 if skip >= n_batches:
                     skip -= n_batches

@@ -135,8 +135,7 @@ def score_sae(run: SAERun, x_ND: np.ndarray, emb: Embeddings, labels, top_n: int
 
 def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world: Path) -> Scores:
     """Score every SAE and every hook's raw neurons on the test split."""
-    from tqdm.auto import tqdm
-
+    from vlmsae._progress import tqdm
     from vlmsae.metrics.uniqueness import uniqueness
 
     images = ActivationStore(emb.clip).images

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 
+from vlmsae._cli_options import progress_options
+
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    app.command("demo")(progress_options(demo))
 
 
 def demo(

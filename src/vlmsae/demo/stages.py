@@ -131,8 +131,8 @@ def planned_saes(cfg: DemoConfig) -> list[SAERun]:
 def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun]:
     """Train every planned SAE (skipping finished ones) on the train split."""
     import torch
-    from tqdm.auto import tqdm
 
+    from vlmsae._progress import tqdm
     from vlmsae.sae import SAEConfig, TrainConfig, train_sae
     from vlmsae.sae.checkpoint import has_trainer_state
 

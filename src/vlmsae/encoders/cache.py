@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from vlmsae._cpu import default_workers
 from vlmsae._io import read_json, remove_stale_temps, write_json
 from vlmsae._lock import output_lock
+from vlmsae._progress import model_label, progress_bar
 from vlmsae.data.images import ImageDataset, load_dataset
 from vlmsae.data.store import MANIFEST, StoreError, StoreWriter
 from vlmsae.encoders.adapters import Encoder
@@ -58,8 +59,9 @@ class CacheConfig:
     """On-disk dtype: ``float16`` or ``float32``."""
     batch_size: int = 64
     """Images per forward pass."""
-    workers: int = 4
-    """DataLoader worker processes that decode and preprocess images (0 = in process)."""
+    workers: int = field(default_factory=default_workers)
+    """DataLoader worker processes that decode and preprocess images (0 = in process;
+    default: the CPUs available, at most 8)."""
     shard_rows: int = 1 << 16
     """Rows per shard (a shard closes at the first batch boundary past this)."""
     seed: int = 0
@@ -251,7 +253,7 @@ def embed_images(
     split: str | None = None,
     dtype: str = "float32",
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
@@ -262,7 +264,7 @@ def embed_images(
         hookpoints=("post_projection",),
         dtype=dtype,
         batch_size=batch_size,
-        workers=workers,
+        workers=default_workers() if workers is None else workers,
         resume=resume,
         progress=progress,
     )
@@ -362,7 +364,9 @@ def _run(
         pin_memory=enc.device.type == "cuda",
     )
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=start, unit="img", disable=not cfg.progress, desc=enc.name[-30:])
+    bar = progress_bar(
+        total=n, initial=start, unit="img", disable=not cfg.progress, desc=model_label(enc.name)
+    )
     position = start
     first_wait = None  # worker start-up and the first batch's decoding
     try:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
+from vlmsae._cli_options import progress_options
+from vlmsae._cpu import default_workers
+from vlmsae._human import fmt
 from vlmsae.cli_errors import user_errors
 
+StoredDtype = Literal["float16", "float32"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+_MODEL_DTYPE_HELP = "Compute dtype; auto: float32 on CPU, float16 on GPU."
+_WORKERS_HELP = "Image decoding worker processes (default: the CPUs available, at most 8)."
 _DATA_HELP = (
     "Dataset folder: ImageNet, iNaturalist 2021, CUB-200-2011, any ImageFolder or a flat "
     "folder of images (layout detected)."
@@ -15,8 +23,8 @@ _DATA_HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("cache")(cache)
-    app.command("embed")(embed)
+    app.command("cache")(progress_options(cache))
+    app.command("embed")(progress_options(embed))
 
 
 def _parse_layers(text: str | None) -> tuple[int, ...]:
@@ -63,12 +71,14 @@ def cache(
     hookpoint: str = typer.Option(
         "post_mlp_residual",
         "--hookpoint",
-        help="post_mlp_residual | post_projection (comma-separate to cache both).",
+        help="Hook point: post_mlp_residual | post_projection (comma-separate for both).",
     ),
-    tokens: str = typer.Option("cls", "--tokens", help="cls | mean | all | random:N"),
-    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16 | float32."),
+    tokens: str = typer.Option(
+        "cls", "--tokens", help="Token selection: cls | mean | all | random:N (N tokens per image)."
+    ),
+    dtype: StoredDtype = typer.Option("float16", "--dtype", help="Stored dtype."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(4, "--workers", help="Image decoding worker processes."),
+    workers: int = typer.Option(default_workers(), "--workers", help=_WORKERS_HELP),
     limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
     every: int = typer.Option(1, "--every", help="Use every N-th image."),
     sae: Path = typer.Option(None, "--sae", help="SAE checkpoint: also store its codes (CSR)."),
@@ -78,7 +88,7 @@ def cache(
         help="Layer or post_projection the SAE reads (default: its config).",
     ),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if any)."),
-    model_dtype: str = typer.Option("auto", "--model-dtype", help="auto | float32 | bfloat16."),
+    model_dtype: ModelDtype = typer.Option("auto", "--model-dtype", help=_MODEL_DTYPE_HELP),
     revision: str = typer.Option(None, "--revision", help="Hub revision of the model."),
     shard_rows: int = typer.Option(1 << 16, "--shard-rows", help="Rows per shard."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random:N token draw."),
@@ -125,8 +135,8 @@ def cache(
     for name, path in result.stores.items():
         typer.echo(f"{name}: {path}")
     typer.echo(
-        f"{result.n_images} images ({result.n_skipped} skipped), "
-        f"{result.images_per_s:.1f} images/s; summary in {out / 'summary.json'}"
+        f"{result.n_images:,} images ({result.n_skipped:,} skipped), "
+        f"{fmt(result.images_per_s)} images/s; summary in {out / 'summary.json'}"
     )
 
 
@@ -135,13 +145,13 @@ def embed(
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output embedding store directory."),
     split: str = typer.Option(None, "--split", help="Split folder (train, val; CUB: train|test)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Stored dtype: float16 | float32."),
+    dtype: StoredDtype = typer.Option("float32", "--dtype", help="Stored dtype."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(4, "--workers", help="Image decoding worker processes."),
+    workers: int = typer.Option(default_workers(), "--workers", help=_WORKERS_HELP),
     limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
     every: int = typer.Option(1, "--every", help="Use every N-th image."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if any)."),
-    model_dtype: str = typer.Option("auto", "--model-dtype", help="auto | float32 | bfloat16."),
+    model_dtype: ModelDtype = typer.Option("auto", "--model-dtype", help=_MODEL_DTYPE_HELP),
     revision: str = typer.Option(None, "--revision", help="Hub revision of the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
 ) -> None:
@@ -167,6 +177,6 @@ def embed(
             device=dev,
         )
     typer.echo(
-        f"{out}: {result.n_images} images ({result.n_skipped} skipped), "
-        f"{result.images_per_s:.1f} images/s"
+        f"{out}: {result.n_images:,} images ({result.n_skipped:,} skipped), "
+        f"{fmt(result.images_per_s)} images/s"
     )

@@ -9,6 +9,8 @@ from typing import Literal
 
 import typer
 
+from vlmsae._cli_options import progress_options
+from vlmsae._human import fmt
 from vlmsae._lock import lock_until_exit
 from vlmsae.errors import UserError
 
@@ -16,10 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("score")(score)
-    app.command("top-images")(top_images_cmd)
-    app.command("uniqueness")(uniqueness_cmd)
-    app.command("hierarchy")(hierarchy_cmd)
+    app.command("score")(progress_options(score))
+    app.command("top-images")(progress_options(top_images_cmd))
+    app.command("uniqueness")(progress_options(uniqueness_cmd))
+    app.command("hierarchy")(progress_options(hierarchy_cmd))
     app.command("agreement")(agreement_cmd)
     app.command("grid")(grid_cmd)
     app.command("ms-table")(ms_table_cmd)
@@ -142,20 +144,26 @@ def score(
     summary["n_images"] = res.n_images
     summary["ms"] = summarize_ms(res.ms)
     summary["mean_ms"], summary["max_ms"] = summary["ms"]["mean"], summary["ms"]["max"]
+    if summary["max_ms"] is None:
+        why = f"undefined: all {len(res.ms)} neurons are dead or constant on these images"
+        summary["mean_ms_reason"] = summary["max_ms_reason"] = why
     hist = {"SAE" if raw_acts is not None or acts_store.is_sparse else "neurons": res.ms}
     if raw_acts is not None:
         raw_ms = monosemanticity(raw_acts, emb, chunk_rows=chunk_rows).ms
         _save_npy(out / "raw_scores.npy", raw_ms)
         summary["raw_ms"] = summarize_ms(raw_ms)
-        summary["sae_vs_raw"] = compare_sae_raw(res.ms, raw_ms)
+        try:
+            summary["sae_vs_raw"] = compare_sae_raw(res.ms, raw_ms)
+        except ValueError as e:  # every SAE or every raw neuron is undefined
+            summary["sae_vs_raw"], summary["sae_vs_raw_reason"] = None, f"undefined: {e}"
         hist["raw"] = raw_ms
     ms_histogram(out / "ms_hist.png", hist)
     atomic_write_text(out / "table.md", ms_table([summary]) + "\n" + tradeoff_table([summary]))
     write_json(out / "summary.json", summary)
     s = summary["ms"]
     typer.echo(
-        f"MS over {res.n_images} images, {len(res.ms)} neurons: mean {s['mean']} ± {s['std']}, "
-        f"max {s['max']}, undefined {s['n_undefined']} → {out}"
+        f"MS over {res.n_images:,} images, {len(res.ms):,} neurons: mean {fmt(s['mean'])} ± "
+        f"{fmt(s['std'])}, max {fmt(s['max'])}, undefined {s['n_undefined']:,} → {out}"
     )
 
 
@@ -269,7 +277,7 @@ def hierarchy_cmd(
     }
     write_json(json_path or top / "hierarchy.json", out)
     for g, (m, j) in enumerate(zip(res.group_mean_depth, res.group_majority_depth, strict=True)):
-        typer.echo(f"group {g}: mean LCA depth {m:.3f}, majority {j:.3f}")
+        typer.echo(f"group {g}: mean LCA depth {fmt(m)}, majority {fmt(j)}")
 
 
 def agreement_cmd(

@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
+from vlmsae._progress import tqdm
 from vlmsae.metrics._source import (
     Rows,
     check_finite_rows,

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from vlmsae._human import fmt
+
 
 def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "–"
-    return f"{100 * v:.1f}" if pct else f"{v:.4f}"
+    return fmt(100 * v) if pct else fmt(v)
 
 
 def ms_table(records: Sequence[dict[str, Any]]) -> str:
@@ -37,7 +39,7 @@ def tradeoff_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: sparsity (k, L0) against reconstruction (R², %) and mean MS, one row per SAE."""
     lines = ["| SAE | k | L0 | R² (%) | mean MS | max MS |", "|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r.get("k") is None, r.get("k") or 0)):
-        l0 = "–" if r.get("l0") is None else f"{r['l0']:.1f}"
+        l0 = _fmt(r.get("l0"))
         lines.append(
             f"| {r.get('name', '-')} | {r.get('k', '–')} | {l0} | {_fmt(r.get('r2'), True)} | "
             f"{_fmt(r.get('mean_ms'))} | {_fmt(r.get('max_ms'))} |"

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
+from vlmsae._progress import tqdm
 from vlmsae.metrics._source import Rows, is_sparse, iter_images, n_cols
 
 

@@ -5,18 +5,27 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Literal, get_args
 
 import typer
 
+from vlmsae._cli_options import progress_options
+from vlmsae._human import fmt, pct
 from vlmsae.cli_errors import user_errors
 from vlmsae.errors import UserError
 
-ARCHS = ("batchtopk", "matryoshka", "topk", "relu", "jumprelu")
+Arch = Literal["batchtopk", "matryoshka", "topk", "relu", "jumprelu"]
+ARCHS = get_args(Arch)
 PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
+LOG_TO_HELP = (
+    "tensorboard | wandb (repeatable): also send each log point's metrics there "
+    "(tensorboard: RUN/tensorboard). Needs the optional extra of that name. metrics.jsonl "
+    "is always written."
+)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train")(progress_options(train))
     app.command("convert")(convert)
 
 
@@ -38,7 +47,7 @@ def train(
     activations: Path = typer.Option(..., "--activations", help="Activation store to train on."),
     out: Path = typer.Option(..., "--out", help="Run directory (checkpoint, metrics)."),
     val: Path = typer.Option(None, "--val", help="Held-out activation store."),
-    arch: str = typer.Option("batchtopk", "--arch", help=f"One of {', '.join(ARCHS)}."),
+    arch: Arch = typer.Option("batchtopk", "--arch", help="SAE architecture."),
     expansion: int = typer.Option(16, "--expansion", help="d_sae = expansion × d_in."),
     k: int = typer.Option(20, "--k", help="Active latents per example (TopK / BatchTopK)."),
     steps: int = typer.Option(110_000, "--steps"),
@@ -52,7 +61,9 @@ def train(
     lr: float = typer.Option(None, "--lr", help="Default: 2e-4 / sqrt(d_sae / 2^14)."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (autocast)."),
+    dtype: Literal["float32", "bfloat16"] = typer.Option(
+        "float32", "--dtype", help="Compute dtype of the encoder product (bfloat16: autocast)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     warmup_steps: int = typer.Option(1000, "--warmup-steps"),
     threshold_start_step: int = typer.Option(1000, "--threshold-start-step"),
@@ -80,11 +91,13 @@ def train(
     l0_coeff: float = typer.Option(1e-3, "--l0-coeff", help="L0 penalty (jumprelu)."),
     log_every: int = typer.Option(100, "--log-every"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+    log_to: list[str] = typer.Option([], "--log-to", help=LOG_TO_HELP),
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
     from vlmsae.data.store import ActivationStore
     from vlmsae.provenance import check_same_source, store_provenance
     from vlmsae.sae.config import SAEConfig, TrainConfig
+    from vlmsae.sae.sinks import open_sinks
     from vlmsae.sae.train import train_sae
 
     if arch not in ARCHS:
@@ -136,13 +149,14 @@ def train(
                 f"--batch-size {batch_size} is larger than the {len(store)} rows of "
                 f"{activations}; lower it"
             )
-        sae = train_sae(store, cfg, out, val=val, resume=resume)
+        with open_sinks(log_to, out, cfg) as on_step:
+            sae = train_sae(store, cfg, out, val=val, resume=resume, on_step=on_step)
     _record_source(out, source)
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("val") or summary["final"]
     typer.echo(
-        f"{sae}\nwrote {out} — R² {final.get('r2', float('nan')):.4f}, "
-        f"L0 {final.get('l0', float('nan')):.1f}, dead {final.get('dead_fraction', 0):.1%}"
+        f"{sae}\nwrote {out} — R² {fmt(final.get('r2'))}, L0 {fmt(final.get('l0'))}, "
+        f"dead {pct(final.get('dead_fraction', 0))}"
     )
 
 
@@ -161,13 +175,17 @@ def _record_source(run_dir: Path, source: dict) -> None:
 def convert(
     ae_path: Path = typer.Argument(..., help="dictionary_learning ae.pt file."),
     out: Path = typer.Option(..., "--out", help="Output SAE checkpoint directory."),
-    arch: str = typer.Option(
-        None, "--arch", help="topk or batchtopk, where the file cannot tell (see docs)."
+    arch: Literal["topk", "batchtopk"] | None = typer.Option(
+        None, "--arch", help="Where the file cannot tell (see docs)."
     ),
     model: str = typer.Option(None, "--model", help="Source model, stored in config.json."),
-    hookpoint: str = typer.Option(None, "--hookpoint", help="post_mlp_residual|post_projection"),
+    hookpoint: Literal["post_mlp_residual", "post_projection"] | None = typer.Option(
+        None, "--hookpoint", help="Hook point the SAE was trained on."
+    ),
     layer: int = typer.Option(None, "--layer", help="Layer of the hook point."),
-    tokens: str = typer.Option(None, "--tokens", help="cls|mean|all|random:N"),
+    tokens: str = typer.Option(
+        None, "--tokens", help="Token selection: cls | mean | all | random:N"
+    ),
 ) -> None:
     """Convert a dictionary_learning checkpoint (the paper's code) to a vlmsae SAE."""
     from vlmsae.sae.convert import convert_dictionary_learning

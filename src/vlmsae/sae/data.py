@@ -78,7 +78,10 @@ def make_source(data: Data) -> BatchSource:
             raise ValueError(f"{store.dir} holds SAE codes; train on an activation store")
 
         def store_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
-            for rows in store.batches(batch_size, shuffle=True, seed=seed, skip=skip):
+            # every training batch has batch_size rows; a buffer's leftover rows wait for
+            # the next epoch (a different set each epoch)
+            batches = store.batches(batch_size, shuffle=True, seed=seed, skip=skip, drop_last=True)
+            for rows in batches:
                 yield torch.from_numpy(rows)
 
         meta = {k: store.manifest[k] for k in SOURCE_FIELDS if store.manifest.get(k) is not None}

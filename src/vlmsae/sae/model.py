@@ -15,8 +15,9 @@ latents); the model reconstructs each prefix and the loss averages their errors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -158,6 +159,17 @@ class SAE(nn.Module):
             )
         return select_threshold(pre_BS, self.threshold)
 
+    def _as_tensor(self, x: Any) -> Tensor:
+        """A Tensor, NumPy array (a store slice ``store[i:j]``, memory-mapped float16
+        included), scipy sparse matrix or nested list, as a tensor on the SAE's device."""
+        if not isinstance(x, Tensor):
+            if hasattr(x, "toarray"):  # scipy.sparse
+                x = x.toarray()
+            x = np.asarray(x)
+            # read-only (memory-mapped) arrays are copied: torch cannot share them
+            x = torch.from_numpy(x if x.flags.writeable else x.copy())
+        return x.to(self.W_enc.device)
+
     def _check_input(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(
@@ -183,21 +195,23 @@ class SAE(nn.Module):
             return F.relu(pre_BS)
         return F.relu(_JumpReLU.apply(pre_BS, self.threshold, self.cfg.jumprelu_bandwidth))
 
-    def encode(self, x: Tensor, mode: str | None = None) -> Tensor:
-        """Dense codes ``[..., d_sae]`` of inputs ``[..., d_in]``.
+    def encode(self, x: Tensor | Any, mode: str | None = None) -> Tensor:
+        """Dense codes ``[..., d_sae]`` (a tensor) of inputs ``[..., d_in]``: a tensor, a
+        NumPy array such as a store slice ``store[:100]``, or a scipy sparse matrix.
 
         ``mode`` (BatchTopK only): ``"threshold"`` (default once trained; per example),
         ``"batch"`` (the k·B largest over the batch, as in training) or ``"topk"`` (k per
         example; the default before a threshold exists).
         """
+        x = self._as_tensor(x)
         x_BD = self._check_input(x)
         pre_BS, active = self._encode_2d(x_BD, mode)
         codes_BS = self._dense_codes(pre_BS) if active is None else active.to_dense()
         return codes_BS.reshape(*x.shape[:-1], self.cfg.d_sae)
 
-    def encode_sparse(self, x: Tensor, mode: str | None = None) -> ActiveLatents:
+    def encode_sparse(self, x: Tensor | Any, mode: str | None = None) -> ActiveLatents:
         """Active latents of inputs ``[..., d_in]`` (rows index the flattened leading dims)."""
-        x_BD = self._check_input(x)
+        x_BD = self._check_input(self._as_tensor(x))
         pre_BS, active = self._encode_2d(x_BD, mode)
         if active is not None:
             return active
@@ -206,10 +220,12 @@ class SAE(nn.Module):
         return ActiveLatents(rows, cols, codes_BS[rows, cols], x_BD.shape[0], self.cfg.d_sae)
 
     # -- decoding ----------------------------------------------------------------------
-    def decode(self, codes: Tensor | ActiveLatents) -> Tensor:
-        """Reconstruction ``[..., d_in]`` of dense codes ``[..., d_sae]`` (or active entries)."""
+    def decode(self, codes: Tensor | ActiveLatents | Any) -> Tensor:
+        """Reconstruction ``[..., d_in]`` (a tensor) of dense codes ``[..., d_sae]`` (a
+        tensor, NumPy array or scipy sparse matrix) or of active entries."""
         if isinstance(codes, ActiveLatents):
             return decode_sparse(codes, self.W_dec) + self.b_dec
+        codes = self._as_tensor(codes)
         if codes.shape[-1] != self.cfg.d_sae:
             raise ValueError(f"codes have width {codes.shape[-1]}, the SAE has {self.cfg.d_sae}")
         return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
@@ -221,7 +237,7 @@ class SAE(nn.Module):
 
         ``return_codes=False`` skips building the dense ``[B, S]`` codes of the k-sparse
         variants (``out.codes`` is then ``None``; ``out.active`` has them); training does."""
-        x_BD = self._check_input(x)
+        x_BD = self._check_input(self._as_tensor(x))
         pre_BS, active = self._encode_2d(x_BD, mode)
         x_hat_BD = self.b_dec.expand_as(x_BD)
         prefixes, lo = [], 0

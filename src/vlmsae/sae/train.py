@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vlmsae._io import read_json, remove_stale_temps, write_json
 from vlmsae._lock import output_lock
+from vlmsae._progress import tqdm
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.config import TrainConfig, lr_factor
 from vlmsae.sae.data import Data, estimate_norm_factor, make_source
@@ -248,7 +248,9 @@ def _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_st
     device = next(sae.parameters()).device
     batches = source.batches(cfg.batch_size, cfg.seed, state.step)
     t0, start_step = time.perf_counter(), state.step
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not cfg.progress, desc="train sae")
+    bar = tqdm(
+        total=cfg.steps, initial=state.step, disable=not cfg.progress, desc="train sae", unit="step"
+    )
     metrics: dict[str, Any] = {}
     try:
         while state.step < cfg.steps:

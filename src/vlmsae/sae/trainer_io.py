@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmsae._io import atomic_write_text, read_json
+from vlmsae._io import atomic_write_text, read_json, to_json
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.config import TrainConfig, lr_factor
 from vlmsae.sae.losses import variance_metrics
@@ -42,7 +42,7 @@ class MetricsLog:
 
     def append(self, metrics: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(to_json(metrics, indent=None) + "\n")
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:

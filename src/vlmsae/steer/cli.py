@@ -7,10 +7,12 @@ from typing import Literal
 
 import typer
 
+from vlmsae._cli_options import progress_options
+
 
 def register(app: typer.Typer) -> None:
     app.command("steer")(steer)
-    app.command("steer-eval")(steer_eval)
+    app.command("steer-eval")(progress_options(steer_eval))
 
 
 def steer(

@@ -80,6 +80,14 @@ class Rates(NamedTuple):
     both: float
     n: int
 
+    def __str__(self) -> str:  # for logs: rounded, as percentages
+        from vlmsae._human import pct
+
+        return (
+            f"concept {pct(self.concept)}, followed {pct(self.followed)}, "
+            f"both {pct(self.both)}, n={self.n}"
+        )
+
 
 def judge_item(
     item: Item,

@@ -156,25 +156,33 @@ def prepare_inputs(llava: Llava, images: Sequence[Any], questions: Sequence[str]
 
 def generate(
     llava: Llava,
-    images: Sequence[Any],
+    images: Any,
     question: str | Sequence[str],
     *,
     max_new_tokens: int = 8,
     batch_size: int = 16,
-) -> list[str]:
-    """Greedy answers, one per image (batched; the text after the prompt, stripped).
+) -> list[str] | str:
+    """Greedy answers (batched; the text after the prompt, stripped): a list with one
+    answer per image for a list of images, one answer (a ``str``) for one image.
 
     Args:
-        images: PIL images.
+        images: a PIL image, or a list (or tuple) of them.
         question: one question for every image, or one per image.
         max_new_tokens: generation length limit.
         batch_size: images per forward.
     """
+    single = not isinstance(images, (list, tuple))
     ids = generate_ids(
-        llava, images, question, max_new_tokens=max_new_tokens, batch_size=batch_size
+        llava,
+        [images] if single else images,
+        question,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
-    decoded = llava.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [a.strip() for a in decoded]
+    decoded = [
+        a.strip() for a in llava.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    ]
+    return decoded[0] if single else decoded
 
 
 @torch.inference_mode()

@@ -71,16 +71,33 @@ def _save(model: Any, processor: Any, out_dir: Path) -> None:
 STAGES = ("clip", "llava")
 
 
+def _check_overwrite(out: Path, stages: tuple[str, ...], overwrite: bool) -> None:
+    from vlmsae.errors import UserError
+    from vlmsae.toyworld import MODELS_DIR
+
+    there = [s for s in stages if (out / s).exists()]
+    if there and not overwrite:
+        what = "the shipped toy models" if out.resolve() == MODELS_DIR.resolve() else "models"
+        raise UserError(
+            f"{out} already holds {what} ({', '.join(there)}); pass --overwrite "
+            "(overwrite=True) to replace them, or choose another --out"
+        )
+
+
 def build_toyworld(
     out_dir: str | Path | None = None,
     seed: int = 0,
     config: BuildConfig | None = None,
     stages: tuple[str, ...] = STAGES,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train both toy models and save them under ``out_dir/clip`` and ``out_dir/llava``.
 
     Args:
-        out_dir: models folder; default: the package's own (replaces the shipped models).
+        out_dir: models folder; default: the package's own, i.e. the shipped models.
+        overwrite: replace models that ``out_dir`` already holds (without it, a folder
+            with a ``clip`` / ``llava`` model of a stage to build is refused, so that the
+            shipped models are never replaced by accident).
         seed: used when ``config`` is not given.
         config: the full recipe (default ``BuildConfig(seed=seed)``).
         stages: ``("llava",)`` retrains only the LLaVA around the CLIP already in
@@ -97,6 +114,7 @@ def build_toyworld(
 
     cfg = config or BuildConfig(seed=seed)
     out = Path(out_dir) if out_dir is not None else MODELS_DIR
+    _check_overwrite(out, stages, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)

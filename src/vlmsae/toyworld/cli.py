@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from vlmsae._cli_options import progress_options
+from vlmsae._human import pct
+
 toyworld_app = typer.Typer(
     help="The built-in ground-truth world and its tiny CLIP and LLaVA.", no_args_is_help=True
 )
@@ -17,8 +20,12 @@ def register(app: typer.Typer) -> None:
 
 
 @toyworld_app.command("build")
+@progress_options
 def build(
-    out: Path = typer.Option(None, help="Models folder (default: the package's shipped models)."),
+    out: Path = typer.Option(
+        Path("runs/toyworld-models"),
+        help="Models folder (`toyworld.MODELS_DIR` is the shipped one).",
+    ),
     seed: int = typer.Option(0, help="World and weight seed."),
     n_train: int = typer.Option(None, help="Training images (default: the recipe's)."),
     clip_steps: int = typer.Option(None, help="Toy CLIP steps (default: the recipe's)."),
@@ -26,6 +33,9 @@ def build(
     threads: int = typer.Option(1, help="torch CPU threads (part of the deterministic recipe)."),
     only_llava: bool = typer.Option(
         False, "--only-llava", help="Retrain only the LLaVA, around the CLIP already in OUT."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the models OUT already holds (else refused)."
     ),
 ) -> None:
     """Train the toy CLIP and LLaVA from scratch, deterministically, and save them."""
@@ -40,11 +50,13 @@ def build(
         cfg = replace(cfg, clip=replace(cfg.clip, steps=clip_steps))
     if llava_steps is not None:
         cfg = replace(cfg, llava=replace(cfg.llava, tune_steps=llava_steps))
-    record = build_toyworld(out, config=cfg, stages=("llava",) if only_llava else ("clip", "llava"))
+    stages = ("llava",) if only_llava else ("clip", "llava")
+    record = build_toyworld(out, config=cfg, stages=stages, overwrite=overwrite)
     typer.echo(json.dumps(record["timings"], indent=2))
 
 
 @toyworld_app.command("evaluate")
+@progress_options
 def evaluate(
     models: Path = typer.Option(None, help="Models folder (default: the shipped models)."),
     n: int = typer.Option(500, help="Held-out images to evaluate on."),
@@ -63,7 +75,7 @@ def evaluate(
         bar = summary["bars"].get(name)
         ok = "" if bar is None else ("yes" if value >= bar else "NO")
         bar_s = "-" if bar is None else f"{bar:.0%}"
-        typer.echo(f"{name:<18}{value:>10.1%}{bar_s:>8}  {ok}")
+        typer.echo(f"{name:<18}{pct(value):>10}{bar_s:>8}  {ok}")
     write_json(out / "summary.json", summary)
     if json_path is not None:
         write_json(json_path, summary)
@@ -71,6 +83,7 @@ def evaluate(
 
 
 @toyworld_app.command("export")
+@progress_options
 def export(
     out: Path = typer.Argument(..., help="Dataset root; images go to OUT/SPLIT/NNNNN_.../."),
     split: str = typer.Option("test", help="train, val or test."),

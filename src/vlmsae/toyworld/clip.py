@@ -166,7 +166,8 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
     """
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
+
+    from vlmsae._progress import tqdm
 
     model = make_clip(cfg) if model is None else model
     model.train()
@@ -186,7 +187,7 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
         betas=(0.9, 0.98),
     )
     sample = _batch_sampler(data, cfg)
-    bar = tqdm(range(cfg.steps), desc="toy CLIP", mininterval=2)
+    bar = tqdm(range(cfg.steps), desc="toy CLIP", unit="step", mininterval=2)
     for step in bar:
         idx = sample()
         uniq, inverse = torch.unique(cap_N[idx], return_inverse=True)

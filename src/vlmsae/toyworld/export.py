@@ -23,9 +23,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm import tqdm
-
 from vlmsae._io import atomic_write, atomic_write_text, write_json
+from vlmsae._progress import tqdm
 from vlmsae.toyworld.world import (
     ATTRIBUTES,
     SHAPE_FAMILIES,
@@ -68,7 +67,7 @@ def export_imagefolder(
     folder = Path(out_dir) / split
     records = sorted(iter_world(split, n, seed), key=lambda r: (class_dir_name(*_leaf(r)), r.index))
     rows = []
-    for r in tqdm(records, desc=f"export {split}", mininterval=5):
+    for r in tqdm(records, desc=f"export {split}", unit="img", mininterval=5):
         rel = f"{class_dir_name(*_leaf(r))}/{split}_{r.index:06d}.png"
         image = render(r, seed)
         atomic_write(folder / rel, lambda p, im=image: im.save(p, format="PNG"))

@@ -191,13 +191,14 @@ def sequence_loss(model: Any, seq: Sequences, feats_BPD: Any | None) -> Any:
 
 def _run_stage(name: str, model: Any, params: list, steps: int, batch_fn, cfg) -> None:
     import torch
-    from tqdm import tqdm
+
+    from vlmsae._progress import tqdm
 
     if steps == 0:
         return
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     warmup = max(1, steps // 20)
-    bar = tqdm(range(steps), desc=f"toy LLaVA {name}", mininterval=2)
+    bar = tqdm(range(steps), desc=f"toy LLaVA {name}", unit="step", mininterval=2)
     for step in bar:
         lr = cfg.lr * min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:

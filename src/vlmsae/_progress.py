@@ -1,0 +1,257 @@
+"""Progress of long loops, readable on a terminal and in a log file.
+
+Every long loop of vlmsae calls :func:`progress` (a drop-in for ``tqdm(...)``) instead of
+``tqdm`` itself. What it shows depends on the process-wide *mode*:
+
+- ``bar``: a tqdm bar (carriage-return frames; meant for a terminal or a notebook);
+- ``log``: a plain line at every 10 % of the loop, and at least every
+  :data:`LOG_INTERVAL_S` seconds, never more often than :data:`MIN_INTERVAL_S` seconds
+  (so a log file stays a few lines per loop), plus a last line with the total time
+  (left out for a loop shorter than that which printed nothing);
+- ``none``: nothing;
+- ``auto`` (the default): ``bar`` when stderr is a terminal or in a notebook, else ``log``.
+
+The mode is set once per process (``set_mode``, the ``--progress`` and ``--quiet`` options
+of every long command, or the ``VLMSAE_PROGRESS`` environment variable); ``TQDM_DISABLE=1``
+turns ``auto`` off as it does for tqdm. A loop's own ``disable=True`` always wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from vlmsae._human import fmt
+
+MODES = ("auto", "bar", "log", "none")
+LOG_INTERVAL_S = 30.0
+"""In ``log`` mode, the longest time between two lines while a loop runs."""
+MIN_INTERVAL_S = 2.0
+"""In ``log`` mode, the shortest time between two lines (the final line excepted); the
+environment variable ``VLMSAE_PROGRESS_MIN_INTERVAL`` (seconds) overrides it."""
+
+_clock = time.monotonic  # tests replace it with a fake clock
+_mode: ContextVar[str | None] = ContextVar("vlmsae_progress_mode", default=None)
+log = logging.getLogger("vlmsae.progress")
+
+
+def _check(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"progress mode {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def set_mode(mode: str | None) -> None:
+    """Set the progress mode of this process (``None``: back to the environment's)."""
+    _mode.set(None if mode is None else _check(mode))
+
+
+@contextlib.contextmanager
+def progress_mode(mode: str | None) -> Iterator[None]:
+    """Use ``mode`` inside the ``with`` block only."""
+    token = _mode.set(None if mode is None else _check(mode))
+    try:
+        yield
+    finally:
+        _mode.reset(token)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def get_mode() -> str:
+    """The mode in force: ``bar``, ``log`` or ``none`` (``auto`` resolved)."""
+    mode = _mode.get() or _check(os.environ.get("VLMSAE_PROGRESS", "auto").strip() or "auto")
+    if mode == "auto":
+        if _env_flag("TQDM_DISABLE"):
+            return "none"
+        return "bar" if _interactive() else "log"
+    return mode
+
+
+def _interactive() -> bool:
+    if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws a widget
+        return True
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
+
+
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    desc: str | None = None,
+    total: float | None = None,
+    initial: float = 0,
+    unit: str = "it",
+    disable: bool = False,
+    **bar_kwargs: Any,
+) -> Any:
+    """A progress indicator over ``iterable`` (or updated by hand): the ``tqdm`` interface
+    (iteration, ``update(n)``, ``set_postfix(...)``, ``close()``, ``with``) in the process's
+    mode. Extra keyword arguments go to tqdm in ``bar`` mode and are ignored otherwise."""
+    mode = "none" if disable else get_mode()
+    if mode == "bar":
+        from tqdm.auto import tqdm as bar
+
+        return bar(iterable, desc=desc, total=total, initial=initial, unit=unit, **bar_kwargs)
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    return LogProgress(iterable, desc=desc, total=total, initial=initial, unit=unit,
+                       silent=mode == "none")  # fmt: skip
+
+
+tqdm = progress_bar = progress
+"""Aliases: ``from vlmsae._progress import tqdm`` replaces ``from tqdm.auto import tqdm``."""
+
+
+class LogProgress:
+    """tqdm's interface, reporting in plain lines (or not at all when ``silent``)."""
+
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        desc: str | None = None,
+        total: float | None = None,
+        initial: float = 0,
+        unit: str = "it",
+        silent: bool = False,
+    ) -> None:
+        self.iterable, self.desc, self.total, self.unit = iterable, desc or "progress", total, unit
+        self.n = self._start = initial
+        self.silent, self.postfix = silent, ""
+        self._t0 = self._last = _clock()
+        self._next_tenth = self._tenth(initial) + 1
+        self._closed, self._lines = False, 0
+        self._min_interval = float(os.environ.get("VLMSAE_PROGRESS_MIN_INTERVAL", MIN_INTERVAL_S))
+
+    def _tenth(self, n: float) -> int:
+        return int(10 * n // self.total) if self.total else 0
+
+    def __iter__(self) -> Iterator:
+        if self.iterable is None:
+            raise TypeError("progress() was given no iterable to iterate over")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __len__(self) -> int:
+        return int(self.total or 0)
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, n: float = 1) -> None:
+        """Count ``n`` more units done; print a line when one is due."""
+        self.n += n
+        if self.silent:
+            return
+        now = _clock()
+        since = now - self._last
+        if self.total and self.n >= self.total:
+            return  # the final line, at close(), says it
+        crossed = self.total is not None and self._tenth(self.n) >= self._next_tenth
+        if (crossed and since >= self._min_interval) or since >= LOG_INTERVAL_S:
+            self._emit(self._line(now))
+            self._lines += 1
+            self._last = now
+            self._next_tenth = self._tenth(self.n) + 1
+
+    def set_postfix(
+        self, ordered_dict: dict | None = None, refresh: bool = True, **kw: Any
+    ) -> None:
+        """Values shown after the count (like tqdm's postfix), e.g. the current loss."""
+        items = {**(ordered_dict or {}), **kw}
+        self.postfix = ", ".join(f"{k}={_short(v)}" for k, v in items.items())
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        self.desc = desc or self.desc
+
+    def refresh(self) -> None:
+        """Nothing to redraw in a log (tqdm compatibility)."""
+
+    def write(self, text: str) -> None:
+        if not self.silent:
+            self._emit(text)
+
+    def close(self) -> None:
+        """Print the final line (count, time, rate) once."""
+        if self._closed:
+            return
+        self._closed = True
+        now = _clock()
+        # a loop of under MIN_INTERVAL_S that printed nothing stays silent: a log file
+        # should not fill with the ends of many short inner loops
+        if (
+            not self.silent
+            and self.n > self._start
+            and (self._lines or now - self._t0 >= self._min_interval)
+        ):
+            self._emit(self._line(now, final=True))
+
+    def _line(self, now: float, final: bool = False) -> str:
+        elapsed = now - self._t0
+        done = self.n - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        count = f"{_count(self.n)}/{_count(self.total)}" if self.total else _count(self.n)
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        parts = [f"{self.desc}: {count} {self.unit}{pct}", f"{_duration(elapsed)}"]
+        if rate > 0:
+            parts.append(f"{_short(rate)} {self.unit}/s")
+        if not final and self.total and rate > 0:
+            parts.append(f"eta {_duration((self.total - self.n) / rate)}")
+        line = ", ".join(parts) + ("" if not final else ", done")
+        return f"{line} [{self.postfix}]" if self.postfix else line
+
+    @staticmethod
+    def _emit(line: str) -> None:
+        # through logging when the program configured it (the CLI does), else plain stderr
+        if logging.getLogger().handlers and log.isEnabledFor(logging.INFO):
+            log.info("%s", line)
+        elif sys.stderr is not None:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _count(n: float | None) -> str:
+    return "?" if n is None else (f"{n:,.0f}" if float(n).is_integer() else f"{n:,.1f}")
+
+
+def _short(v: Any) -> str:
+    return fmt(v) if isinstance(v, float) else str(v)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(round(seconds))
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+def model_label(name: str | Path) -> str:
+    """A short name of a model for progress labels: the repo name of a hub id
+    (``openai/clip-vit-large-patch14-336`` → ``clip-vit-large-patch14-336``), the folder of
+    a local model, and for a hub-cache snapshot (``.../models--org--name/snapshots/<hash>``)
+    the model's name instead of the hash."""
+    parts = [p for p in Path(str(name)).parts if p not in ("/", "")]
+    if not parts:
+        return str(name)
+    for i, part in enumerate(parts):
+        if part.startswith("models--") and i + 1 < len(parts) and parts[i + 1] == "snapshots":
+            return part.split("--")[-1]
+    return parts[-1]

@@ -1,0 +1,110 @@
+"""Every ```python block of README.md runs as written, on the toy world.
+
+The blocks run in README order, each in a fresh namespace (so a name a block does not
+define fails), in one working directory that a fixture fills with what the blocks read:
+toy-world images and stores under the README's paths (``runs/clip-train/layer_22`` holds
+the toy CLIP's block 4; the toy CLIP has 6 blocks). :data:`SUBSTITUTIONS` swaps hub ids
+for the shipped toy models and shrinks sizes; each one must still match README text, so a
+README edit that makes one stale fails here too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def substitutions(data_root: Path) -> dict[str, str]:
+    """README text -> what runs offline on a CPU in seconds."""
+    from vlmsae import toyworld
+
+    return {
+        "openai/clip-vit-large-patch14-336": str(toyworld.clip_path()),
+        "llava-hf/llava-1.5-7b-hf": str(toyworld.llava_path()),
+        "/data/imagenet": str(data_root),
+        'device="cuda"': 'device="cpu"',
+        "torch.float16": "torch.float32",
+        "steps=110_000": "steps=4",
+        "batch_size=4096": "batch_size=64",
+        "batch_size=256": "batch_size=16",
+        "(11, 22)": "(2, 4)",  # toy CLIP blocks
+        "[11, 22]": "[2, 4]",
+        "    sae,\n    22,": "    sae,\n    4,",
+        "layer=22": "layer=4",  # the block the toy LLaVA reads
+        "n=2000": "n=64",
+    }
+
+
+def readme_blocks() -> list[tuple[int, str]]:
+    """``(line number, source)`` of every python block."""
+    text = README.read_text(encoding="utf-8")
+    return [(text[: m.start()].count("\n") + 1, m.group(1)) for m in BLOCK.finditer(text)]
+
+
+def _cache_as(enc, data_root: Path, split: str, out: Path) -> None:
+    """Cache block 4 of the toy CLIP (CLS) and store it where the README has block 22."""
+    from vlmsae.encoders import CacheConfig, cache_activations
+
+    cfg = CacheConfig(layers=(4,), tokens="cls", batch_size=32, workers=0, progress=False)
+    cache_activations(enc, data_root, out, cfg, split=split)
+    (out / "layer_4").rename(out / "layer_22")
+
+
+@pytest.fixture(scope="module")
+def readme_dir(tmp_path_factory):
+    """A working directory holding every file the README blocks read."""
+    import vlmsae
+    from vlmsae import toyworld
+    from vlmsae.encoders import Encoder, embed_images
+
+    root = tmp_path_factory.mktemp("readme")
+    data = root / "imagenet"
+    toyworld.export_imagefolder(data, split="train", n=64)
+    toyworld.export_imagefolder(data, split="val", n=48)
+    enc = Encoder.from_pretrained(toyworld.clip_path())
+    _cache_as(enc, data, "train", root / "runs" / "clip-train")
+    _cache_as(enc, data, "val", root / "runs" / "clip-val")
+    embed_images(enc, data, root / "runs" / "dino-val", split="val", workers=0, progress=False)
+    rng = np.random.default_rng(0)
+    vlmsae.ActivationStore.write(root / "runs" / "acts-val", rng.normal(size=(256, 768)))
+    vlmsae.SAE(vlmsae.SAEConfig(d_in=128, expansion=2, sparsity="topk", k=8)).save(
+        root / "runs" / "sae-llava"
+    )  # the toy LLaVA's tower is the toy CLIP's (width 128)
+    first = sorted((data / "val").rglob("*.png"))[0]
+    from PIL import Image
+
+    with Image.open(first) as im:
+        im.convert("RGB").save(root / "cat.jpg")
+    return root
+
+
+def test_readme_has_the_blocks_this_test_expects():
+    blocks = readme_blocks()
+    assert len(blocks) >= 7, [line for line, _ in blocks]
+    text = README.read_text(encoding="utf-8")
+    stale = [old for old in substitutions(Path("/x")) if old not in text]
+    assert not stale, f"substitutions that no longer match README.md: {stale}"
+
+
+def test_every_python_block_of_the_readme_runs(readme_dir, monkeypatch):
+    monkeypatch.chdir(readme_dir)
+    subs = substitutions(readme_dir / "imagenet")
+    for line, source in readme_blocks():
+        for old, new in subs.items():
+            source = source.replace(old, new)
+        code = compile(source, f"README.md (python block at line {line})", "exec")
+        try:
+            exec(code, {"__name__": f"readme_block_{line}"})
+        except Exception as e:  # name the block: the traceback points into README text
+            raise AssertionError(f"README.md block at line {line} fails: {e!r}") from e
+    written = ["sae-l22/sae.safetensors", "sae/sae.safetensors", "clip-l/layer_2/manifest.json",
+               "oracle-emb/manifest.json", "clip-emb/manifest.json"]  # fmt: skip
+    assert all((readme_dir / "runs" / w).is_file() for w in written)
+    shutil.rmtree(readme_dir / "runs" / "acts")  # 30 MB of random rows
