@@ -47,3 +47,41 @@ def test_check_same_images_without_fingerprints_still_compares_split(caplog):
     check_same_images(f, dict(f), "A", "B")
     with pytest.raises(UserError, match="do not hold the same images"):
         check_same_images(f, image_fingerprint(["y.png", "x.png"]), "A", "B")
+
+
+def test_every_training_checkpoint_records_its_store(tmp_path):
+    """The SAE's config.json names its training data from the first checkpoint on (library
+    and CLI alike), so an interrupted run's SAE is checked like a finished one's."""
+    import numpy as np
+
+    import vlmsae
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.provenance import sae_provenance
+
+    images = [str(tmp_path / f"img{i}.png") for i in range(64)]
+    meta = {"model": "m", "hookpoint": "post_mlp_residual", "layer": 3, "tokens": "cls"}
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    store = ActivationStore.write(tmp_path / "acts", x, meta, images=images)
+    cfg = vlmsae.TrainConfig(
+        sae=vlmsae.SAEConfig(d_in=8, d_sae=16, sparsity="topk", k=2),
+        steps=4,
+        batch_size=16,
+        checkpoint_every=2,
+        progress=False,
+    )
+    with pytest.raises(_Stop):  # stopped after the checkpoint of step 2
+        vlmsae.train_sae(store, cfg, out_dir=tmp_path / "run", on_step=_stop_at(3))
+    prov = sae_provenance(tmp_path / "run")
+    assert prov["layer"] == 3 and prov["images_sha256"] == store.manifest["images_sha256"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(step):
+    def on_step(s, metrics):
+        if s == step:
+            raise _Stop
+
+    return on_step

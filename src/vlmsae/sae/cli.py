@@ -151,25 +151,12 @@ def train(
             )
         with open_sinks(log_to, out, cfg) as on_step:
             sae = train_sae(store, cfg, out, val=val, resume=resume, on_step=on_step)
-    _record_source(out, source)
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("val") or summary["final"]
     typer.echo(
         f"{sae}\nwrote {out} — R² {fmt(final.get('r2'))}, L0 {fmt(final.get('l0'))}, "
         f"dead {pct(final.get('dead_fraction', 0))}"
     )
-
-
-def _record_source(run_dir: Path, source: dict) -> None:
-    """Add the training store's provenance (model, revision, hook point, layer, tokens,
-    dataset, image fingerprint) to the checkpoint's ``config.json`` as ``source``."""
-    from vlmsae._io import read_json, write_json
-    from vlmsae.provenance import PROVENANCE_FIELDS
-
-    config_path = run_dir / "config.json"
-    config = read_json(config_path)
-    config["source"] = {k: source.get(k) for k in (*PROVENANCE_FIELDS, "store")}
-    write_json(config_path, config)
 
 
 def convert(

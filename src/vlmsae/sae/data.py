@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from vlmsae.data.store import ActivationStore
+from vlmsae.provenance import PROVENANCE_FIELDS, store_provenance
 
 log = logging.getLogger(__name__)
 Data = Tensor | np.ndarray | str | Path | ActivationStore | Iterable[Any]
@@ -41,6 +42,8 @@ class BatchSource:
     description: str = ""
     replayable: bool = True
     """``batches`` can be called more than once (``False`` for a one-shot iterator)."""
+    provenance: dict[str, Any] | None = None
+    """What a store's rows were made from (``config.json``'s ``source`` block of the SAE)."""
 
 
 def _as_tensor(rows: Any) -> Tensor:
@@ -85,7 +88,15 @@ def make_source(data: Data) -> BatchSource:
                 yield torch.from_numpy(rows)
 
         meta = {k: store.manifest[k] for k in SOURCE_FIELDS if store.manifest.get(k) is not None}
-        return BatchSource(store.d, len(store), store_batches, meta, f"store {store.dir}")
+        prov = store_provenance(store)
+        return BatchSource(
+            store.d,
+            len(store),
+            store_batches,
+            meta,
+            f"store {store.dir}",
+            provenance={k: prov.get(k) for k in (*PROVENANCE_FIELDS, "store")},
+        )
     if isinstance(data, (Tensor, np.ndarray)):
         if data.ndim != 2:
             raise ValueError(f"training data must be 2-D [rows, d_in], got shape {data.shape}")

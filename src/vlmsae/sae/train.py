@@ -188,7 +188,7 @@ def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
     if resume:
         if out_path is None:
             raise ValueError("resume=True needs the out_dir of the interrupted run")
-        load_resume_state(out_path, sae, optimizer, state, cfg)
+        load_resume_state(out_path, sae, optimizer, state, cfg, source)
     elif out_path is not None and ckpt.has_trainer_state(out_path):
         raise FileExistsError(
             f"{out_path} already holds a training run; pass --resume to continue it or "

@@ -122,15 +122,17 @@ def save_training_checkpoint(
         "norm_factor": norm_factor,
     }
     ckpt.save_trainer_state(out_dir, tensors, meta)
-    publish_sae(out_dir, sae, state, cfg)
+    publish_sae(out_dir, sae, state, cfg, source)
     state.last_checkpoint = state.step
     log.debug("checkpoint at step %d in %s", state.step, out_dir)
 
 
-def publish_sae(out_dir: Path, sae: SAE, state: Any, cfg: TrainConfig) -> None:
-    """Write the SAE files of the run (raw units) for the trainer state's step."""
+def publish_sae(out_dir: Path, sae: SAE, state: Any, cfg: TrainConfig, source: Any) -> None:
+    """Write the SAE files of the run (raw units) for the trainer state's step, with the
+    provenance of the training data (``source``) where the data was a store."""
     norm_factor = state.norm_factor if cfg.normalize_activations else None
-    sae.save(out_dir, norm_factor=norm_factor, train=cfg.to_dict(), step=state.step)
+    extra = {"source": source.provenance} if source.provenance else {}
+    sae.save(out_dir, norm_factor=norm_factor, train=cfg.to_dict(), step=state.step, **extra)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -167,7 +169,12 @@ def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path, step
 
 
 def load_resume_state(
-    out_dir: Path, sae: SAE, optimizer: torch.optim.Optimizer, state: Any, cfg: TrainConfig
+    out_dir: Path,
+    sae: SAE,
+    optimizer: torch.optim.Optimizer,
+    state: Any,
+    cfg: TrainConfig,
+    source: Any,
 ) -> None:
     """Restore weights, optimizer, counters, RNG and step from ``out_dir``."""
     if not ckpt.has_trainer_state(out_dir):
@@ -197,7 +204,7 @@ def load_resume_state(
     state.norm_factor = float(meta.get("norm_factor") or 1.0)
     config_path = out_dir / ckpt.CONFIG_FILE
     if not config_path.exists() or read_json(config_path).get("step") != state.step:
-        publish_sae(out_dir, sae, state, cfg)  # a crash fell between trainer state and SAE
+        publish_sae(out_dir, sae, state, cfg, source)  # a kill fell between state and SAE
     for group in optimizer.param_groups:  # the lr of the next step (the schedule of a run
         group["lr"] = cfg.learning_rate * lr_factor(state.step, cfg)  # extended by --steps)
     torch.set_rng_state(tensors["rng.torch"])
