@@ -25,9 +25,14 @@ class MeanStd(NamedTuple):
     """Finite values used."""
 
     def __str__(self) -> str:
+        return self.format()
+
+    def format(self, digits: int = 3) -> str:
+        """``mean ± std`` to ``digits`` decimals (``mean`` alone for one value, ``–`` none)."""
         if not np.isfinite(self.mean):
             return "–"
-        return f"{self.mean:.3f}" + (f" ± {self.std:.3f}" if np.isfinite(self.std) else "")
+        text = f"{self.mean:.{digits}f}"
+        return text + (f" ± {self.std:.{digits}f}" if np.isfinite(self.std) else "")
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
