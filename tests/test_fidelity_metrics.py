@@ -145,3 +145,11 @@ def test_max_ms_statistics_name_the_neuron_and_its_activity():
     text = ms_tables([{"arch": "batchtopk", "layer": 4, "expansion": 4, **s}])
     assert "the paper's statistic" in text and "active on >= 16 images" in text
     assert "0.8000 (n=20)" in text and "1.0000 (n=2)" in text
+
+
+def test_ms_summary_std_is_the_sample_std():
+    from vlmsae.metrics.ms import summarize_ms
+
+    s = summarize_ms(np.array([0.2, 0.4, np.nan, 0.9]))
+    assert s["std"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))  # torch.std's default
+    assert summarize_ms(np.array([0.5, np.nan]))["std"] is None
