@@ -144,7 +144,7 @@ def test_max_ms_statistics_name_the_neuron_and_its_activity():
     assert (s["max_ms"], s["max_ms_active"], s["max_ms_active_n_active"]) == (1.0, 0.8, 20)
     text = ms_tables([{"arch": "batchtopk", "layer": 4, "expansion": 4, **s}])
     assert "the paper's statistic" in text and "active on >= 16 images" in text
-    assert "0.8000 (n=20)" in text and "1.0000 (n=2)" in text
+    assert "0.8000 (n_active=20)" in text and "1.0000 (n_active=2)" in text
 
 
 def test_ms_summary_std_is_the_sample_std():

@@ -21,7 +21,7 @@ def ms_table(records: Sequence[dict[str, Any]], stat: str = "max") -> str:
     ``stat``: ``"max"`` (the paper's max over all neurons, key ``max_ms``), ``"max_active"``
     (over neurons active on >= ``min_active`` images, ``max_ms_active``) or ``"p99"``
     (``p99_ms``). Each record has ``arch``, ``layer``, ``expansion`` and the statistic; a
-    cell shows ``n=`` the attaining neuron's active images where the record has
+    cell shows ``n_active=``: the active images of the neuron attaining it, where the record has
     ``<key>_n_active``. Records with equal keys keep the largest score."""
     if stat not in KEYS:
         raise ValueError(f"stat must be one of {sorted(KEYS)}, got {stat!r}")
@@ -39,7 +39,7 @@ def ms_table(records: Sequence[dict[str, Any]], stat: str = "max") -> str:
         vals = []
         for e in cols:
             v, n = cells.get((a, lay, e), (None, None))
-            vals.append(_fmt(v) + ("" if n is None or v is None else f" (n={n})"))
+            vals.append(_fmt(v) + ("" if n is None or v is None else f" (n_active={n})"))
         lines.append(f"| {a} | {lay} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
