@@ -68,3 +68,28 @@ def test_demo_summary_numbers_are_finite(demo_run):
     assert set(summary["saes"]) and all(
         0 <= s["r2"] <= 1 and s["l0"] > 0 for s in summary["saes"].values()
     )
+
+
+def test_demo_findings_carry_intervals_and_baselines(demo_run):
+    """A finding holds only where its interval excludes 0 / lies above the untrained SAEs;
+    every configuration has its seeds and both untrained baselines."""
+    out, _ = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    for f in summary["findings"]:
+        iv = f["interval"]
+        if iv["lo"] is not None:
+            assert iv["lo"] <= iv["hi"]
+        if f["holds"]:
+            assert iv["lo"] is not None and iv["lo"] > 0, f["claim"]
+            if "bar" in f:
+                assert iv["lo"] > f["bar"], f["claim"]
+    purity = summary["checks"]["spearman_ms_purity"]["interval"]
+    holds = next(f["holds"] for f in summary["findings"] if "label purity" in f["claim"])
+    assert holds == (purity["lo"] is not None and purity["lo"] > 0)
+    assert len(summary["seeds"]) == 2
+    for name, agg in summary["configs"].items():
+        assert agg["r2"]["n"] == 2, name
+        assert set(summary["baselines"][name]) == {"init", "random"}
+    table = (out / "tables" / "paper_table.csv").read_text()
+    assert "untrained (init)" in table and "active on ≥ 16 images" in table
+    assert "the paper's" in table

@@ -59,6 +59,17 @@ def test_score_with_sae_end_to_end(stores):
     assert r.exit_code == 0, r.output
     summary = read_json(out / "summary.json")
     assert summary["arch"] and summary["expansion"] == 4 and "r2" in summary
+    # the paper's max MS, and the robust ones with the activity of the neuron attaining them
+    ms_sae = np.load(out / "scores.npy")
+    assert summary["max_ms"] == pytest.approx(np.nanmax(ms_sae))
+    n_act = np.genfromtxt(out / "scores.csv", delimiter=",", names=True)["n_active"]
+    for key in ("max_ms", "max_ms_active", "p99_ms"):
+        if summary[key] is not None:
+            k = summary[f"{key}_neuron"]
+            assert ms_sae[k] == pytest.approx(summary[key])
+            assert summary[f"{key}_n_active"] == n_act[k]
+    if summary["max_ms_active"] is not None:
+        assert summary["max_ms_active_n_active"] >= 16
     assert 0 <= summary["sae_vs_raw"]["share_above_best_raw"] <= 1
     # the raw scores equal the library's on per-image max-aggregated activations
     per_image = acts.reshape(-1, 2, 8).max(1)
@@ -101,18 +112,28 @@ def test_score_with_sae_end_to_end(stores):
     assert r.exit_code == 0, r.output
     idx = np.load(top / "top_indices.npy")
     assert idx.shape == (32, 4) and idx.max() < 40
+    # the paper's rule needs 16 top images: with 4 it is refused, with --min-active 4 it runs
     r = runner.invoke(app, ["uniqueness", str(top)])
+    assert r.exit_code != 0 and "top-images --k 16" in r.output + str(r.exception)
+    r = runner.invoke(app, ["uniqueness", str(top), "--min-active", "4"])
     assert r.exit_code == 0, r.output
-    assert read_json(top / "uniqueness.json")["n_pairs"] >= 0
-    r = runner.invoke(
-        app, ["hierarchy", str(top), "--images", str(root / "acts"), "--sae", str(root / "sae")]
-    )
+    u = read_json(top / "uniqueness.json")
+    vals = np.load(top / "top_values.npy")
+    kept = int((vals[:, 3] != 0).sum())
+    assert u["n_neurons_kept"] == kept and u["n_pairs"] == kept * (kept - 1) // 2
+    assert "0.0" in u["pairs_above"]
+    hier = ["hierarchy", str(top), "--images", str(root / "acts"), "--sae", str(root / "sae")]
+    r = runner.invoke(app, [*hier, "--min-active", "4"])
     assert r.exit_code == 0, r.output
     h = read_json(top / "hierarchy.json")
     assert h["group_sizes"] == [8, 24] and len(h["group_mean_depth"]) == 2
+    assert h["n_neurons_kept"] <= kept and h["round_depth"] is True
     png = root / "grid.png"
     grid = ["grid", str(top), "--images", str(root / "acts"), "--out", str(png)]
-    r = runner.invoke(app, [*grid, "--scores", str(out / "scores.npy"), "--top-n", "3"])
+    r = runner.invoke(
+        app, [*grid, "--scores", str(out / "scores.npy"), "--top-n", "3", "--min-active", "4"]
+    )
+    assert "active on >= 4 images" in r.output
     assert r.exit_code == 0, r.output
     assert png.stat().st_size > 1000
     r = runner.invoke(app, [*grid, "--neurons", "0,1", "--n-images", "4"])

@@ -57,7 +57,7 @@ def test_uniqueness_counts_match_pairwise_loop():
     top = rng.integers(0, 12, size=(15, 4))
     top[3] = top[2]  # identical sets
     top[5, 2:] = -1  # a short set
-    res = uniqueness(top)
+    res = uniqueness(top, min_active=0)  # every neuron with its partial set
     sets = [set(t[t >= 0]) for t in top]
     jac = np.array([[len(a & b) / len(a | b) for b in sets] for a in sets])
     iu = np.triu_indices(15, 1)
@@ -66,6 +66,13 @@ def test_uniqueness_counts_match_pairwise_loop():
     np.fill_diagonal(jac, 0)
     np.testing.assert_allclose(res.max_jaccard, jac.max(1))
     assert res.max_jaccard[2] == 1.0
+    # the paper's rule at k=4: the short set (neuron 5) leaves, every other pair stays
+    ruled = uniqueness(top, min_active=4)
+    assert ruled.kept.tolist() == [i != 5 for i in range(15)] and ruled.n_pairs == 14 * 13 // 2
+    others = np.delete(np.arange(15), 5)
+    sub = jac[np.ix_(others, others)][np.triu_indices(14, 1)]
+    np.testing.assert_array_equal(ruled.n_pairs_above, [(sub > t).sum() for t in res.thresholds])
+    assert np.isnan(ruled.max_jaccard[5])
 
 
 def test_hierarchy_depths_and_groups():
@@ -79,7 +86,7 @@ def test_hierarchy_depths_and_groups():
     paths = label_paths_from_images([f"/d/{n}/img.jpg" for n in names])
     tax = encode_taxonomy(paths)
     top = np.array([[0, 1, 1], [0, 2, 3], [0, 0, 0], [1, -1, -1]])
-    res = hierarchy(tax, top, group_sizes=[2, 2])
+    res = hierarchy(tax, top, group_sizes=[2, 2], min_active=0, round_depth=False)
     # neuron 0: pairs (0,1)=6, (0,1)=6, (1,1)=7 ; neuron 1: 2, 0, 0
     np.testing.assert_allclose(res.mean_depth[:3], [19 / 3, 2 / 3, 7])
     np.testing.assert_array_equal(res.majority_depth, [6, 0, 7, -1])
@@ -87,7 +94,7 @@ def test_hierarchy_depths_and_groups():
     np.testing.assert_allclose(res.group_mean_depth, [(19 / 3 + 2 / 3) / 2, 7])
     assert encode_taxonomy(["a/b", "a/c"])[:, 0].tolist() == [0, 0]
     with pytest.raises(ValueError, match="sum to"):
-        hierarchy(tax, top, group_sizes=[1, 1])
+        hierarchy(tax, top, group_sizes=[1, 1], min_active=0)
 
 
 def test_agreement_from_a_synthetic_benchmark_csv(tmp_path):

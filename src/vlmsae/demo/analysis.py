@@ -2,7 +2,9 @@
 
 For every SAE: R², L0, MS under the toy-CLIP and the oracle embedding, top images, their
 label purity and (Matryoshka) LCA depth per group; the same for the raw neurons of each
-hook. Everything is computed by the library's metric functions on the codes.
+hook; and the same for untrained SAEs of every configuration (the baselines). Everything
+is computed by the library's metric functions on the codes, with the paper's conventions
+(``cfg.min_active``: neurons active on fewer than 16 images leave uniqueness and hierarchy).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import scipy.sparse as sp
 
 from vlmsae.data.store import ActivationStore
 from vlmsae.demo.config import DemoConfig
-from vlmsae.demo.stages import Embeddings, SAERun, test_activations
+from vlmsae.demo.stages import Embeddings, SAERun, sae_config, test_activations
 from vlmsae.demo.truth import label_purity
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ class NeuronScores:
     purity: np.ndarray
     """Label purity of the top images ``[K]``."""
 
+    def top_images(self):
+        """The :class:`~vlmsae.metrics.top_images.TopImages` (indices and values)."""
+        from vlmsae.metrics.top_images import TopImages
+
+        return TopImages(self.top, self.top_values)
+
 
 @dataclass
 class SAEScores:
@@ -53,15 +61,21 @@ class SAEScores:
     group_sizes: tuple[int, ...]
     depth_by_group: list[float]
     """Mean LCA depth of the top images per Matryoshka group (one value for a plain SAE)."""
+    uniqueness: dict | None = None
+    """Pairs of kept neurons above each Jaccard threshold (SAEs at the default k)."""
+    kind: str = "trained"
+    """``trained``, or the untrained baseline it is (``init``, ``random``)."""
 
 
 @dataclass
 class Scores:
     saes: list[SAEScores]
+    """Every trained SAE (all seeds)."""
     raw: dict[str, NeuronScores]
     labels: dict[str, np.ndarray]
     images: list[str]
-    uniqueness: dict[str, dict]
+    baselines: list[SAEScores]
+    """Untrained SAEs of every configuration (``kind`` init and random)."""
 
 
 def world_labels(world: Path, images: list[str]) -> dict[str, np.ndarray]:
@@ -97,21 +111,44 @@ def score_neurons(
 
 
 def lca_depth_by_group(
-    top: np.ndarray, labels: dict[str, np.ndarray], group_sizes: tuple[int, ...]
+    neurons: NeuronScores,
+    labels: dict[str, np.ndarray],
+    group_sizes: tuple[int, ...],
+    min_active: int,
 ) -> list[float]:
-    """Mean LCA depth (taxonomy family → shape → colour) of each group's neurons."""
+    """Mean LCA depth (taxonomy family → shape → colour) of each group's neurons, as the
+    paper computes it: neurons active on >= ``min_active`` images, rounded per neuron."""
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy
 
     paths = encode_taxonomy(list(zip(*(labels[level].tolist() for level in TAXONOMY), strict=True)))
-    return hierarchy(paths, top, group_sizes).group_mean_depth.tolist()
+    res = hierarchy(paths, neurons.top_images(), group_sizes, min_active=min_active)
+    return res.group_mean_depth.tolist()
 
 
-def score_sae(run: SAERun, x_ND: np.ndarray, emb: Embeddings, labels, top_n: int) -> SAEScores:
+def uniqueness_of(neurons: NeuronScores, min_active: int) -> dict:
+    """Pairs of kept neurons whose top-image sets overlap above each Jaccard threshold."""
+    from vlmsae.metrics.uniqueness import uniqueness
+
+    u = uniqueness(neurons.top_images(), min_active=min_active)
+    pairs_above = dict(zip(map(str, u.thresholds), u.n_pairs_above.tolist(), strict=True))
+    return {"n_kept": int(u.kept.sum()), "n_pairs": u.n_pairs, "pairs_above": pairs_above}
+
+
+def score_sae(
+    run: SAERun,
+    x_ND: np.ndarray,
+    emb: Embeddings,
+    labels: dict[str, np.ndarray],
+    cfg: DemoConfig,
+    sae=None,
+    kind: str = "trained",
+) -> SAEScores:
+    """Score the SAE of ``run`` (or the given untrained ``sae``) on the test activations."""
     import torch
 
     from vlmsae.sae import SAE
 
-    sae = SAE.load(run.path)
+    sae = SAE.load(run.path) if sae is None else sae
     with torch.no_grad():
         x = torch.from_numpy(x_ND)
         codes = sae.encode(x)
@@ -119,7 +156,7 @@ def score_sae(run: SAERun, x_ND: np.ndarray, emb: Embeddings, labels, top_n: int
     resid = ((x - x_hat) ** 2).sum().item()
     total = ((x - x.mean(0)) ** 2).sum().item()
     codes_csr = sp.csr_matrix(codes.numpy())
-    neurons = score_neurons(codes_csr, emb, labels, top_n)
+    neurons = score_neurons(codes_csr, emb, labels, cfg.top_n)
     sizes = tuple(sae.cfg.group_sizes)
     return SAEScores(
         run=run,
@@ -129,14 +166,39 @@ def score_sae(run: SAERun, x_ND: np.ndarray, emb: Embeddings, labels, top_n: int
         dead_fraction=float((neurons.n_active == 0).mean()),
         neurons=neurons,
         group_sizes=sizes,
-        depth_by_group=lca_depth_by_group(neurons.top, labels, sizes),
+        depth_by_group=lca_depth_by_group(neurons, labels, sizes, cfg.min_active),
+        uniqueness=uniqueness_of(neurons, cfg.min_active) if run.k == cfg.k else None,
+        kind=kind,
     )
+
+
+def score_baselines(
+    cfg: DemoConfig, acts, x_by_hook: dict[str, np.ndarray], emb: Embeddings, labels
+) -> list[SAEScores]:
+    """Score untrained SAEs (both kinds) of every configuration, seeded with ``cfg.seed``."""
+    from vlmsae.demo.baselines import KINDS, untrained_sae
+
+    out = []
+    seen = {r.config: r for r in runs_of_seed(cfg, cfg.seed)}
+    for run in seen.values():
+        store = acts["train"][run.hook]
+        sae_cfg = sae_config(cfg, run, x_by_hook[run.hook].shape[1])
+        for kind in KINDS:
+            sae = untrained_sae(sae_cfg, store, kind, seed=run.seed, batch_size=cfg.batch_size)
+            out.append(score_sae(run, x_by_hook[run.hook], emb, labels, cfg, sae, kind))
+    return out
+
+
+def runs_of_seed(cfg: DemoConfig, seed: int) -> list[SAERun]:
+    """The planned runs of one seed (one per configuration)."""
+    from vlmsae.demo.stages import planned_saes
+
+    return [r for r in planned_saes(cfg) if r.seed == seed]
 
 
 def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world: Path) -> Scores:
     """Score every SAE and every hook's raw neurons on the test split."""
     from vlmsae._progress import tqdm
-    from vlmsae.metrics.uniqueness import uniqueness
 
     images = ActivationStore(emb.clip).images
     labels = world_labels(world, images)
@@ -146,13 +208,8 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
     x_by_hook = {hook: test_activations(acts, hook) for hook in cfg.hooks}
     raw = {hook: score_neurons(x, emb, labels, cfg.top_n) for hook, x in x_by_hook.items()}
     saes = [
-        score_sae(run, x_by_hook[run.hook], emb, labels, cfg.top_n)
+        score_sae(run, x_by_hook[run.hook], emb, labels, cfg)
         for run in tqdm(runs, desc="score SAEs", unit="sae")
     ]
-    uniq = {}
-    for s in saes:
-        if s.run.k == cfg.k:
-            u = uniqueness(s.neurons.top)
-            pairs_above = dict(zip(map(str, u.thresholds), u.n_pairs_above.tolist(), strict=True))
-            uniq[s.run.name] = {"n_pairs": u.n_pairs, "pairs_above": pairs_above}
-    return Scores(saes, raw, labels, images, uniq)
+    baselines = score_baselines(cfg, acts, x_by_hook, emb, labels)
+    return Scores(saes, raw, labels, images, baselines)

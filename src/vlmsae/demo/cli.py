@@ -29,6 +29,8 @@ def demo(
         "fastest, and much faster when other work shares the CPU.",
     ),
     json_path: Path = typer.Option(None, "--json", help="Also write the summary JSON here."),
+    seeds: int = typer.Option(None, "--seeds", help="SAEs per configuration [3, quick 2]."),
+    workers: int = typer.Option(2, "--workers", help="Processes training SAEs side by side."),
 ) -> None:
     """Cache the toy CLIP, train SAEs, score them against the ground truth, write a report.
 
@@ -43,10 +45,11 @@ def demo(
     from vlmsae.demo.config import DemoConfig
     from vlmsae.demo.pipeline import run_demo
 
+    more = {"steer": steer, "seed": seed, "workers": workers, **({"seeds": seeds} if seeds else {})}
     if quick:
-        cfg = DemoConfig.quick(**({"out_dir": str(out)} if out else {}), steer=steer, seed=seed)
+        cfg = DemoConfig.quick(**({"out_dir": str(out)} if out else {}), **more)
     else:
-        cfg = DemoConfig(out_dir=str(out or "runs/demo"), steer=steer, seed=seed)
+        cfg = DemoConfig(out_dir=str(out or "runs/demo"), **more)
     torch.set_num_threads(threads)
     result = run_demo(cfg)
     typer.echo("")

@@ -50,7 +50,17 @@ class DemoConfig:
     steer_steps: int = 1500
     """Training steps of the steering SAE."""
     seed: int = 0
-    """Seed of the world, the data order and the SAE initialisations."""
+    """Seed of the world; the SAEs are trained with seeds ``seed, seed + 1, …``."""
+    seeds: int = 3
+    """SAEs trained per configuration (different initialisation and data order): every
+    number of the findings and the tables is a mean ± std or an interval over them."""
+    min_active: int = 16
+    """The paper's rule: neurons active on fewer images (16th top activation 0) leave
+    uniqueness, hierarchy, the robust max MS and the "most monosemantic" grids."""
+    workers: int = 2
+    """Processes that train SAEs side by side (one core each; 1 trains in this process)."""
+    n_boot: int = 1000
+    """Bootstrap resamples of every interval (seeded with ``seed``)."""
     models_dir: str | None = None
     """Toy-world models to use (a ``vlmsae toyworld build`` output); default the shipped ones."""
 
@@ -63,6 +73,17 @@ class DemoConfig:
             raise ValueError("layers, expansions and archs must each name at least one value")
         if any(k < 1 for k in (self.k, *self.k_sweep)):
             raise ValueError("k and every k_sweep value must be >= 1")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if not 0 <= self.min_active <= self.top_n:
+            raise ValueError(
+                f"min_active must be in [0, top_n={self.top_n}], got {self.min_active}"
+            )
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The SAE seeds: ``seed, seed + 1, …`` (``seeds`` of them)."""
+        return tuple(range(self.seed, self.seed + self.seeds))
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -85,6 +106,7 @@ class DemoConfig:
             steer_train=256,
             steer_test=24,
             steer_steps=300,
+            seeds=2,
         )
         return cls(**{**small, **overrides})
 

@@ -102,14 +102,21 @@ class SAERun:
     expansion: int
     k: int
     path: Path
+    seed: int = 0
+
+    @property
+    def config(self) -> str:
+        """The configuration, the same for every seed."""
+        return f"{self.hook}-{self.arch}-x{self.expansion}-k{self.k}"
 
     @property
     def name(self) -> str:
-        return f"{self.hook}-{self.arch}-x{self.expansion}-k{self.k}"
+        return f"{self.config}-s{self.seed}"
 
 
 def planned_saes(cfg: DemoConfig) -> list[SAERun]:
-    """The Table's grid (hook × arch × expansion at the default k) plus the K sweep."""
+    """The Table's grid (hook × arch × expansion at the default k) plus the K sweep, each
+    trained with every seed of ``cfg.seed_list``."""
     root = Path(cfg.out_dir) / "saes"
     runs = [
         SAERun(hook, arch, e, cfg.k, Path())
@@ -124,45 +131,92 @@ def planned_saes(cfg: DemoConfig) -> list[SAERun]:
         )
         for k in cfg.k_sweep
     ]
-    unique = {r.name: r for r in runs}
-    return [SAERun(r.hook, r.arch, r.expansion, r.k, root / r.name) for r in unique.values()]
+    unique = {r.config: r for r in runs}
+    return [
+        SAERun(r.hook, r.arch, r.expansion, r.k, root / f"{r.config}-s{seed}", seed)
+        for seed in cfg.seed_list
+        for r in unique.values()
+    ]
+
+
+def sae_config(cfg: DemoConfig, run: SAERun, d_in: int):
+    """The SAE configuration of ``run`` on activations of width ``d_in``."""
+    from vlmsae.sae import SAEConfig
+
+    return SAEConfig(
+        d_in=d_in,
+        expansion=run.expansion,
+        sparsity="batchtopk",
+        k=min(run.k, d_in * run.expansion),
+        group_fractions=cfg.group_fractions if run.arch == "matryoshka" else None,
+    )
+
+
+def _train_job(run: SAERun, train_cfg, train_dir: Path, val_dir: Path) -> str:
+    """Train one SAE from scratch into ``run.path`` (a worker process may run this)."""
+    import torch
+
+    from vlmsae.sae import train_sae
+    from vlmsae.sae.checkpoint import has_trainer_state
+
+    torch.manual_seed(run.seed)
+    resume = has_trainer_state(run.path)  # an interrupted training run: continue it
+    train_sae(train_dir, train_cfg, out_dir=run.path, val=val_dir, resume=resume)
+    return run.name
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: toy matrices gain nothing from more
+
+
+def _run_jobs(jobs: list[tuple], workers: int) -> None:
+    """Run training jobs here, or in ``workers`` processes (seeded: same results)."""
+    from vlmsae._progress import tqdm
+
+    bar = tqdm(total=len(jobs), desc="train SAEs", unit="sae")
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _train_job(*job)
+            bar.update(1)
+        bar.close()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    with ProcessPoolExecutor(min(workers, len(jobs)), ctx, initializer=_worker_init) as pool:
+        for done in as_completed([pool.submit(_train_job, *job) for job in jobs]):
+            done.result()  # a failed run stops the demo with its own error
+            bar.update(1)
+    bar.close()
 
 
 def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun]:
-    """Train every planned SAE (skipping finished ones) on the train split."""
-    import torch
-
-    from vlmsae._progress import tqdm
-    from vlmsae.sae import SAEConfig, TrainConfig, train_sae
-    from vlmsae.sae.checkpoint import has_trainer_state
+    """Train every planned SAE (skipping finished ones) on the train split, the widest
+    first, in ``cfg.workers`` processes."""
+    from vlmsae.sae import TrainConfig
 
     runs = planned_saes(cfg)
-    for run in tqdm(runs, desc="train SAEs", unit="sae"):
+    jobs = []
+    for run in sorted(runs, key=lambda r: -r.expansion):
         if (run.path / "sae.safetensors").exists() and (run.path / "summary.json").exists():
             continue
         store = ActivationStore(acts["train"][run.hook])
-        k = min(run.k, store.d * run.expansion)
-        sae_cfg = SAEConfig(
-            d_in=store.d,
-            expansion=run.expansion,
-            sparsity="batchtopk",
-            k=k,
-            group_fractions=cfg.group_fractions if run.arch == "matryoshka" else None,
-        )
         train_cfg = TrainConfig(
-            sae=sae_cfg,
+            sae=sae_config(cfg, run, store.d),
             steps=cfg.steps,
             batch_size=cfg.batch_size,
-            seed=cfg.seed,
+            seed=run.seed,
             warmup_steps=max(1, cfg.steps // 20),
             threshold_start_step=cfg.steps // 4,
             dead_after=cfg.batch_size * max(1, cfg.steps // 5),
             log_every=max(1, cfg.steps // 5),
             progress=False,
         )
-        torch.manual_seed(cfg.seed)
-        resume = has_trainer_state(run.path)  # an interrupted training run: continue it
-        train_sae(store, train_cfg, out_dir=run.path, val=acts["test"][run.hook], resume=resume)
+        jobs.append((run, train_cfg, acts["train"][run.hook], acts["test"][run.hook]))
+    _run_jobs(jobs, cfg.workers)
     return runs
 
 

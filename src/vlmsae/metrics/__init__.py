@@ -15,6 +15,7 @@ from vlmsae.metrics.hierarchy import (
     inat_label_path,
     label_paths_from_images,
 )
+from vlmsae.metrics.maxms import max_ms_stats, max_ms_summary
 from vlmsae.metrics.ms import (
     MSResult,
     compare_sae_raw,
@@ -24,10 +25,11 @@ from vlmsae.metrics.ms import (
 )
 from vlmsae.metrics.recon import ReconAccumulator, dead_fraction, l0, normalized_mse, r2
 from vlmsae.metrics.tables import ms_table, tradeoff_table
-from vlmsae.metrics.top_images import TopImages, top_images
+from vlmsae.metrics.top_images import MIN_ACTIVE, TopImages, kept_neurons, top_images
 from vlmsae.metrics.uniqueness import Uniqueness, uniqueness
 
 __all__ = [
+    "MIN_ACTIVE",
     "Hierarchy",
     "MSResult",
     "ReconAccumulator",
@@ -39,7 +41,10 @@ __all__ = [
     "encode_taxonomy",
     "hierarchy",
     "inat_label_path",
+    "kept_neurons",
     "l0",
+    "max_ms_stats",
+    "max_ms_summary",
     "label_paths_from_images",
     "monosemanticity",
     "monosemanticity_score",

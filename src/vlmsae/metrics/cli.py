@@ -97,6 +97,9 @@ def score(
     allow_mismatch: bool = typer.Option(
         False, help="Score even where the images or the SAE's source do not match (warns)."
     ),
+    min_active: int = typer.Option(
+        16, "--min-active", help="Robust max MS: over neurons active on >= this many images."
+    ),
 ) -> None:
     """Monosemanticity Score of every neuron: scores.csv/.npy, summary.json, ms_hist.png,
     table.md (and raw_scores.npy with the SAE vs raw comparison)."""
@@ -106,8 +109,9 @@ def score(
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of
     from vlmsae.metrics.fit import check_score_inputs, with_neuron_count
+    from vlmsae.metrics.maxms import max_ms_summary
     from vlmsae.metrics.ms import compare_sae_raw, monosemanticity, summarize_ms
-    from vlmsae.metrics.tables import ms_table, tradeoff_table
+    from vlmsae.metrics.tables import ms_tables, tradeoff_table
     from vlmsae.report.figures import ms_histogram
 
     acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
@@ -143,7 +147,8 @@ def score(
     summary["name"] = name or out.name
     summary["n_images"] = res.n_images
     summary["ms"] = summarize_ms(res.ms)
-    summary["mean_ms"], summary["max_ms"] = summary["ms"]["mean"], summary["ms"]["max"]
+    summary["mean_ms"] = summary["ms"]["mean"]
+    summary.update(max_ms_summary(res.ms, res.n_active, min_active))  # max_ms is the paper's
     if summary["max_ms"] is None:
         why = f"undefined: all {len(res.ms)} neurons are dead or constant on these images"
         summary["mean_ms_reason"] = summary["max_ms_reason"] = why
@@ -158,12 +163,14 @@ def score(
             summary["sae_vs_raw"], summary["sae_vs_raw_reason"] = None, f"undefined: {e}"
         hist["raw"] = raw_ms
     ms_histogram(out / "ms_hist.png", hist)
-    atomic_write_text(out / "table.md", ms_table([summary]) + "\n" + tradeoff_table([summary]))
+    atomic_write_text(out / "table.md", ms_tables([summary]) + "\n" + tradeoff_table([summary]))
     write_json(out / "summary.json", summary)
     s = summary["ms"]
     typer.echo(
         f"MS over {res.n_images:,} images, {len(res.ms):,} neurons: mean {fmt(s['mean'])} ± "
-        f"{fmt(s['std'])}, max {fmt(s['max'])}, undefined {s['n_undefined']:,} → {out}"
+        f"{fmt(s['std'])}, max {fmt(s['max'])} (over neurons active on >= {min_active} images: "
+        f"{fmt(summary['max_ms_active'])}; p99 {fmt(summary['p99_ms'])}), "
+        f"undefined {s['n_undefined']:,} → {out}"
     )
 
 
@@ -196,7 +203,7 @@ def top_images_cmd(
     out.mkdir(parents=True, exist_ok=True)
     _save_npy(out / "top_indices.npy", top.indices)
     _save_npy(out / "top_values.npy", top.values)
-    dead = int((top.kth_value <= 0).sum())
+    dead = int((~top.kept(k)).sum())  # the paper's rule at k: k-th value == 0
     write_json(
         out / "summary.json",
         {"store": str(codes), "sae": str(sae) if sae else None, "k": k, "aggregate": aggregate,
@@ -215,23 +222,29 @@ def _load_top(top_dir: Path):
 def uniqueness_cmd(
     top: Path = typer.Argument(..., help="Output directory of `vlmsae top-images`."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the result here."),
+    min_active: int = typer.Option(
+        16, "--min-active", help="Neurons need this many active images (the paper: 16)."
+    ),
 ) -> None:
-    """Pairwise Jaccard of top-image sets: pairs above 0.1 … 0.9."""
+    """Pairwise Jaccard of top-image sets: pairs above 0.0, 0.1 … 0.9, among the neurons
+    whose MIN_ACTIVE-th top activation is non-zero (the paper's rule)."""
     from vlmsae._io import write_json
+    from vlmsae.metrics.top_images import TopImages
     from vlmsae.metrics.uniqueness import uniqueness
 
-    idx, val = _load_top(top)
-    idx = idx.copy()
-    idx[val <= 0] = -1  # dead slots are not top images
-    res = uniqueness(idx)
+    res = uniqueness(TopImages(*_load_top(top)), min_active=min_active)
     out = {
+        "min_active": min_active,
+        "n_neurons_kept": int(res.kept.sum()),
+        "n_neurons_dropped": res.n_dropped,
         "n_pairs": res.n_pairs,
         "pairs_above": {
             f"{t:.1f}": int(c) for t, c in zip(res.thresholds, res.n_pairs_above, strict=True)
         },
-        "mean_max_jaccard": float(res.max_jaccard.mean()),
+        "mean_max_jaccard": float(res.max_jaccard[res.kept].mean()) if res.kept.any() else None,
     }
     write_json(json_path or top / "uniqueness.json", out)
+    typer.echo(f"{res.n_dropped} neurons active on fewer than {min_active} images left out")
     for t, c in out["pairs_above"].items():
         typer.echo(f"Jaccard > {t}: {c} of {res.n_pairs} pairs")
 
@@ -243,6 +256,12 @@ def hierarchy_cmd(
     group_sizes: str | None = typer.Option(None, help="Matryoshka group sizes, e.g. 64,192,768."),
     sae: Path | None = typer.Option(None, help="SAE checkpoint providing the group sizes."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the result here."),
+    min_active: int = typer.Option(
+        16, "--min-active", help="Neurons need this many active images (the paper: 16)."
+    ),
+    round_depth: bool = typer.Option(
+        True, "--round-depth/--exact-depth", help="Round each neuron's mean depth (the paper)."
+    ),
 ) -> None:
     """Mean / majority LCA depth of top-image pairs per neuron, averaged per group."""
     import numpy as np
@@ -250,6 +269,7 @@ def hierarchy_cmd(
     from vlmsae._io import write_json
     from vlmsae.metrics.fit import check_images_for_top, check_sae_for_top
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy, label_paths_from_images
+    from vlmsae.metrics.top_images import TopImages
 
     idx, val = _load_top(top)
     if labels is not None:
@@ -267,13 +287,19 @@ def hierarchy_cmd(
 
         check_sae_for_top(top, sae)
         sizes = list(SAE.load(sae).cfg.group_sizes)
-    res = hierarchy(encode_taxonomy(paths), idx, sizes, valid_K=val[:, -1] > 0)
+    res = hierarchy(
+        encode_taxonomy(paths), TopImages(idx, val), sizes,
+        min_active=min_active, round_depth=round_depth,
+    )  # fmt: skip
     defined = res.mean_depth[~np.isnan(res.mean_depth)]
     out = {
         "group_sizes": sizes,
         "group_mean_depth": res.group_mean_depth.tolist(),
         "group_majority_depth": res.group_majority_depth.tolist(),
         "mean_depth": float(defined.mean()) if defined.size else None,
+        "min_active": min_active,
+        "n_neurons_kept": int(res.kept.sum()),
+        "round_depth": round_depth,
     }
     write_json(json_path or top / "hierarchy.json", out)
     for g, (m, j) in enumerate(zip(res.group_mean_depth, res.group_majority_depth, strict=True)):
@@ -317,9 +343,13 @@ def grid_cmd(
     group: int | None = typer.Option(None, help="Restrict the ranking to a Matryoshka group."),
     group_sizes: str | None = typer.Option(None, help="Group sizes, e.g. 64,192,768."),
     n_images: int = typer.Option(16, help="Images per neuron."),
+    min_active: int = typer.Option(
+        16, "--min-active", help="Rank only neurons active on >= this many images."
+    ),
 ) -> None:
     """PNG grid of each chosen neuron's top images, titled with its MS."""
     from vlmsae.metrics.fit import check_images_for_top, check_neuron_ids, check_scores_for_top
+    from vlmsae.metrics.top_images import TopImages
     from vlmsae.report.grid import neuron_grid, select_neurons
 
     idx, val = _load_top(top)
@@ -328,11 +358,12 @@ def grid_cmd(
     check_neuron_ids(_ints(neurons), len(idx), top)
     chosen = select_neurons(
         ms, ids=_ints(neurons), top_n=top_n, group=group, group_sizes=_ints(group_sizes),
-        alive_K=val[:, -1] > 0,
+        alive_K=None if neurons else TopImages(idx, val).kept(min_active),
     )  # fmt: skip
     counts = neuron_grid(out, chosen, idx, paths, ms=ms, n_images=n_images)
+    rule = "" if neurons else f" (ranked among neurons active on >= {min_active} images)"
     typer.echo(
-        f"{len(chosen)} neurons, {counts['drawn']} images, "
+        f"{len(chosen)} neurons{rule}, {counts['drawn']} images, "
         f"{counts['unreadable']} unreadable → {out}"
     )
 
@@ -345,10 +376,10 @@ def ms_table_cmd(
     reconstruction trade-off over a set of scored SAEs."""
     from vlmsae._io import atomic_write_text
     from vlmsae.metrics.fit import read_score_summaries
-    from vlmsae.metrics.tables import ms_table, tradeoff_table
+    from vlmsae.metrics.tables import ms_tables, tradeoff_table
 
     records = read_score_summaries(runs)
-    text = "## Max MS\n\n" + ms_table(records) + "\n## Trade-off\n\n" + tradeoff_table(records)
+    text = "## Max MS\n\n" + ms_tables(records) + "\n## Trade-off\n\n" + tradeoff_table(records)
     if out:
         atomic_write_text(out, text)
     typer.echo(text)

@@ -257,7 +257,8 @@ def monosemanticity_score(activations: Rows, embeddings: Rows, **kwargs: Any) ->
 
 
 def summarize_ms(ms: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> dict[str, Any]:
-    """Mean ± std, quantiles, max (and its neuron) and the undefined count of scores."""
+    """Mean ± std (sample std, ddof=1, as the paper's ``torch.std``), quantiles, max (and its
+    neuron) and the undefined count of scores."""
     ms = np.asarray(ms, dtype=np.float64)
     ok = ms[~np.isnan(ms)]
     out: dict[str, Any] = {"n_neurons": int(ms.size), "n_undefined": int(ms.size - ok.size)}
@@ -266,7 +267,7 @@ def summarize_ms(ms: np.ndarray, quantiles: tuple[float, ...] = QUANTILES) -> di
     return {
         **out,
         "mean": float(ok.mean()),
-        "std": float(ok.std()),
+        "std": float(ok.std(ddof=1)) if ok.size > 1 else None,  # torch.std, as the paper
         "min": float(ok.min()),
         "max": float(ok.max()),
         "argmax": int(np.nanargmax(ms)),

@@ -12,7 +12,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from vlmsae._progress import tqdm
+from vlmsae.errors import UserError
 from vlmsae.metrics._source import Rows, is_sparse, iter_images, n_cols
+
+MIN_ACTIVE = 16
+"""The paper's rule: a neuron enters uniqueness, hierarchy and the "most monosemantic"
+rankings only if its 16th highest activation is non-zero (it fires on >= 16 images)."""
 
 
 class TopImages(NamedTuple):
@@ -27,6 +32,36 @@ class TopImages(NamedTuple):
     def kth_value(self) -> np.ndarray:
         """``[K]``: the k-th largest value (the paper drops neurons where it is 0 as dead)."""
         return self.values[:, -1]
+
+    def kept(self, min_active: int = MIN_ACTIVE) -> np.ndarray:
+        """``bool [K]``: neurons the paper's rule keeps; see :func:`kept_neurons`."""
+        return kept_neurons(self, min_active)
+
+
+def kept_neurons(top: TopImages | np.ndarray, min_active: int = MIN_ACTIVE) -> np.ndarray:
+    """``bool [K]``: neurons whose ``min_active``-th highest activation is non-zero.
+
+    This is the paper's rule (its code keeps neurons whose 16th top value ``!= 0``, so a raw
+    neuron with a negative 16th value stays). Given :class:`TopImages` the rule reads the
+    values; given a bare ``[K, k]`` index array it can only see missing images (``-1``), which
+    is the same rule for sparse SAE codes. ``min_active=0`` keeps every neuron (the sets may
+    then be partial or empty).
+    """
+    idx = np.asarray(top.indices if isinstance(top, TopImages) else top)
+    if min_active < 0:
+        raise UserError(f"min_active must be >= 0 (0 keeps every neuron), got {min_active}")
+    if min_active == 0:
+        return np.ones(len(idx), bool)
+    if min_active > idx.shape[1]:
+        raise UserError(
+            f"min_active={min_active} needs at least {min_active} top images per neuron, but "
+            f"the top-image sets hold {idx.shape[1]}; compute them with k >= {min_active} "
+            f"(top-images --k {min_active}) or lower min_active (--min-active)"
+        )
+    kept = idx[:, min_active - 1] >= 0
+    if isinstance(top, TopImages):
+        kept &= np.asarray(top.values)[:, min_active - 1] != 0
+    return kept
 
 
 def _merge(
