@@ -1,4 +1,4 @@
-"""CLI commands of the SAE stage: ``vlmsae train`` and ``vlmsae convert``."""
+"""CLI commands of the SAE stage: ``vlmsae train``, ``vlmsae convert``, ``vlmsae export``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("convert")(convert)
+    app.command("export")(export)
 
 
 def _parse_fractions(
@@ -77,6 +78,9 @@ def train(
     l0_coeff: float = typer.Option(1e-3, "--l0-coeff", help="L0 penalty (jumprelu)."),
     log_every: int = typer.Option(100, "--log-every"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+    push_to_hub: str = typer.Option(
+        None, "--push-to-hub", help="Also upload the SAE to this hub repository (ORG/NAME)."
+    ),
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
     from vlmsae.data.store import ActivationStore
@@ -123,6 +127,7 @@ def train(
         f"{sae}\nwrote {out} — R² {final.get('r2', float('nan')):.4f}, "
         f"L0 {final.get('l0', float('nan')):.1f}, dead {final.get('dead_fraction', 0):.1%}"
     )
+    _push(out, push_to_hub)
 
 
 def convert(
@@ -135,6 +140,9 @@ def convert(
     hookpoint: str = typer.Option(None, "--hookpoint", help="post_mlp_residual|post_projection"),
     layer: int = typer.Option(None, "--layer", help="Layer of the hook point."),
     tokens: str = typer.Option(None, "--tokens", help="cls|mean|all|random:N"),
+    push_to_hub: str = typer.Option(
+        None, "--push-to-hub", help="Also upload the SAE to this hub repository (ORG/NAME)."
+    ),
 ) -> None:
     """Convert a dictionary_learning checkpoint (the paper's code) to a vlmsae SAE."""
     from vlmsae.sae.convert import convert_dictionary_learning
@@ -146,3 +154,29 @@ def convert(
     )
     sae.save(out, converted_from=str(ae_path))
     typer.echo(f"{sae}\nwrote {out}")
+    _push(out, push_to_hub)
+
+
+def _push(folder: Path, repo_id: str | None) -> None:
+    if repo_id:
+        from vlmsae.sae.hub import push_to_hub
+
+        typer.echo(f"pushed {folder} to {push_to_hub(folder, repo_id)}")
+
+
+def export(
+    sae: str = typer.Argument(..., help="SAE checkpoint folder or hub id (ORG/NAME[/SUBFOLDER])."),
+    fmt: str = typer.Option(..., "--format", help="saelens | dictionary_learning"),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+) -> None:
+    """Write an SAE in SAELens's or dictionary_learning's format (their loaders read it)."""
+    from vlmsae.sae.export import FORMATS, export_sae
+    from vlmsae.sae.model import SAE
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {FORMATS}", param_hint="--format")
+    model = SAE.load(sae)
+    note = export_sae(model, out, fmt)
+    if note:
+        typer.echo(f"note: {note}")
+    typer.echo(f"{model}\nwrote {out} ({fmt})")
