@@ -71,6 +71,24 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and ".." not in text and not text.endswith(".")
 
 
+def parse_hub_ref(text: str) -> tuple[str, str | None, str | None] | None:
+    """``ORG/NAME[/SUBFOLDER...][@REVISION]`` -> (repo id, subfolder, revision), or None
+    when ``text`` cannot be a hub reference (the form the CLI's ``--sae`` accepts and
+    ``SAE.path`` records)."""
+    ref, _, revision = text.partition("@")
+    parts = ref.split("/")
+    if (
+        len(parts) < 2
+        or not looks_like_repo_id("/".join(parts[:2]))
+        or not revision
+        and "@" in text
+    ):
+        return None
+    if any(p in ("", ".", "..") for p in parts[2:]):
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None, revision or None
+
+
 def load_pretrained(
     id_or_path: str | Path,
     subfolder: str | None = None,
@@ -84,7 +102,8 @@ def load_pretrained(
     dictionary_learning format (the latter two converted on load).
 
     Args:
-        id_or_path: a folder, or a hub repository id (used when no such folder exists).
+        id_or_path: a folder, or a hub repository id (used when no such folder exists),
+            optionally with the subfolder and revision in it: ``org/name/sub/dir@rev``.
         subfolder: folder inside the repository / local folder holding the SAE.
         revision: hub branch, tag or commit (default ``main``).
         device: torch device of the loaded SAE.
@@ -101,7 +120,13 @@ def load_pretrained(
             raise HubError(f"revision={revision!r} applies to hub ids, but {given} is a folder")
         folder = local / subfolder if subfolder else local
         origin = "folder"
-    elif looks_like_repo_id(given):
+    elif (ref := parse_hub_ref(given)) is not None:
+        repo_id, ref_sub, ref_rev = ref
+        if ref_sub and subfolder:
+            raise HubError(f"{given} names a subfolder already; do not pass subfolder= too")
+        if ref_rev and revision and ref_rev != revision:
+            raise HubError(f"{given} names revision {ref_rev!r} but revision={revision!r}")
+        given, subfolder, revision = repo_id, subfolder or ref_sub, revision or ref_rev
         folder = _download(given, subfolder, revision, cache_dir=cache_dir, token=token)
         origin = "hub"
     else:
@@ -129,11 +154,12 @@ def _load_folder(folder: Path, given: str, subfolder: str | None, origin: str, d
     where = f"{given}" + (f" (subfolder {subfolder!r})" if subfolder else "")
     found = _sae_folders(folder if folder.is_dir() else folder.parent)
     hint = f"; SAE folders found: {', '.join(found)}" if found else ""
-    state = "holds no SAE" if folder.is_dir() else "does not exist"
+    state = "holds no SAE" if folder.is_dir() or origin == "hub" else "does not exist"
     raise CheckpointError(
         f"{where} {state}: expected config.json + sae.safetensors (vlmsae), cfg.json + "
         f"sae_weights.safetensors (SAELens) or ae.pt + config.json (dictionary_learning); "
-        f"pass subfolder= (CLI: ID/SUBFOLDER) naming the folder that has them{hint}"
+        f"pass subfolder= (CLI: ID/SUBFOLDER) naming the folder that has them, or run "
+        f"`vlmsae convert` on a lone ae.pt{hint}"
     )
 
 
