@@ -250,3 +250,16 @@ def test_cli_convert_push_to_hub(tmp_path, monkeypatch):
     assert "pushed" in result.output
     cfg = json.loads((tmp_path / "conv" / "config.json").read_text())
     assert cfg["converted_from"] == str(tmp_path / "dl" / "ae.pt")
+
+
+def test_bad_push_id_is_refused_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmsae.cli import app
+
+    export_sae(_sae(8), tmp_path / "dl", "dictionary_learning")
+    args = ["convert", str(tmp_path / "dl" / "ae.pt"), "--out", str(tmp_path / "conv")]
+    result = CliRunner().invoke(app, [*args, "--push-to-hub", "just-a-name"])
+    assert result.exit_code != 0
+    assert "ORG/NAME" in result.output + str(result.exception)
+    assert not (tmp_path / "conv").exists()

@@ -89,6 +89,7 @@ def train(
 
     if arch not in ARCHS:
         raise typer.BadParameter(f"{arch!r} is not one of {ARCHS}", param_hint="--arch")
+    _check_push(push_to_hub)
     fractions = _parse_fractions(group_fractions)
     if arch == "matryoshka" and fractions is None:
         fractions = PAPER_GROUP_FRACTIONS
@@ -149,12 +150,21 @@ def convert(
 
     if arch is not None and arch not in ("topk", "batchtopk"):
         raise typer.BadParameter("only topk or batchtopk can be forced", param_hint="--arch")
+    _check_push(push_to_hub)
     sae = convert_dictionary_learning(
         ae_path, sparsity=arch, model=model, hookpoint=hookpoint, layer=layer, tokens=tokens
     )
     sae.save(out, converted_from=str(ae_path))
     typer.echo(f"{sae}\nwrote {out}")
     _push(out, push_to_hub)
+
+
+def _check_push(repo_id: str | None) -> None:
+    """Refuse a malformed --push-to-hub before hours of training, not after."""
+    if repo_id:
+        from vlmsae.sae.hub import check_repo_id
+
+        check_repo_id(repo_id)
 
 
 def _push(folder: Path, repo_id: str | None) -> None:

@@ -227,6 +227,16 @@ def _download(
     return folder
 
 
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it can name a hub repository to push to (``ORG/NAME``), else HubError."""
+    if not looks_like_repo_id(repo_id) or "/" not in repo_id:
+        raise HubError(
+            f"{repo_id!r} is not a hub repository id: give it as ORG/NAME (your user name or "
+            "organisation, a slash, the repository name)"
+        )
+    return repo_id
+
+
 def push_to_hub(
     sae_or_dir: Any,
     repo_id: str,
@@ -245,8 +255,7 @@ def push_to_hub(
     from huggingface_hub import create_repo, upload_folder
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-    if not looks_like_repo_id(repo_id) or "/" not in repo_id:
-        raise HubError(f"{repo_id!r} is not a hub repository id: give it as ORG/NAME")
+    check_repo_id(repo_id)
     message = commit_message or "Upload SAE with vlmsae"
     try:
         with tempfile.TemporaryDirectory(prefix="vlmsae-push-") as tmp:
