@@ -177,3 +177,39 @@ def test_cli_export_prints_the_note_and_saelens_reads_it(tmp_path):
     x = _inputs(3)
     with torch.no_grad():
         assert (SAE.load(tmp_path / "sae").encode(x) - theirs.encode(x)).abs().max() < TOL
+
+
+@pytest.mark.parametrize("matryoshka", [False, True])
+def test_batchtopk_trained_in_saelens_loads_as_saelens_saves_it(tmp_path, matryoshka):
+    """SAELens's own BatchTopK training SAE, saved by its ``save_inference_model`` (a JumpReLU
+    with the global threshold, decoder norms folded), computes the same in vlmsae."""
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+    cls, cfg = BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig(d_in=D, d_sae=S, k=K)
+    if matryoshka:
+        from sae_lens import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
+
+        cls = MatryoshkaBatchTopKTrainingSAE
+        cfg = MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=S, k=K, matryoshka_widths=[24, S])
+    torch.manual_seed(9)
+    trained = cls(cfg)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        trained.W_dec.mul_(torch.rand(S, 1) + 0.5)  # not unit norm: folded when saving
+        trained.topk_threshold.fill_(0.4)
+    trained.save_inference_model(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    ours = SAE.from_pretrained(tmp_path)
+    assert ours.cfg.sparsity == "jumprelu"
+    x = _inputs(4)
+    with torch.no_grad():
+        codes, theirs_codes = ours.encode(x), theirs.encode(x)
+        assert torch.equal(codes > 0, theirs_codes > 0) and (codes > 0).any()
+        code_diff = (codes - theirs_codes).abs().max().item()
+        recon_diff = (ours.decode(codes) - theirs.decode(theirs_codes)).abs().max().item()
+    label = "matryoshka " if matryoshka else ""
+    print(
+        f"saelens {label}batchtopk import: max |codes| diff {code_diff:.2e}, x_hat {recon_diff:.2e}"
+    )
+    assert code_diff < TOL and recon_diff < TOL
