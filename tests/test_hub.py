@@ -263,3 +263,29 @@ def test_bad_push_id_is_refused_before_any_work(tmp_path):
     assert result.exit_code != 0
     assert "ORG/NAME" in result.output + str(result.exception)
     assert not (tmp_path / "conv").exists()
+
+
+def test_sae_folders_of_a_repository_file_list():
+    """What an error lists for the paper's release (its file list as list_repo_files gives)."""
+    from vlmsae.sae.hub import _folders_of
+
+    run = "imagenet_train_activations_clip-vit-large-patch14-336_22_post_mlp_residual"
+    files = [
+        ".gitattributes",
+        "README.md",
+        f"batch_top_k_20_x8/{run}_batch_top_k_20_x8/trainer_0/config.json",
+        f"batch_top_k_20_x8/{run}_batch_top_k_20_x8/trainer_0/checkpoints/ae_100000.pt",
+        f"matroyshka_batch_top_k_20_x8/{run}_matroyshka_batch_top_k_20_x8/trainer_0/config.json",
+        "lens/cfg.json",
+        "lens/sae_weights.safetensors",
+    ]
+    assert _folders_of(files) == [
+        f"batch_top_k_20_x8/{run}_batch_top_k_20_x8/trainer_0",
+        "lens",
+        f"matroyshka_batch_top_k_20_x8/{run}_matroyshka_batch_top_k_20_x8/trainer_0",
+    ]
+    assert _folders_of([f"s{i}/ae.pt" for i in range(10)], limit=2) == [
+        "s0",
+        "s1",
+        "... (10 in all)",
+    ]

@@ -132,7 +132,12 @@ def load_pretrained(
     else:
         load_sae(local)  # raises the CheckpointError that names the missing folder
         raise AssertionError("unreachable")
-    sae = _load_folder(folder, given, subfolder, origin, device)
+    try:
+        sae = _load_folder(folder, given, subfolder, origin, device)
+    except _NoSAE as e:
+        found = _hub_sae_folders(given, revision, token) if origin == "hub" else []
+        hint = f"; SAE folders in the repository: {', '.join(found)}" if found else ""
+        raise CheckpointError(f"{e}{hint}") from None
     sae.path = given + (f"/{subfolder}" if subfolder else "") + (f"@{revision}" if revision else "")
     return sae
 
@@ -152,10 +157,11 @@ def _load_folder(folder: Path, given: str, subfolder: str | None, origin: str, d
         log.info("reading dictionary_learning checkpoint %s", ae_path)
         return convert_dictionary_learning(ae_path).to(device)
     where = f"{given}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-    found = _sae_folders(folder if folder.is_dir() else folder.parent)
+    local = origin == "folder"  # a hub snapshot holds only what was asked for: list it remotely
+    found = _sae_folders(folder if folder.is_dir() else folder.parent) if local else []
     hint = f"; SAE folders found: {', '.join(found)}" if found else ""
     state = "holds no SAE" if folder.is_dir() or origin == "hub" else "does not exist"
-    raise CheckpointError(
+    raise _NoSAE(
         f"{where} {state}: expected config.json + sae.safetensors (vlmsae), cfg.json + "
         f"sae_weights.safetensors (SAELens) or ae.pt + config.json (dictionary_learning); "
         f"pass subfolder= (CLI: ID/SUBFOLDER) naming the folder that has them, or run "
@@ -163,15 +169,41 @@ def _load_folder(folder: Path, given: str, subfolder: str | None, origin: str, d
     )
 
 
-def _sae_folders(root: Path, limit: int = 8) -> list[str]:
+class _NoSAE(CheckpointError):
+    """A folder holds none of the SAE formats (the caller may add where to look)."""
+
+
+def _sae_folders(root: Path) -> list[str]:
     """Relative folders below ``root`` that hold an SAE (for error messages)."""
     if not root.is_dir():
         return []
-    hits = sorted(
-        {str(p.parent.relative_to(root)) for p in root.rglob("*") if p.name in SAE_PATTERNS}
-    )
-    hits = [h for h in hits if not h.endswith("checkpoints")]
-    return hits[:limit] + (["..."] if len(hits) > limit else [])
+    return _folders_of(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _folders_of(files: Any, limit: int = 8) -> list[str]:
+    """The folders (``.`` for the top) holding SAE files among relative ``files``."""
+    hits = set()
+    for f in files:
+        path = Path(f)
+        if path.name in SAE_PATTERNS or re.fullmatch(r"ae_\d+\.pt", path.name):
+            folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+            hits.add(str(folder))
+    ordered = sorted(hits)
+    return ordered[:limit] + ([f"... ({len(ordered)} in all)"] if len(ordered) > limit else [])
+
+
+def _hub_sae_folders(repo_id: str, revision: str | None, token: str | bool | None) -> list[str]:
+    """SAE folders of a hub repository, from its file list (none when offline)."""
+    from huggingface_hub import constants, list_repo_files
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return []
+    try:
+        return _folders_of(list_repo_files(repo_id, revision=revision, token=token))
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        log.debug("could not list %s: %s", repo_id, e)
+        return []
 
 
 def _download(
