@@ -289,3 +289,53 @@ def test_sae_folders_of_a_repository_file_list():
         "s1",
         "... (10 in all)",
     ]
+
+
+def test_cache_sae_option_takes_a_hub_id(tmp_path, offline, monkeypatch):
+    """`vlmsae cache --sae ORG/NAME/SUB` downloads (here: finds in the cache) and records
+    the id as given in the code store's manifest."""
+    from typer.testing import CliRunner
+
+    from tiny_models import WIDTH, clip_processor, make_clip, random_images
+    from vlmsae.cli import app
+    from vlmsae.data.store import ActivationStore
+
+    make_clip(2).save_pretrained(tmp_path / "clip")
+    clip_processor().save_pretrained(tmp_path / "clip")
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    for i, im in enumerate(random_images(2)):
+        im.save(tmp_path / "imgs" / "a" / f"{i}.png")
+    sae = SAE(SAEConfig(d_in=WIDTH, d_sae=64, sparsity="relu", k=None, layer=1)).eval()
+    sae.save(tmp_path / "sae")
+    cache = tmp_path / "hub"
+    add_snapshot(cache, "org/clip-saes", COMMIT, _files(tmp_path / "sae", "layer1/"), "main")
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import: set it too
+    args = [
+        "cache",
+        "--model",
+        tmp_path / "clip",
+        "--data",
+        tmp_path / "imgs",
+        "--out",
+        tmp_path / "out",
+        "--layer",
+        "1",
+        "--tokens",
+        "all",
+        "--dtype",
+        "float32",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--sae",
+        "org/clip-saes/layer1",
+    ]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((tmp_path / "out" / "codes_layer_1" / "manifest.json").read_text())
+    assert manifest["sae"] == "org/clip-saes/layer1"
+    assert len(ActivationStore(tmp_path / "out" / "codes_layer_1")) == 2 * 17  # CLS + 4x4
