@@ -213,3 +213,20 @@ def test_batchtopk_trained_in_saelens_loads_as_saelens_saves_it(tmp_path, matryo
         f"saelens {label}batchtopk import: max |codes| diff {code_diff:.2e}, x_hat {recon_diff:.2e}"
     )
     assert code_diff < TOL and recon_diff < TOL
+
+
+def test_batchtopk_with_thresholds_edited_in_saelens_loads_as_jumprelu(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sae = _random_sae(12, sparsity="batchtopk")
+    export_sae(sae, tmp_path, "saelens")
+    tensors = load_file(str(tmp_path / "sae_weights.safetensors"))
+    tensors["threshold"] = tensors["threshold"].clone()
+    tensors["threshold"][:10] = 2.0  # no longer one global threshold
+    save_file(tensors, str(tmp_path / "sae_weights.safetensors"))
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    ours = SAE.from_pretrained(tmp_path)
+    assert ours.cfg.sparsity == "jumprelu"
+    x = _inputs(6)
+    with torch.no_grad():
+        assert (ours.encode(x) - theirs.encode(x)).abs().max() < TOL

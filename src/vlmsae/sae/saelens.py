@@ -26,6 +26,7 @@ normalisations other than ``none``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -135,6 +136,14 @@ def load_saelens(folder: str | Path) -> Any:
     params = {k: sd[k].to(torch.float64) for k in names}
     cfg = _config(config, sd, params, ours, meta, folder)
     threshold = sd.get("threshold")
+    if (
+        cfg.sparsity == "batchtopk"
+        and threshold is not None
+        and bool(threshold.ne(threshold[0]).any())
+    ):
+        # edited in SAELens since vlmsae wrote it: no longer one global threshold
+        log.warning("%s: per-latent thresholds differ: loading it as a JumpReLU SAE", folder)
+        cfg = dataclasses.replace(cfg, sparsity="jumprelu", k=None)
     if cfg.sparsity == "batchtopk":
         params["threshold"] = (
             threshold.reshape(-1)[0].reshape(()) if threshold is not None else (torch.tensor(-1.0))
