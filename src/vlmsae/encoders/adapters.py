@@ -23,7 +23,15 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("clip", "clip_vision_model", "siglip", "siglip_vision_model", "dinov2", "llava")
+SUPPORTED = (
+    "clip",
+    "clip_vision_model",
+    "siglip",
+    "siglip_vision_model",
+    "dinov2",
+    "dinov2_with_registers",
+    "llava",
+)
 _BLOCK_LIST_NAMES = ("layers", "layer", "blocks")
 
 
@@ -95,6 +103,9 @@ class Encoder:
         self.blocks_name, self.blocks = find_blocks(self.vision)
         self.vision_config = getattr(self.vision, "config", model.config)
         self.has_cls = self.family != "siglip"
+        self.n_registers = int(getattr(self.vision_config, "num_register_tokens", 0) or 0)
+        """Register tokens after the CLS token (DINOv2 with registers): no image content;
+        :meth:`image_tokens` drops them before token selection."""
 
     def _vision_module(self) -> nn.Module:
         if self.family == "llava":
@@ -181,6 +192,14 @@ class Encoder:
                 f"{self.name} ({self.family}) has no CLS token; "
                 "choose --tokens mean, all or random:N"
             )
+
+    def image_tokens(self, hidden_BTD: torch.Tensor) -> torch.Tensor:
+        """A block output without its register tokens (``[B, T - n_registers, D]``: the CLS
+        token, then the patches in grid order, as in a model without registers), which is
+        what ``--tokens`` selects from; unchanged for models without registers."""
+        if not self.n_registers:
+            return hidden_BTD
+        return torch.cat([hidden_BTD[:, :1], hidden_BTD[:, 1 + self.n_registers :]], dim=1)
 
     # -- LLaVA ---------------------------------------------------------------------------
     @property
@@ -290,6 +309,7 @@ def _model_class_name(config: Any) -> str:
         "siglip": "SiglipModel",
         "siglip_vision_model": "SiglipVisionModel",
         "dinov2": "Dinov2Model",
+        "dinov2_with_registers": "Dinov2WithRegistersModel",
         "llava": "LlavaForConditionalGeneration",
     }
     if model_type not in by_type:

@@ -237,7 +237,7 @@ def _check_token_count(enc: Encoder, selection: TokenSelection, layer: int) -> N
     from PIL import Image
 
     pixel_values = enc.preprocess([Image.new("RGB", (224, 224))])
-    n_tokens = int(enc.capture(pixel_values, [layer])[layer].shape[1])
+    n_tokens = int(enc.image_tokens(enc.capture(pixel_values, [layer])[layer]).shape[1])
     if selection.n > n_tokens:
         raise UserError(
             f"--tokens {selection} asks for {selection.n} tokens per image, but {enc.name} makes "
@@ -424,7 +424,8 @@ def _write_batch(
                 acts_RD = captured["post_projection"]
                 image_R, token_R = batch.index, np.full(len(batch.index), -1, np.int64)
             else:
-                acts_RD, image_R, token_R = select_tokens(captured[t.key], selection, batch.index)
+                tokens_BTD = enc.image_tokens(captured[t.key])  # without register tokens
+                acts_RD, image_R, token_R = select_tokens(tokens_BTD, selection, batch.index)
             keep_R = image_R >= writer.images_done
             if keep_R.any():
                 if not keep_R.all():

@@ -1,4 +1,4 @@
-"""CLI commands of the SAE stage: ``vlmsae train`` and ``vlmsae convert``."""
+"""CLI commands of the SAE stage: ``vlmsae train``, ``vlmsae convert``, ``vlmsae export``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ LOG_TO_HELP = (
 def register(app: typer.Typer) -> None:
     app.command("train")(progress_options(train))
     app.command("convert")(convert)
+    app.command("export")(export)
 
 
 def _parse_fractions(
@@ -92,6 +93,9 @@ def train(
     log_every: int = typer.Option(100, "--log-every"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
     log_to: list[str] = typer.Option([], "--log-to", help=LOG_TO_HELP),
+    push_to_hub: str = typer.Option(
+        None, "--push-to-hub", help="Also upload the SAE to this hub repository (ORG/NAME)."
+    ),
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
     from vlmsae.data.store import ActivationStore
@@ -102,6 +106,7 @@ def train(
 
     if arch not in ARCHS:
         raise typer.BadParameter(f"{arch!r} is not one of {ARCHS}", param_hint="--arch")
+    _check_push(push_to_hub)
     fractions = _parse_fractions(group_fractions)
     if arch == "matryoshka" and fractions is None:
         fractions = PAPER_GROUP_FRACTIONS
@@ -157,6 +162,7 @@ def train(
         f"{sae}\nwrote {out} — R² {fmt(final.get('r2'))}, L0 {fmt(final.get('l0'))}, "
         f"dead {pct(final.get('dead_fraction', 0))}"
     )
+    _push(out, push_to_hub)
 
 
 def convert(
@@ -173,14 +179,52 @@ def convert(
     tokens: str = typer.Option(
         None, "--tokens", help="Token selection: cls | mean | all | random:N"
     ),
+    push_to_hub: str = typer.Option(
+        None, "--push-to-hub", help="Also upload the SAE to this hub repository (ORG/NAME)."
+    ),
 ) -> None:
     """Convert a dictionary_learning checkpoint (the paper's code) to a vlmsae SAE."""
     from vlmsae.sae.convert import convert_dictionary_learning
 
     if arch is not None and arch not in ("topk", "batchtopk"):
         raise typer.BadParameter("only topk or batchtopk can be forced", param_hint="--arch")
+    _check_push(push_to_hub)
     sae = convert_dictionary_learning(
         ae_path, sparsity=arch, model=model, hookpoint=hookpoint, layer=layer, tokens=tokens
     )
     sae.save(out, converted_from=str(ae_path))
     typer.echo(f"{sae}\nwrote {out}")
+    _push(out, push_to_hub)
+
+
+def _check_push(repo_id: str | None) -> None:
+    """Refuse a malformed --push-to-hub before hours of training, not after."""
+    if repo_id:
+        from vlmsae.sae.hub import check_repo_id
+
+        check_repo_id(repo_id)
+
+
+def _push(folder: Path, repo_id: str | None) -> None:
+    if repo_id:
+        from vlmsae.sae.hub import push_to_hub
+
+        typer.echo(f"pushed {folder} to {push_to_hub(folder, repo_id)}")
+
+
+def export(
+    sae: str = typer.Argument(..., help="SAE checkpoint folder or hub id (ORG/NAME[/SUBFOLDER])."),
+    fmt: str = typer.Option(..., "--format", help="saelens | dictionary_learning"),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+) -> None:
+    """Write an SAE in SAELens's or dictionary_learning's format (their loaders read it)."""
+    from vlmsae.sae.export import FORMATS, export_sae
+    from vlmsae.sae.model import SAE
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {FORMATS}", param_hint="--format")
+    model = SAE.load(sae)
+    note = export_sae(model, out, fmt)
+    if note:
+        typer.echo(f"note: {note}")
+    typer.echo(f"{model}\nwrote {out} ({fmt})")

@@ -51,8 +51,11 @@ class ConvertError(UserError):
 
 
 def _dict_class_from_config(ae_path: Path) -> tuple[str | None, dict[str, Any]]:
-    """dictionary_learning writes ``config.json`` next to ``ae.pt``; use its class name."""
+    """dictionary_learning writes ``config.json`` next to ``ae.pt`` (and above the
+    ``checkpoints/ae_<step>.pt`` it saves during training); use its class name."""
     config_path = ae_path.parent / "config.json"
+    if not config_path.exists() and ae_path.parent.name == "checkpoints":
+        config_path = ae_path.parent.parent / "config.json"
     if not config_path.exists():
         return None, {}
     try:

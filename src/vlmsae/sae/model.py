@@ -302,10 +302,34 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
-        """Load a checkpoint directory written by :meth:`save` (never unpickles)."""
-        from vlmsae.sae.checkpoint import load_sae
+        """Load a checkpoint directory written by :meth:`save` (never unpickles); a hub id or
+        an SAELens / dictionary_learning folder works too (see :meth:`from_pretrained`)."""
+        from vlmsae.sae.hub import load_pretrained
 
-        return load_sae(path, device=device)
+        return load_pretrained(path, device=str(device))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        id_or_path: str | Path,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        **kwargs: object,
+    ) -> SAE:
+        """An SAE from a hub repository (``org/name``) or a local folder, in vlmsae, SAELens
+        or dictionary_learning format; ``kwargs``: ``device``, ``cache_dir``, ``token``
+        (see :func:`vlmsae.sae.hub.load_pretrained`)."""
+        from vlmsae.sae.hub import load_pretrained
+
+        return load_pretrained(id_or_path, subfolder, revision, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: object) -> str:
+        """Upload this SAE (``config.json`` + ``sae.safetensors``) to hub repository
+        ``repo_id``; ``kwargs``: ``private``, ``token``, ``revision``, ``path_in_repo``,
+        ``commit_message``. Returns the commit URL."""
+        from vlmsae.sae.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def extra_repr(self) -> str:
         c = self.cfg
