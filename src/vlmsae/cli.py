@@ -16,7 +16,7 @@ import typer
 from vlmsae import __version__
 
 # Stages that contribute commands, in the order `vlmsae --help` lists them.
-STAGES = ("encoders", "data", "sae", "metrics", "toyworld", "steer", "report", "demo")
+STAGES = ("encoders", "data", "sae", "metrics", "toyworld", "steer", "report", "demo", "explore")
 
 app = typer.Typer(
     name="vlmsae",
