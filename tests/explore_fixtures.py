@@ -51,3 +51,35 @@ def make_sae(path: Path, d: int, d_sae: int, k: int = 4, groups=None):
     sae = SAE(SAEConfig(d_in=d, d_sae=d_sae, sparsity="topk", k=k, group_sizes=groups))
     sae.save(path)
     return sae
+
+
+def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int) -> Path:
+    """A tiny SAE over a token store, scored by `vlmsae score`, labelled by `vlmsae label`
+    (toy CLIP, toy vocabulary) and explored with `vlmsae explore --copy-images` into
+    ``root/site``; every step through the CLI."""
+    from typer.testing import CliRunner
+
+    from vlmsae.cli import app
+    from vlmsae.data.writer import StoreWriter
+
+    paths = make_images(root / "imgs", n_images)
+    make_token_store(root / "acts", paths, d)
+    make_sae(root / "sae", d, d_sae, groups=(d_sae // 4, d_sae - d_sae // 4))
+    emb = StoreWriter(root / "emb", 6, kind="embeddings", dtype="float32")
+    emb.add(np.random.default_rng(1).normal(size=(n_images, 6)).astype(np.float32),
+            np.arange(n_images))  # fmt: skip
+    emb.mark(n_images)
+    emb.close(images=paths, n_images=n_images)
+    runner = CliRunner()
+    for args in (
+        ["score", "--activations", root / "acts", "--embeddings", root / "emb",
+         "--sae", root / "sae", "--out", root / "scores"],
+        ["label", "--sae", root / "sae", "--activations", root / "acts", "--out",
+         root / "labels", "--clip", "toyworld", "--vocab", "toyworld"],
+        ["explore", "--sae", root / "sae", "--activations", root / "acts", "--out",
+         root / "site", "--scores", root / "scores", "--labels", root / "labels" / "labels.csv",
+         "--copy-images"],
+    ):  # fmt: skip
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, (args[0], result.output, result.exception)
+    return root

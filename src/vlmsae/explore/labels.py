@@ -166,12 +166,13 @@ def oracle_embedding_of(labels: dict[str, np.ndarray]) -> np.ndarray:
 
 def toy_accuracy(
     labels: NeuronLabels, top_SK: np.ndarray, truth: dict[str, np.ndarray], ms_oracle: np.ndarray,
-    min_ms: float = 0.8, share: float = 0.8,
+    min_ms: float = 0.8, share: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Share of neurons with oracle MS >= ``min_ms`` whose label is a true concept of theirs:
     a concept value held by at least ``share`` of their top images."""
-    from vlmsae.explore.truth import shared_values
+    from vlmsae.explore.truth import CONCEPT_SHARE, shared_values
 
+    share = CONCEPT_SHARE if share is None else share
     chosen = np.flatnonzero(np.nan_to_num(ms_oracle, nan=-1.0) >= min_ms)
     right = [labels.label[s] in shared_values(top_SK[s], truth, share) for s in chosen]
     return {

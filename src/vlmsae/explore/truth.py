@@ -36,41 +36,43 @@ def toy_labels(store: Any) -> dict[str, np.ndarray] | None:
     }
 
 
+CONCEPT_SHARE = 0.8
+"""A concept is a neuron's when at least this share of its top images hold it."""
+
+
 class Concepts(NamedTuple):
-    """The dominant ground-truth concept of each neuron's top images."""
+    """The ground-truth concepts of each neuron's top images."""
 
     name: list[str | None]
-    """``attribute=value`` shared by the largest share of the top images (None: no images)."""
-    value: list[str | None]
-    """Just the value (e.g. ``red``), the word a label should be."""
+    """The attribute values at least ``CONCEPT_SHARE`` of the top images hold, e.g.
+    ``"diamond orange large"`` (the family is left out when the shape names it); None where
+    no value is that common or the neuron has no top images."""
     purity: np.ndarray
-    """``float64 [S]`` that share (NaN without top images)."""
+    """``float64 [S]`` the largest share of the top images holding one attribute value
+    (label purity; NaN without top images)."""
 
 
 def dominant_concepts(top_SK: np.ndarray, labels: dict[str, np.ndarray]) -> Concepts:
-    """For each neuron, the attribute value most of its top images share (ties: the first
-    attribute in the world's order), and the share itself (label purity)."""
+    """The concepts and the label purity of every neuron's top images."""
     from vlmsae.toyworld.world import ATTRIBUTES
 
     names: list[str | None] = []
-    values: list[str | None] = []
     purity = np.full(len(top_SK), np.nan)
     for s, row in enumerate(top_SK):
         row = row[row >= 0]
         if not row.size:
             names.append(None)
-            values.append(None)
             continue
-        best = (-1.0, "", "")
+        strong = []
         for attr, per_image in labels.items():
             counts = np.bincount(per_image[row])
-            share = counts.max() / row.size
-            if share > best[0]:
-                best = (share, attr, ATTRIBUTES[attr][int(counts.argmax())])
-        purity[s] = best[0]
-        names.append(f"{best[1]}={best[2]}")
-        values.append(best[2])
-    return Concepts(names, values, purity)
+            purity[s] = max(np.nan_to_num(purity[s], nan=0.0), counts.max() / row.size)
+            if counts.max() / row.size >= CONCEPT_SHARE:
+                strong.append((attr, ATTRIBUTES[attr][int(counts.argmax())]))
+        if any(a == "shape" for a, _ in strong):
+            strong = [(a, v) for a, v in strong if a != "family"]
+        names.append(" ".join(v for _, v in strong) or None)
+    return Concepts(names, purity)
 
 
 def shared_values(top_K: np.ndarray, labels: dict[str, np.ndarray], share: float) -> set[str]:

@@ -16,8 +16,8 @@
     max_act: ["max act.", "largest activation over the images", 3],
     label: ["label", "zero-shot label (vlmsae label)", null],
     margin: ["margin", "label confidence: cosine margin over the runner-up", 3],
-    concept: ["concept", "ground-truth concept most top images share (toy world)", null],
-    purity: ["purity", "share of top images with that concept", 2],
+    concept: ["concept", "ground-truth values >= 80% of the top images hold (toy world)", null],
+    purity: ["purity", "largest share of the top images holding one value (toy world)", 2],
   };
   const state = { sortKey: null, sortDir: -1, query: "", group: "", page: 0, order: null };
   const shards = {};
@@ -257,9 +257,12 @@
         images.append(el("figure", { class: "top-image" }, wrap,
           el("figcaption", {}, act.toFixed(3))));
       });
+      const silent = rec.heat && rec.heat.every((h) => h.every((q) => q === 0));
       const heatNote = rec.heat ? el("label", { class: "toggle" },
         el("input", { type: "checkbox", id: "show-heat", checked: "" }),
-        ` patch heatmap (${meta.heat_source})`) : "";
+        ` patch heatmap (${meta.heat_source === "model" ? "recomputed with the model" :
+          "stored tokens"})`, silent ? ": the neuron fires on no single patch token of " +
+          "these images" : "") : "";
       const page = el("section", { id: "neuron", "data-neuron": id },
         el("h2", {}, `Neuron ${id}`, cols.label && cols.label[id] ? ` — ${cols.label[id]}` : ""),
         stats, el("h3", {}, `Top ${rec.top.length} images `, heatNote), images,

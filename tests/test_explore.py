@@ -1,0 +1,186 @@
+"""`vlmsae explore` / `vlmsae label` without a browser: the data the site is built from.
+
+The per-neuron statistics are checked against brute-force definitions, the site's JSON
+against the scores it was built from (NaN written as null), and mismatched inputs are
+refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from explore_fixtures import SIDE, build_tiny_site, make_sae
+from vlmsae.cli import app
+from vlmsae.errors import UserError
+from vlmsae.explore.neurons import (
+    column_stats,
+    decoder_neighbours,
+    jaccard_neighbours,
+    patch_layout,
+)
+from vlmsae.explore.site import site_json
+
+N_IMAGES, D, D_SAE = 24, 8, 32
+
+
+def read_js(path, prefix):
+    """The JSON payload of a data file of the site."""
+    text = path.read_text()
+    assert text.startswith(prefix), text[:80]
+    return json.loads(text[len(prefix) :].rstrip().rstrip(";").rstrip(")"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_tiny_site(tmp_path_factory.mktemp("explore"), N_IMAGES, D, D_SAE)
+
+
+def test_index_holds_the_scores_with_nan_as_null(built):
+    index = read_js(built / "site" / "data" / "index.js", "window.VLMSAE_INDEX = ")
+    ms = np.load(built / "scores" / "scores.npy")
+    col = index["columns"]["ms"]
+    assert len(col) == D_SAE == index["meta"]["n_neurons"]
+    for got, want in zip(col, ms, strict=True):
+        assert (got is None) == bool(np.isnan(want))
+        if got is not None:
+            assert got == pytest.approx(want, rel=1e-3, abs=1e-6)
+    labels = (built / "labels" / "labels.csv").read_text().splitlines()[1:]
+    assert index["columns"]["label"] == [(r.split(",")[1].strip('"') or None) for r in labels]
+    assert index["columns"]["group"] == [0] * 8 + [1] * 24
+
+
+def test_shards_match_the_codes_of_the_store(built):
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.sae import SAE
+
+    sae, store = SAE.load(built / "sae"), ActivationStore(built / "acts")
+    with torch.no_grad():
+        codes_RS = sae.encode(torch.from_numpy(store.to_numpy())).numpy()
+    per_image_NS = codes_RS.reshape(N_IMAGES, 1 + SIDE * SIDE, D_SAE).max(axis=1)
+    index = read_js(built / "site" / "data" / "index.js", "window.VLMSAE_INDEX = ")
+    records = read_js(built / "site" / "data" / "neurons" / "00000.js", "vlmsaeShard(0, ")
+    assert [r["id"] for r in records] == list(range(D_SAE))
+    for s, rec in enumerate(records):
+        acts = per_image_NS[:, s]
+        assert index["columns"]["n_active"][s] == int((acts > 0).sum())
+        tops = [v for _, v in rec["top"]]
+        want = np.sort(acts[acts > 0])[::-1][:16]
+        assert tops == pytest.approx(want, rel=1e-3)
+        assert sum(rec["hist"]) == int((acts > 0).sum())
+        assert len(rec["heat"]) == len(rec["top"])
+        for (img, _), heat in zip(rec["top"], rec["heat"], strict=True):
+            src = index["images"][img]
+            assert src.startswith("images/") and (built / "site" / src).is_file()
+            assert len(heat) == SIDE * SIDE and max(heat) <= 255
+        if rec["heat"]:  # the neuron's strongest patch over its top images is 255
+            assert max(max(h) for h in rec["heat"]) == 255
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True, width=32),
+            st.integers(-(2**31), 2**31),
+            st.text(max_size=5),
+            st.none(),
+        ),
+        max_size=20,
+    )
+)
+def test_site_json_round_trips_and_writes_nan_as_null(values):
+    text = site_json({"a": values, "b": np.array([1.5, np.nan], np.float32)})
+    back = json.loads(text)
+    assert "NaN" not in text and "Infinity" not in text
+    assert back["b"] == [1.5, None]
+    for got, want in zip(back["a"], values, strict=True):
+        if isinstance(want, float):
+            assert got is None if not math.isfinite(want) else got == pytest.approx(want, rel=1e-3)
+        else:
+            assert got == want
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 12), st.integers(1, 9), st.integers(0, 2**16))
+def test_neighbours_and_histograms_match_brute_force(n_s, n_img, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n_s, 5))
+    ids = decoder_neighbours(w, 3).ids
+    cos = (w / np.linalg.norm(w, axis=1, keepdims=True)) @ (
+        w / np.linalg.norm(w, axis=1)[:, None]
+    ).T
+    for s in range(n_s):
+        others = sorted((x for x in range(n_s) if x != s), key=lambda x: -cos[s, x])
+        assert [i for i in ids[s] if i >= 0] == others[:3] or np.allclose(
+            cos[s, [i for i in ids[s] if i >= 0]], cos[s, others[:3]]
+        )
+    top = rng.integers(0, n_img, size=(n_s, 4))
+    valid = rng.random((n_s, 4)) < 0.8
+    jac = jaccard_neighbours(top, valid, n_img, n_s)
+    sets = [set(top[s][valid[s]].tolist()) for s in range(n_s)]
+    for s in range(n_s):
+        for j, v in zip(jac.ids[s], jac.values[s], strict=True):
+            if j >= 0:
+                assert j != s and v == pytest.approx(
+                    len(sets[s] & sets[j]) / len(sets[s] | sets[j])
+                )
+        n_overlap = sum(1 for t in range(n_s) if t != s and sets[s] & sets[t])
+        assert (jac.ids[s] >= 0).sum() == min(n_overlap, n_s)
+    codes = sp.csr_matrix(np.maximum(rng.normal(size=(n_img, n_s)), 0))
+    n_active, max_act, hist = column_stats(codes, 5)
+    dense = codes.toarray()
+    assert (n_active == (dense > 0).sum(0)).all() and (hist.sum(1) == n_active).all()
+    assert np.allclose(max_act, dense.max(0))
+
+
+def test_patch_layout():
+    assert patch_layout(1 + 16) == (1, 4) and patch_layout(256) == (0, 16)
+    assert patch_layout(1 + 576) == (1, 24) and patch_layout(7) is None
+
+
+def test_explore_refuses_scores_of_another_sae(built, tmp_path):
+    make_sae(tmp_path / "big", D, 2 * D_SAE)
+    args = ["explore", "--sae", tmp_path / "big", "--activations", built / "acts", "--out",
+            tmp_path / "site", "--scores", built / "scores"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert isinstance(result.exception, UserError), result.output
+    assert f"scores {D_SAE} neurons but the SAE has {2 * D_SAE}" in str(result.exception)
+    assert not (tmp_path / "site" / "index.html").exists()
+
+
+def test_explore_refuses_a_store_of_another_width(built, tmp_path):
+    make_sae(tmp_path / "wide", D + 1, D_SAE)
+    args = ["explore", "--sae", tmp_path / "wide", "--activations", built / "acts",
+            "--out", tmp_path / "site"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert isinstance(result.exception, UserError)
+    assert f"has width {D} but the SAE reads {D + 1}" in str(result.exception)
+
+
+def test_label_refuses_an_unknown_vocabulary(built, tmp_path):
+    args = ["label", "--sae", built / "sae", "--activations", built / "acts", "--out",
+            tmp_path / "l", "--clip", "toyworld", "--vocab", tmp_path / "none.txt"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert isinstance(result.exception, UserError)
+    assert "no such file" in str(result.exception)
+
+
+def test_labels_pick_the_closest_prompt():
+    from vlmsae.explore.labels import assign_labels
+
+    img = np.eye(3)  # image i points along axis i
+    text = np.eye(3)[[2, 0, 1]]  # word 0 = axis 2, word 1 = axis 0, word 2 = axis 1
+    top = np.array([[0, 1], [2, -1], [-1, -1]])
+    weight = np.array([[3.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    res = assign_labels(top, weight, img, text, ["w0", "w1", "w2"])
+    assert res.label == ["w1", "w0", None]
+    assert res.margin[0] == pytest.approx((3 - 1) / math.sqrt(10)) and np.isnan(res.margin[2])
