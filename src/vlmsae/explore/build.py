@@ -21,12 +21,21 @@ from vlmsae.explore.truth import dominant_concepts, toy_labels
 log = logging.getLogger(__name__)
 
 
-def _check_fits(sae: Any, store: Any) -> None:
+def check_fits(sae: Any, store: Any) -> None:
+    """Refuse a store the SAE was not trained for: another width, model, hook point or
+    layer (where both record it; the token selection may differ)."""
     if store.d != sae.cfg.d_in:
         raise UserError(
             f"the activation store {store.dir} has width {store.d} but the SAE reads "
             f"{sae.cfg.d_in}; give the store cached at the SAE's hook point"
         )
+    for field in ("model", "hookpoint", "layer"):
+        mine, theirs = getattr(sae.cfg, field, None), store.manifest.get(field)
+        if mine is not None and theirs is not None and str(mine) != str(theirs):
+            raise UserError(
+                f"the SAE was trained on {field} {mine} but the activation store {store.dir} "
+                f"holds {field} {theirs}; give a store cached from the SAE's model and hook point"
+            )
 
 
 def _load_encoder(model: str | Path | None, store: Any) -> Any:
@@ -92,7 +101,7 @@ def build_site(
     sae = SAE.load(sae_dir)
     sae.eval()
     store = ActivationStore(activations)
-    _check_fits(sae, store)
+    check_fits(sae, store)
     encoder = _load_encoder(model, store) if cfg.heatmaps else None
     data, codes_NS = compute_neuron_data(
         sae, store, top_k=cfg.top_k, n_bins=cfg.n_bins, n_neighbours=cfg.n_neighbours,

@@ -105,57 +105,15 @@ def label_cmd(
 ) -> None:
     """Name every neuron by zero-shot matching of its top images (activation weighted)
     against a vocabulary with a CLIP text tower; on the toy world, also the accuracy."""
-    import numpy as np
-
-    from vlmsae._io import atomic_write_text, write_json
     from vlmsae._lock import lock_until_exit
-    from vlmsae.data.store import ActivationStore
-    from vlmsae.errors import UserError
-    from vlmsae.explore import labels as lab
-    from vlmsae.explore.build import _check_fits
-    from vlmsae.explore.neurons import encode_rows, per_image
-    from vlmsae.explore.truth import toy_labels
-    from vlmsae.metrics._source import image_index_of
-    from vlmsae.metrics.top_images import top_images
-    from vlmsae.sae import SAE
+    from vlmsae.explore.labels import label_sae
 
-    model, store = SAE.load(sae), ActivationStore(activations)
-    _check_fits(model, store)
-    if not store.images:
-        raise UserError(f"the store {activations} lists no images (images.jsonl): cannot label")
-    if clip == "toyworld":
-        from vlmsae.toyworld import clip_path
-
-        clip = str(clip_path())
-    clip = clip or store.manifest.get("model")
-    if not clip:
-        raise UserError("the store names no model; give --clip MODEL (a CLIP-family model)")
-    vocabulary = lab.load_vocabulary(vocab, template, store.images)
-    lock_until_exit(out, "vlmsae label")
-    codes_NS = per_image(encode_rows(model, store), image_index_of(store))
-    top = top_images(codes_NS, top_k)
-    result = lab.label_neurons(clip, store.images, top.indices, top.values, vocabulary)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = ["neuron,label,margin,score"]
-    for s, (name, m, c) in enumerate(zip(result.label, result.margin, result.score, strict=True)):
-        text = "" if name is None else '"' + name.replace('"', '""') + '"'
-        num = ("", "") if name is None else (f"{m:.6f}", f"{c:.6f}")
-        rows.append(f"{s},{text},{num[0]},{num[1]}")
-    atomic_write_text(out / "labels.csv", "\n".join(rows) + "\n")
-    summary = {"sae": str(sae), "activations": str(activations), "clip": str(clip),
-               "vocab": vocab, "n_words": len(vocabulary.words), "template": template,
-               "n_labelled": int(sum(x is not None for x in result.label))}  # fmt: skip
-    truth = toy_labels(store)
-    if truth is not None:
-        from vlmsae.metrics.ms import monosemanticity
-
-        ms = monosemanticity(codes_NS, lab.oracle_embedding_of(truth)).ms
-        valid = np.where(top.values > 0, top.indices, -1)
-        summary["toyworld"] = lab.toy_accuracy(result, valid, truth, ms)
-    write_json(out / "summary.json", summary)
-    line = f"{summary['n_labelled']} of {model.cfg.d_sae} neurons labelled → {out / 'labels.csv'}"
-    if truth is not None:
-        t = summary["toyworld"]
+    lock_until_exit(out, "vlmsae label")  # one writer per output directory
+    summary = label_sae(sae, activations, out, clip=clip, vocab=vocab, template=template,
+                        top_k=top_k)  # fmt: skip
+    line = f"{summary['n_labelled']} of {summary['n_neurons']} neurons labelled → {out}"
+    t = summary.get("toyworld")
+    if t is not None:
         acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.1%}"
         line += (f"; toy world: {t['n_correct']} of {t['n_neurons']} neurons with oracle MS >= "
                  f"{t['min_oracle_ms']} carry a true concept ({acc})")  # fmt: skip

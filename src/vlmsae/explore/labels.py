@@ -182,3 +182,71 @@ def toy_accuracy(
         "n_correct": int(sum(right)),
         "accuracy": float(np.mean(right)) if right else None,
     }
+
+
+def write_labels_csv(path: Path, labels: NeuronLabels) -> None:
+    """``neuron,label,margin,score`` per neuron (empty fields for unlabelled neurons)."""
+    from vlmsae._io import atomic_write_text
+
+    rows = ["neuron,label,margin,score"]
+    for s, (name, m, c) in enumerate(zip(labels.label, labels.margin, labels.score, strict=True)):
+        if name is None:
+            rows.append(f"{s},,,")
+        else:
+            rows.append(f'{s},"{name.replace(chr(34), chr(34) * 2)}",{m:.6f},{c:.6f}')
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def label_sae(
+    sae_dir: str | Path, activations: str | Path, out_dir: str | Path, *,
+    clip: str | None = None, vocab: str = "imagenet", template: str = DEFAULT_TEMPLATE,
+    top_k: int = 16,
+) -> dict[str, Any]:  # fmt: skip
+    """Label every neuron of an SAE from its top images over ``activations``; write
+    ``labels.csv`` and ``summary.json`` into ``out_dir`` and return the summary (with the
+    toy-world accuracy when the store's images are an exported toy-world split).
+
+    ``clip``: a CLIP-family model (hub id or folder), ``"toyworld"`` for the shipped toy
+    CLIP, or None for the model the store was cached from.
+    """
+    from vlmsae._io import write_json
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.explore.build import check_fits
+    from vlmsae.explore.neurons import encode_rows, per_image
+    from vlmsae.explore.truth import toy_labels
+    from vlmsae.metrics._source import image_index_of
+    from vlmsae.metrics.top_images import top_images
+    from vlmsae.sae import SAE
+
+    sae, store = SAE.load(sae_dir), ActivationStore(activations)
+    check_fits(sae, store)
+    if not store.images:
+        raise UserError(f"the store {activations} lists no images (images.jsonl): cannot label")
+    if clip == "toyworld":
+        from vlmsae.toyworld import clip_path
+
+        clip = str(clip_path())
+    clip = clip or store.manifest.get("model")
+    if not clip:
+        raise UserError("the store names no model; give --clip MODEL (a CLIP-family model)")
+    vocabulary = load_vocabulary(vocab, template, store.images)
+    codes_NS = per_image(encode_rows(sae, store), image_index_of(store))
+    top = top_images(codes_NS, top_k)
+    result = label_neurons(clip, store.images, top.indices, top.values, vocabulary)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_labels_csv(out_dir / "labels.csv", result)
+    summary: dict[str, Any] = {
+        "sae": str(sae_dir), "activations": str(activations), "clip": str(clip),
+        "vocab": vocab, "n_words": len(vocabulary.words), "template": template,
+        "n_neurons": sae.cfg.d_sae, "n_labelled": int(sum(x is not None for x in result.label)),
+    }  # fmt: skip
+    truth = toy_labels(store)
+    if truth is not None:
+        from vlmsae.metrics.ms import monosemanticity
+
+        ms = monosemanticity(codes_NS, oracle_embedding_of(truth)).ms
+        valid = np.where(top.values > 0, top.indices, -1)
+        summary["toyworld"] = toy_accuracy(result, valid, truth, ms)
+    write_json(out_dir / "summary.json", summary)
+    return summary

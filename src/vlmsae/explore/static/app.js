@@ -261,8 +261,8 @@
       const heatNote = rec.heat ? el("label", { class: "toggle" },
         el("input", { type: "checkbox", id: "show-heat", checked: "" }),
         ` patch heatmap (${meta.heat_source === "model" ? "recomputed with the model" :
-          "stored tokens"})`, silent ? ": the neuron fires on no single patch token of " +
-          "these images" : "") : "";
+          "stored tokens"})`, silent ? ": on these images the neuron fires on " +
+          "no patch token (only on the CLS token)" : "") : "";
       const page = el("section", { id: "neuron", "data-neuron": id },
         el("h2", {}, `Neuron ${id}`, cols.label && cols.label[id] ? ` — ${cols.label[id]}` : ""),
         stats, el("h3", {}, `Top ${rec.top.length} images `, heatNote), images,
