@@ -184,3 +184,31 @@ def test_labels_pick_the_closest_prompt():
     res = assign_labels(top, weight, img, text, ["w0", "w1", "w2"])
     assert res.label == ["w1", "w0", None]
     assert res.margin[0] == pytest.approx((3 - 1) / math.sqrt(10)) and np.isnan(res.margin[2])
+
+
+def test_model_heatmaps_equal_the_stored_tokens(tmp_path):
+    """Heatmaps recomputed with the model for the top images (a CLS store) equal those read
+    from a store of every token of the same images."""
+    from explore_fixtures import make_images
+    from tiny_models import WIDTH, clip_processor, make_clip
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.encoders import Encoder
+    from vlmsae.encoders.cache import CacheConfig, cache_activations
+    from vlmsae.explore.neurons import compute_neuron_data, model_heatmaps
+
+    make_images(tmp_path / "imgs", 12)
+    encoder = Encoder(make_clip(2), clip_processor())
+    for tokens in ("all", "cls"):
+        cfg = CacheConfig(layers=(1,), tokens=tokens, dtype="float32", workers=0, progress=False)
+        cache_activations(encoder, tmp_path / "imgs", tmp_path / tokens, cfg)
+    sae = make_sae(tmp_path / "sae", WIDTH, 24)
+    all_store = ActivationStore(tmp_path / "all" / "layer_1")
+    data, _ = compute_neuron_data(sae, all_store, top_k=4)
+    assert data.heatmaps is not None and data.heatmaps.source == "store"
+    assert data.heatmaps.side == 4 and data.heatmaps.values.max() > 0
+    top = np.where(data.top_values > 0, data.top_indices, -1)
+    cls_store = ActivationStore(tmp_path / "cls" / "layer_1")
+    recomputed = model_heatmaps(sae, encoder, 1, cls_store.images, top)
+    np.testing.assert_allclose(recomputed.values, data.heatmaps.values, rtol=1e-4, atol=1e-5)
+    cls_data, _ = compute_neuron_data(sae, cls_store, top_k=4, encoder=encoder)
+    assert cls_data.heatmaps is not None and cls_data.heatmaps.source == "model"
