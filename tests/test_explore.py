@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -212,3 +214,57 @@ def test_model_heatmaps_equal_the_stored_tokens(tmp_path):
     np.testing.assert_allclose(recomputed.values, data.heatmaps.values, rtol=1e-4, atol=1e-5)
     cls_data, _ = compute_neuron_data(sae, cls_store, top_k=4, encoder=encoder)
     assert cls_data.heatmaps is not None and cls_data.heatmaps.source == "model"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """48 toy-world images cached with every token of the toy CLIP's block 2, a random SAE."""
+    from vlmsae.encoders.cache import CacheConfig, cache_activations
+    from vlmsae.toyworld import clip_path, export_imagefolder
+
+    root = tmp_path_factory.mktemp("toy")
+    export_imagefolder(root / "world", split="test", n=48)
+    cfg = CacheConfig(layers=(2,), tokens="all", dtype="float32", workers=0, progress=False)
+    cache_activations(clip_path(), root / "world", root / "acts", cfg, split="test")
+    from vlmsae.data.store import ActivationStore
+
+    make_sae(root / "sae", ActivationStore(root / "acts" / "layer_2").d, 64, k=8)
+    return root
+
+
+def test_toy_world_site_shows_the_truth_and_labels_are_scored(toy):
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.explore.build import build_site
+    from vlmsae.explore.labels import label_sae
+    from vlmsae.explore.truth import toy_labels
+    from vlmsae.toyworld import ATTRIBUTES, clip_path, read_exported
+
+    summary = label_sae(toy / "sae", toy / "acts" / "layer_2", toy / "labels",
+                        clip="toyworld", vocab="toyworld")  # fmt: skip
+    t = summary["toyworld"]
+    assert t["n_correct"] <= t["n_monosemantic"] <= 64
+    build_site(toy / "sae", toy / "acts" / "layer_2", toy / "site",
+               labels=toy / "labels" / "labels.csv")  # fmt: skip
+    index = read_js(toy / "site" / "data" / "index.js", "window.VLMSAE_INDEX = ")
+    cols = index["columns"]
+    assert {"concept", "purity", "depth", "label"} <= set(cols)
+    vision = json.loads((clip_path() / "config.json").read_text())["vision_config"]
+    assert index["meta"]["heat_side"] == vision["image_size"] // vision["patch_size"]
+    store = ActivationStore(toy / "acts" / "layer_2")
+    truth = toy_labels(store)
+    records = {str(im.path): im.record for im in read_exported(toy / "world" / "test")}
+    shapes = ATTRIBUTES["shape"]
+    assert [shapes[i] for i in truth["shape"]] == [records[p].shape for p in store.images]
+    shard = read_js(toy / "site" / "data" / "neurons" / "00000.js", "vlmsaeShard(0, ")
+    n_checked = 0
+    for rec in shard:  # a concept is a value >= 80 % of the neuron's top images hold
+        concept = cols["concept"][rec["id"]]
+        if not concept:
+            continue
+        paths = [str((toy / "site" / unquote(index["images"][i])).resolve()) for i, _ in rec["top"]]
+        held = [set(asdict(records[p]).values()) for p in paths]
+        for word in concept.split():
+            assert sum(word in h for h in held) >= 0.8 * len(held), (rec["id"], word)
+        n_checked += 1
+    assert n_checked > 0
+    assert all(d is None or 0 <= d <= 3 for d in cols["depth"])

@@ -74,6 +74,20 @@ def _ms_columns(codes_NS: Any, embeddings: Path, store: Any) -> dict[str, np.nda
     return {"ms": res.ms, "ms_n_active": res.n_active.astype(float)}
 
 
+def taxonomy_of(store: Any, truth: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """Taxonomy ids per image (``encode_taxonomy``): the toy world's family → shape →
+    colour, or the levels of iNaturalist class folders; None for flat labels."""
+    from vlmsae.metrics.hierarchy import encode_taxonomy, label_paths_from_images
+
+    if truth is not None:
+        levels = ("family", "shape", "color")
+        return encode_taxonomy(list(zip(*(truth[a].tolist() for a in levels), strict=True)))
+    names = [Path(p).parent.name for p in store.images]
+    if not names or not all(len(n.split("_")) >= 8 and n[:1].isdigit() for n in names):
+        return None
+    return encode_taxonomy(label_paths_from_images(store.images, inat=True))
+
+
 def build_site(
     sae_dir: str | Path,
     activations: str | Path,
@@ -121,8 +135,14 @@ def build_site(
     if labels is not None:
         columns["label"], columns["margin"] = read_labels(Path(labels), n_s)
     truth = toy_labels(store)
+    valid_top = np.where(data.top_values > 0, data.top_indices, -1)
+    taxonomy = taxonomy_of(store, truth)
+    if taxonomy is not None:
+        from vlmsae.metrics.hierarchy import hierarchy
+
+        columns["depth"] = hierarchy(taxonomy, valid_top).mean_depth
     if truth is not None:
-        concepts = dominant_concepts(np.where(data.top_values > 0, data.top_indices, -1), truth)
+        concepts = dominant_concepts(valid_top, truth)
         columns["concept"], columns["purity"] = concepts.name, concepts.purity
     meta = {
         "title": cfg.title,

@@ -115,6 +115,6 @@ def label_cmd(
     t = summary.get("toyworld")
     if t is not None:
         acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.1%}"
-        line += (f"; toy world: {t['n_correct']} of {t['n_neurons']} neurons with oracle MS >= "
-                 f"{t['min_oracle_ms']} carry a true concept ({acc})")  # fmt: skip
+        line += (f"; toy world: {t['n_correct']} of {t['n_monosemantic']} neurons with oracle "
+                 f"MS >= {t['min_oracle_ms']} carry a true concept ({acc})")  # fmt: skip
     typer.echo(line)

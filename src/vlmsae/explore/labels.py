@@ -175,12 +175,15 @@ def toy_accuracy(
     share = CONCEPT_SHARE if share is None else share
     chosen = np.flatnonzero(np.nan_to_num(ms_oracle, nan=-1.0) >= min_ms)
     right = [labels.label[s] in shared_values(top_SK[s], truth, share) for s in chosen]
+    named = [s for s, name in enumerate(labels.label) if name is not None]
+    right_all = [labels.label[s] in shared_values(top_SK[s], truth, share) for s in named]
     return {
         "min_oracle_ms": min_ms,
         "concept_share": share,
-        "n_neurons": len(chosen),
+        "n_monosemantic": len(chosen),
         "n_correct": int(sum(right)),
         "accuracy": float(np.mean(right)) if right else None,
+        "accuracy_all_labelled": float(np.mean(right_all)) if right_all else None,
     }
 
 

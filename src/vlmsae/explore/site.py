@@ -111,8 +111,11 @@ def read_scores(scores_dir: Path, n_neurons: int) -> dict[str, np.ndarray]:
     for col in rows[0] if rows else []:
         if col in ("neuron", "max_activation"):
             continue
-        name = "ms_n_active" if col == "n_active" else col
-        out[name] = np.array([float(r[col]) if r[col] not in ("", "nan") else np.nan for r in rows])
+        try:
+            values = np.array([float(r[col]) if r[col] != "" else np.nan for r in rows])
+        except ValueError:
+            continue  # a text column: not a score
+        out["ms_n_active" if col == "n_active" else col] = values
     return out
 
 

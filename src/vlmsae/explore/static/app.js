@@ -14,6 +14,7 @@
     n_active: ["active", "images where the neuron is > 0", 0],
     freq: ["frequency", "share of images where the neuron is > 0", 4],
     max_act: ["max act.", "largest activation over the images", 3],
+    depth: ["depth", "mean taxonomy depth of the lowest common ancestor of top-image pairs", 2],
     label: ["label", "zero-shot label (vlmsae label)", null],
     margin: ["margin", "label confidence: cosine margin over the runner-up", 3],
     concept: ["concept", "ground-truth values >= 80% of the top images hold (toy world)", null],
