@@ -268,3 +268,27 @@ def test_toy_world_site_shows_the_truth_and_labels_are_scored(toy):
         n_checked += 1
     assert n_checked > 0
     assert all(d is None or 0 <= d <= 3 for d in cols["depth"])
+
+
+def test_a_code_store_gives_the_same_neurons_as_its_activations(built, tmp_path):
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.data.writer import StoreWriter
+    from vlmsae.explore.neurons import compute_neuron_data, encode_rows
+    from vlmsae.sae import SAE
+
+    sae, acts = SAE.load(built / "sae"), ActivationStore(built / "acts")
+    writer = StoreWriter(
+        tmp_path / "codes",
+        D_SAE,
+        kind="codes",
+        dtype="float32",
+        meta={k: acts.manifest[k] for k in ("model", "hookpoint", "layer")},
+    )
+    writer.add(encode_rows(sae, acts), acts.rows[:, 0], acts.rows[:, 1])  # fmt: skip
+    writer.mark(N_IMAGES)
+    codes = writer.close(images=acts.images, n_images=N_IMAGES)
+    from_acts, _ = compute_neuron_data(sae, acts)
+    from_codes, _ = compute_neuron_data(sae, codes)
+    np.testing.assert_array_equal(from_codes.top_indices, from_acts.top_indices)
+    np.testing.assert_allclose(from_codes.top_values, from_acts.top_values)
+    np.testing.assert_allclose(from_codes.heatmaps.values, from_acts.heatmaps.values)

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 def check_fits(sae: Any, store: Any) -> None:
     """Refuse a store the SAE was not trained for: another width, model, hook point or
     layer (where both record it; the token selection may differ)."""
-    if store.d != sae.cfg.d_in:
+    if store.is_sparse and store.d != sae.cfg.d_sae:
+        raise UserError(
+            f"the code store {store.dir} holds {store.d} latents but the SAE has "
+            f"{sae.cfg.d_sae}; give the codes of this SAE (`vlmsae cache --sae SAE`)"
+        )
+    if not store.is_sparse and store.d != sae.cfg.d_in:
         raise UserError(
             f"the activation store {store.dir} has width {store.d} but the SAE reads "
             f"{sae.cfg.d_in}; give the store cached at the SAE's hook point"

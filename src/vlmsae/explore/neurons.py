@@ -66,9 +66,13 @@ class NeuronData(NamedTuple):
 
 
 def encode_rows(sae: Any, store: Any, chunk_rows: int = 8192) -> sp.csr_matrix:
-    """SAE codes of every row of ``store`` as a CSR matrix ``[R, S]``."""
+    """SAE codes of every row of ``store`` as a CSR matrix ``[R, S]`` (a code store of the
+    SAE, ``kind="codes"``, is read as it is)."""
     import torch
 
+    if getattr(store, "is_sparse", False):
+        blocks = [block for _, block in iter_rows(store, chunk_rows, np.float32)]
+        return sp.vstack(blocks, format="csr")
     parts = []
     with torch.inference_mode():
         for _, block in iter_rows(store, chunk_rows, np.float32):
