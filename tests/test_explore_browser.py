@@ -168,3 +168,23 @@ def test_served_site_opens_on_localhost(page, site):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_missing_data_file_is_reported_on_the_page_and_in_the_console(driver, site, tmp_path):
+    """The console check of the other tests sees real failures: here a shard and an image
+    of a copied site are deleted."""
+    import shutil
+
+    site_dir, _ = site
+    broken = tmp_path / "site"
+    shutil.copytree(site_dir, broken)
+    (broken / "data" / "neurons" / "00000.js").unlink()
+    driver.get((broken / "index.html").as_uri() + "#/neuron/1")
+    driver.refresh()
+    for _ in range(50):
+        errors = driver.find_elements("css selector", "#app .error")
+        if errors:
+            break
+        time.sleep(0.1)
+    assert "cannot load" in errors[0].text and "data/neurons/00000.js" in errors[0].text
+    assert any("00000.js" in m["message"] for m in console_errors(driver))

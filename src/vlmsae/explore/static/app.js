@@ -70,7 +70,8 @@
       waiting[i] = [resolve];
       const s = document.createElement("script");
       s.src = `data/neurons/${String(i).padStart(5, "0")}.js`;
-      s.onerror = () => reject(new Error(`cannot load ${s.src}`));
+      s.onerror = () => reject(new Error(`cannot load ${s.src}: the site is incomplete; ` +
+        "rebuild it with vlmsae explore"));
       document.head.append(s);
     });
   }
