@@ -211,7 +211,7 @@ def test_model_heatmaps_equal_the_stored_tokens(tmp_path):
     top = np.where(data.top_values > 0, data.top_indices, -1)
     cls_store = ActivationStore(tmp_path / "cls" / "layer_1")
     recomputed = model_heatmaps(sae, encoder, 1, cls_store.images, top)
-    np.testing.assert_allclose(recomputed.values, data.heatmaps.values, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(recomputed.values, data.heatmaps.values, rtol=2e-3, atol=1e-3)
     cls_data, _ = compute_neuron_data(sae, cls_store, top_k=4, encoder=encoder)
     assert cls_data.heatmaps is not None and cls_data.heatmaps.source == "model"
 

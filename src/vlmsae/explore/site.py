@@ -164,6 +164,7 @@ def _image_sources(
 
 def _heat_quantised(heat: np.ndarray) -> np.ndarray:
     """``[T, P]`` heat of one neuron as 0..255 relative to its largest patch value."""
+    heat = np.asarray(heat, np.float32)
     top = float(heat.max()) if heat.size else 0.0
     if top <= 0:
         return np.zeros(heat.shape, np.int64)
