@@ -33,8 +33,15 @@
   const meta = INDEX.meta;
   const N = meta.n_neurons;
   const colNames = Object.keys(cols);
+  if (meta.title) {
+    document.title = meta.title;
+    document.getElementById("home").textContent = meta.title;
+  }
+  // a local model folder is shown by its last two path components
+  const model = (meta.model || "").startsWith("/") ?
+    "…/" + meta.model.split("/").filter(Boolean).slice(-2).join("/") : meta.model || "";
   document.getElementById("meta").textContent =
-    `${meta.arch} · ${N} neurons · ${meta.n_images} images · ${meta.model || ""} ` +
+    `${meta.arch} · ${N} neurons · ${meta.n_images} images · ${model} ` +
     `${meta.hookpoint || ""}${meta.layer != null ? " layer " + meta.layer : ""}`;
 
   function el(tag, attrs, ...children) {
