@@ -292,3 +292,23 @@ def test_a_code_store_gives_the_same_neurons_as_its_activations(built, tmp_path)
     np.testing.assert_array_equal(from_codes.top_indices, from_acts.top_indices)
     np.testing.assert_allclose(from_codes.top_values, from_acts.top_values)
     np.testing.assert_allclose(from_codes.heatmaps.values, from_acts.heatmaps.values)
+
+
+def test_raw_neurons_site_lists_the_store_dimensions(built, tmp_path):
+    from vlmsae.data.store import ActivationStore
+
+    args = ["explore", "--raw", "--activations", built / "acts", "--out", tmp_path / "raw",
+            "--embeddings", built / "emb"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    index = read_js(tmp_path / "raw" / "data" / "index.js", "window.VLMSAE_INDEX = ")
+    records = read_js(tmp_path / "raw" / "data" / "neurons" / "00000.js", "vlmsaeShard(0, ")
+    assert index["meta"]["n_neurons"] == D and index["meta"]["arch"] == "raw neurons"
+    acts = ActivationStore(built / "acts").to_numpy()
+    per_image_ND = acts.reshape(N_IMAGES, 1 + SIDE * SIDE, D).max(axis=1)
+    for d, rec in enumerate(records):
+        col = per_image_ND[:, d]
+        want = np.sort(col[col > 0])[::-1][:16]
+        assert [v for _, v in rec["top"]] == pytest.approx(want, rel=1e-3)
+        assert rec["near_decoder"] == [] and index["columns"]["n_active"][d] == (col > 0).sum()
+    assert len(index["columns"]["ms"]) == D

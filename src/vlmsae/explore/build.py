@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vlmsae.errors import UserError
-from vlmsae.explore.neurons import compute_neuron_data
+from vlmsae.explore.neurons import RawNeurons, compute_neuron_data
 from vlmsae.explore.site import ExploreConfig, SiteResult, read_labels, read_scores, write_site
 from vlmsae.explore.truth import dominant_concepts, toy_labels
 
@@ -94,7 +94,7 @@ def taxonomy_of(store: Any, truth: dict[str, np.ndarray] | None) -> np.ndarray |
 
 
 def build_site(
-    sae_dir: str | Path,
+    sae_dir: str | Path | None,
     activations: str | Path,
     out_dir: str | Path,
     *,
@@ -107,6 +107,7 @@ def build_site(
     """Build the browser of ``sae_dir`` over ``activations`` into ``out_dir``.
 
     Args:
+        sae_dir: the SAE checkpoint, or None for the store's raw neurons (its dimensions).
         scores: a ``vlmsae score`` output directory of this SAE (MS with its n_active).
         embeddings: an embedding store to compute MS with when ``scores`` is not given.
         labels: ``labels.csv`` of ``vlmsae label``.
@@ -117,10 +118,15 @@ def build_site(
     from vlmsae.sae import SAE
 
     cfg = cfg or ExploreConfig()
-    sae = SAE.load(sae_dir)
-    sae.eval()
     store = ActivationStore(activations)
-    check_fits(sae, store)
+    if sae_dir is None:
+        if store.is_sparse:
+            raise UserError(f"{activations} is a code store; raw neurons need an activation store")
+        sae = RawNeurons(store.d)
+    else:
+        sae = SAE.load(sae_dir)
+        sae.eval()
+        check_fits(sae, store)
     encoder = _load_encoder(model, store) if cfg.heatmaps else None
     data, codes_NS = compute_neuron_data(
         sae, store, top_k=cfg.top_k, n_bins=cfg.n_bins, n_neighbours=cfg.n_neighbours,
@@ -151,7 +157,7 @@ def build_site(
         columns["concept"], columns["purity"] = concepts.name, concepts.purity
     meta = {
         "title": cfg.title,
-        "sae": str(sae_dir),
+        "sae": str(sae_dir) if sae_dir is not None else None,
         "activations": str(activations),
         "model": store.manifest.get("model"),
         "hookpoint": store.manifest.get("hookpoint"),

@@ -39,6 +39,9 @@ def serve(site_dir: Path, port: int) -> None:
 def explore_cmd(
     out: Path = typer.Option(..., help="Directory of the site (index.html)."),
     sae: Path | None = typer.Option(None, help="SAE checkpoint directory."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Browse the store's raw neurons (its dimensions) instead of an SAE."
+    ),
     activations: Path | None = typer.Option(None, help="Activation store at the SAE's hook."),
     scores: Path | None = typer.Option(None, help="`vlmsae score` output of this SAE (MS)."),
     embeddings: Path | None = typer.Option(
@@ -61,13 +64,15 @@ def explore_cmd(
     (OUT/index.html) or, with --serve, on http://127.0.0.1:PORT/."""
     from vlmsae.errors import UserError
 
-    if sae is None or activations is None:
+    if raw and sae is not None:
+        raise UserError("give either --sae SAE or --raw (the store's raw neurons), not both")
+    if (sae is None and not raw) or activations is None:
         if serve_site and (out / "index.html").is_file() and sae is None and activations is None:
             serve(out, port)
             return
         raise UserError(
-            "give --sae SAE and --activations STORE to build the site (or only --serve --out "
-            "DIR to serve a site built before)"
+            "give --sae SAE (or --raw) and --activations STORE to build the site (or only "
+            "--serve --out DIR to serve a site built before)"
         )
     from vlmsae._lock import lock_until_exit
     from vlmsae.explore.build import build_site

@@ -66,6 +66,26 @@ class NeuronData(NamedTuple):
     heatmaps: Heatmaps | None
 
 
+class RawNeurons:
+    """The store's own dimensions as neurons (the raw neurons SAEs are compared with), in
+    the place of an SAE: ``encode`` is the identity, one group, no decoder."""
+
+    def __init__(self, d: int) -> None:
+        from types import SimpleNamespace
+
+        self.cfg = SimpleNamespace(
+            d_in=d, d_sae=d, group_ends=(d,), group_sizes=(d,), arch="raw neurons",
+            model=None, hookpoint=None, layer=None,
+        )  # fmt: skip
+        self.W_dec = None
+
+    def encode(self, x: Any) -> Any:
+        return x
+
+    def eval(self) -> RawNeurons:
+        return self
+
+
 def encode_rows(sae: Any, store: Any, chunk_rows: int = 8192) -> sp.csr_matrix:
     """SAE codes of every row of ``store`` as a CSR matrix ``[R, S]`` (a code store of the
     SAE, ``kind="codes"``, is read as it is)."""
@@ -260,7 +280,11 @@ def compute_neuron_data(
     top = top_images(codes_NS, top_k)
     n_active, max_act, hist = column_stats(codes_NS, n_bins)
     group = np.searchsorted(np.asarray(sae.cfg.group_ends), np.arange(sae.cfg.d_sae), "right")
-    near_dec = decoder_neighbours(sae.W_dec.detach().float().numpy(), n_neighbours)
+    if sae.W_dec is not None:
+        near_dec = decoder_neighbours(sae.W_dec.detach().float().numpy(), n_neighbours)
+    else:  # raw neurons have no decoder
+        n_s = sae.cfg.d_sae
+        near_dec = Neighbours(np.full((n_s, 0), -1, np.int64), np.zeros((n_s, 0), np.float32))
     near_jac = jaccard_neighbours(top.indices, top.values > 0, n_images, n_neighbours)
     heat = None
     if heatmaps:
