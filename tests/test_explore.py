@@ -312,3 +312,19 @@ def test_raw_neurons_site_lists_the_store_dimensions(built, tmp_path):
         assert [v for _, v in rec["top"]] == pytest.approx(want, rel=1e-3)
         assert rec["near_decoder"] == [] and index["columns"]["n_active"][d] == (col > 0).sum()
     assert len(index["columns"]["ms"]) == D
+
+
+def test_toy_accuracy_counts_labels_whose_every_word_is_a_shared_concept():
+    from vlmsae.explore.labels import NeuronLabels, toy_accuracy
+    from vlmsae.toyworld import ATTRIBUTES
+
+    red, blue = ATTRIBUTES["color"].index("red"), ATTRIBUTES["color"].index("blue")
+    star = ATTRIBUTES["shape"].index("star")
+    truth = {a: np.zeros(10, np.int64) for a in ATTRIBUTES}
+    truth["color"] = np.array([red] * 9 + [blue])  # images 0-8 red, image 9 blue
+    truth["shape"][:] = star
+    top = np.array([np.arange(10), np.arange(10), np.arange(10), np.r_[np.arange(5), [-1] * 5]])
+    labels = NeuronLabels(["red", "red star", "blue", None], np.zeros(4), np.zeros(4))
+    res = toy_accuracy(labels, top, truth, np.array([0.9, 0.85, 0.95, 0.99]))
+    assert (res["n_monosemantic"], res["n_correct"]) == (4, 2)
+    assert res["accuracy"] == 0.5 and res["accuracy_all_labelled"] == pytest.approx(2 / 3)

@@ -169,14 +169,19 @@ def toy_accuracy(
     min_ms: float = 0.8, share: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Share of neurons with oracle MS >= ``min_ms`` whose label is a true concept of theirs:
-    a concept value held by at least ``share`` of their top images."""
+    every word of the label is a concept value held by at least ``share`` of their top
+    images (labels of the dataset vocabulary name several values, e.g. "curved circle red")."""
     from vlmsae.explore.truth import CONCEPT_SHARE, shared_values
 
     share = CONCEPT_SHARE if share is None else share
+
+    def correct(s: int) -> bool:  # every word of the label (e.g. "curved circle red")
+        words = (labels.label[s] or "").split()
+        return bool(words) and set(words) <= shared_values(top_SK[s], truth, share)
+
     chosen = np.flatnonzero(np.nan_to_num(ms_oracle, nan=-1.0) >= min_ms)
-    right = [labels.label[s] in shared_values(top_SK[s], truth, share) for s in chosen]
-    named = [s for s, name in enumerate(labels.label) if name is not None]
-    right_all = [labels.label[s] in shared_values(top_SK[s], truth, share) for s in named]
+    right = [correct(s) for s in chosen]
+    right_all = [correct(s) for s, name in enumerate(labels.label) if name is not None]
     return {
         "min_oracle_ms": min_ms,
         "concept_share": share,
