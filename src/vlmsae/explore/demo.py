@@ -39,3 +39,18 @@ def explore_demo(
     )  # fmt: skip
     log.info("demo explorer: %s", site.index_html)
     return {"index": site.index_html, "labels": labels}
+
+
+def explore_demo_run(cfg: Any, runs: list[Any], acts: dict, emb: Any) -> dict[str, Any]:
+    """:func:`explore_demo` for a ``vlmsae demo`` run: the widest Matryoshka SAE (else
+    BatchTopK) at the default k on the last transformer block, written into
+    ``cfg.out_dir`` (``explore/index.html``, ``labels/``).
+
+    Args mirror ``run_demo``'s locals: the ``DemoConfig``, the trained ``SAERun`` list,
+    ``{split: {hook: store dir}}`` of the cached activations and the ``Embeddings``.
+    """
+    hook = cfg.hooks[-2] if len(cfg.hooks) > 1 else cfg.hooks[0]
+    candidates = [r for r in runs if r.k == cfg.k and r.hook == hook]
+    pick = max(candidates, key=lambda r: (r.arch == "matryoshka", r.expansion))
+    result = explore_demo(cfg.out_dir, pick.path, acts["test"][hook], emb.oracle)
+    return {"sae": pick.name, **result}
