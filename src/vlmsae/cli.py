@@ -17,7 +17,7 @@ from vlmsae import __version__
 from vlmsae.cli_errors import DEBUG_ENV, ErrorReportingGroup
 
 # Stages that contribute commands, in the order `vlmsae --help` lists them.
-STAGES = ("encoders", "data", "sae", "metrics", "toyworld", "steer", "report", "demo")
+STAGES = ("encoders", "data", "sae", "metrics", "toyworld", "steer", "report", "demo", "explore")
 
 app = typer.Typer(
     name="vlmsae",

@@ -1,0 +1,172 @@
+"""``build_site``: the neuron browser of an SAE from what the pipeline wrote.
+
+Inputs beyond the SAE and its activation store are optional; what is missing is computed
+(top images, histograms, neighbours, heatmaps, MS from an embedding store) or left out,
+never made up.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmsae.errors import UserError
+from vlmsae.explore.neurons import RawNeurons, compute_neuron_data
+from vlmsae.explore.site import ExploreConfig, SiteResult, read_labels, read_scores, write_site
+from vlmsae.explore.truth import dominant_concepts, toy_labels
+
+log = logging.getLogger(__name__)
+
+
+def check_fits(sae: Any, store: Any) -> None:
+    """Refuse a store the SAE was not trained for: another width, model, hook point or
+    layer (where both record it; the token selection may differ)."""
+    if store.is_sparse and store.d != sae.cfg.d_sae:
+        raise UserError(
+            f"the code store {store.dir} holds {store.d} latents but the SAE has "
+            f"{sae.cfg.d_sae}; give the codes of this SAE (`vlmsae cache --sae SAE`)"
+        )
+    if not store.is_sparse and store.d != sae.cfg.d_in:
+        raise UserError(
+            f"the activation store {store.dir} has width {store.d} but the SAE reads "
+            f"{sae.cfg.d_in}; give the store cached at the SAE's hook point"
+        )
+    for field in ("model", "hookpoint", "layer"):
+        mine, theirs = getattr(sae.cfg, field, None), store.manifest.get(field)
+        if mine is not None and theirs is not None and str(mine) != str(theirs):
+            raise UserError(
+                f"the SAE was trained on {field} {mine} but the activation store {store.dir} "
+                f"holds {field} {theirs}; give a store cached from the SAE's model and hook point"
+            )
+
+
+def _load_encoder(model: str | Path | None, store: Any) -> Any:
+    """The encoder for heatmaps: ``model`` if given, else none (recomputing needs the
+    weights, which may be remote; the user asks for it with ``--model``)."""
+    if model is None:
+        return None
+    from vlmsae.encoders import Encoder
+
+    recorded = store.manifest.get("model")
+    same = str(model) == str(recorded) or Path(model).resolve() == Path(str(recorded)).resolve()
+    if recorded and not same:
+        raise UserError(
+            f"--model {model} is not the model the store was cached from ({recorded}); "
+            "give that model so that heatmaps show this SAE's neurons"
+        )
+    return Encoder.from_pretrained(model)
+
+
+def _ms_columns(codes_NS: Any, embeddings: Path, store: Any) -> dict[str, np.ndarray]:
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics.ms import monosemanticity
+
+    emb = ActivationStore(embeddings)
+    if len(emb) != codes_NS.shape[0]:
+        raise UserError(
+            f"the embedding store {embeddings} has {len(emb)} images but the activation "
+            f"store {store.dir} has {codes_NS.shape[0]}; embed the same images"
+        )
+    if emb.images and store.images and emb.images != store.images:
+        raise UserError(
+            f"the embedding store {embeddings} lists other images than {store.dir}; "
+            "embed the same image folder and split"
+        )
+    res = monosemanticity(codes_NS, emb)
+    return {"ms": res.ms, "ms_n_active": res.n_active.astype(float)}
+
+
+def taxonomy_of(store: Any, truth: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """Taxonomy ids per image (``encode_taxonomy``): the toy world's family → shape →
+    colour, or the levels of iNaturalist class folders; None for flat labels."""
+    from vlmsae.metrics.hierarchy import encode_taxonomy, label_paths_from_images
+
+    if truth is not None:
+        levels = ("family", "shape", "color")
+        return encode_taxonomy(list(zip(*(truth[a].tolist() for a in levels), strict=True)))
+    names = [Path(p).parent.name for p in store.images]
+    if not names or not all(len(n.split("_")) >= 8 and n[:1].isdigit() for n in names):
+        return None
+    return encode_taxonomy(label_paths_from_images(store.images, inat=True))
+
+
+def build_site(
+    sae_dir: str | Path | None,
+    activations: str | Path,
+    out_dir: str | Path,
+    *,
+    scores: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    labels: str | Path | None = None,
+    model: str | Path | None = None,
+    cfg: ExploreConfig | None = None,
+) -> SiteResult:
+    """Build the browser of ``sae_dir`` over ``activations`` into ``out_dir``.
+
+    Args:
+        sae_dir: the SAE checkpoint, or None for the store's raw neurons (its dimensions).
+        scores: a ``vlmsae score`` output directory of this SAE (MS with its n_active).
+        embeddings: an embedding store to compute MS with when ``scores`` is not given.
+        labels: ``labels.csv`` of ``vlmsae label``.
+        model: the vision model the store was cached from: heatmaps for stores without
+            patch tokens are recomputed with it for the top images only.
+    """
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.sae import SAE
+
+    cfg = cfg or ExploreConfig()
+    store = ActivationStore(activations)
+    if sae_dir is None:
+        if store.is_sparse:
+            raise UserError(f"{activations} is a code store; raw neurons need an activation store")
+        sae = RawNeurons(store.d)
+    else:
+        sae = SAE.load(sae_dir)
+        sae.eval()
+        check_fits(sae, store)
+    encoder = _load_encoder(model, store) if cfg.heatmaps else None
+    data, codes_NS = compute_neuron_data(
+        sae, store, top_k=cfg.top_k, n_bins=cfg.n_bins, n_neighbours=cfg.n_neighbours,
+        encoder=encoder, heatmaps=cfg.heatmaps,
+    )  # fmt: skip
+    n_s = sae.cfg.d_sae
+    columns: dict[str, Any] = {
+        "group": data.group,
+        "n_active": data.n_active,
+        "freq": data.n_active / max(data.n_images, 1),
+        "max_act": data.max_activation,
+    }
+    if scores is not None:
+        columns.update(read_scores(Path(scores), n_s))
+    elif embeddings is not None:
+        columns.update(_ms_columns(codes_NS, Path(embeddings), store))
+    if labels is not None:
+        columns["label"], columns["margin"] = read_labels(Path(labels), n_s)
+    truth = toy_labels(store)
+    valid_top = np.where(data.top_values > 0, data.top_indices, -1)
+    taxonomy = taxonomy_of(store, truth)
+    if taxonomy is not None:
+        from vlmsae.metrics.hierarchy import hierarchy
+
+        columns["depth"] = hierarchy(taxonomy, valid_top).mean_depth
+    if truth is not None:
+        concepts = dominant_concepts(valid_top, truth)
+        columns["concept"], columns["purity"] = concepts.name, concepts.purity
+    meta = {
+        "title": cfg.title,
+        "sae": str(sae_dir) if sae_dir is not None else None,
+        "activations": str(activations),
+        "model": store.manifest.get("model"),
+        "hookpoint": store.manifest.get("hookpoint"),
+        "layer": store.manifest.get("layer"),
+        "arch": sae.cfg.arch,
+        "d_sae": n_s,
+        "group_sizes": list(sae.cfg.group_sizes),
+        "scores": str(scores) if scores is not None else None,
+    }
+    result = write_site(Path(out_dir), data, columns, store.images, meta, cfg)
+    log.info("explorer of %d neurons → %s", n_s, result.index_html)
+    return result

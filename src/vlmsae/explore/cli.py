@@ -1,0 +1,125 @@
+"""CLI of the browser: ``vlmsae explore`` and ``vlmsae label``. Heavy imports happen inside."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explore")(explore_cmd)
+    app.command("label")(label_cmd)
+
+
+def serve(site_dir: Path, port: int) -> None:
+    """Serve ``site_dir`` on http://127.0.0.1:PORT until interrupted."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site_dir))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as e:
+        from vlmsae.errors import UserError
+
+        raise UserError(f"cannot listen on 127.0.0.1:{port} ({e}); choose another --port") from e
+    typer.echo(f"serving {site_dir} on http://127.0.0.1:{server.server_port}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def explore_cmd(
+    out: Path = typer.Option(..., help="Directory of the site (index.html)."),
+    sae: Path | None = typer.Option(None, help="SAE checkpoint directory."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Browse the store's raw neurons (its dimensions) instead of an SAE."
+    ),
+    activations: Path | None = typer.Option(None, help="Activation store at the SAE's hook."),
+    scores: Path | None = typer.Option(None, help="`vlmsae score` output of this SAE (MS)."),
+    embeddings: Path | None = typer.Option(
+        None, help="Embedding store to compute MS with (when --scores is not given)."
+    ),
+    labels: Path | None = typer.Option(None, help="labels.csv written by `vlmsae label`."),
+    model: str | None = typer.Option(
+        None, help="Vision model of the store: heatmaps for stores without patch tokens."
+    ),
+    copy_images: bool = typer.Option(
+        False, "--copy-images", help="Copy thumbnails into the site (portable)."
+    ),
+    heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Patch heatmaps."),
+    top_k: int = typer.Option(16, help="Top images per neuron."),
+    neighbours: int = typer.Option(5, help="Nearest neurons listed per neuron."),
+    serve_site: bool = typer.Option(False, "--serve", help="Serve the site on localhost."),
+    port: int = typer.Option(8000, help="Port of --serve."),
+) -> None:
+    """Build the neuron browser: a static site that opens from the file system
+    (OUT/index.html) or, with --serve, on http://127.0.0.1:PORT/."""
+    from vlmsae.errors import UserError
+
+    if raw and sae is not None:
+        raise UserError("give either --sae SAE or --raw (the store's raw neurons), not both")
+    if (sae is None and not raw) or activations is None:
+        if serve_site and (out / "index.html").is_file() and sae is None and activations is None:
+            serve(out, port)
+            return
+        raise UserError(
+            "give --sae SAE (or --raw) and --activations STORE to build the site (or only "
+            "--serve --out DIR to serve a site built before)"
+        )
+    from vlmsae._lock import lock_until_exit
+    from vlmsae.explore.build import build_site
+    from vlmsae.explore.site import ExploreConfig
+
+    cfg = ExploreConfig(
+        top_k=top_k, n_neighbours=neighbours, copy_images=copy_images, heatmaps=heatmaps
+    )
+    lock_until_exit(out, "vlmsae explore")  # one writer per output directory
+    res = build_site(
+        sae, activations, out, scores=scores, embeddings=embeddings, labels=labels,
+        model=model, cfg=cfg,
+    )  # fmt: skip
+    missing = f", {res.n_images_missing} images unreadable" if res.n_images_missing else ""
+    typer.echo(f"explorer of {res.n_neurons} neurons ({res.n_shards} shards{missing}) → "
+               f"{res.index_html.resolve().as_uri()}")  # fmt: skip
+    if serve_site:
+        serve(out, port)
+
+
+def label_cmd(
+    sae: Path = typer.Option(..., help="SAE checkpoint directory."),
+    activations: Path = typer.Option(..., help="Activation store at the SAE's hook."),
+    out: Path = typer.Option(..., help="Output directory: labels.csv, summary.json."),
+    clip: str | None = typer.Option(
+        None,
+        help="CLIP-family model (id or folder); 'toyworld' = the shipped toy CLIP; "
+        "default the store's model.",
+    ),
+    vocab: str = typer.Option(
+        "imagenet", help="imagenet, toyworld, dataset (class folders) or a word-list file."
+    ),
+    template: str = typer.Option("a photo of a {}.", help="Prompt of each word."),
+    top_k: int = typer.Option(16, help="Top images per neuron."),
+) -> None:
+    """Name every neuron by zero-shot matching of its top images (activation weighted)
+    against a vocabulary with a CLIP text tower; on the toy world, also the accuracy."""
+    from vlmsae._lock import lock_until_exit
+    from vlmsae.explore.labels import label_sae
+
+    lock_until_exit(out, "vlmsae label")  # one writer per output directory
+    summary = label_sae(sae, activations, out, clip=clip, vocab=vocab, template=template,
+                        top_k=top_k)  # fmt: skip
+    line = f"{summary['n_labelled']} of {summary['n_neurons']} neurons labelled → {out}"
+    t = summary.get("toyworld")
+    if t is not None:
+        acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.1%}"
+        line += (f"; toy world: {t['n_correct']} of {t['n_monosemantic']} neurons with oracle "
+                 f"MS >= {t['min_oracle_ms']} carry a true concept ({acc})")  # fmt: skip
+    typer.echo(line)

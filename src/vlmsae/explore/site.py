@@ -1,0 +1,246 @@
+"""Write the neuron browser: a static site that opens from the file system.
+
+Layout of ``out_dir``::
+
+    index.html, app.js, style.css          (copied from the package, no build step)
+    data/index.js                          window.VLMSAE_INDEX = {meta, columns, images}
+    data/neurons/00000.js ...              vlmsaeShard(i, [...]): SHARD_SIZE neurons each
+    images/000123.png                      (with copy_images: thumbnails, portable site)
+
+Data travel as JavaScript files that call a global, loaded by ``<script>`` tags, because
+Chromium blocks ``fetch()`` of ``file://`` URLs. The index is columnar (one array per
+column) and holds only what the table sorts on; a neuron page loads its shard on demand.
+JSON has no NaN: undefined numbers are written as ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import numpy as np
+
+from vlmsae.errors import UserError
+from vlmsae.explore.neurons import NeuronData
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_FILES = ("index.html", "app.js", "style.css")
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    """How the site is built."""
+
+    top_k: int = 16
+    """Top images per neuron."""
+    n_bins: int = 20
+    """Bins of each neuron's activation histogram."""
+    n_neighbours: int = 5
+    """Nearest neurons listed per neuron (decoder cosine and top-image Jaccard)."""
+    shard_size: int = 256
+    """Neurons per data file loaded on demand."""
+    copy_images: bool = False
+    """Copy the top images as thumbnails into the site (portable); else link the originals."""
+    thumb_size: int = 224
+    """Longest side of copied thumbnails, pixels."""
+    heatmaps: bool = True
+    """Draw patch heatmaps where the store has patch tokens or the model is given."""
+    title: str = "vlmsae neurons"
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "n_bins", "shard_size", "thumb_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_neighbours < 0:
+            raise ValueError(f"n_neighbours must be >= 0, got {self.n_neighbours}")
+
+
+def _clean(obj: Any, digits: int = 4) -> Any:
+    """Plain JSON values: numpy to Python, non-finite floats to None, floats rounded."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v, digits) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist(), digits)
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v, digits) for v in obj]
+    if isinstance(obj, (np.integer, bool, np.bool_)):
+        return obj.item() if hasattr(obj, "item") else obj
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        if not math.isfinite(x):
+            return None
+        return float(f"{x:.{digits}g}")
+    return obj
+
+
+def site_json(obj: Any) -> str:
+    """Compact JSON of ``obj`` for the site (NaN and ±Inf written as ``null``)."""
+    return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False)
+
+
+def _write_js(path: Path, text: str) -> None:
+    from vlmsae._io import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+def read_scores(scores_dir: Path, n_neurons: int) -> dict[str, np.ndarray]:
+    """Numeric columns of ``vlmsae score``'s ``scores.csv`` (``ms``, ``n_active`` → the
+    statistic's ``ms_n_active``, and any other score column), NaN where empty."""
+    path = Path(scores_dir) / "scores.csv"
+    if not path.is_file():
+        raise UserError(f"{path} not found: --scores must be an output directory of `vlmsae score`")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != n_neurons:
+        raise UserError(
+            f"{path} scores {len(rows)} neurons but the SAE has {n_neurons}; give the scores of "
+            "this SAE (`vlmsae score --sae SAE ...`)"
+        )
+    out = {}
+    for col in rows[0] if rows else []:
+        if col in ("neuron", "max_activation"):
+            continue
+        try:
+            values = np.array([float(r[col]) if r[col] != "" else np.nan for r in rows])
+        except ValueError:
+            continue  # a text column: not a score
+        out["ms_n_active" if col == "n_active" else col] = values
+    return out
+
+
+def read_labels(path: Path, n_neurons: int) -> tuple[list[str | None], np.ndarray]:
+    """``labels.csv`` of ``vlmsae label``: label and margin per neuron."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != n_neurons or (rows and "label" not in rows[0]):
+        raise UserError(
+            f"{path} should be `vlmsae label` output with one row per neuron of this SAE "
+            f"({n_neurons}); it has {len(rows)} rows"
+        )
+    labels = [r["label"] or None for r in rows]
+    margins = np.array([float(r["margin"]) if r.get("margin") else np.nan for r in rows])
+    return labels, margins
+
+
+def _image_sources(
+    paths: list[str], used: np.ndarray, out_dir: Path, cfg: ExploreConfig
+) -> dict[int, str | None]:
+    """URL (relative to ``out_dir``) of every used image; None for unreadable ones."""
+    from PIL import Image
+
+    src: dict[int, str | None] = {}
+    for i in used.tolist():
+        path = Path(paths[i]).resolve() if i < len(paths) else None
+        if path is None or not path.is_file():
+            src[i] = None
+            continue
+        if not cfg.copy_images:
+            src[i] = quote(os.path.relpath(path, out_dir.resolve()).replace(os.sep, "/"))
+            continue
+        name = f"images/{i:07d}.png"
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((cfg.thumb_size, cfg.thumb_size))
+                (out_dir / "images").mkdir(exist_ok=True)
+                im.save(out_dir / name)
+            src[i] = name
+        except OSError as e:
+            log.warning("cannot read %s: %s", path, e)
+            src[i] = None
+    return src
+
+
+def _heat_quantised(heat: np.ndarray) -> np.ndarray:
+    """``[T, P]`` heat of one neuron as 0..255 relative to its largest patch value."""
+    heat = np.asarray(heat, np.float32)
+    top = float(heat.max()) if heat.size else 0.0
+    if top <= 0:
+        return np.zeros(heat.shape, np.int64)
+    return np.round(np.clip(heat, 0, None) / top * 255).astype(np.int64)
+
+
+def neuron_records(data: NeuronData, lo: int, hi: int, image_id: dict[int, int]) -> list[dict]:
+    """The per-neuron page data of neurons ``lo:hi``."""
+    out = []
+    for s in range(lo, hi):
+        keep = data.top_values[s] > 0
+        rec: dict[str, Any] = {
+            "id": s,
+            "top": [
+                [image_id[int(i)], float(v)]
+                for i, v in zip(data.top_indices[s][keep], data.top_values[s][keep], strict=True)
+            ],
+            "hist": data.hist_counts[s],
+            "near_decoder": [
+                [int(i), float(v)]
+                for i, v in zip(data.near_decoder.ids[s], data.near_decoder.values[s], strict=True)
+                if i >= 0
+            ],
+            "near_jaccard": [
+                [int(i), float(v)]
+                for i, v in zip(data.near_jaccard.ids[s], data.near_jaccard.values[s], strict=True)
+                if i >= 0
+            ],
+        }
+        if data.heatmaps is not None:
+            rec["heat"] = _heat_quantised(data.heatmaps.values[s][keep])
+        out.append(rec)
+    return out
+
+
+class SiteResult(NamedTuple):
+    index_html: Path
+    n_neurons: int
+    n_shards: int
+    n_images_missing: int
+
+
+def write_site(
+    out_dir: Path,
+    data: NeuronData,
+    columns: dict[str, Any],
+    image_paths: list[str],
+    meta: dict[str, Any],
+    cfg: ExploreConfig,
+) -> SiteResult:
+    """Write the static files, the index and the neuron shards into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in STATIC_FILES:
+        shutil.copyfile(STATIC_DIR / name, out_dir / name)
+    used = np.unique(data.top_indices[data.top_values > 0])
+    src = _image_sources(image_paths, used, out_dir, cfg)
+    image_id = {int(i): j for j, i in enumerate(used.tolist())}
+    n_s = len(data.n_active)
+    meta = {
+        **meta,
+        "n_neurons": n_s,
+        "n_images": data.n_images,
+        "shard_size": cfg.shard_size,
+        "n_bins": cfg.n_bins,
+        "heat_side": data.heatmaps.side if data.heatmaps is not None else None,
+        "heat_source": data.heatmaps.source if data.heatmaps is not None else None,
+    }
+    index = {"meta": meta, "columns": columns, "images": [src[i] for i in used.tolist()]}
+    _write_js(out_dir / "data" / "index.js", f"window.VLMSAE_INDEX = {site_json(index)};\n")
+    n_shards = 0
+    for lo in range(0, n_s, cfg.shard_size):
+        records = neuron_records(data, lo, min(n_s, lo + cfg.shard_size), image_id)
+        shard = lo // cfg.shard_size
+        text = f"vlmsaeShard({shard}, {site_json(records)});\n"
+        _write_js(out_dir / "data" / "neurons" / f"{shard:05d}.js", text)
+        n_shards += 1
+    missing = sum(v is None for v in src.values())
+    return SiteResult(out_dir / "index.html", n_s, n_shards, missing)

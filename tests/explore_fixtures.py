@@ -1,0 +1,85 @@
+"""A tiny SAE over a token store of real image files, for the browser tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIDE = 4
+"""Patches per image side: every image has a CLS token and SIDE² patch tokens."""
+
+
+def make_images(root: Path, n: int, seed: int = 0) -> list[str]:
+    """``n`` small PNG files in two class folders (``red/``, ``blue/``)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        cls = ("red", "blue")[i % 2]
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        path = folder / f"img_{i:03d}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path.resolve()))
+    return paths
+
+
+def make_token_store(path: Path, image_paths: list[str], d: int, seed: int = 0):
+    """An activation store with every token (CLS + SIDE² patches) of each image."""
+    from vlmsae.data.writer import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    n_tok = 1 + SIDE * SIDE
+    writer = StoreWriter(path, d, kind="activations", dtype="float32",
+                         meta={"model": "tiny", "hookpoint": "post_mlp_residual", "layer": 0,
+                               "tokens": "all"})  # fmt: skip
+    for i in range(len(image_paths)):
+        writer.add(rng.normal(size=(n_tok, d)).astype(np.float32), [i] * n_tok, range(n_tok))
+        writer.mark(i + 1)
+    return writer.close(images=image_paths, n_images=len(image_paths))
+
+
+def make_sae(path: Path, d: int, d_sae: int, k: int = 4, groups=None):
+    """A randomly initialised TopK SAE (Matryoshka groups when ``groups`` is given)."""
+    import torch
+
+    from vlmsae.sae import SAE, SAEConfig
+
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=d, d_sae=d_sae, sparsity="topk", k=k, group_sizes=groups))
+    sae.save(path)
+    return sae
+
+
+def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int) -> Path:
+    """A tiny SAE over a token store, scored by `vlmsae score`, labelled by `vlmsae label`
+    (toy CLIP, toy vocabulary) and explored with `vlmsae explore --copy-images` into
+    ``root/site``; every step through the CLI."""
+    from typer.testing import CliRunner
+
+    from vlmsae.cli import app
+    from vlmsae.data.writer import StoreWriter
+
+    paths = make_images(root / "imgs", n_images)
+    make_token_store(root / "acts", paths, d)
+    make_sae(root / "sae", d, d_sae, groups=(d_sae // 4, d_sae - d_sae // 4))
+    emb = StoreWriter(root / "emb", 6, kind="embeddings", dtype="float32")
+    emb.add(np.random.default_rng(1).normal(size=(n_images, 6)).astype(np.float32),
+            np.arange(n_images))  # fmt: skip
+    emb.mark(n_images)
+    emb.close(images=paths, n_images=n_images)
+    runner = CliRunner()
+    for args in (
+        ["score", "--activations", root / "acts", "--embeddings", root / "emb",
+         "--sae", root / "sae", "--out", root / "scores"],
+        ["label", "--sae", root / "sae", "--activations", root / "acts", "--out",
+         root / "labels", "--clip", "toyworld", "--vocab", "toyworld"],
+        ["explore", "--sae", root / "sae", "--activations", root / "acts", "--out",
+         root / "site", "--scores", root / "scores", "--labels", root / "labels" / "labels.csv",
+         "--copy-images"],
+    ):  # fmt: skip
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, (args[0], result.output, result.exception)
+    return root
