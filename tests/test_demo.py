@@ -46,6 +46,8 @@ def test_demo_writes_every_promised_file(demo_run):
         lines = (out / "tables" / f"{name}.csv").read_text().splitlines()
         assert len(lines) >= 2, f"table {name} is empty"
     assert (out / "index.html").exists() and "README.md" in output
+    assert (out / "explore" / "index.html").exists() and (out / "labels" / "labels.csv").exists()
+    assert "explore/index.html" in (out / "README.md").read_text()  # the report links it
 
 
 def test_demo_readme_names_every_figure_and_table(demo_run):

@@ -38,6 +38,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run the demo described by ``cfg``; rerunning skips complete stages."""
     import torch
 
+    from vlmsae.explore.demo import explore_demo_run
+
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,8 +57,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     emb = timed("embed", stages.embed_world, cfg, world)
     runs = timed("train", stages.train_saes, cfg, acts)
     scores = timed("score", analysis.score_all, cfg, acts, emb, runs, world)
+    explorer = timed("explore", explore_demo_run, cfg, runs, acts, emb)
     steering = timed("steer", steering_section, cfg) if cfg.steer else None
-    report, summary, lines = writeup.write_report(cfg, scores, steering, timings)
+    report, summary, lines = writeup.write_report(cfg, scores, steering, timings, explorer)
     summary["config"] = cfg.to_dict()
     summary["seconds"] = timings
     summary = _nan_to_none(summary)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmsae._human import pct
 from vlmsae.demo.analysis import Scores
 from vlmsae.demo.config import DemoConfig
 from vlmsae.demo.findings import findings
@@ -266,8 +267,18 @@ def _stats_note(cfg: DemoConfig) -> str:
     )
 
 
+def _explorer_note(explorer: dict) -> str:
+    acc = ((explorer.get("labels") or {}).get("toyworld") or {}).get("accuracy")
+    labels = "" if acc is None else f" Labels name a true concept of {pct(acc)} of its neurons."
+    return (
+        f"explore/index.html browses every neuron of {explorer['sae']} (sort and filter by MS, "
+        f"frequency, group and label; each neuron's top images, heatmaps and neighbours): open "
+        f"it in a browser, no server needed.{labels}"
+    )
+
+
 def write_report(
-    cfg: DemoConfig, scores: Scores, steering: Any, timings: dict
+    cfg: DemoConfig, scores: Scores, steering: Any, timings: dict, explorer: dict | None = None
 ) -> tuple[Path, dict, list[str]]:
     """Write tables, figures and the report; return (index.html, summary, printable lines)."""
     from vlmsae.demo import figures
@@ -310,6 +321,9 @@ def write_report(
         "rule), so the most monosemantic are not neurons firing on two near-identical images."
     )
     sec.figures += figures.grids(cfg, scores)
+    if explorer is not None:
+        sec = report.section("Browse every neuron")
+        sec.paragraphs.append(_explorer_note(explorer))
     if steering is not None:
         sec = report.section("Steering the toy LLaVA")
         sec.paragraphs += steering.paragraphs
@@ -324,6 +338,7 @@ def write_report(
         **nums.summary(),
         "seeds": list(cfg.seed_list),
         "steering": steering.summary if steering is not None else None,
+        "explore": explorer,
     }
     lines = [f"[{'ok' if f.holds else '--'}] {f.claim}: {f.evidence}" for f in found]
     return index, summary, lines
