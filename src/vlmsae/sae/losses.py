@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from vlmsae import dist
 from vlmsae.sae.config import TrainConfig
 from vlmsae.sae.model import SAE, SAEOutput, jumprelu_l0
 from vlmsae.sae.sparse import ActiveLatents, decode_sparse, encode_at
@@ -59,7 +60,8 @@ def auxk_loss(sae: SAE, x_BD: Tensor, out: SAEOutput, dead_S: Tensor, k_aux: int
     active = ActiveLatents(rows, cols, values, x_BD.shape[0], sae.cfg.d_sae)
     residual_BD = (x_BD - out.x_hat.reshape(x_BD.shape)).detach()
     err = (residual_BD - decode_sparse(active, sae.W_dec)).pow(2).sum(-1).mean()
-    denom = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean()
+    # the residual's variance over the global batch (all ranks' slices in a data-parallel run)
+    denom = dist.mean((residual_BD - dist.mean(residual_BD)).pow(2).sum(-1))
     return (err / denom).nan_to_num(0.0)
 
 

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vlmsae import dist
 from vlmsae._io import read_json, remove_stale_temps, write_json
 from vlmsae._lock import output_lock
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.config import TrainConfig, lr_factor
-from vlmsae.sae.data import Data, estimate_norm_factor, make_source
+from vlmsae.sae.data import Data, estimate_norm_factor, make_source, shard_source
 from vlmsae.sae.losses import LossOutput, reconstruction_metrics, sae_loss
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.sae.trainer_io import (
@@ -75,16 +76,25 @@ def geometric_median(points_ND: Tensor, n_iter: int = 100, tol: float = 1e-5) ->
 def train_step(
     sae: SAE, optimizer: torch.optim.Optimizer, x_BD: Tensor, state: TrainState, cfg: TrainConfig
 ) -> tuple[LossOutput, SAEOutput]:
-    """One optimizer step, in the order that keeps the decoder on the unit sphere."""
+    """One optimizer step, in the order that keeps the decoder on the unit sphere.
+
+    Data parallel (several ranks, see :mod:`vlmsae.dist`): ``x_BD`` is this rank's slice of
+    the global batch; selection, dead counters, AuxK's variance and the threshold are taken
+    over the global batch, and the summed gradients equal one process's. The returned
+    ``loss.total`` is the global loss."""
+    share, n_global = dist.batch_share(x_BD.shape[0])  # (1.0, B) in one process
     with torch.autocast(x_BD.device.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
         out = sae(x_BD, return_codes=False)  # forward (BatchTopK: k·B over the batch)
-        _record_firing(sae, out, state)  # first: a latent that fires here is not dead
+        _record_firing(sae, out, state, n_global)  # first: a latent firing here is not dead
         dead_S = state.examples_since_fired_S >= cfg.dead_after
         loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
-    if not torch.isfinite(loss.total):
-        raise NonFiniteError(f"the loss is {float(loss.total)}")
+    total = loss.total if share == 1.0 else loss.total * share  # this rank's part of the mean
+    global_total = dist.all_reduce(total.detach().clone())  # every rank sees the same loss
+    if not torch.isfinite(global_total):
+        raise NonFiniteError(f"the loss is {float(global_total)}")
     optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()  # backward
+    total.backward()  # backward
+    dist.all_reduce_tensors(p.grad for p in sae.parameters() if p.grad is not None)
     sae.remove_parallel_grad_()  # remove decoder-parallel gradient
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)  # clip
@@ -94,19 +104,22 @@ def train_step(
         group["lr"] = cfg.learning_rate * lr_factor(state.step + 1, cfg)
     _update_threshold(sae, out, state, cfg)
     state.step += 1
-    return loss, out
+    return loss._replace(total=global_total), out
 
 
 @torch.no_grad()
-def _record_firing(sae: SAE, out: SAEOutput, state: TrainState) -> None:
-    """Dead-latent counters: examples since each latent last had a positive code."""
+def _record_firing(sae: SAE, out: SAEOutput, state: TrainState, n_global: int) -> None:
+    """Dead-latent counters: examples (of the global batch) since each latent last had a
+    positive code."""
     n = out.pre_acts.shape[0]
     if out.active is not None:
         fired_S = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=out.pre_acts.device)
         fired_S[out.active.cols[out.active.values > 0]] = True
     else:
         fired_S = (out.codes.reshape(n, -1) != 0).any(0)
-    state.examples_since_fired_S += n
+    if dist.is_distributed():  # fired on any rank
+        fired_S = dist.all_reduce(fired_S.to(torch.int32), "max").bool()
+    state.examples_since_fired_S += n_global
     state.examples_since_fired_S[fired_S] = 0
 
 
@@ -118,8 +131,9 @@ def _update_threshold(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainCon
     if sae.cfg.sparsity == "batchtopk" and state.step > cfg.threshold_start_step:
         values = out.active.values
         positive = values[values > 0]
-        if positive.numel():
-            smallest = positive.min().float()
+        inf = values.new_tensor(math.inf, dtype=torch.float32)
+        smallest = dist.all_reduce(positive.min().float() if positive.numel() else inf, "min")
+        if torch.isfinite(smallest):  # the smallest kept code of the global batch
             if sae.threshold < 0:  # first update: no EMA history yet
                 sae.threshold.copy_(smallest)
             else:
@@ -136,8 +150,8 @@ def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Adam:
 
 
 def _init_b_dec(sae: SAE, x_BD: Tensor) -> None:
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(x_BD.float()))
+    with torch.no_grad():  # of the global batch: every rank's slice, in rank order
+        sae.b_dec.copy_(geometric_median(dist.all_gather_rows(x_BD).float()))
 
 
 def train_sae(
@@ -170,25 +184,31 @@ def train_sae(
         NonFiniteError: a batch or the loss holds NaN / Inf; the message names the step,
             and the last checkpoint in ``out_dir`` is left untouched.
     """
-    source = make_source(data)
+    dist.init_from_env()  # under torchrun: data parallel over the ranks
+    source = shard_source(make_source(data))
     cfg = _check_width(cfg, source)
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is None:
         return _train(source, cfg, None, val, resume, on_step)
-    with output_lock(out_path, "vlmsae train"):  # one writer per run directory
-        remove_stale_temps(out_path)  # debris of a killed writer (we hold the lock)
-        return _train(source, cfg, out_path, val, resume, on_step)
+    lock = lambda: output_lock(out_path, "vlmsae train")  # noqa: E731
+    with dist.on_main(lock, f"locking {out_path}"):  # one writer per run directory: rank 0
+        if dist.is_main():
+            remove_stale_temps(out_path)  # debris of a killed writer (we hold the lock)
+        sae = _train(source, cfg, out_path, val, resume, on_step)
+        dist.barrier()  # rank 0's files are complete when train_sae returns on any rank
+        return sae
 
 
 def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
     device = torch.device(cfg.device)
     sae = SAE(cfg.sae, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    sae.global_batch = dist.is_distributed()  # BatchTopK over every rank's slice
     optimizer = make_optimizer(sae, cfg)
     state = TrainState(0, torch.zeros(cfg.sae.d_sae, dtype=torch.int64, device=device))
     if resume:
         if out_path is None:
             raise ValueError("resume=True needs the out_dir of the interrupted run")
-        load_resume_state(out_path, sae, optimizer, state, cfg)
+        load_resume_state(out_path, sae, optimizer, state, cfg, publish=dist.is_main())
     elif out_path is not None and ckpt.has_trainer_state(out_path):
         raise FileExistsError(
             f"{out_path} already holds a training run; pass --resume to continue it or "
@@ -196,8 +216,13 @@ def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
         )
     if source.n_rows is not None and cfg.batch_size > source.n_rows:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {source.n_rows} rows of data")
+    if cfg.batch_size < dist.world_size():
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is smaller than the {dist.world_size()} ranks; give "
+            "every rank at least one row of each batch"
+        )
     val_x = None
-    if val is not None:
+    if val is not None and dist.is_main():  # rank 0 evaluates and logs
         from vlmsae.sae.data import load_rows
 
         val_x = load_rows(val, cfg.val_rows).to(device)
@@ -209,7 +234,8 @@ def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
         log.info("inputs are divided by %.6g (unit mean squared norm)", state.norm_factor)
     if val_x is not None and cfg.normalize_activations:
         val_x = val_x / state.norm_factor  # metrics in training units (R², L0 are scale-free)
-    metrics_log = MetricsLog(out_path, state.step) if out_path is not None else None
+    writes = out_path is not None and dist.is_main()
+    metrics_log = MetricsLog(out_path, state.step) if writes else None
     _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step)
     if cfg.normalize_activations:
         sae.scale_biases_(state.norm_factor)  # fold: the returned SAE applies to raw inputs
@@ -248,7 +274,12 @@ def _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_st
     device = next(sae.parameters()).device
     batches = source.batches(cfg.batch_size, cfg.seed, state.step)
     t0, start_step = time.perf_counter(), state.step
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not cfg.progress, desc="train sae")
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        disable=not cfg.progress or not dist.is_main(),
+        desc="train sae",
+    )
     metrics: dict[str, Any] = {}
     try:
         while state.step < cfg.steps:
@@ -279,13 +310,20 @@ def _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_st
                 if metrics_log is not None:
                     metrics_log.append(metrics)
             if out_path is not None and (state.step % cfg.checkpoint_every == 0):
-                save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+                _checkpoint(out_path, sae, optimizer, state, cfg, source)
             bar.update(1)
             if on_step is not None:
                 on_step(state.step, metrics)
     finally:
         bar.close()
     _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, start_step)
+
+
+def _checkpoint(out_path, sae, optimizer, state, cfg, source) -> None:
+    """Rank 0 writes the checkpoint (every rank holds the same state)."""
+    if dist.is_main():
+        save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+    state.last_checkpoint = state.step
 
 
 def _check_batch(
@@ -295,8 +333,8 @@ def _check_batch(
         raise ValueError(
             f"batch of step {step_no} has shape {tuple(x_BD.shape)}; expected [B, {cfg.sae.d_in}]"
         )
-    if not torch.isfinite(x_BD).all():
-        bad = int((~torch.isfinite(x_BD)).any(1).sum())
+    bad = int(dist.all_reduce((~torch.isfinite(x_BD)).any(1).sum()))  # rows, on all ranks
+    if bad:
         raise NonFiniteError(
             _stop_message(
                 f"NaN or Inf in {bad} rows of the batch of step {step_no}", state, out_path
@@ -349,7 +387,9 @@ def _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, st
     if out_path is None:
         return
     if state.last_checkpoint != state.step:
-        save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+        _checkpoint(out_path, sae, optimizer, state, cfg, source)
+    if not dist.is_main():
+        return
     if state.step == start_step and (out_path / SUMMARY_FILE).exists():
         log.info("%s already finished at step %d; nothing to do", out_path, state.step)
         return  # a resumed finished run keeps the summary of the run that trained it
