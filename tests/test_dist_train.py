@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ranks import run_ranks
 
+from ranks import run_ranks
 from vlmsae import dist
 from vlmsae.sae import SAE, SAEConfig, TrainConfig
 from vlmsae.sae.checkpoint import load_trainer_state
