@@ -77,6 +77,12 @@ def train(
     l0_coeff: float = typer.Option(1e-3, "--l0-coeff", help="L0 penalty (jumprelu)."),
     log_every: int = typer.Option(100, "--log-every"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+    sweep: Path = typer.Option(
+        None,
+        "--sweep",
+        help="TOML file of several SAEs ([grid] and / or [[sae]] tables) trained together on "
+        "one read of the data into --out/<name>; other options are their defaults.",
+    ),
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
     from vlmsae.data.store import ActivationStore
@@ -116,6 +122,14 @@ def train(
         log_every=log_every,
         checkpoint_every=checkpoint_every,
     )
+    if sweep is not None:
+        from vlmsae.sae.sweep import train_sweep_file
+
+        for name, run_dir in train_sweep_file(
+            store, cfg, sweep, out, val=val, resume=resume
+        ).items():
+            typer.echo(f"wrote {run_dir} ({name})")
+        return
     sae = train_sae(store, cfg, out, val=val, resume=resume)
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("val") or summary["final"]

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,43 @@ def train_sae(
         return sae
 
 
+@dataclass
+class _Run:
+    """One SAE in training: what each step needs besides the batch."""
+
+    sae: SAE
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    cfg: TrainConfig
+    source: Any
+    out_path: Path | None
+    val_x: Tensor | None
+    metrics_log: MetricsLog | None
+    on_step: Callable[[int, dict[str, Any]], None] | None
+    bar: Any = None
+    t0: float = 0.0
+    start_step: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
 def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
+    run = _prepare(source, cfg, out_path, val, resume, on_step)
+    batches = source.batches(cfg.batch_size, cfg.seed, run.state.step)
+    try:
+        while run.state.step < cfg.steps:
+            x_BD = next(batches, None)
+            if x_BD is None:
+                log.warning("the data ran out after %d steps (of %d)", run.state.step, cfg.steps)
+                break
+            _advance(run, x_BD)
+    finally:
+        run.bar.close()
+    return _conclude(run)
+
+
+def _prepare(source, cfg, out_path, val, resume, on_step, norm_factors=None, bar=True) -> _Run:
+    """Build (or restore) an SAE, its optimizer and state; ``norm_factors`` caches the input
+    scale by ``(batch_size, seed, norm_batches)`` across the runs of a sweep."""
     device = torch.device(cfg.device)
     sae = SAE(cfg.sae, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     sae.global_batch = dist.is_distributed()  # BatchTopK over every rank's slice
@@ -230,13 +266,42 @@ def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
             raise ValueError(f"validation rows have width {val_x.shape[1]}, d_in is {cfg.sae.d_in}")
     _warn_schedule(cfg, state.step)
     if cfg.normalize_activations and not resume:
-        state.norm_factor = estimate_norm_factor(source, cfg.batch_size, cfg.seed, cfg.norm_batches)
+        norm_factors = {} if norm_factors is None else norm_factors
+        key = (cfg.batch_size, cfg.seed, cfg.norm_batches)
+        if key not in norm_factors:
+            norm_factors[key] = estimate_norm_factor(source, *key)  # read once per sweep
+        state.norm_factor = norm_factors[key]
         log.info("inputs are divided by %.6g (unit mean squared norm)", state.norm_factor)
     if val_x is not None and cfg.normalize_activations:
         val_x = val_x / state.norm_factor  # metrics in training units (R², L0 are scale-free)
     writes = out_path is not None and dist.is_main()
     metrics_log = MetricsLog(out_path, state.step) if writes else None
-    _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step)
+    run = _Run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step)
+    run.t0, run.start_step = time.perf_counter(), state.step
+    run.bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        disable=not (bar and cfg.progress and dist.is_main()),
+        desc="train sae",
+    )
+    return run
+
+
+def _conclude(run: _Run) -> SAE:
+    """Last checkpoint and summary; the returned SAE applies to raw inputs."""
+    sae, cfg, state = run.sae, run.cfg, run.state
+    _finish(
+        sae,
+        run.optimizer,
+        state,
+        cfg,
+        run.source,
+        run.out_path,
+        run.val_x,
+        run.metrics,
+        run.t0,
+        run.start_step,
+    )
     if cfg.normalize_activations:
         sae.scale_biases_(state.norm_factor)  # fold: the returned SAE applies to raw inputs
     return sae.eval()
@@ -270,53 +335,35 @@ def _check_width(cfg: TrainConfig, source: Any) -> TrainConfig:
     return replace(cfg, sae=replace(cfg.sae, **meta)) if meta else cfg
 
 
-def _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step) -> None:
+def _advance(run: _Run, x_BD: Tensor) -> None:
+    """Train ``run`` on one batch: check, normalise, step, log, checkpoint."""
+    sae, state, cfg, out_path = run.sae, run.state, run.cfg, run.out_path
+    step_no = state.step + 1
     device = next(sae.parameters()).device
-    batches = source.batches(cfg.batch_size, cfg.seed, state.step)
-    t0, start_step = time.perf_counter(), state.step
-    bar = tqdm(
-        total=cfg.steps,
-        initial=state.step,
-        disable=not cfg.progress or not dist.is_main(),
-        desc="train sae",
-    )
-    metrics: dict[str, Any] = {}
+    x_BD = _check_batch(x_BD, cfg, state, step_no, out_path).to(device)
+    if cfg.normalize_activations:
+        x_BD = x_BD / state.norm_factor  # unit mean squared norm
+    if state.step == 0:
+        _init_b_dec(sae, x_BD)  # b_dec starts at the geometric median of batch 1
     try:
-        while state.step < cfg.steps:
-            step_no = state.step + 1
-            x_BD = next(batches, None)
-            if x_BD is None:
-                log.warning("the data ran out after %d steps (of %d)", state.step, cfg.steps)
-                break
-            x_BD = _check_batch(x_BD, cfg, state, step_no, out_path).to(device)
-            if cfg.normalize_activations:
-                x_BD = x_BD / state.norm_factor  # unit mean squared norm
-            if state.step == 0:
-                _init_b_dec(sae, x_BD)  # b_dec starts at the geometric median of batch 1
-            try:
-                loss, out = train_step(sae, optimizer, x_BD, state, cfg)
-            except NonFiniteError as e:
-                raise NonFiniteError(
-                    _stop_message(f"{e} at step {step_no}", state, out_path)
-                ) from None
-            metrics = {}
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                metrics = _log_point(sae, x_BD, loss, out, state, cfg, val_x, t0, start_step)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.4g}",
-                    l0=f"{metrics['l0']:.1f}",
-                    r2=f"{metrics['r2']:.3f}",
-                )
-                if metrics_log is not None:
-                    metrics_log.append(metrics)
-            if out_path is not None and (state.step % cfg.checkpoint_every == 0):
-                _checkpoint(out_path, sae, optimizer, state, cfg, source)
-            bar.update(1)
-            if on_step is not None:
-                on_step(state.step, metrics)
-    finally:
-        bar.close()
-    _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, start_step)
+        loss, out = train_step(sae, run.optimizer, x_BD, state, cfg)
+    except NonFiniteError as e:
+        raise NonFiniteError(_stop_message(f"{e} at step {step_no}", state, out_path)) from None
+    run.metrics = metrics = {}
+    if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+        run.metrics = metrics = _log_point(
+            sae, x_BD, loss, out, state, cfg, run.val_x, run.t0, run.start_step
+        )
+        run.bar.set_postfix(
+            loss=f"{metrics['loss']:.4g}", l0=f"{metrics['l0']:.1f}", r2=f"{metrics['r2']:.3f}"
+        )
+        if run.metrics_log is not None:
+            run.metrics_log.append(metrics)
+    if out_path is not None and (state.step % cfg.checkpoint_every == 0):
+        _checkpoint(out_path, sae, run.optimizer, state, cfg, run.source)
+    run.bar.update(1)
+    if run.on_step is not None:
+        run.on_step(state.step, metrics)
 
 
 def _checkpoint(out_path, sae, optimizer, state, cfg, source) -> None:
