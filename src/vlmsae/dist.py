@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as tdist
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 TIMEOUT_ENV = "VLMSAE_DIST_TIMEOUT"
@@ -35,7 +35,12 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     """
     if is_distributed():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not tdist.is_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as tdist
+
+    if not tdist.is_available():
         return False
     if not tdist.is_initialized():
         seconds = timeout_s if timeout_s is not None else float(os.environ.get(TIMEOUT_ENV, 1800))
@@ -47,19 +52,31 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     return is_distributed()
 
 
+def _tdist() -> Any:
+    """``torch.distributed`` if this process imported it (no process group without it:
+    code that never touched torch stays torch-free)."""
+    return sys.modules.get("torch.distributed")
+
+
 def is_distributed() -> bool:
     """This process is one of several in an initialised process group."""
-    return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+    tdist = _tdist()
+    return (
+        tdist is not None
+        and tdist.is_available()
+        and tdist.is_initialized()
+        and tdist.get_world_size() > 1
+    )
 
 
 def rank() -> int:
     """This process's index, 0 in one process."""
-    return tdist.get_rank() if is_distributed() else 0
+    return _tdist().get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
     """Number of processes, 1 in one process."""
-    return tdist.get_world_size() if is_distributed() else 1
+    return _tdist().get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
@@ -79,7 +96,7 @@ def shard(n: int, part: int | None = None, parts: int | None = None) -> range:
 def barrier() -> None:
     """Wait for every rank."""
     if is_distributed():
-        tdist.barrier()
+        _tdist().barrier()
 
 
 def all_reduce(t: Tensor, op: str = "sum") -> Tensor:
@@ -88,10 +105,20 @@ def all_reduce(t: Tensor, op: str = "sum") -> Tensor:
     if not is_distributed():
         return t
     buf = t if t.is_contiguous() else t.contiguous()
+    tdist = _tdist()
     tdist.all_reduce(buf, op=getattr(tdist.ReduceOp, _OPS[op]))
     if buf is not t:
         t.copy_(buf)
     return t
+
+
+def all_reduce_array(arr: Any, op: str = "sum") -> Any:
+    """Reduce a contiguous NumPy array over ranks, in place (no-op in one process)."""
+    if is_distributed():
+        import torch
+
+        all_reduce(torch.from_numpy(arr), op)  # shares arr's memory
+    return arr
 
 
 def all_reduce_tensors(tensors: Iterable[Tensor], op: str = "sum") -> None:
@@ -99,6 +126,8 @@ def all_reduce_tensors(tensors: Iterable[Tensor], op: str = "sum") -> None:
     instead of one per parameter). Tensors may be non-contiguous views."""
     if not is_distributed():
         return
+    import torch
+
     tensors = list(tensors)
     if not tensors:
         return
@@ -115,6 +144,9 @@ def all_gather_rows(t: Tensor) -> Tensor:
     numbers of rows); ``t`` itself in one process."""
     if not is_distributed():
         return t
+    import torch
+
+    tdist = _tdist()
     t = t.contiguous()
     n_local = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
     counts = [torch.zeros_like(n_local) for _ in range(world_size())]
@@ -132,7 +164,7 @@ def all_gather_object(obj: Any) -> list[Any]:
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * world_size()
-    tdist.all_gather_object(out, obj)
+    _tdist().all_gather_object(out, obj)
     return out
 
 
@@ -141,7 +173,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    tdist.broadcast_object_list(box, src=src)
+    _tdist().broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -184,6 +216,8 @@ def batch_share(n_local: int) -> tuple[float, int]:
     in one process."""
     if not is_distributed():
         return 1.0, n_local
+    import torch
+
     n = all_reduce(torch.tensor([n_local], dtype=torch.int64))
     return n_local / int(n), int(n)
 
@@ -193,6 +227,8 @@ def mean(t: Tensor) -> Tensor:
     process, bit for bit."""
     if not is_distributed():
         return t.mean(0)
+    import torch
+
     total = torch.cat([t.sum(0).reshape(-1).float(), t.new_tensor([t.shape[0]]).float()])
     all_reduce(total)
     return (total[:-1] / total[-1]).reshape(t.shape[1:]).to(t.dtype)
@@ -200,5 +236,6 @@ def mean(t: Tensor) -> Tensor:
 
 def cleanup() -> None:
     """Leave the process group (end of a ``torchrun`` program)."""
-    if tdist.is_available() and tdist.is_initialized():
+    tdist = _tdist()
+    if tdist is not None and tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
