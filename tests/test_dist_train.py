@@ -24,6 +24,8 @@ ARCHS = {
     "batchtopk": {"sparsity": "batchtopk"},
     "matryoshka": {"sparsity": "batchtopk", "group_fractions": (0.25, 0.75)},
     "topk": {"sparsity": "topk"},
+    "relu": {"sparsity": "relu", "k": None},
+    "jumprelu": {"sparsity": "jumprelu", "k": None},
 }
 STEPS = 8
 
@@ -35,7 +37,7 @@ def _data() -> torch.Tensor:
 
 
 def _cfg(arch: str, steps: int = STEPS) -> TrainConfig:
-    sae = SAEConfig(d_in=16, expansion=4, k=4, **ARCHS[arch])
+    sae = SAEConfig(**{"d_in": 16, "expansion": 4, "k": 4, **ARCHS[arch]})
     return TrainConfig(
         sae=sae,
         steps=steps,
