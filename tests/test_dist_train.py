@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ranks import run_ranks
 from vlmsae import dist
+from vlmsae.data.store import ActivationStore
 from vlmsae.sae import SAE, SAEConfig, TrainConfig
 from vlmsae.sae.checkpoint import load_trainer_state
 from vlmsae.sae.train import train_sae
@@ -53,9 +55,15 @@ def _cfg(arch: str, steps: int = STEPS) -> TrainConfig:
 
 
 def _train_all(root: str, archs: tuple[str, ...]) -> None:
-    """Train every arch into ``root/<arch>`` (called on each rank, or in one process)."""
+    """Train every arch into ``root/<arch>`` (called on each rank, or in one process), and
+    BatchTopK from a store (each rank reads only its rows) into ``root/store``."""
     for arch in archs:
         train_sae(_data(), _cfg(arch), Path(root) / arch)
+    store = Path(root).parent / "acts"
+    if dist.is_main() and not store.exists():
+        ActivationStore.write(store, _data().numpy(), meta={})
+    dist.barrier()
+    train_sae(store, _cfg("batchtopk"), Path(root) / "store")
 
 
 def _die_at_step_6(step: int, metrics: dict) -> None:
@@ -89,9 +97,20 @@ def single(tmp_path_factory) -> Path:
     return root
 
 
+def test_a_store_reads_only_the_rows_of_a_part(tmp_path):
+    store = ActivationStore.write(tmp_path / "acts", _data().numpy(), meta={})
+    kw = {"seed": 3, "buffer_rows": 64, "chunk_rows": 16, "epochs": 2}
+    whole = list(store.batches(31, **kw))
+    for part in (range(0, 15), range(15, 31)):
+        sliced = list(store.batches(31, part=part, **kw))
+        assert len(sliced) == len(whole)
+        for got, want in zip(sliced, whole, strict=True):
+            np.testing.assert_array_equal(got, want[part.start : part.stop])
+
+
 def test_two_ranks_equal_one_process(tmp_path, single):
     run_ranks(_train_all, 2, str(tmp_path), tuple(ARCHS))
-    for arch in ARCHS:
+    for arch in (*ARCHS, "store"):
         _assert_same_run(tmp_path / arch, single / arch)
     dead = load_trainer_state(single / "batchtopk")[0]["examples_since_fired"] >= 62
     assert dead.any(), "no latent died: the test would not check AuxK and the dead counters"

@@ -260,6 +260,7 @@ class ActivationStore:
         chunk_rows: int = 1 << 13,
         epochs: int | None = None,
         dtype: Any = np.float32,
+        part: range | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield ``[batch_size, d]`` arrays, epoch after epoch (forever if ``epochs`` is None).
 
@@ -268,7 +269,8 @@ class ActivationStore:
         and rows are permuted inside each buffer. The stream is a pure function of
         ``seed``; ``skip`` drops the first ``skip`` batches without reading them (exact
         resumption). Rows left over at the end of a buffer (fewer than ``batch_size``)
-        are dropped for that epoch.
+        are dropped for that epoch. ``part``: yield only these positions of every batch,
+        reading only their rows (a data-parallel rank's slice of the global batch).
         """
         if self.is_sparse:
             raise StoreError("batches() reads dense stores; code stores are read with read()")
@@ -292,14 +294,22 @@ class ActivationStore:
                 if skip >= n_batches:
                     skip -= n_batches
                     continue
-                buf = np.concatenate([self.read(int(s), int(s) + chunk_rows) for s in starts])
+                if part is not None:  # rows of the buffer by position, read on demand
+                    spans = zip(starts, sizes, strict=True)
+                    buf = np.concatenate([np.arange(s, s + z) for s, z in spans])
+                else:
+                    buf = np.concatenate([self.read(int(s), int(s) + chunk_rows) for s in starts])
                 order = (
                     np.random.default_rng(perm_seed).permutation(len(buf))
                     if shuffle
                     else np.arange(len(buf))
                 )
                 for j in range(skip, n_batches):
-                    yield np.asarray(buf[order[j * batch_size : (j + 1) * batch_size]], dtype=dtype)
+                    sel = order[j * batch_size : (j + 1) * batch_size]
+                    if part is not None:
+                        yield np.asarray(self[buf[sel[part.start : part.stop]]], dtype=dtype)
+                        continue
+                    yield np.asarray(buf[sel], dtype=dtype)
                 skip = 0
             epoch += 1
 

@@ -42,6 +42,9 @@ class BatchSource:
     description: str = ""
     replayable: bool = True
     """``batches`` can be called more than once (``False`` for a one-shot iterator)."""
+    part_batches: Any = None
+    """``part_batches(batch_size, seed, skip, part) -> Iterator[Tensor]``: only the
+    positions ``part`` of every batch, reading only those rows (a store); else ``None``."""
 
 
 def _as_tensor(rows: Any) -> Tensor:
@@ -78,12 +81,16 @@ def make_source(data: Data) -> BatchSource:
         if store.is_sparse:
             raise ValueError(f"{store.dir} holds SAE codes; train on an activation store")
 
-        def store_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
-            for rows in store.batches(batch_size, shuffle=True, seed=seed, skip=skip):
+        def store_batches(
+            batch_size: int, seed: int, skip: int, part: range | None = None
+        ) -> Iterator[Tensor]:
+            for rows in store.batches(batch_size, shuffle=True, seed=seed, skip=skip, part=part):
                 yield torch.from_numpy(rows)
 
         meta = {k: store.manifest[k] for k in SOURCE_FIELDS if store.manifest.get(k) is not None}
-        return BatchSource(store.d, len(store), store_batches, meta, f"store {store.dir}")
+        return BatchSource(
+            store.d, len(store), store_batches, meta, f"store {store.dir}", True, store_batches
+        )
     if isinstance(data, (Tensor, np.ndarray)):
         if data.ndim != 2:
             raise ValueError(f"training data must be 2-D [rows, d_in], got shape {data.shape}")
@@ -114,6 +121,9 @@ def shard_source(source: BatchSource) -> BatchSource:
         return source
 
     def rank_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
+        if source.part_batches is not None:  # read only this rank's rows
+            yield from source.part_batches(batch_size, seed, skip, dist.shard(batch_size))
+            return
         for x_BD in source.batches(batch_size, seed, skip):
             part = dist.shard(x_BD.shape[0])
             yield x_BD[part.start : part.stop]
