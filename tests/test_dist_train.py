@@ -8,6 +8,8 @@ dead counters match one process to float tolerance. A rank killed mid-run resume
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -88,6 +90,13 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert meta_a["step"] == meta_b["step"] == STEPS
     assert meta_a["norm_factor"] == pytest.approx(meta_b["norm_factor"], rel=1e-6)
     assert torch.equal(state_a["examples_since_fired"], state_b["examples_since_fired"])
+    final_a = json.loads((a / "summary.json").read_text())["final"]
+    final_b = json.loads((b / "summary.json").read_text())["final"]
+    for key in ("loss", "recon_loss", "aux_loss", "r2", "l0", "mse", "dead_fraction"):
+        assert final_a[key] == pytest.approx(final_b[key], rel=1e-4, abs=1e-6), key
+    assert ("group_loss" in final_a) == ("group_loss" in final_b)
+    if "group_loss" in final_a:
+        assert final_a["group_loss"] == pytest.approx(final_b["group_loss"], rel=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +134,16 @@ def test_a_killed_rank_resumes_to_the_same_weights(tmp_path, single):
     assert load_trainer_state(tmp_path)[1]["step"] in (4,)  # the checkpoint before the kill
     run_ranks(_resume, 2, str(tmp_path))
     _assert_same_run(tmp_path, single / "batchtopk")
+
+
+def test_a_held_output_lock_fails_every_rank_at_once(tmp_path):
+    run = tmp_path / "run"
+    (run / "topk").mkdir(parents=True)
+    fd = os.open(run / "topk" / ".vlmsae.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another writer holds the run directory
+    try:
+        with pytest.raises(Exception, match="being written by"):
+            run_ranks(_train_all, 2, str(run), ("topk",), timeout=60)
+    finally:
+        os.close(fd)
+    assert not (run / "topk" / "config.json").exists()

@@ -29,7 +29,12 @@ from vlmsae._lock import output_lock
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.config import TrainConfig, lr_factor
 from vlmsae.sae.data import Data, estimate_norm_factor, make_source, shard_source
-from vlmsae.sae.losses import LossOutput, reconstruction_metrics, sae_loss
+from vlmsae.sae.losses import (
+    LossOutput,
+    global_reconstruction_metrics,
+    reconstruction_metrics,
+    sae_loss,
+)
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.sae.trainer_io import (
     MetricsLog,
@@ -403,18 +408,25 @@ def _stop_message(what: str, state: TrainState, out_path: Path | None) -> str:
 def _log_point(sae, x_BD, loss, out, state, cfg, val_x, t0, start_step) -> dict[str, Any]:
     dead_S = state.examples_since_fired_S >= cfg.dead_after
     elapsed = time.perf_counter() - t0
+    recon, aux, groups = loss.recon.detach(), loss.aux.detach(), loss.group_losses.detach()
+    batch_metrics = None
+    if dist.is_distributed():  # the global batch's figures, not this rank's slice
+        share = dist.batch_share(x_BD.shape[0])[0]
+        summed = dist.all_reduce(torch.cat([recon[None], aux[None], groups]).float() * share)
+        recon, aux, groups = summed[0], summed[1], summed[2:]
+        batch_metrics = global_reconstruction_metrics(x_BD, out)
     metrics: dict[str, Any] = {
         "step": state.step,
         "loss": float(loss.total.detach()),
-        "recon_loss": float(loss.recon.detach()),
-        **reconstruction_metrics(x_BD, out),
+        "recon_loss": float(recon),
+        **(batch_metrics or reconstruction_metrics(x_BD, out)),
         "dead_fraction": float(dead_S.float().mean()),
-        "aux_loss": float(loss.aux.detach()),
+        "aux_loss": float(aux),
         "lr": cfg.learning_rate * lr_factor(state.step - 1, cfg),
         "examples_per_s": (state.step - start_step) * cfg.batch_size / max(elapsed, 1e-9),
     }
     if sae.cfg.is_matryoshka:
-        metrics["group_loss"] = [float(v) for v in loss.group_losses.detach()]
+        metrics["group_loss"] = [float(v) for v in groups]
     if sae.cfg.sparsity in ("relu", "jumprelu"):
         metrics["sparsity_penalty"] = float(loss.sparsity.detach())
     if sae.threshold is not None and sae.cfg.sparsity == "batchtopk":
