@@ -376,6 +376,7 @@ def _run(
         stores = {t.name: t.writer.close(images=data.paths).dir for t in targets}
     n_done = sum(dist.all_gather_object(position - start))  # images this run, all ranks
     starts = dist.all_gather_object(start)
+    rate = n_done / seconds if seconds > 0 else 0.0
     summary = None
     if dist.is_main():
         readers = {name: ActivationStore(path) for name, path in stores.items()}
@@ -388,7 +389,7 @@ def _run(
             "resumed_at": starts[0] if len(starts) == 1 else starts,
             "seconds": round(seconds, 3),
             "first_batch_wait_seconds": round(first_wait or 0.0, 3),
-            "images_per_s": round(n_done / seconds if seconds > 0 else 0.0, 3),
+            "images_per_s": round(rate, 3),
             "tokens": str(selection),
             "batch_size": cfg.batch_size,
             "stores": {
@@ -403,10 +404,12 @@ def _run(
             n,
             summary["n_skipped"],
             seconds,
-            summary["images_per_s"],
+            rate,
         )
-    summary = dist.broadcast_object(summary)
-    return CacheResult(stores, n, summary["n_skipped"], summary["seconds"], summary["images_per_s"])
+    n_skipped, seconds, rate = dist.broadcast_object(  # rank 0's figures on every rank
+        (summary["n_skipped"], seconds, rate) if summary is not None else None
+    )
+    return CacheResult(stores, n, n_skipped, seconds, rate)
 
 
 def _merge_parts(targets: list[_Target], data: ImageDataset) -> dict[str, Path]:
