@@ -185,6 +185,11 @@ def train_sae(
         on_step: called as ``on_step(step, metrics)`` after every step (``metrics`` is
             filled at log points only).
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) training is data parallel: every rank calls
+    this with the same data and config, reads its slice of each global batch of
+    ``cfg.batch_size`` rows, and ends with the weights one process would; rank 0 locks
+    ``out_dir`` and writes it (see :mod:`vlmsae.dist`).
+
     Raises:
         NonFiniteError: a batch or the loss holds NaN / Inf; the message names the step,
             and the last checkpoint in ``out_dir`` is left untouched.
