@@ -118,7 +118,13 @@ def output_lock(out_dir: str | Path, what: str = "vlmsae") -> Iterator[Path]:
 
 def lock_until_exit(out_dir: str | Path, what: str = "vlmsae") -> Path:
     """Take the lock of :func:`output_lock` on ``out_dir`` and keep it until this process
-    exits (the kernel releases it then): for CLI commands, which write their output and end."""
+    exits (the kernel releases it then): for CLI commands, which write their output and end.
+    Under ``torchrun`` rank 0 takes it for the whole job (its ranks write together)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from vlmsae import dist
+
+        if dist.init_from_env() and not dist.is_main():
+            return Path(out_dir)
     _take(Path(out_dir), what)  # never given back: the depth stays above 0
     return Path(out_dir)
 

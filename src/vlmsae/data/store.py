@@ -261,6 +261,7 @@ class ActivationStore:
         epochs: int | None = None,
         dtype: Any = np.float32,
         drop_last: bool = False,
+        part: range | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield ``[batch_size, d]`` arrays, epoch after epoch (forever if ``epochs`` is None).
 
@@ -277,6 +278,8 @@ class ActivationStore:
         epoch (fewer than ``batch_size`` per buffer; shuffling drops other rows each
         epoch), so that every batch has ``batch_size`` rows: SAE training does this (e.g.
         10,000 rows at batch 4,096 give two batches per epoch and leave 1,808 rows out).
+        ``part``: yield only these positions of every batch, reading only their rows (a
+        data-parallel rank's slice of the global batch).
         """
         if self.is_sparse:
             raise StoreError("batches() reads dense stores; code stores are read with read()")
@@ -307,14 +310,22 @@ class ActivationStore:
                 if skip >= n_batches:
                     skip -= n_batches
                     continue
-                buf = np.concatenate([self.read(int(s), int(s) + chunk_rows) for s in starts])
+                if part is not None:  # rows of the buffer by position, read on demand
+                    spans = zip(starts, sizes, strict=True)
+                    buf = np.concatenate([np.arange(s, s + z) for s, z in spans])
+                else:
+                    buf = np.concatenate([self.read(int(s), int(s) + chunk_rows) for s in starts])
                 order = (
                     np.random.default_rng(perm_seed).permutation(len(buf))
                     if shuffle
                     else np.arange(len(buf))
                 )
                 for j in range(skip, n_batches):
-                    yield np.asarray(buf[order[j * batch_size : (j + 1) * batch_size]], dtype=dtype)
+                    sel = order[j * batch_size : (j + 1) * batch_size]
+                    if part is not None:
+                        yield np.asarray(self[buf[sel[part.start : part.stop]]], dtype=dtype)
+                        continue
+                    yield np.asarray(buf[sel], dtype=dtype)
                 skip = 0
             epoch += 1
 

@@ -27,12 +27,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from vlmsae import dist
 from vlmsae._cpu import default_workers
 from vlmsae._io import read_json, remove_stale_temps, write_json
 from vlmsae._lock import output_lock
 from vlmsae._progress import model_label, progress_bar
 from vlmsae.data.images import ImageDataset, load_dataset
-from vlmsae.data.store import MANIFEST, StoreError, StoreWriter
+from vlmsae.data.merge import check_rank_parts, merge_rank_parts, rank_part_dir
+from vlmsae.data.store import MANIFEST, ActivationStore, StoreError, StoreWriter
 from vlmsae.encoders.adapters import Encoder
 from vlmsae.encoders.codes import sae_codes, sae_source
 from vlmsae.encoders.loader import ImageBatch, image_batches
@@ -42,7 +44,7 @@ from vlmsae.provenance import check_same_source, sae_provenance
 
 log = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
-_CHECKED_META = ("model", "hookpoint", "layer", "tokens", "split", "dataset_size")
+_CHECKED_META = ("model", "hookpoint", "layer", "tokens", "split", "dataset_size", "image_range")
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,8 @@ class _Target:
 
 def _open_targets(out: Path, plans: list[_Plan], cfg: CacheConfig) -> list[_Target]:
     """Open a writer per plan (call while holding the lock on ``out``)."""
-    remove_stale_temps(out)
+    if dist.is_main():
+        remove_stale_temps(out)
     return [
         _Target(p.name, p.key, _open_writer(out / p.name, p.d, p.kind, p.meta, cfg), p.sae)
         for p in plans
@@ -133,6 +136,18 @@ def _open_targets(out: Path, plans: list[_Plan], cfg: CacheConfig) -> list[_Targ
 def _open_writer(
     path: Path, d: int, kind: str, meta: dict[str, Any], cfg: CacheConfig
 ) -> StoreWriter:
+    if dist.is_distributed():  # this rank writes its share as a part of the store
+        if (path / MANIFEST).exists() and not cfg.resume:
+            raise FileExistsError(
+                f"{path} already holds a store; choose another --out or delete it"
+            )
+        if cfg.resume:
+            check_rank_parts(path, dist.world_size())
+        part = dist.shard(int(meta["dataset_size"]))
+        path, meta = (
+            rank_part_dir(path, dist.rank()),
+            {**meta, "image_range": [part.start, part.stop]},
+        )
     manifest_path = path / MANIFEST
     old = read_json(manifest_path) if manifest_path.exists() else {}
     if cfg.resume and old.get("shards"):  # a store without a shard is simply replaced
@@ -226,7 +241,8 @@ def cache_activations(
         plans.append(_Plan("post_projection", "post_projection", enc.d_embed, "activations", meta))
     if sae is not None:
         plans.append(_sae_plan(enc, sae, sae_hookpoint, plans, allow_mismatch))
-    with output_lock(out, "vlmsae cache"):
+    dist.init_from_env()  # under torchrun: each rank caches a share of the images
+    with dist.on_main(lambda: output_lock(out, "vlmsae cache"), f"locking {out}"):
         targets = _open_targets(out, plans, cfg)
         return _run(enc, data, targets, selection, cfg, out / "summary.json")
 
@@ -272,7 +288,8 @@ def embed_images(
     data = _as_dataset(dataset, split)
     meta = {**_base_meta(enc, data), "hookpoint": "post_projection", "tokens": "pooled"}
     out = Path(out_dir)
-    with output_lock(out, "vlmsae embed"):
+    dist.init_from_env()
+    with dist.on_main(lambda: output_lock(out, "vlmsae embed"), f"locking {out}"):
         writer = _open_writer(out, enc.d_embed, "embeddings", meta, cfg)
         target = _Target("embeddings", "post_projection", writer)
         selection = TokenSelection.parse("cls")
@@ -348,15 +365,19 @@ def _run(
     cfg: CacheConfig,
     summary_path: Path,
 ) -> CacheResult:
-    """The caching loop shared by :func:`cache_activations` and :func:`embed_images`."""
+    """The caching loop shared by :func:`cache_activations` and :func:`embed_images`.
+
+    Under several ranks each caches its share of the images into its part of every store;
+    rank 0 then merges the parts (:mod:`vlmsae.data.merge`) and writes the summary."""
     n = len(data)
-    start = min(t.writer.images_done for t in targets)
+    share = dist.shard(n)  # range(0, n) in one process
+    start = max(share.start, min(t.writer.images_done for t in targets))
     layers = sorted({t.key for t in targets if isinstance(t.key, int)})
     want_projection = any(t.key == "post_projection" for t in targets)
-    if start:
+    if start > share.start:
         log.info("resuming at image %d of %d", start, n)
     loader = image_batches(
-        data.paths,
+        data.paths[: share.stop],
         enc.processor,
         batch_size=cfg.batch_size,
         workers=cfg.workers,
@@ -365,7 +386,11 @@ def _run(
     )
     t0 = time.perf_counter()
     bar = progress_bar(
-        total=n, initial=start, unit="img", disable=not cfg.progress, desc=model_label(enc.name)
+        total=len(share),
+        initial=start - share.start,
+        unit="img",
+        disable=not cfg.progress or not dist.is_main(),
+        desc=model_label(enc.name),
     )
     position = start
     first_wait = None  # worker start-up and the first batch's decoding
@@ -378,29 +403,59 @@ def _run(
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    stores = {t.name: t.writer.close(images=data.paths).dir for t in targets}
-    n_skipped = max(len(t.writer.skipped) for t in targets)
-    rate = (n - start) / seconds if seconds > 0 else 0.0
-    summary = {
-        "model": enc.name,
-        "dataset_root": data.root,
-        "split": data.split,
-        "n_images": n,
-        "n_skipped": n_skipped,
-        "resumed_at": start,
-        "seconds": round(seconds, 3),
-        "first_batch_wait_seconds": round(first_wait or 0.0, 3),
-        "images_per_s": round(rate, 3),
-        "tokens": str(selection),
-        "batch_size": cfg.batch_size,
-        "stores": {
-            t.name: {"path": str(t.writer.dir), "rows": t.writer.n_rows, "d": t.writer.d}
-            for t in targets
-        },
-    }
-    write_json(summary_path, summary)
-    log.info("%d images (%d skipped) in %.1f s: %.1f images/s", n, n_skipped, seconds, rate)
+    if dist.is_distributed():
+        stores = _merge_parts(targets, data)
+    else:
+        stores = {t.name: t.writer.close(images=data.paths).dir for t in targets}
+    n_done = sum(dist.all_gather_object(position - start))  # images this run, all ranks
+    starts = dist.all_gather_object(start)
+    rate = n_done / seconds if seconds > 0 else 0.0
+    summary = None
+    if dist.is_main():
+        readers = {name: ActivationStore(path) for name, path in stores.items()}
+        summary = {
+            "model": enc.name,
+            "dataset_root": data.root,
+            "split": data.split,
+            "n_images": n,
+            "n_skipped": max(len(r.manifest.get("skipped", [])) for r in readers.values()),
+            "resumed_at": starts[0] if len(starts) == 1 else starts,
+            "seconds": round(seconds, 3),
+            "first_batch_wait_seconds": round(first_wait or 0.0, 3),
+            "images_per_s": round(rate, 3),
+            "tokens": str(selection),
+            "batch_size": cfg.batch_size,
+            "stores": {
+                name: {"path": str(r.dir), "rows": len(r), "d": r.d} for name, r in readers.items()
+            },
+        }
+        if dist.is_distributed():
+            summary["n_ranks"] = dist.world_size()
+        write_json(summary_path, summary)
+        log.info(
+            "%d images (%d skipped) in %.1f s: %.1f images/s",
+            n,
+            summary["n_skipped"],
+            seconds,
+            rate,
+        )
+    n_skipped, seconds, rate = dist.broadcast_object(  # rank 0's figures on every rank
+        (summary["n_skipped"], seconds, rate) if summary is not None else None
+    )
     return CacheResult(stores, n, n_skipped, seconds, rate)
+
+
+def _merge_parts(targets: list[_Target], data: ImageDataset) -> dict[str, Path]:
+    """Close this rank's part of every store; once all ranks have, rank 0 merges them."""
+    with dist.together("caching a share of the images"):
+        for t in targets:
+            t.writer.close()
+    stores = {t.name: t.writer.dir.parent.parent for t in targets}  # STORE/ranks/rank-r
+    with dist.together("merging the ranks' parts"):
+        if dist.is_main():
+            for path in stores.values():
+                merge_rank_parts(path, dist.world_size(), data.paths)
+    return stores
 
 
 def _write_batch(

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from vlmsae import dist
+
 Rows = Any  # np.ndarray | sp.csr_matrix | torch.Tensor | ActivationStore
 
 
@@ -47,13 +49,29 @@ def read_rows(x: Rows, start: int, stop: int, dtype: Any = np.float64) -> Any:
     return _as_block(block, dtype)
 
 
-def iter_rows(x: Rows, chunk_rows: int, dtype: Any = np.float64) -> Iterator[tuple[int, Any]]:
-    """Yield ``(start, block)`` over all rows of ``x``, ``chunk_rows`` at a time."""
+def iter_rows(
+    x: Rows, chunk_rows: int, dtype: Any = np.float64, *, span: range | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(start, block)`` over the rows of ``x`` (those of ``span``, default all),
+    ``chunk_rows`` at a time."""
     if chunk_rows <= 0:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-    n = n_rows(x)
-    for start in range(0, n, chunk_rows):
-        yield start, read_rows(x, start, min(n, start + chunk_rows), dtype)
+    span = range(n_rows(x)) if span is None else span
+    for start in range(span.start, span.stop, chunk_rows):
+        yield start, read_rows(x, start, min(span.stop, start + chunk_rows), dtype)
+
+
+def rank_span(n: int, image_R: np.ndarray | None = None) -> range:
+    """The rows this rank reads under several processes (all rows in one): a contiguous
+    share, its ends moved to image boundaries so that no image is split between ranks."""
+    share = dist.shard(n)
+    if image_R is None or not dist.is_distributed():
+        return share
+
+    def image_start(row: int) -> int:
+        return n if row >= n else int(np.searchsorted(image_R, image_R[row], side="left"))
+
+    return range(image_start(share.start), image_start(share.stop))
 
 
 def aggregate_rows(block: Any, image_R: np.ndarray, how: str) -> tuple[np.ndarray, Any]:
@@ -96,12 +114,15 @@ def iter_images(
     image_R: np.ndarray | None = None,
     aggregate: str = "max",
     dtype: Any = np.float64,
+    *,
+    span: range | None = None,
 ) -> Iterator[tuple[np.ndarray, Any]]:
     """Yield ``(image_indices, block)`` with one row per image, chunks ending at image
-    boundaries. Without ``image_R`` every row is its own image."""
+    boundaries. Without ``image_R`` every row is its own image. ``span``: only these rows
+    (whole images; default all)."""
     n = n_rows(x)
     if image_R is None:
-        for start, block in iter_rows(x, chunk_rows, dtype):
+        for start, block in iter_rows(x, chunk_rows, dtype, span=span):
             yield np.arange(start, start + block.shape[0]), block
         return
     image_R = np.asarray(image_R)
@@ -109,10 +130,10 @@ def iter_images(
         raise ValueError(f"{len(image_R)} image indices for {n} rows")
     if n > 1 and np.any(np.diff(image_R) < 0):
         raise ValueError("rows must be grouped by image (image indices non-decreasing)")
-    start = 0
-    while start < n:
-        stop = min(n, start + chunk_rows)
-        if stop < n:  # extend to the end of the last image of the chunk
+    start, end = (0, n) if span is None else (span.start, span.stop)
+    while start < end:
+        stop = min(end, start + chunk_rows)
+        if stop < end:  # extend to the end of the last image of the chunk
             stop = int(np.searchsorted(image_R, image_R[stop - 1], side="right"))
         yield aggregate_rows(read_rows(x, start, stop, dtype), image_R[start:stop], aggregate)
         start = stop

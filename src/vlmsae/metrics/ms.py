@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from vlmsae import dist
 from vlmsae._progress import tqdm
 from vlmsae.metrics._source import (
     Rows,
@@ -34,6 +35,7 @@ from vlmsae.metrics._source import (
     iter_rows,
     n_cols,
     n_rows,
+    rank_span,
     read_rows,
 )
 
@@ -75,9 +77,8 @@ def _neuron_range(acts: Rows, chunk_rows: int, progress: bool) -> _Range:
     k = n_cols(acts)
     lo, hi = np.full(k, np.inf), np.full(k, -np.inf)
     n_active = np.zeros(k, np.int64)
-    for _, block in tqdm(
-        iter_rows(acts, chunk_rows), desc="MS range", disable=not progress, leave=False
-    ):
+    rows = iter_rows(acts, chunk_rows, span=rank_span(n_rows(acts)))  # this rank's share
+    for _, block in tqdm(rows, desc="MS range", disable=not progress, leave=False):
         if block.shape[0] == 0:
             continue
         if sp.issparse(block):
@@ -89,6 +90,9 @@ def _neuron_range(acts: Rows, chunk_rows: int, progress: bool) -> _Range:
             lo = np.minimum(lo, block.min(axis=0))
             hi = np.maximum(hi, block.max(axis=0))
             n_active += (block > 0).sum(axis=0)
+    dist.all_reduce_array(lo, "min")  # over the shares of all ranks (no-op in one process)
+    dist.all_reduce_array(hi, "max")
+    dist.all_reduce_array(n_active)
     return _Range(lo, hi, n_active)
 
 
@@ -179,9 +183,8 @@ def _accumulate_block(
     sparse_ok = (lo == 0).astype(np.float64) * inv
     sums = _Sums(k1 - k0, n_cols(emb))
     sparse = is_sparse(acts)
-    for start, block in tqdm(
-        iter_rows(acts, chunk_rows), desc=f"MS {k0}:{k1}", disable=not progress, leave=False
-    ):
+    rows = iter_rows(acts, chunk_rows, span=rank_span(n_rows(acts)))  # this rank's share
+    for start, block in tqdm(rows, desc=f"MS {k0}:{k1}", disable=not progress, leave=False):
         stop = start + block.shape[0]
         emb_NE = read_rows(emb, start, stop)
         inv_N, sq_N = _inv_norms(emb_NE)
@@ -204,6 +207,8 @@ def _accumulate_block(
             )
             for name in ("v_KE", "s1", "s2", "s2e"):
                 getattr(sums, name)[dense_cols] += getattr(sub, name)
+    for part in (sums.v_KE, sums.s1, sums.s2, sums.s2e):  # the sums of all ranks' shares
+        dist.all_reduce_array(part)
     return sums.scores()
 
 
@@ -226,7 +231,12 @@ def monosemanticity(
         max_memory_bytes: bound on the float64 ``[K, E]`` accumulator; above it, neurons
             are scored in blocks, one pass over the rows per block.
         progress: show progress bars.
+
+    Under ``torchrun`` (every rank passing the same activations and embeddings) each rank
+    streams its share of the rows and the sums are all-reduced: every rank gets the
+    scores of one process.
     """
+    dist.init_from_env()
     n, k = n_rows(activations), n_cols(activations)
     if n_rows(embeddings) != n:
         raise ValueError(

@@ -11,9 +11,10 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from vlmsae import dist
 from vlmsae._progress import tqdm
 from vlmsae.errors import UserError
-from vlmsae.metrics._source import Rows, is_sparse, iter_images, n_cols
+from vlmsae.metrics._source import Rows, is_sparse, iter_images, n_cols, n_rows, rank_span
 
 MIN_ACTIVE = 16
 """The paper's rule: a neuron enters uniqueness, hierarchy and the "most monosemantic"
@@ -112,7 +113,9 @@ def top_images(
     fill = 0.0 if sparse else -np.inf
     val_Kk = np.full((n_k, k), fill, np.float32)
     idx_Kk = np.full((n_k, k), -1, np.int64)
-    chunks = iter_images(activations, chunk_rows, image_index, aggregate, np.float32)
+    dist.init_from_env()  # under torchrun: each rank streams its share, then all merge
+    span = rank_span(n_rows(activations), image_index)
+    chunks = iter_images(activations, chunk_rows, image_index, aggregate, np.float32, span=span)
     for images, block in tqdm(chunks, desc="top images", disable=not progress, leave=False):
         if sp.issparse(block):
             rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
@@ -126,4 +129,18 @@ def top_images(
                 images = np.repeat(images, n_k)
             cols = np.tile(np.arange(n_k), block.shape[0])
             _merge(val_Kk, idx_Kk, cols, block.ravel(), images)
+    if dist.is_distributed():
+        val_Kk, idx_Kk = _merge_ranks(val_Kk, idx_Kk, fill)
     return TopImages(idx_Kk, val_Kk)
+
+
+def _merge_ranks(val_Kk: np.ndarray, idx_Kk: np.ndarray, fill: float):
+    """Every rank's top-k merged in rank (= image) order: ties keep the earlier image, as
+    one process streaming all rows does."""
+    parts = dist.all_gather_object((val_Kk, idx_Kk))
+    out_val, out_idx = np.full_like(val_Kk, fill), np.full_like(idx_Kk, -1)
+    cols = np.repeat(np.arange(val_Kk.shape[0]), val_Kk.shape[1])
+    for vals, imgs in parts:
+        found = imgs.ravel() >= 0
+        _merge(out_val, out_idx, cols[found], vals.ravel()[found], imgs.ravel()[found])
+    return out_val, out_idx

@@ -11,6 +11,7 @@ from vlmsae.sae.checkpoint import CheckpointError, load_sae, save_sae
 from vlmsae.sae.config import SAEConfig, TrainConfig
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.sae.sparse import ActiveLatents
+from vlmsae.sae.sweep import load_sweep, train_sweep
 from vlmsae.sae.train import NonFiniteError, train_sae
 from vlmsae.sae.trainer_io import evaluate_sae
 
@@ -24,6 +25,8 @@ __all__ = [
     "TrainConfig",
     "evaluate_sae",
     "load_sae",
+    "load_sweep",
     "save_sae",
     "train_sae",
+    "train_sweep",
 ]

@@ -96,6 +96,12 @@ def train(
     push_to_hub: str = typer.Option(
         None, "--push-to-hub", help="Also upload the SAE to this hub repository (ORG/NAME)."
     ),
+    sweep: Path = typer.Option(
+        None,
+        "--sweep",
+        help="TOML file of several SAEs ([grid] and / or [[sae]] tables) trained together on "
+        "one read of the data into --out/<name>; other options are their defaults.",
+    ),
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
     from vlmsae.data.store import ActivationStore
@@ -154,6 +160,14 @@ def train(
                 f"--batch-size {batch_size} is larger than the {len(store)} rows of "
                 f"{activations}; lower it"
             )
+        if sweep is not None:
+            from vlmsae.sae.sweep import train_sweep_file
+
+            for name, run_dir in train_sweep_file(
+                store, cfg, sweep, out, val=val, resume=resume
+            ).items():
+                typer.echo(f"wrote {run_dir} ({name})")
+            return
         with open_sinks(log_to, out, cfg) as on_step:
             sae = train_sae(store, cfg, out, val=val, resume=resume, on_step=on_step)
     summary = json.loads((out / "summary.json").read_text())

@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vlmsae import dist
 from vlmsae.data.store import ActivationStore
 from vlmsae.provenance import PROVENANCE_FIELDS, store_provenance
 
@@ -44,6 +45,9 @@ class BatchSource:
     """``batches`` can be called more than once (``False`` for a one-shot iterator)."""
     provenance: dict[str, Any] | None = None
     """What a store's rows were made from (``config.json``'s ``source`` block of the SAE)."""
+    part_batches: Any = None
+    """``part_batches(batch_size, seed, skip, part) -> Iterator[Tensor]``: only the
+    positions ``part`` of every batch, reading only those rows (a store); else ``None``."""
 
 
 def _as_tensor(rows: Any) -> Tensor:
@@ -80,10 +84,14 @@ def make_source(data: Data) -> BatchSource:
         if store.is_sparse:
             raise ValueError(f"{store.dir} holds SAE codes; train on an activation store")
 
-        def store_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
+        def store_batches(
+            batch_size: int, seed: int, skip: int, part: range | None = None
+        ) -> Iterator[Tensor]:
             # every training batch has batch_size rows; a buffer's leftover rows wait for
             # the next epoch (a different set each epoch)
-            batches = store.batches(batch_size, shuffle=True, seed=seed, skip=skip, drop_last=True)
+            batches = store.batches(
+                batch_size, shuffle=True, seed=seed, skip=skip, drop_last=True, part=part
+            )
             for rows in batches:
                 yield torch.from_numpy(rows)
 
@@ -96,6 +104,7 @@ def make_source(data: Data) -> BatchSource:
             meta,
             f"store {store.dir}",
             provenance={k: prov.get(k) for k in (*PROVENANCE_FIELDS, "store")},
+            part_batches=store_batches,
         )
     if isinstance(data, (Tensor, np.ndarray)):
         if data.ndim != 2:
@@ -119,6 +128,24 @@ def make_source(data: Data) -> BatchSource:
     )
 
 
+def shard_source(source: BatchSource) -> BatchSource:
+    """This rank's contiguous slice of every global batch of ``source`` (data parallel: the
+    slices of all ranks, in rank order, are the batch one process would train on); the
+    source itself in one process."""
+    if not dist.is_distributed():
+        return source
+
+    def rank_batches(batch_size: int, seed: int, skip: int) -> Iterator[Tensor]:
+        if source.part_batches is not None:  # read only this rank's rows
+            yield from source.part_batches(batch_size, seed, skip, dist.shard(batch_size))
+            return
+        for x_BD in source.batches(batch_size, seed, skip):
+            part = dist.shard(x_BD.shape[0])
+            yield x_BD[part.start : part.stop]
+
+    return replace(source, batches=rank_batches)
+
+
 def estimate_norm_factor(source: BatchSource, batch_size: int, seed: int, n_batches: int) -> float:
     """The scale that gives the training data unit mean squared norm: ``sqrt`` of the mean
     over up to ``n_batches`` batches (the first ones of the training order, at most one
@@ -135,8 +162,8 @@ def estimate_norm_factor(source: BatchSource, batch_size: int, seed: int, n_batc
         )
     total, n_seen, rows = 0.0, 0, 0
     for x_BD in itertools.islice(source.batches(batch_size, seed, 0), n_batches):
-        total += float(x_BD.float().pow(2).sum(-1).mean())
-        n_seen, rows = n_seen + 1, rows + x_BD.shape[0]
+        total += float(dist.mean(x_BD.float().pow(2).sum(-1)))  # over the global batch
+        n_seen, rows = n_seen + 1, rows + dist.batch_share(x_BD.shape[0])[1]
         if source.n_rows is not None and rows >= source.n_rows:
             break  # a whole epoch read: more batches would only repeat rows
     if n_seen == 0:

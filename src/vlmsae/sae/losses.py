@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from vlmsae import dist
 from vlmsae.sae.config import TrainConfig
 from vlmsae.sae.model import SAE, SAEOutput, jumprelu_l0
 from vlmsae.sae.sparse import ActiveLatents, decode_sparse, encode_at
@@ -59,7 +60,8 @@ def auxk_loss(sae: SAE, x_BD: Tensor, out: SAEOutput, dead_S: Tensor, k_aux: int
     active = ActiveLatents(rows, cols, values, x_BD.shape[0], sae.cfg.d_sae)
     residual_BD = (x_BD - out.x_hat.reshape(x_BD.shape)).detach()
     err = (residual_BD - decode_sparse(active, sae.W_dec)).pow(2).sum(-1).mean()
-    denom = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean()
+    # the residual's variance over the global batch (all ranks' slices in a data-parallel run)
+    denom = dist.mean((residual_BD - dist.mean(residual_BD)).pow(2).sum(-1))
     return (err / denom).nan_to_num(0.0)
 
 
@@ -128,4 +130,34 @@ def reconstruction_metrics(x_BD: Tensor, out: SAEOutput) -> dict[str, Any]:
         metrics["l0"] = float((out.codes != 0).sum() / n)
     else:
         metrics["l0"] = float((out.active.values != 0).sum() / n)
+    return metrics
+
+
+@torch.no_grad()
+def global_reconstruction_metrics(x_BD: Tensor, out: SAEOutput) -> dict[str, Any]:
+    """:func:`reconstruction_metrics` over the global batch of a data-parallel step: every
+    rank calls it with its slice and gets the metrics of the whole batch."""
+    x_BD = x_BD.reshape(-1, x_BD.shape[-1]).float()
+    centred_BD = x_BD - dist.mean(x_BD)
+    prefixes = out.prefix_x_hats if len(out.prefix_x_hats) > 1 else ()
+    active = out.codes if out.codes is not None else out.active.values
+    sums = torch.stack(
+        [
+            centred_BD.pow(2).sum(),
+            (x_BD - out.x_hat.reshape(x_BD.shape)).pow(2).sum(),
+            (active != 0).sum().float(),
+            x_BD.new_tensor(float(x_BD.shape[0])),
+            *[(x_BD - p.reshape(x_BD.shape)).pow(2).sum() for p in prefixes],
+        ]
+    )
+    var, sq_err, nonzero, n, *group_err = dist.all_reduce(sums).tolist()
+    var = max(var, 1e-12)
+    metrics: dict[str, Any] = {
+        "mse": sq_err / (n * x_BD.shape[1]),
+        "nmse": sq_err / var,
+        "r2": 1 - sq_err / var,
+    }
+    if prefixes:
+        metrics["group_nmse"] = [e / var for e in group_err]
+    metrics["l0"] = nonzero / n
     return metrics

@@ -112,6 +112,9 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.global_batch = False
+        """BatchTopK batch mode selects over the global batch of all ranks (set by a
+        data-parallel trainer; see :mod:`vlmsae.dist`)."""
         d, s = cfg.d_in, cfg.d_sae
         w_dec = torch.randn(s, d, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
@@ -151,7 +154,7 @@ class SAE(nn.Module):
         if self.cfg.sparsity == "topk" or mode == "topk":
             return select_topk(pre_BS, self.cfg.k)
         if mode == "batch":
-            return select_batchtopk(pre_BS, self.cfg.k)
+            return select_batchtopk(pre_BS, self.cfg.k, across_ranks=self.global_batch)
         if float(self.threshold) < 0:
             raise ValueError(
                 "this BatchTopK SAE has no inference threshold yet (it is set during training "

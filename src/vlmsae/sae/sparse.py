@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from vlmsae import dist
+
 
 class ActiveLatents(NamedTuple):
     """The nonzero codes of a batch in coordinate form, sorted by row then latent (the
@@ -73,11 +75,35 @@ def _flat_topk_indices(flat: Tensor, m: int) -> Tensor:
     return candidates[flat.index_select(0, candidates).topk(m, sorted=False).indices]
 
 
-def select_batchtopk(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Rows and latents of the ``k * B`` largest pre-activations over the whole batch."""
+def select_batchtopk(
+    pre_BS: Tensor, k: int, *, across_ranks: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Rows and latents of the ``k * B`` largest pre-activations over the whole batch.
+
+    ``across_ranks``: the batch is this rank's slice of a global batch split over
+    processes; select the ``k * B_global`` largest of the global batch (as one process
+    would) and return this rank's share of them."""
+    if across_ranks and dist.is_distributed():
+        return _select_batchtopk_global(pre_BS, k)
     b, s = pre_BS.shape
     flat = _flat_topk_indices(pre_BS.reshape(-1), min(k * b, b * s)).sort().values
     return flat // s, flat % s
+
+
+def _select_batchtopk_global(pre_BS: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Each rank's ``k·B_global`` largest entries are candidates (they contain its share of
+    the global top ``k·B_global``); the smallest of the top ``k·B_global`` among all ranks'
+    candidates is the cut every rank applies to its own candidates."""
+    b, s = pre_BS.shape
+    _, n_global = dist.batch_share(b)
+    flat = pre_BS.reshape(-1)
+    m = min(k * n_global, flat.numel())
+    idx = _flat_topk_indices(flat, m)
+    values = flat.index_select(0, idx).float()
+    every = dist.all_gather_rows(values)
+    cut = every.topk(min(k * n_global, every.numel()), sorted=False).values.min()
+    keep = idx[values >= cut].sort().values
+    return keep // s, keep % s
 
 
 def select_threshold(pre_BS: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:

@@ -15,20 +15,26 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from vlmsae import dist
 from vlmsae._io import read_json, remove_stale_temps, write_json
 from vlmsae._lock import output_lock
 from vlmsae._progress import tqdm
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.config import TrainConfig, lr_factor
-from vlmsae.sae.data import Data, estimate_norm_factor, make_source
-from vlmsae.sae.losses import LossOutput, reconstruction_metrics, sae_loss
+from vlmsae.sae.data import Data, estimate_norm_factor, make_source, shard_source
+from vlmsae.sae.losses import (
+    LossOutput,
+    global_reconstruction_metrics,
+    reconstruction_metrics,
+    sae_loss,
+)
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.sae.trainer_io import (
     MetricsLog,
@@ -75,16 +81,25 @@ def geometric_median(points_ND: Tensor, n_iter: int = 100, tol: float = 1e-5) ->
 def train_step(
     sae: SAE, optimizer: torch.optim.Optimizer, x_BD: Tensor, state: TrainState, cfg: TrainConfig
 ) -> tuple[LossOutput, SAEOutput]:
-    """One optimizer step, in the order that keeps the decoder on the unit sphere."""
+    """One optimizer step, in the order that keeps the decoder on the unit sphere.
+
+    Data parallel (several ranks, see :mod:`vlmsae.dist`): ``x_BD`` is this rank's slice of
+    the global batch; selection, dead counters, AuxK's variance and the threshold are taken
+    over the global batch, and the summed gradients equal one process's. The returned
+    ``loss.total`` is the global loss."""
+    share, n_global = dist.batch_share(x_BD.shape[0])  # (1.0, B) in one process
     with torch.autocast(x_BD.device.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
         out = sae(x_BD, return_codes=False)  # forward (BatchTopK: k·B over the batch)
-        _record_firing(sae, out, state)  # first: a latent that fires here is not dead
+        _record_firing(sae, out, state, n_global)  # first: a latent firing here is not dead
         dead_S = state.examples_since_fired_S >= cfg.dead_after
         loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
-    if not torch.isfinite(loss.total):
-        raise NonFiniteError(f"the loss is {float(loss.total)}")
+    total = loss.total if share == 1.0 else loss.total * share  # this rank's part of the mean
+    global_total = dist.all_reduce(total.detach().clone())  # every rank sees the same loss
+    if not torch.isfinite(global_total):
+        raise NonFiniteError(f"the loss is {float(global_total)}")
     optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()  # backward
+    total.backward()  # backward
+    dist.all_reduce_tensors(p.grad for p in sae.parameters() if p.grad is not None)
     sae.remove_parallel_grad_()  # remove decoder-parallel gradient
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)  # clip
@@ -94,19 +109,22 @@ def train_step(
         group["lr"] = cfg.learning_rate * lr_factor(state.step + 1, cfg)
     _update_threshold(sae, out, state, cfg)
     state.step += 1
-    return loss, out
+    return loss._replace(total=global_total), out
 
 
 @torch.no_grad()
-def _record_firing(sae: SAE, out: SAEOutput, state: TrainState) -> None:
-    """Dead-latent counters: examples since each latent last had a positive code."""
+def _record_firing(sae: SAE, out: SAEOutput, state: TrainState, n_global: int) -> None:
+    """Dead-latent counters: examples (of the global batch) since each latent last had a
+    positive code."""
     n = out.pre_acts.shape[0]
     if out.active is not None:
         fired_S = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=out.pre_acts.device)
         fired_S[out.active.cols[out.active.values > 0]] = True
     else:
         fired_S = (out.codes.reshape(n, -1) != 0).any(0)
-    state.examples_since_fired_S += n
+    if dist.is_distributed():  # fired on any rank
+        fired_S = dist.all_reduce(fired_S.to(torch.int32), "max").bool()
+    state.examples_since_fired_S += n_global
     state.examples_since_fired_S[fired_S] = 0
 
 
@@ -118,8 +136,9 @@ def _update_threshold(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainCon
     if sae.cfg.sparsity == "batchtopk" and state.step > cfg.threshold_start_step:
         values = out.active.values
         positive = values[values > 0]
-        if positive.numel():
-            smallest = positive.min().float()
+        inf = values.new_tensor(math.inf, dtype=torch.float32)
+        smallest = dist.all_reduce(positive.min().float() if positive.numel() else inf, "min")
+        if torch.isfinite(smallest):  # the smallest kept code of the global batch
             if sae.threshold < 0:  # first update: no EMA history yet
                 sae.threshold.copy_(smallest)
             else:
@@ -136,8 +155,8 @@ def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Adam:
 
 
 def _init_b_dec(sae: SAE, x_BD: Tensor) -> None:
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(x_BD.float()))
+    with torch.no_grad():  # of the global batch: every rank's slice, in rank order
+        sae.b_dec.copy_(geometric_median(dist.all_gather_rows(x_BD).float()))
 
 
 def train_sae(
@@ -166,29 +185,76 @@ def train_sae(
         on_step: called as ``on_step(step, metrics)`` after every step (``metrics`` is
             filled at log points only).
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) training is data parallel: every rank calls
+    this with the same data and config, reads its slice of each global batch of
+    ``cfg.batch_size`` rows, and ends with the weights one process would; rank 0 locks
+    ``out_dir`` and writes it (see :mod:`vlmsae.dist`).
+
     Raises:
         NonFiniteError: a batch or the loss holds NaN / Inf; the message names the step,
             and the last checkpoint in ``out_dir`` is left untouched.
     """
-    source = make_source(data)
+    dist.init_from_env()  # under torchrun: data parallel over the ranks
+    source = shard_source(make_source(data))
     cfg = _check_width(cfg, source)
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is None:
         return _train(source, cfg, None, val, resume, on_step)
-    with output_lock(out_path, "vlmsae train"):  # one writer per run directory
-        remove_stale_temps(out_path)  # debris of a killed writer (we hold the lock)
-        return _train(source, cfg, out_path, val, resume, on_step)
+    lock = lambda: output_lock(out_path, "vlmsae train")  # noqa: E731
+    with dist.on_main(lock, f"locking {out_path}"):  # one writer per run directory: rank 0
+        if dist.is_main():
+            remove_stale_temps(out_path)  # debris of a killed writer (we hold the lock)
+        sae = _train(source, cfg, out_path, val, resume, on_step)
+        dist.barrier()  # rank 0's files are complete when train_sae returns on any rank
+        return sae
+
+
+@dataclass
+class _Run:
+    """One SAE in training: what each step needs besides the batch."""
+
+    sae: SAE
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    cfg: TrainConfig
+    source: Any
+    out_path: Path | None
+    val_x: Tensor | None
+    metrics_log: MetricsLog | None
+    on_step: Callable[[int, dict[str, Any]], None] | None
+    bar: Any = None
+    t0: float = 0.0
+    start_step: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
+    run = _prepare(source, cfg, out_path, val, resume, on_step)
+    batches = source.batches(cfg.batch_size, cfg.seed, run.state.step)
+    try:
+        while run.state.step < cfg.steps:
+            x_BD = next(batches, None)
+            if x_BD is None:
+                log.warning("the data ran out after %d steps (of %d)", run.state.step, cfg.steps)
+                break
+            _advance(run, x_BD)
+    finally:
+        run.bar.close()
+    return _conclude(run)
+
+
+def _prepare(source, cfg, out_path, val, resume, on_step, norm_factors=None, bar=True) -> _Run:
+    """Build (or restore) an SAE, its optimizer and state; ``norm_factors`` caches the input
+    scale by ``(batch_size, seed, norm_batches)`` across the runs of a sweep."""
     device = torch.device(cfg.device)
     sae = SAE(cfg.sae, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    sae.global_batch = dist.is_distributed()  # BatchTopK over every rank's slice
     optimizer = make_optimizer(sae, cfg)
     state = TrainState(0, torch.zeros(cfg.sae.d_sae, dtype=torch.int64, device=device))
     if resume:
         if out_path is None:
             raise ValueError("resume=True needs the out_dir of the interrupted run")
-        load_resume_state(out_path, sae, optimizer, state, cfg, source)
+        load_resume_state(out_path, sae, optimizer, state, cfg, source, publish=dist.is_main())
     elif out_path is not None and ckpt.has_trainer_state(out_path):
         raise FileExistsError(
             f"{out_path} already holds a training run; pass --resume to continue it or "
@@ -196,8 +262,13 @@ def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
         )
     if source.n_rows is not None and cfg.batch_size > source.n_rows:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {source.n_rows} rows of data")
+    if cfg.batch_size < dist.world_size():
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is smaller than the {dist.world_size()} ranks; give "
+            "every rank at least one row of each batch"
+        )
     val_x = None
-    if val is not None:
+    if val is not None and dist.is_main():  # rank 0 evaluates and logs
         from vlmsae.sae.data import load_rows
 
         val_x = load_rows(val, cfg.val_rows).to(device)
@@ -205,12 +276,43 @@ def _train(source, cfg, out_path, val, resume, on_step) -> SAE:
             raise ValueError(f"validation rows have width {val_x.shape[1]}, d_in is {cfg.sae.d_in}")
     _warn_schedule(cfg, state.step)
     if cfg.normalize_activations and not resume:
-        state.norm_factor = estimate_norm_factor(source, cfg.batch_size, cfg.seed, cfg.norm_batches)
+        norm_factors = {} if norm_factors is None else norm_factors
+        key = (cfg.batch_size, cfg.seed, cfg.norm_batches)
+        if key not in norm_factors:
+            norm_factors[key] = estimate_norm_factor(source, *key)  # read once per sweep
+        state.norm_factor = norm_factors[key]
         log.info("inputs are divided by %.6g (unit mean squared norm)", state.norm_factor)
     if val_x is not None and cfg.normalize_activations:
         val_x = val_x / state.norm_factor  # metrics in training units (R², L0 are scale-free)
-    metrics_log = MetricsLog(out_path, state.step) if out_path is not None else None
-    _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step)
+    writes = out_path is not None and dist.is_main()
+    metrics_log = MetricsLog(out_path, state.step) if writes else None
+    run = _Run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step)
+    run.t0, run.start_step = time.perf_counter(), state.step
+    run.bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        disable=not (bar and cfg.progress and dist.is_main()),
+        desc="train sae",
+        unit="step",
+    )
+    return run
+
+
+def _conclude(run: _Run) -> SAE:
+    """Last checkpoint and summary; the returned SAE applies to raw inputs."""
+    sae, cfg, state = run.sae, run.cfg, run.state
+    _finish(
+        sae,
+        run.optimizer,
+        state,
+        cfg,
+        run.source,
+        run.out_path,
+        run.val_x,
+        run.metrics,
+        run.t0,
+        run.start_step,
+    )
     if cfg.normalize_activations:
         sae.scale_biases_(state.norm_factor)  # fold: the returned SAE applies to raw inputs
     return sae.eval()
@@ -244,50 +346,42 @@ def _check_width(cfg: TrainConfig, source: Any) -> TrainConfig:
     return replace(cfg, sae=replace(cfg.sae, **meta)) if meta else cfg
 
 
-def _run(sae, optimizer, state, cfg, source, out_path, val_x, metrics_log, on_step) -> None:
+def _advance(run: _Run, x_BD: Tensor) -> None:
+    """Train ``run`` on one batch: check, normalise, step, log, checkpoint."""
+    sae, state, cfg, out_path = run.sae, run.state, run.cfg, run.out_path
+    step_no = state.step + 1
     device = next(sae.parameters()).device
-    batches = source.batches(cfg.batch_size, cfg.seed, state.step)
-    t0, start_step = time.perf_counter(), state.step
-    bar = tqdm(
-        total=cfg.steps, initial=state.step, disable=not cfg.progress, desc="train sae", unit="step"
-    )
-    metrics: dict[str, Any] = {}
+    x_BD = _check_batch(x_BD, cfg, state, step_no, out_path).to(device)
+    if cfg.normalize_activations:
+        x_BD = x_BD / state.norm_factor  # unit mean squared norm
+    if state.step == 0:
+        _init_b_dec(sae, x_BD)  # b_dec starts at the geometric median of batch 1
     try:
-        while state.step < cfg.steps:
-            step_no = state.step + 1
-            x_BD = next(batches, None)
-            if x_BD is None:
-                log.warning("the data ran out after %d steps (of %d)", state.step, cfg.steps)
-                break
-            x_BD = _check_batch(x_BD, cfg, state, step_no, out_path).to(device)
-            if cfg.normalize_activations:
-                x_BD = x_BD / state.norm_factor  # unit mean squared norm
-            if state.step == 0:
-                _init_b_dec(sae, x_BD)  # b_dec starts at the geometric median of batch 1
-            try:
-                loss, out = train_step(sae, optimizer, x_BD, state, cfg)
-            except NonFiniteError as e:
-                raise NonFiniteError(
-                    _stop_message(f"{e} at step {step_no}", state, out_path)
-                ) from None
-            metrics = {}
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                metrics = _log_point(sae, x_BD, loss, out, state, cfg, val_x, t0, start_step)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.4g}",
-                    l0=f"{metrics['l0']:.1f}",
-                    r2=f"{metrics['r2']:.3f}",
-                )
-                if metrics_log is not None:
-                    metrics_log.append(metrics)
-            if out_path is not None and (state.step % cfg.checkpoint_every == 0):
-                save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
-            bar.update(1)
-            if on_step is not None:
-                on_step(state.step, metrics)
-    finally:
-        bar.close()
-    _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, start_step)
+        loss, out = train_step(sae, run.optimizer, x_BD, state, cfg)
+    except NonFiniteError as e:
+        raise NonFiniteError(_stop_message(f"{e} at step {step_no}", state, out_path)) from None
+    run.metrics = metrics = {}
+    if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+        run.metrics = metrics = _log_point(
+            sae, x_BD, loss, out, state, cfg, run.val_x, run.t0, run.start_step
+        )
+        run.bar.set_postfix(
+            loss=f"{metrics['loss']:.4g}", l0=f"{metrics['l0']:.1f}", r2=f"{metrics['r2']:.3f}"
+        )
+        if run.metrics_log is not None:
+            run.metrics_log.append(metrics)
+    if out_path is not None and (state.step % cfg.checkpoint_every == 0):
+        _checkpoint(out_path, sae, run.optimizer, state, cfg, run.source)
+    run.bar.update(1)
+    if run.on_step is not None:
+        run.on_step(state.step, metrics)
+
+
+def _checkpoint(out_path, sae, optimizer, state, cfg, source) -> None:
+    """Rank 0 writes the checkpoint (every rank holds the same state)."""
+    if dist.is_main():
+        save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+    state.last_checkpoint = state.step
 
 
 def _check_batch(
@@ -297,8 +391,8 @@ def _check_batch(
         raise ValueError(
             f"batch of step {step_no} has shape {tuple(x_BD.shape)}; expected [B, {cfg.sae.d_in}]"
         )
-    if not torch.isfinite(x_BD).all():
-        bad = int((~torch.isfinite(x_BD)).any(1).sum())
+    bad = int(dist.all_reduce((~torch.isfinite(x_BD)).any(1).sum()))  # rows, on all ranks
+    if bad:
         raise NonFiniteError(
             _stop_message(
                 f"NaN or Inf in {bad} rows of the batch of step {step_no}", state, out_path
@@ -320,18 +414,25 @@ def _stop_message(what: str, state: TrainState, out_path: Path | None) -> str:
 def _log_point(sae, x_BD, loss, out, state, cfg, val_x, t0, start_step) -> dict[str, Any]:
     dead_S = state.examples_since_fired_S >= cfg.dead_after
     elapsed = time.perf_counter() - t0
+    recon, aux, groups = loss.recon.detach(), loss.aux.detach(), loss.group_losses.detach()
+    batch_metrics = None
+    if dist.is_distributed():  # the global batch's figures, not this rank's slice
+        share = dist.batch_share(x_BD.shape[0])[0]
+        summed = dist.all_reduce(torch.cat([recon[None], aux[None], groups]).float() * share)
+        recon, aux, groups = summed[0], summed[1], summed[2:]
+        batch_metrics = global_reconstruction_metrics(x_BD, out)
     metrics: dict[str, Any] = {
         "step": state.step,
         "loss": float(loss.total.detach()),
-        "recon_loss": float(loss.recon.detach()),
-        **reconstruction_metrics(x_BD, out),
+        "recon_loss": float(recon),
+        **(batch_metrics or reconstruction_metrics(x_BD, out)),
         "dead_fraction": float(dead_S.float().mean()),
-        "aux_loss": float(loss.aux.detach()),
+        "aux_loss": float(aux),
         "lr": cfg.learning_rate * lr_factor(state.step - 1, cfg),
         "examples_per_s": (state.step - start_step) * cfg.batch_size / max(elapsed, 1e-9),
     }
     if sae.cfg.is_matryoshka:
-        metrics["group_loss"] = [float(v) for v in loss.group_losses.detach()]
+        metrics["group_loss"] = [float(v) for v in groups]
     if sae.cfg.sparsity in ("relu", "jumprelu"):
         metrics["sparsity_penalty"] = float(loss.sparsity.detach())
     if sae.threshold is not None and sae.cfg.sparsity == "batchtopk":
@@ -351,7 +452,9 @@ def _finish(sae, optimizer, state, cfg, source, out_path, val_x, metrics, t0, st
     if out_path is None:
         return
     if state.last_checkpoint != state.step:
-        save_training_checkpoint(out_path, sae, optimizer, state, cfg, source)
+        _checkpoint(out_path, sae, optimizer, state, cfg, source)
+    if not dist.is_main():
+        return
     if state.step == start_step and (out_path / SUMMARY_FILE).exists():
         log.info("%s already finished at step %d; nothing to do", out_path, state.step)
         return  # a resumed finished run keeps the summary of the run that trained it

@@ -175,8 +175,11 @@ def load_resume_state(
     state: Any,
     cfg: TrainConfig,
     source: Any,
+    *,
+    publish: bool = True,
 ) -> None:
-    """Restore weights, optimizer, counters, RNG and step from ``out_dir``."""
+    """Restore weights, optimizer, counters, RNG and step from ``out_dir`` (``publish``:
+    this process may rewrite the SAE files when a crash left them behind the state)."""
     if not ckpt.has_trainer_state(out_dir):
         raise FileNotFoundError(
             f"nothing to resume in {out_dir}: no {ckpt.POINTER_FILE} (the run wrote no "
@@ -203,7 +206,7 @@ def load_resume_state(
     state.last_checkpoint = state.step
     state.norm_factor = float(meta.get("norm_factor") or 1.0)
     config_path = out_dir / ckpt.CONFIG_FILE
-    if not config_path.exists() or read_json(config_path).get("step") != state.step:
+    if publish and (not config_path.exists() or read_json(config_path).get("step") != state.step):
         publish_sae(out_dir, sae, state, cfg, source)  # a kill fell between state and SAE
     for group in optimizer.param_groups:  # the lr of the next step (the schedule of a run
         group["lr"] = cfg.learning_rate * lr_factor(state.step, cfg)  # extended by --steps)
