@@ -78,9 +78,13 @@ def readme_dir(tmp_path_factory):
     vlmsae.SAE(vlmsae.SAEConfig(d_in=128, expansion=2, sparsity="topk", k=8)).save(
         root / "runs" / "sae-llava"
     )  # the toy LLaVA's tower is the toy CLIP's (width 128)
-    release = root / "hub-sae" / (
-        "batch_top_k_20_x8/imagenet_train_activations_clip-vit-large-patch14-336_22_"
-        "post_mlp_residual_batch_top_k_20_x8/trainer_0"
+    release = (
+        root
+        / "hub-sae"
+        / (
+            "batch_top_k_20_x8/imagenet_train_activations_clip-vit-large-patch14-336_22_"
+            "post_mlp_residual_batch_top_k_20_x8/trainer_0"
+        )
     )  # the paper's release layout, as a local folder (no hub here)
     vlmsae.SAE(vlmsae.SAEConfig(d_in=128, expansion=2, sparsity="topk", k=8)).save(release)
     first = sorted((data / "val").rglob("*.png"))[0]
