@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from explore_fixtures import SIDE, build_tiny_site, make_sae
 from vlmsae.cli import app
-from vlmsae.errors import UserError
 from vlmsae.explore.neurons import (
     column_stats,
     decoder_neighbours,
@@ -154,8 +153,8 @@ def test_explore_refuses_scores_of_another_sae(built, tmp_path):
     args = ["explore", "--sae", tmp_path / "big", "--activations", built / "acts", "--out",
             tmp_path / "site", "--scores", built / "scores"]  # fmt: skip
     result = CliRunner().invoke(app, [str(a) for a in args])
-    assert isinstance(result.exception, UserError), result.output
-    assert f"scores {D_SAE} neurons but the SAE has {2 * D_SAE}" in str(result.exception)
+    assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
+    assert f"scores {D_SAE} neurons but the SAE has {2 * D_SAE}" in result.output
     assert not (tmp_path / "site" / "index.html").exists()
 
 
@@ -164,16 +163,16 @@ def test_explore_refuses_a_store_of_another_width(built, tmp_path):
     args = ["explore", "--sae", tmp_path / "wide", "--activations", built / "acts",
             "--out", tmp_path / "site"]  # fmt: skip
     result = CliRunner().invoke(app, [str(a) for a in args])
-    assert isinstance(result.exception, UserError)
-    assert f"has width {D} but the SAE reads {D + 1}" in str(result.exception)
+    assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
+    assert f"has width {D} but the SAE reads {D + 1}" in result.output
 
 
 def test_label_refuses_an_unknown_vocabulary(built, tmp_path):
     args = ["label", "--sae", built / "sae", "--activations", built / "acts", "--out",
             tmp_path / "l", "--clip", "toyworld", "--vocab", tmp_path / "none.txt"]  # fmt: skip
     result = CliRunner().invoke(app, [str(a) for a in args])
-    assert isinstance(result.exception, UserError)
-    assert "no such file" in str(result.exception)
+    assert result.exit_code == 2 and result.output.startswith("Error: "), result.output
+    assert "no such file" in result.output
 
 
 def test_labels_pick_the_closest_prompt():

@@ -297,15 +297,21 @@ def embed_images(
 
 
 def _load_sae(sae: Any) -> tuple[Any, dict[str, Any]]:
-    """An SAE object and its provenance (``sae_provenance`` of a checkpoint directory, or
-    the fields of an in-memory SAE's config)."""
+    """An SAE object and its provenance: ``sae_provenance`` of a vlmsae checkpoint folder
+    (local, or the hub snapshot an id resolved to; ``sae`` names it as given), else the
+    fields of the SAE's config (an in-memory SAE, or one converted from another format)."""
+    given = type(sae).__name__
     if isinstance(sae, (str, Path)):
         from vlmsae.sae import SAE
+        from vlmsae.sae.hub import detect_format
 
-        return SAE.load(sae), sae_provenance(sae)
+        given, sae = str(sae), SAE.load(sae)
+        local = getattr(sae, "local_dir", None)
+        if local is not None and detect_format(Path(local)) == "vlmsae":
+            return sae, {**sae_provenance(local), "sae": given}
     cfg = getattr(sae, "cfg", None)
     prov = {k: getattr(cfg, k, None) for k in ("model", "hookpoint", "layer", "tokens", "d_in")}
-    return sae, {"sae": type(sae).__name__, **{k: v for k, v in prov.items() if v is not None}}
+    return sae, {"sae": given, **{k: v for k, v in prov.items() if v is not None}}
 
 
 def _sae_plan(

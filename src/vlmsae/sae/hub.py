@@ -139,6 +139,7 @@ def load_pretrained(
         hint = f"; SAE folders in the repository: {', '.join(found)}" if found else ""
         raise CheckpointError(f"{e}{hint}") from None
     sae.path = given + (f"/{subfolder}" if subfolder else "") + (f"@{revision}" if revision else "")
+    sae.local_dir = folder  # where its files are (a hub snapshot in the cache, or the folder)
     return sae
 
 
