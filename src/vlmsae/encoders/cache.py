@@ -36,11 +36,10 @@ from vlmsae.data.images import ImageDataset, load_dataset
 from vlmsae.data.merge import check_rank_parts, merge_rank_parts, rank_part_dir
 from vlmsae.data.store import MANIFEST, ActivationStore, StoreError, StoreWriter
 from vlmsae.encoders.adapters import Encoder
-from vlmsae.encoders.codes import sae_codes, sae_source
+from vlmsae.encoders.codes import sae_codes
 from vlmsae.encoders.loader import ImageBatch, image_batches
+from vlmsae.encoders.plan import Plan, check_token_count, sae_plan
 from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
-from vlmsae.errors import UserError
-from vlmsae.provenance import check_same_source, sae_provenance
 
 log = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
@@ -103,18 +102,6 @@ class CacheResult(NamedTuple):
     """Throughput of this run."""
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """A store to write, fully validated before any file is touched."""
-
-    name: str
-    key: int | str  # block index or "post_projection"
-    d: int
-    kind: str
-    meta: dict[str, Any]
-    sae: Any = None  # write SAE codes instead of the activations
-
-
 @dataclass
 class _Target:
     name: str
@@ -123,7 +110,7 @@ class _Target:
     sae: Any = None  # write SAE codes instead of the activations
 
 
-def _open_targets(out: Path, plans: list[_Plan], cfg: CacheConfig) -> list[_Target]:
+def _open_targets(out: Path, plans: list[Plan], cfg: CacheConfig) -> list[_Target]:
     """Open a writer per plan (call while holding the lock on ``out``)."""
     if dist.is_main():
         remove_stale_temps(out)
@@ -229,36 +216,22 @@ def cache_activations(
     enc.check_tokens(selection)
     out = Path(out_dir)
     base = _base_meta(enc, data)
-    plans: list[_Plan] = []
+    plans: list[Plan] = []
     layers = list(dict.fromkeys(enc.layer_index(x) for x in cfg.layers))
     if layers and selection.kind == "random":
-        _check_token_count(enc, selection, min(layers))
+        check_token_count(enc, selection, min(layers))
     for layer in layers:
         meta = {**base, "hookpoint": "post_mlp_residual", "layer": layer, "tokens": str(selection)}
-        plans.append(_Plan(f"layer_{layer}", layer, enc.d_model, "activations", meta))
+        plans.append(Plan(f"layer_{layer}", layer, enc.d_model, "activations", meta))
     if "post_projection" in cfg.hookpoints:
         meta = {**base, "hookpoint": "post_projection", "tokens": "pooled"}
-        plans.append(_Plan("post_projection", "post_projection", enc.d_embed, "activations", meta))
+        plans.append(Plan("post_projection", "post_projection", enc.d_embed, "activations", meta))
     if sae is not None:
-        plans.append(_sae_plan(enc, sae, sae_hookpoint, plans, allow_mismatch))
+        plans.append(sae_plan(enc, sae, sae_hookpoint, plans, allow_mismatch))
     dist.init_from_env()  # under torchrun: each rank caches a share of the images
     with dist.on_main(lambda: output_lock(out, "vlmsae cache"), f"locking {out}"):
         targets = _open_targets(out, plans, cfg)
         return _run(enc, data, targets, selection, cfg, out / "summary.json")
-
-
-def _check_token_count(enc: Encoder, selection: TokenSelection, layer: int) -> None:
-    """Refuse ``random:N`` with more tokens than the model makes per image (one forward of a
-    blank image up to ``layer``: the count depends on the processor's crop, not the config)."""
-    from PIL import Image
-
-    pixel_values = enc.preprocess([Image.new("RGB", (224, 224))])
-    n_tokens = int(enc.image_tokens(enc.capture(pixel_values, [layer])[layer]).shape[1])
-    if selection.n > n_tokens:
-        raise UserError(
-            f"--tokens {selection} asks for {selection.n} tokens per image, but {enc.name} makes "
-            f"{n_tokens} per image; choose random:N with N <= {n_tokens}, or --tokens all"
-        )
 
 
 def embed_images(
@@ -294,73 +267,6 @@ def embed_images(
         target = _Target("embeddings", "post_projection", writer)
         selection = TokenSelection.parse("cls")
         return _run(enc, data, [target], selection, cfg, out / "summary.json")
-
-
-def _load_sae(sae: Any) -> tuple[Any, dict[str, Any]]:
-    """An SAE object and its provenance: ``sae_provenance`` of a vlmsae checkpoint folder
-    (local, or the hub snapshot an id resolved to; ``sae`` names it as given), else the
-    fields of the SAE's config (an in-memory SAE, or one converted from another format)."""
-    given = type(sae).__name__
-    if isinstance(sae, (str, Path)):
-        from vlmsae.sae import SAE
-        from vlmsae.sae.hub import detect_format
-
-        given, sae = str(sae), SAE.load(sae)
-        local = getattr(sae, "local_dir", None)
-        if local is not None and detect_format(Path(local)) == "vlmsae":
-            return sae, {**sae_provenance(local), "sae": given}
-    cfg = getattr(sae, "cfg", None)
-    prov = {k: getattr(cfg, k, None) for k in ("model", "hookpoint", "layer", "tokens", "d_in")}
-    return sae, {"sae": given, **{k: v for k, v in prov.items() if v is not None}}
-
-
-def _sae_plan(
-    enc: Encoder,
-    sae: Any,
-    hookpoint: int | str | None,
-    plans: list[_Plan],
-    allow_mismatch: bool,
-) -> _Plan:
-    """The code store of ``sae``, at a hook point that is among ``plans``, after checking
-    that the SAE was trained on what it is applied to."""
-    sae, sae_prov = _load_sae(sae)
-    key = hookpoint if hookpoint is not None else sae_source(sae)
-    if key is None:
-        if len(plans) != 1:
-            raise UserError(
-                "the SAE does not say which hook point it was trained on and several are "
-                "cached: pass --sae-hookpoint (a layer or 'post_projection')"
-            )
-        key = plans[0].key
-    key = key if key == "post_projection" else enc.layer_index(int(key))
-    source = next((p for p in plans if p.key == key), None)
-    if source is None:
-        raise UserError(
-            f"the SAE reads hook point {key!r}, which this run does not cache; "
-            f"add it (--layer {key} or --hookpoint post_projection)"
-        )
-    d_in = getattr(getattr(sae, "cfg", None), "d_in", None)
-    if d_in is not None and int(d_in) != source.d:
-        raise UserError(
-            f"the SAE reads vectors of width {d_in}, but {source.name} of {enc.name} has width "
-            f"{source.d}; use an SAE trained on this model and hook point"
-        )
-    target_prov = {**source.meta, "d": source.d}
-    what = f"the activations at {source.name} of {enc.name}"
-    check_same_source(sae_prov, target_prov, f"SAE {sae_prov['sae']}", what,
-                      allow_mismatch=allow_mismatch)  # fmt: skip
-    if hasattr(sae, "to"):
-        sae.to(enc.device)
-    if hasattr(sae, "eval"):
-        sae.eval()  # BatchTopK encodes per example (its threshold) outside training
-    d_sae = int(getattr(getattr(sae, "cfg", None), "d_sae", 0)) or _probe_width(sae, source.d, enc)
-    meta = {**source.meta, **{k: sae_prov.get(k) for k in ("sae", "sae_sha256")}}
-    return _Plan(f"codes_{source.name}", key, d_sae, "codes", meta, sae=sae)
-
-
-def _probe_width(sae: Any, d_in: int, enc: Encoder) -> int:
-    with torch.inference_mode():
-        return int(sae.encode(torch.zeros(1, d_in, device=enc.device)).shape[-1])
 
 
 def _run(
