@@ -55,6 +55,7 @@ def test_every_training_checkpoint_records_its_store(tmp_path):
     import numpy as np
 
     import vlmsae
+    from test_sae_train import Interrupt, interrupt_at
     from vlmsae.data.store import ActivationStore
     from vlmsae.provenance import sae_provenance
 
@@ -69,19 +70,7 @@ def test_every_training_checkpoint_records_its_store(tmp_path):
         checkpoint_every=2,
         progress=False,
     )
-    with pytest.raises(_Stop):  # stopped after the checkpoint of step 2
-        vlmsae.train_sae(store, cfg, out_dir=tmp_path / "run", on_step=_stop_at(3))
+    with pytest.raises(Interrupt):  # stopped after the checkpoint of step 2
+        vlmsae.train_sae(store, cfg, out_dir=tmp_path / "run", on_step=interrupt_at(3))
     prov = sae_provenance(tmp_path / "run")
     assert prov["layer"] == 3 and prov["images_sha256"] == store.manifest["images_sha256"]
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(step):
-    def on_step(s, metrics):
-        if s == step:
-            raise _Stop
-
-    return on_step
