@@ -42,6 +42,8 @@ def test_demo_writes_every_promised_file(demo_run):
     out, output = demo_run
     for name in FIGURES:
         assert (out / "figures" / name).stat().st_size > 1000, name
+        for fmt in ("svg", "pdf"):  # for papers, beside every PNG
+            assert (out / "figures" / name).with_suffix(f".{fmt}").stat().st_size > 1000, name
     for name in TABLES:
         lines = (out / "tables" / f"{name}.csv").read_text().splitlines()
         assert len(lines) >= 2, f"table {name} is empty"

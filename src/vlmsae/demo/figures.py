@@ -20,11 +20,11 @@ def _plt():
 
 
 def _save(fig, out: Path, name: str) -> str:
-    from vlmsae._io import atomic_write
+    """PNG (the report shows it), SVG and PDF beside it (for papers)."""
+    from vlmsae.report.figures import save_figure
 
     rel = f"figures/{name}"
-    atomic_write(out / rel, lambda p: fig.savefig(p, dpi=DPI, bbox_inches="tight", format="png"))
-    _plt().close(fig)
+    save_figure(fig, out / rel, dpi=DPI, bbox_inches="tight")
     return rel
 
 

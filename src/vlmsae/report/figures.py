@@ -19,6 +19,21 @@ def pyplot():
     return plt
 
 
+VECTOR_FORMATS = ("svg", "pdf")
+"""Every figure is also written in these formats beside its PNG (for papers)."""
+
+
+def save_figure(fig, path: str | Path, *, dpi: int | None = None, **kwargs) -> Path:
+    """Write ``fig`` to ``path`` (PNG) and beside it as SVG and PDF, each atomically, and
+    close it. ``kwargs`` go to ``savefig`` (e.g. ``bbox_inches="tight"``)."""
+    path = Path(path)
+    for fmt in ("png", *VECTOR_FORMATS):
+        target = path if fmt == "png" else path.with_suffix(f".{fmt}")
+        atomic_write(target, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=dpi, **kwargs))
+    pyplot().close(fig)
+    return path
+
+
 def ms_histogram(
     path: str | Path,
     scores: dict[str, np.ndarray],
@@ -44,7 +59,4 @@ def ms_histogram(
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vlmsae._io import atomic_write
+from vlmsae.report.figures import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,14 @@ def neuron_grid(
     *,
     ms: np.ndarray | None = None,
     n_images: int = 16,
-    tile: int = 64,
+    tile: int = 128,
     columns: int = 4,
+    dpi: int = 300,
 ) -> dict[str, int]:
     """One panel per neuron (``n_images`` top images in a square grid, titled with the neuron
-    id and MS), panels side by side in rows of ``columns``. Returns counts of drawn tiles."""
+    id and MS), panels side by side in rows of ``columns``; written as PNG (``dpi``: 300
+    prints at the figure's size) and as SVG and PDF beside it. Returns counts of drawn
+    tiles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +58,7 @@ def neuron_grid(
     side = int(np.ceil(np.sqrt(n_images)))
     n_rows = int(np.ceil(len(neurons) / columns))
     n_cols = min(columns, len(neurons))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols, 2.6 * n_rows), dpi=120)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols, 2.6 * n_rows))
     axes = np.atleast_1d(axes).ravel()
     counts = {"drawn": 0, "unreadable": 0}
     for ax, k in zip(axes, neurons, strict=False):
@@ -72,8 +75,7 @@ def neuron_grid(
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, dpi=dpi)  # PNG at print resolution, and SVG / PDF
     if counts["unreadable"]:
         log.warning("%d top images could not be read (grey tiles)", counts["unreadable"])
     return counts
