@@ -152,17 +152,26 @@ def sae_config(cfg: DemoConfig, run: SAERun, d_in: int):
     )
 
 
-def _train_job(run: SAERun, train_cfg, train_dir: Path, val_dir: Path) -> str:
-    """Train one SAE from scratch into ``run.path`` (a worker process may run this)."""
+def _train_job(runs: list[SAERun], train_cfgs: list, train_dir: Path, val_dir: Path) -> int:
+    """Train the SAEs of one hook and seed on one read of each batch (a sweep; a worker
+    process may run this); an interrupted run resumes on its own. Returns the count."""
     import torch
 
-    from vlmsae.sae import train_sae
+    from vlmsae.sae import train_sae, train_sweep
     from vlmsae.sae.checkpoint import has_trainer_state
 
-    torch.manual_seed(run.seed)
-    resume = has_trainer_state(run.path)  # an interrupted training run: continue it
-    train_sae(train_dir, train_cfg, out_dir=run.path, val=val_dir, resume=resume)
-    return run.name
+    torch.manual_seed(runs[0].seed)
+    fresh = []
+    for run, train_cfg in zip(runs, train_cfgs, strict=True):
+        if has_trainer_state(run.path):  # interrupted: continue it where it stopped
+            train_sae(train_dir, train_cfg, out_dir=run.path, val=val_dir, resume=True)
+        else:
+            fresh.append((run, train_cfg))
+    if fresh:
+        train_sweep(
+            train_dir, [c for _, c in fresh], [r.path for r, _ in fresh], val=val_dir
+        )  # bit-identical to training each alone (tests/test_sweep.py)
+    return len(runs)
 
 
 def _worker_init() -> None:
@@ -175,11 +184,10 @@ def _run_jobs(jobs: list[tuple], workers: int) -> None:
     """Run training jobs here, or in ``workers`` processes (seeded: same results)."""
     from vlmsae._progress import tqdm
 
-    bar = tqdm(total=len(jobs), desc="train SAEs", unit="sae")
+    bar = tqdm(total=sum(len(job[0]) for job in jobs), desc="train SAEs", unit="sae")
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            _train_job(*job)
-            bar.update(1)
+            bar.update(_train_job(*job))
         bar.close()
         return
     import multiprocessing as mp
@@ -188,19 +196,19 @@ def _run_jobs(jobs: list[tuple], workers: int) -> None:
     ctx = mp.get_context("spawn")  # no fork of a process that holds torch's thread pools
     with ProcessPoolExecutor(min(workers, len(jobs)), ctx, initializer=_worker_init) as pool:
         for done in as_completed([pool.submit(_train_job, *job) for job in jobs]):
-            done.result()  # a failed run stops the demo with its own error
-            bar.update(1)
+            bar.update(done.result())  # a failed run stops the demo with its own error
     bar.close()
 
 
 def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun]:
-    """Train every planned SAE (skipping finished ones) on the train split, the widest
-    first, in ``cfg.workers`` processes."""
+    """Train every planned SAE (skipping finished ones) on the train split: the SAEs of
+    each hook and seed as one sweep (one read of each batch), in ``cfg.workers``
+    processes."""
     from vlmsae.sae import TrainConfig
 
     runs = planned_saes(cfg)
-    jobs = []
-    for run in sorted(runs, key=lambda r: -r.expansion):
+    groups: dict[tuple[str, int], list] = {}  # the SAEs of one hook and seed: one sweep
+    for run in runs:
         if (run.path / "sae.safetensors").exists() and (run.path / "summary.json").exists():
             continue
         store = ActivationStore(acts["train"][run.hook])
@@ -215,7 +223,12 @@ def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun
             log_every=max(1, cfg.steps // 5),
             progress=False,
         )
-        jobs.append((run, train_cfg, acts["train"][run.hook], acts["test"][run.hook]))
+        groups.setdefault((run.hook, run.seed), []).append((run, train_cfg))
+    jobs = [
+        ([r for r, _ in g], [c for _, c in g], acts["train"][hook], acts["test"][hook])
+        for (hook, _), g in groups.items()
+    ]
+    jobs.sort(key=lambda job: -sum(r.expansion for r in job[0]))  # the largest first
     _run_jobs(jobs, cfg.workers)
     return runs
 
