@@ -466,3 +466,12 @@ def test_a_hub_id_the_hub_does_not_know_is_told_apart_from_being_offline():
     )
     bad_rev = OSError("v9 is not a valid git identifier (branch name, tag name or commit id)")
     assert "has no revision 'v9'" in not_found_message("a/b", "v9", bad_rev)
+
+
+def test_score_of_a_single_image_is_one_line(tmp_path):
+    images = _paths(tmp_path, "train")[:1]
+    ActivationStore.write(tmp_path / "acts", np.ones((1, 4), np.float32), images=images)
+    ActivationStore.write(tmp_path / "emb", np.ones((1, 3), np.float32), images=images)
+    argv = ["score", "--activations", tmp_path / "acts", "--embeddings", tmp_path / "emb"]
+    result = runner.invoke(app, [str(a) for a in [*argv, "--out", tmp_path / "out"]])
+    _assert_one_error_line(result, "needs at least 2 images, got 1")

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from vlmsae import dist
 from vlmsae._progress import tqdm
+from vlmsae.errors import UserError
 from vlmsae.metrics._source import (
     Rows,
     check_finite_rows,
@@ -244,7 +245,10 @@ def monosemanticity(
             "one row per image in the same order (aggregate tokens per image first)"
         )
     if n < 2:
-        raise ValueError(f"the score needs at least 2 images, got {n}")
+        raise UserError(
+            f"the score needs at least 2 images, got {n}: MS compares pairs of images; "
+            "score a store of more images"
+        )
     if chunk_rows is None:
         chunk_rows = 1 << 16 if is_sparse(activations) else 1 << 13
     check_finite_rows(embeddings, "embeddings", chunk_rows)  # one NaN row: every MS NaN
