@@ -2,7 +2,7 @@
 
 Layout of ``out_dir``::
 
-    index.html, app.js, style.css          (copied from the package, no build step)
+    index.html, app.js, card.js, style.css (copied from the package, no build step)
     data/index.js                          window.VLMSAE_INDEX = {meta, columns, images}
     data/neurons/00000.js ...              vlmsaeShard(i, [...]): SHARD_SIZE neurons each
     images/000123.png                      (with copy_images: thumbnails, portable site)
@@ -33,7 +33,7 @@ from vlmsae.explore.neurons import NeuronData
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_FILES = ("index.html", "app.js", "style.css")
+STATIC_FILES = ("index.html", "app.js", "card.js", "style.css")
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,15 @@ def _heat_quantised(heat: np.ndarray) -> np.ndarray:
     return np.round(np.clip(heat, 0, None) / top * 255).astype(np.int64)
 
 
-def neuron_records(data: NeuronData, lo: int, hi: int, image_id: dict[int, int]) -> list[dict]:
-    """The per-neuron page data of neurons ``lo:hi``."""
+def neuron_records(
+    data: NeuronData,
+    lo: int,
+    hi: int,
+    image_id: dict[int, int],
+    steering: dict[int, list] | None = None,
+) -> list[dict]:
+    """The per-neuron page data of neurons ``lo:hi`` (``steer``: ``[[factor, α, answer],
+    ...]`` of the steering probe, for the probed neurons)."""
     out = []
     for s in range(lo, hi):
         keep = data.top_values[s] > 0
@@ -196,6 +203,8 @@ def neuron_records(data: NeuronData, lo: int, hi: int, image_id: dict[int, int])
         }
         if data.heatmaps is not None:
             rec["heat"] = _heat_quantised(data.heatmaps.values[s][keep])
+        if steering and s in steering:
+            rec["steer"] = steering[s]
         out.append(rec)
     return out
 
@@ -214,8 +223,10 @@ def write_site(
     image_paths: list[str],
     meta: dict[str, Any],
     cfg: ExploreConfig,
+    steering: dict[int, list] | None = None,
 ) -> SiteResult:
-    """Write the static files, the index and the neuron shards into ``out_dir``."""
+    """Write the static files, the index and the neuron shards into ``out_dir``
+    (``steering``: the steering probe's answers per probed neuron)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in STATIC_FILES:
@@ -237,7 +248,7 @@ def write_site(
     _write_js(out_dir / "data" / "index.js", f"window.VLMSAE_INDEX = {site_json(index)};\n")
     n_shards = 0
     for lo in range(0, n_s, cfg.shard_size):
-        records = neuron_records(data, lo, min(n_s, lo + cfg.shard_size), image_id)
+        records = neuron_records(data, lo, min(n_s, lo + cfg.shard_size), image_id, steering)
         shard = lo // cfg.shard_size
         text = f"vlmsaeShard({shard}, {site_json(records)});\n"
         _write_js(out_dir / "data" / "neurons" / f"{shard:05d}.js", text)
