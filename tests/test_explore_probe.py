@@ -124,26 +124,70 @@ def test_cards_of_a_built_site_and_their_errors(toy, tmp_path):
     assert bad.exit_code == 2 and "--cards takes neuron ids" in bad.output
 
 
+def card_png(page) -> tuple[str, np.ndarray]:
+    """Click "Download PNG"; the card's ``data-images`` and its pixels."""
+    import base64
+    import io
+
+    button = page.find_element("id", "card-png")
+    neuron = button.get_attribute("data-neuron")
+    button.click()
+    link = wait_for(page, "a#card-link")
+    url = link.get_attribute("href")
+    assert url.startswith("data:image/png;base64,")
+    assert link.get_attribute("download") == f"neuron-{neuron}.png"
+    png = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    return link.get_attribute("data-images"), np.asarray(png.convert("RGB")).astype(int)
+
+
+def card_tiles(px: np.ndarray) -> list[np.ndarray]:
+    """The 16 tiles of a canvas card (card.js: TILE 160, PAD 12, HEAD 64, SCALE 2), inner
+    parts (the activation label left out)."""
+    y, x, w = 128, 24, 320
+    return [px[y + r * w + 20 : y + r * w + 260, x + c * w + 20 : x + c * w + 300]
+            for r in range(4) for c in range(4)]  # fmt: skip
+
+
 @pytest.mark.skipif(not available(), reason=MISSING)
 def test_browser_shows_the_probe_and_downloads_the_card(toy):
     root, _, _, _, top2 = toy
     index = read_index(root / "site")
     rec = read_neuron(root / "site", index, top2[0])
+    home = (root / "site" / "index.html").as_uri()
     with chromium() as page:
-        page.get((root / "site" / "index.html").as_uri() + f"#/neuron/{top2[0]}")
+        page.get(home + f"#/neuron/{top2[0]}")
         panel = wait_for(page, f'#steering[data-neuron="{top2[0]}"]')
         answers = [td.text for td in panel.find_elements("css selector", "td.answer")]
         assert answers == [index["meta"]["steering"]["base"], *(a for _, _, a in rec["steer"])]
-        page.get((root / "site" / "index.html").as_uri() + f"#/neuron/{top2[1]}")
+        page.get(home + f"#/neuron/{top2[1]}")
         page.refresh()
         wait_for(page, f'#steering[data-neuron="{top2[1]}"]')
-        page.get((root / "site" / "index.html").as_uri() + "#/neuron/0")
+        page.get(home + "#/neuron/0")
         page.refresh()
         wait_for(page, 'section#neuron[data-neuron="0"]')
         assert not page.find_elements("css selector", "#steering")  # not probed
-        page.find_element("id", "card-png").click()
-        link = wait_for(page, "a#card-link")
-        url = link.get_attribute("href")
-        assert url.startswith("data:image/png;base64,") and len(url) > 1000
-        assert link.get_attribute("download") == "neuron-0.png"
+        images, px = card_png(page)  # from file://, with the thumbnails as data URLs
+        assert images == "drawn" and px.shape == (1432, 1328, 3)
+        n_top = len(read_neuron(root / "site", index, 0)["top"])
+        drawn = [t.std() > 5 for t in card_tiles(px)]  # a toy image, not a grey tile
+        assert drawn == [j < n_top for j in range(16)] and n_top == 16
+        assert px[:80].min() < 50  # the title
+        assert console_errors(page) == []
+
+
+@pytest.mark.skipif(not available(), reason=MISSING)
+def test_browser_card_of_a_site_linking_its_images_says_how_to_get_them(toy):
+    """Without --copy-images a file:// page may not export the linked images: the card
+    comes with grey tiles and the page says what to do."""
+    root = toy[0]
+    result = CliRunner().invoke(app, [str(a) for a in [
+        "explore", "--sae", root / "sae", "--activations", root / "acts",
+        "--out", root / "linked", "--no-heatmaps", "--neighbours", "0"]])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with chromium() as page:
+        page.get((root / "linked" / "index.html").as_uri() + "#/neuron/0")
+        wait_for(page, 'section#neuron[data-neuron="0"]')
+        images, px = card_png(page)
+        assert images == "omitted" and all(t.std() < 1 for t in card_tiles(px))
+        assert "--copy-images" in page.find_element("id", "card-note").text
         assert console_errors(page) == []

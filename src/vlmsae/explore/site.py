@@ -5,7 +5,10 @@ Layout of ``out_dir``::
     index.html, app.js, card.js, style.css (copied from the package, no build step)
     data/index.js                          window.VLMSAE_INDEX = {meta, columns, images}
     data/neurons/00000.js ...              vlmsaeShard(i, [...]): SHARD_SIZE neurons each
-    images/000123.png                      (with copy_images: thumbnails, portable site)
+    images/0000123.png                     (with copy_images: thumbnails, portable site)
+    data/thumbs/0000123.js                 vlmsaeThumb(name, JPEG data URL) of each thumbnail,
+                                           loaded by the card export (file:// pages may not
+                                           export the PNG files drawn on a canvas)
 
 Data travel as JavaScript files that call a global, loaded by ``<script>`` tags, because
 Chromium blocks ``fetch()`` of ``file://`` URLs. The index is columnar (one array per
@@ -133,6 +136,18 @@ def read_labels(path: Path, n_neurons: int) -> tuple[list[str | None], np.ndarra
     return labels, margins
 
 
+def _thumb_js(name: str, im: Any) -> str:
+    """``vlmsaeThumb(name, data URL)``: the thumbnail as a JPEG data URL, which a canvas may
+    read back (a page opened from ``file://`` may not export images of other files)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"vlmsaeThumb({json.dumps(name)}, {json.dumps(url)});\n"
+
+
 def _image_sources(
     paths: list[str], used: np.ndarray, out_dir: Path, cfg: ExploreConfig
 ) -> dict[int, str | None]:
@@ -155,6 +170,7 @@ def _image_sources(
                 im.thumbnail((cfg.thumb_size, cfg.thumb_size))
                 (out_dir / "images").mkdir(exist_ok=True)
                 im.save(out_dir / name)
+                _write_js(out_dir / "data" / "thumbs" / f"{i:07d}.js", _thumb_js(name, im))
             src[i] = name
         except OSError as e:
             log.warning("cannot read %s: %s", path, e)
@@ -243,6 +259,7 @@ def write_site(
         "n_bins": cfg.n_bins,
         "heat_side": data.heatmaps.side if data.heatmaps is not None else None,
         "heat_source": data.heatmaps.source if data.heatmaps is not None else None,
+        "thumbs": cfg.copy_images,
     }
     index = {"meta": meta, "columns": columns, "images": [src[i] for i in used.tolist()]}
     _write_js(out_dir / "data" / "index.js", f"window.VLMSAE_INDEX = {site_json(index)};\n")

@@ -240,23 +240,33 @@
     return el("div", {}, el("h3", {}, title), ul);
   }
 
+  // "Download PNG": the card of card.js (the same as `vlmsae explore --cards`) as a file;
+  // the link it clicks stays on the page (a#card-link, its href the PNG data URL).
   function cardButton(id, rec, page) {
     const button = el("button", { id: "card-png", "data-neuron": id, type: "button" },
       "Download PNG");
     const note = el("span", { class: "note", id: "card-note" });
-    button.addEventListener("click", () => {
-      const images = [...page.querySelectorAll("figure.top-image img")];
-      const canvas = el("canvas", { id: "card-canvas" });
-      const card = window.vlmsaeCardPNG(canvas, INDEX, id, rec.top, images);
-      const link = el("a", { id: "card-link", href: card.url, download: `neuron-${id}.png`,
-        "data-images": card.withImages ? "drawn" : "omitted" });
+    const saved = (card) => {
       const old = document.getElementById("card-link");
       if (old) old.remove();
+      const link = el("a", { id: "card-link", href: card.url, download: `neuron-${id}.png`,
+        "data-images": card.withImages ? "drawn" : "omitted" });
       note.textContent = card.withImages ? "" : " images left out: a page opened from the " +
-        "file system may not export them; open the site with vlmsae explore --serve or " +
-        "use vlmsae explore --cards";
+        "file system may not export them; build the site with --copy-images, open it " +
+        "with vlmsae explore --serve, or use vlmsae explore --cards";
       note.after(link);
       link.click();
+    };
+    button.addEventListener("click", () => {
+      // one entry per top image, null where it was unreadable (no <img>)
+      const images = [...page.querySelectorAll("figure.top-image")]
+        .map((f) => f.querySelector("img"));
+      const canvas = el("canvas", { id: "card-canvas" });
+      window.vlmsaeCardPNG(canvas, INDEX, id, rec.top, images).then(saved).catch((err) => {
+        note.textContent = " " + String(err.message || err);
+        note.classList.add("error");
+        console.error(err);
+      });
     });
     return el("span", { class: "card" }, button, note);
   }

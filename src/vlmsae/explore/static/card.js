@@ -5,6 +5,7 @@
 
 (function () {
   const TILE = 160, SIDE = 4, PAD = 12, HEAD = 64;
+  const SCALE = 2; // pixels per layout unit: a card that prints (1328 × 1432)
 
   function fmt(v, digits) {
     if (v === null || v === undefined) return "–";
@@ -29,11 +30,13 @@
 
   function draw(canvas, index, id, top, images, withImages) {
     const [title, stats] = cardLines(index, id);
-    canvas.width = 2 * PAD + SIDE * TILE;
-    canvas.height = HEAD + SIDE * TILE + PAD;
+    canvas.width = SCALE * (2 * PAD + SIDE * TILE);
+    canvas.height = SCALE * (HEAD + SIDE * TILE + PAD);
     const ctx = canvas.getContext("2d");
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.scale(SCALE, SCALE);
+    ctx.imageSmoothingQuality = "high";
     ctx.fillStyle = "#000";
     ctx.font = "bold 20px sans-serif";
     ctx.fillText(title, PAD, 28);
@@ -60,17 +63,55 @@
     });
   }
 
-  // A PNG data URL of the card. Browsers forbid reading back a canvas holding images of
-  // another origin, and every file:// page is its own origin: there the card is drawn with
-  // grey tiles (withImages false) and the page says to open the site with --serve.
-  window.vlmsaeCardPNG = function (canvas, index, id, top, images) {
-    draw(canvas, index, id, top, images, true);
-    try {
-      return { url: canvas.toDataURL("image/png"), withImages: true };
-    } catch (err) {
-      if (err.name !== "SecurityError") throw err;
-      draw(canvas, index, id, top, images, false);
-      return { url: canvas.toDataURL("image/png"), withImages: false };
-    }
+  // Thumbnails of a site built with --copy-images come as data URLs (data/thumbs/*.js): a
+  // canvas holding them may be read back even on a page opened from file://.
+  const thumbs = {}, pending = {};
+  window.vlmsaeThumb = function (name, url) {
+    thumbs[name] = url;
+    (pending[name] || []).forEach((resolve) => resolve(url));
+    delete pending[name];
+  };
+
+  function loadThumb(name) {
+    if (thumbs[name]) return Promise.resolve(thumbs[name]);
+    return new Promise((resolve, reject) => {
+      if (pending[name]) { pending[name].push(resolve); return; }
+      pending[name] = [resolve];
+      const s = document.createElement("script");
+      s.src = name.replace(/^images\/(.*)\.png$/, "data/thumbs/$1.js");
+      s.onerror = () => reject(new Error(`cannot load ${s.src}: the site is incomplete; ` +
+        "rebuild it with vlmsae explore --copy-images"));
+      document.head.append(s);
+    });
+  }
+
+  function thumbImages(index, top) {
+    return Promise.all(top.slice(0, SIDE * SIDE).map(([img]) => {
+      const name = index.images[img];
+      if (!name) return null;
+      return loadThumb(name).then((url) => {
+        const im = new Image();
+        im.src = url;
+        return im.decode().then(() => im);
+      });
+    }));
+  }
+
+  // A promise of {url: PNG data URL of the card, withImages}. Browsers forbid reading back
+  // a canvas holding images of another origin, and every file:// page is its own origin:
+  // without thumbnails (a site built without --copy-images) such a page gets the card with
+  // grey tiles (withImages false), and the page says how to get the images.
+  window.vlmsaeCardPNG = function (canvas, index, id, top, pageImages) {
+    const images = index.meta.thumbs ? thumbImages(index, top) : Promise.resolve(pageImages);
+    return images.then((imgs) => {
+      draw(canvas, index, id, top, imgs, true);
+      try {
+        return { url: canvas.toDataURL("image/png"), withImages: true };
+      } catch (err) {
+        if (err.name !== "SecurityError") throw err;
+        draw(canvas, index, id, top, imgs, false);
+        return { url: canvas.toDataURL("image/png"), withImages: false };
+      }
+    });
   };
 })();
