@@ -191,3 +191,21 @@ def test_browser_card_of_a_site_linking_its_images_says_how_to_get_them(toy):
         assert images == "omitted" and all(t.std() < 1 for t in card_tiles(px))
         assert "--copy-images" in page.find_element("id", "card-note").text
         assert console_errors(page) == []
+
+
+def test_probe_refuses_an_sae_it_cannot_steer(toy, tmp_path):
+    from explore_fixtures import make_sae
+
+    root, _, sae, _, _ = toy
+    make_sae(tmp_path / "nolayer", sae.cfg.d_in, 64)  # fits the store, names no layer
+    runner = CliRunner()
+    base = ["explore", "--activations", str(root / "acts"), "--out", str(tmp_path / "s"),
+            "--llava", "toyworld", "--no-heatmaps"]  # fmt: skip
+    r = runner.invoke(app, [*base, "--sae", str(tmp_path / "nolayer"), "--steer-neurons", "0"])
+    assert r.exit_code == 2 and "the SAE config names no layer" in r.output, r.output
+    r = runner.invoke(app, [*base, "--raw"])
+    assert r.exit_code == 2 and "--llava steers SAE neurons" in r.output, r.output
+    r = runner.invoke(app, [*base, "--sae", str(root / "sae")])  # no MS to rank by
+    assert r.exit_code == 2 and "needs MS" in r.output, r.output
+    r = runner.invoke(app, [*base, "--sae", str(root / "sae"), "--steer-neurons", "9999"])
+    assert r.exit_code == 2 and "--steer-neurons 9999 is out of range" in r.output, r.output

@@ -135,8 +135,13 @@ def build_site(
         raise UserError("--llava steers SAE neurons: give --sae SAE (not --raw)")
     llava_model = None
     if llava is not None:
-        from vlmsae.explore.probe import load_for_probe
+        from vlmsae.explore.probe import NEEDS_MS, ProbeConfig, load_for_probe, probe_neurons
 
+        probe = probe or ProbeConfig()
+        if probe.neurons is None and scores is None and embeddings is None:
+            raise UserError(NEEDS_MS)
+        if probe.neurons is not None:
+            probe_neurons({}, sae.cfg.d_sae, probe)  # ids in range
         llava_model, steer_layer = load_for_probe(llava, sae)  # fail early, before the work
     encoder = _load_encoder(model, store) if cfg.heatmaps else None
     data, codes_NS = compute_neuron_data(
@@ -168,9 +173,8 @@ def build_site(
         columns["concept"], columns["purity"] = concepts.name, concepts.purity
     steering = None
     if llava_model is not None:
-        from vlmsae.explore.probe import ProbeConfig, probe_neurons, steering_probe
+        from vlmsae.explore.probe import probe_neurons, steering_probe
 
-        probe = probe or ProbeConfig()
         chosen = probe_neurons(columns, n_s, probe)
         top = {k: float(data.max_activation[k]) for k in chosen}
         base, answers = steering_probe(llava_model, sae, steer_layer, top, probe)

@@ -19,6 +19,10 @@ from vlmsae.errors import UserError
 
 log = logging.getLogger(__name__)
 PAPER_PROMPT = "What is shown in this image?"
+NEEDS_MS = (
+    "choosing the most monosemantic neurons to steer needs MS: give --scores (or "
+    "--embeddings), or name the neurons with --steer-neurons 3,17"
+)
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,7 @@ def probe_neurons(columns: dict[str, Any], n_neurons: int, cfg: ProbeConfig) -> 
             )
         return list(dict.fromkeys(int(k) for k in cfg.neurons))
     if "ms" not in columns:
-        raise UserError(
-            "choosing the most monosemantic neurons to steer needs MS: give --scores (or "
-            "--embeddings), or name the neurons with --steer-neurons 3,17"
-        )
+        raise UserError(NEEDS_MS)
     ms = np.asarray(columns["ms"], float)
     alive = np.asarray(columns["max_act"], float) > 0
     score = np.where(alive & np.isfinite(ms), ms, -np.inf)
