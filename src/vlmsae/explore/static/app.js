@@ -252,8 +252,8 @@
       const link = el("a", { id: "card-link", href: card.url, download: `neuron-${id}.png`,
         "data-images": card.withImages ? "drawn" : "omitted" });
       note.textContent = card.withImages ? "" : " images left out: a page opened from the " +
-        "file system may not export them; build the site with --copy-images, open it " +
-        "with vlmsae explore --serve, or use vlmsae explore --cards";
+        "file system may not export them; build the site with --copy-images, or write " +
+        "the card with vlmsae explore --out SITE --cards ID";
       note.after(link);
       link.click();
     };

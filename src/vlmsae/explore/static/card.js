@@ -100,7 +100,8 @@
   // A promise of {url: PNG data URL of the card, withImages}. Browsers forbid reading back
   // a canvas holding images of another origin, and every file:// page is its own origin:
   // without thumbnails (a site built without --copy-images) such a page gets the card with
-  // grey tiles (withImages false), and the page says how to get the images.
+  // grey tiles (withImages false), and the page says how to get the images. (Served over
+  // http, the linked images are of the page's origin and are drawn.)
   window.vlmsaeCardPNG = function (canvas, index, id, top, pageImages) {
     const images = index.meta.thumbs ? thumbImages(index, top) : Promise.resolve(pageImages);
     return images.then((imgs) => {
