@@ -67,7 +67,9 @@ def explore_cmd(
         help="LLaVA (id or folder; 'toyworld' = the shipped toy LLaVA) whose vision "
         "tower the SAE reads: the steering probe on the neuron pages.",
     ),
-    steer_top: int = typer.Option(4, help="Probe the K most monosemantic neurons (--llava)."),
+    steer_top: int = typer.Option(
+        4, min=1, help="Probe the K most monosemantic neurons (--llava)."
+    ),
     steer_neurons: str | None = typer.Option(
         None, help="Probe these neuron ids (3,17) instead of the most monosemantic (--llava)."
     ),
