@@ -4,7 +4,8 @@
 from an SAE, its activation store and whatever the pipeline wrote beside them; it opens
 from the file system (no server) and carries ``data-neuron="<id>"`` on every neuron row and
 page. ``label_neurons`` names every neuron by zero-shot matching of its top images against
-a vocabulary with a CLIP text tower.
+a vocabulary with a CLIP text tower. ``write_cards`` draws neuron cards (PNG) from a built
+site; ``steering_probe`` is the paper's white-image steering probe shown on neuron pages.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ _EXPORTS = {
     "compute_neuron_data": "vlmsae.explore.neurons",
     "label_neurons": "vlmsae.explore.labels",
     "NeuronLabels": "vlmsae.explore.labels",
+    "write_cards": "vlmsae.explore.cards",
+    "ProbeConfig": "vlmsae.explore.probe",
+    "steering_probe": "vlmsae.explore.probe",
 }
 __all__ = list(_EXPORTS)
 

@@ -103,6 +103,8 @@ def build_site(
     labels: str | Path | None = None,
     model: str | Path | None = None,
     cfg: ExploreConfig | None = None,
+    llava: str | Path | None = None,
+    probe: Any = None,
 ) -> SiteResult:
     """Build the browser of ``sae_dir`` over ``activations`` into ``out_dir``.
 
@@ -113,6 +115,8 @@ def build_site(
         labels: ``labels.csv`` of ``vlmsae label``.
         model: the vision model the store was cached from: heatmaps for stores without
             patch tokens are recomputed with it for the top images only.
+        llava: a LLaVA whose vision tower the SAE was trained on: the steering probe
+            (:mod:`vlmsae.explore.probe`) of the neurons ``probe`` (a ``ProbeConfig``) picks.
     """
     from vlmsae.data.store import ActivationStore
     from vlmsae.sae import SAE
@@ -127,6 +131,18 @@ def build_site(
         sae = SAE.load(sae_dir)
         sae.eval()
         check_fits(sae, store)
+    if llava is not None and sae_dir is None:
+        raise UserError("--llava steers SAE neurons: give --sae SAE (not --raw)")
+    llava_model = None
+    if llava is not None:
+        from vlmsae.explore.probe import NEEDS_MS, ProbeConfig, load_for_probe, probe_neurons
+
+        probe = probe or ProbeConfig()
+        if probe.neurons is None and scores is None and embeddings is None:
+            raise UserError(NEEDS_MS)
+        if probe.neurons is not None:
+            probe_neurons({}, sae.cfg.d_sae, probe)  # ids in range
+        llava_model, steer_layer = load_for_probe(llava, sae)  # fail early, before the work
     encoder = _load_encoder(model, store) if cfg.heatmaps else None
     data, codes_NS = compute_neuron_data(
         sae, store, top_k=cfg.top_k, n_bins=cfg.n_bins, n_neighbours=cfg.n_neighbours,
@@ -155,6 +171,18 @@ def build_site(
     if truth is not None:
         concepts = dominant_concepts(valid_top, truth)
         columns["concept"], columns["purity"] = concepts.name, concepts.purity
+    steering = None
+    if llava_model is not None:
+        from vlmsae.explore.probe import probe_neurons, steering_probe
+
+        chosen = probe_neurons(columns, n_s, probe)
+        top = {k: float(data.max_activation[k]) for k in chosen}
+        base, answers = steering_probe(llava_model, sae, steer_layer, top, probe)
+        steering = {
+            "model": str(llava), "layer": steer_layer, "prompt": probe.prompt,
+            "mode": probe.mode, "factors": list(probe.factors), "base": base,
+            "neurons": chosen, "answers": answers,
+        }  # fmt: skip
     meta = {
         "title": cfg.title,
         "sae": str(sae_dir) if sae_dir is not None else None,
@@ -167,6 +195,11 @@ def build_site(
         "group_sizes": list(sae.cfg.group_sizes),
         "scores": str(scores) if scores is not None else None,
     }
-    result = write_site(Path(out_dir), data, columns, store.images, meta, cfg)
+    if steering is not None:
+        meta["steering"] = {k: v for k, v in steering.items() if k != "answers"}
+    result = write_site(
+        Path(out_dir), data, columns, store.images, meta, cfg,
+        steering=steering["answers"] if steering else None,
+    )  # fmt: skip
     log.info("explorer of %d neurons → %s", n_s, result.index_html)
     return result

@@ -57,6 +57,25 @@ def explore_cmd(
     heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Patch heatmaps."),
     top_k: int = typer.Option(16, help="Top images per neuron."),
     neighbours: int = typer.Option(5, help="Nearest neurons listed per neuron."),
+    cards: str | None = typer.Option(
+        None,
+        help="Neuron ids (3,17): write their cards as PNG (+SVG, PDF) to OUT/cards/; "
+        "with only --out, from a site built before.",
+    ),
+    llava: str | None = typer.Option(
+        None,
+        help="LLaVA (id or folder; 'toyworld' = the shipped toy LLaVA) whose vision "
+        "tower the SAE reads: the steering probe on the neuron pages.",
+    ),
+    steer_top: int = typer.Option(
+        4, min=1, help="Probe the K most monosemantic neurons (--llava)."
+    ),
+    steer_neurons: str | None = typer.Option(
+        None, help="Probe these neuron ids (3,17) instead of the most monosemantic (--llava)."
+    ),
+    steer_prompt: str = typer.Option(
+        "What is shown in this image?", help="Question of the steering probe."
+    ),
     serve_site: bool = typer.Option(False, "--serve", help="Serve the site on localhost."),
     port: int = typer.Option(8000, help="Port of --serve."),
 ) -> None:
@@ -66,31 +85,54 @@ def explore_cmd(
 
     if raw and sae is not None:
         raise UserError("give either --sae SAE or --raw (the store's raw neurons), not both")
+    from vlmsae.explore.cards import parse_ids, write_cards
+
+    card_ids = parse_ids(cards, "--cards") if cards is not None else None
     if (sae is None and not raw) or activations is None:
-        if serve_site and (out / "index.html").is_file() and sae is None and activations is None:
-            serve(out, port)
+        reuse = (serve_site or card_ids) and sae is None and activations is None
+        if reuse and (out / "index.html").is_file():
+            if card_ids:
+                _echo_cards(write_cards(out, card_ids, out / "cards"))
+            if serve_site:
+                serve(out, port)
             return
         raise UserError(
             "give --sae SAE (or --raw) and --activations STORE to build the site (or only "
-            "--serve --out DIR to serve a site built before)"
+            "--serve / --cards with --out DIR for a site built before)"
         )
     from vlmsae._lock import lock_until_exit
     from vlmsae.explore.build import build_site
+    from vlmsae.explore.probe import ProbeConfig
     from vlmsae.explore.site import ExploreConfig
 
+    probe = None
+    if llava is not None:
+        if llava == "toyworld":
+            from vlmsae.toyworld import llava_path
+
+            llava = str(llava_path())
+        ids = parse_ids(steer_neurons, "--steer-neurons") if steer_neurons else None
+        probe = ProbeConfig(n_neurons=steer_top, neurons=tuple(ids) if ids else None,
+                            prompt=steer_prompt)  # fmt: skip
     cfg = ExploreConfig(
         top_k=top_k, n_neighbours=neighbours, copy_images=copy_images, heatmaps=heatmaps
     )
     lock_until_exit(out, "vlmsae explore")  # one writer per output directory
     res = build_site(
         sae, activations, out, scores=scores, embeddings=embeddings, labels=labels,
-        model=model, cfg=cfg,
+        model=model, cfg=cfg, llava=llava, probe=probe,
     )  # fmt: skip
     missing = f", {res.n_images_missing} images unreadable" if res.n_images_missing else ""
     typer.echo(f"explorer of {res.n_neurons} neurons ({res.n_shards} shards{missing}) → "
                f"{res.index_html.resolve().as_uri()}")  # fmt: skip
+    if card_ids:
+        _echo_cards(write_cards(out, card_ids, out / "cards"))
     if serve_site:
         serve(out, port)
+
+
+def _echo_cards(paths: list[Path]) -> None:
+    typer.echo(f"{len(paths)} neuron cards (PNG, SVG, PDF) → {paths[0].parent}")
 
 
 def label_cmd(

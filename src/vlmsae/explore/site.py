@@ -2,10 +2,13 @@
 
 Layout of ``out_dir``::
 
-    index.html, app.js, style.css          (copied from the package, no build step)
+    index.html, app.js, card.js, style.css (copied from the package, no build step)
     data/index.js                          window.VLMSAE_INDEX = {meta, columns, images}
     data/neurons/00000.js ...              vlmsaeShard(i, [...]): SHARD_SIZE neurons each
-    images/000123.png                      (with copy_images: thumbnails, portable site)
+    images/0000123.png                     (with copy_images: thumbnails, portable site)
+    data/thumbs/0000123.js                 vlmsaeThumb(name, JPEG data URL) of each thumbnail,
+                                           loaded by the card export (file:// pages may not
+                                           export the PNG files drawn on a canvas)
 
 Data travel as JavaScript files that call a global, loaded by ``<script>`` tags, because
 Chromium blocks ``fetch()`` of ``file://`` URLs. The index is columnar (one array per
@@ -33,7 +36,7 @@ from vlmsae.explore.neurons import NeuronData
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_FILES = ("index.html", "app.js", "style.css")
+STATIC_FILES = ("index.html", "app.js", "card.js", "style.css")
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,18 @@ def read_labels(path: Path, n_neurons: int) -> tuple[list[str | None], np.ndarra
     return labels, margins
 
 
+def _thumb_js(name: str, im: Any) -> str:
+    """``vlmsaeThumb(name, data URL)``: the thumbnail as a JPEG data URL, which a canvas may
+    read back (a page opened from ``file://`` may not export images of other files)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"vlmsaeThumb({json.dumps(name)}, {json.dumps(url)});\n"
+
+
 def _image_sources(
     paths: list[str], used: np.ndarray, out_dir: Path, cfg: ExploreConfig
 ) -> dict[int, str | None]:
@@ -155,6 +170,7 @@ def _image_sources(
                 im.thumbnail((cfg.thumb_size, cfg.thumb_size))
                 (out_dir / "images").mkdir(exist_ok=True)
                 im.save(out_dir / name)
+                _write_js(out_dir / "data" / "thumbs" / f"{i:07d}.js", _thumb_js(name, im))
             src[i] = name
         except OSError as e:
             log.warning("cannot read %s: %s", path, e)
@@ -171,8 +187,15 @@ def _heat_quantised(heat: np.ndarray) -> np.ndarray:
     return np.round(np.clip(heat, 0, None) / top * 255).astype(np.int64)
 
 
-def neuron_records(data: NeuronData, lo: int, hi: int, image_id: dict[int, int]) -> list[dict]:
-    """The per-neuron page data of neurons ``lo:hi``."""
+def neuron_records(
+    data: NeuronData,
+    lo: int,
+    hi: int,
+    image_id: dict[int, int],
+    steering: dict[int, list] | None = None,
+) -> list[dict]:
+    """The per-neuron page data of neurons ``lo:hi`` (``steer``: ``[[factor, α, answer],
+    ...]`` of the steering probe, for the probed neurons)."""
     out = []
     for s in range(lo, hi):
         keep = data.top_values[s] > 0
@@ -196,6 +219,8 @@ def neuron_records(data: NeuronData, lo: int, hi: int, image_id: dict[int, int])
         }
         if data.heatmaps is not None:
             rec["heat"] = _heat_quantised(data.heatmaps.values[s][keep])
+        if steering and s in steering:
+            rec["steer"] = steering[s]
         out.append(rec)
     return out
 
@@ -214,8 +239,10 @@ def write_site(
     image_paths: list[str],
     meta: dict[str, Any],
     cfg: ExploreConfig,
+    steering: dict[int, list] | None = None,
 ) -> SiteResult:
-    """Write the static files, the index and the neuron shards into ``out_dir``."""
+    """Write the static files, the index and the neuron shards into ``out_dir``
+    (``steering``: the steering probe's answers per probed neuron)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in STATIC_FILES:
@@ -232,12 +259,13 @@ def write_site(
         "n_bins": cfg.n_bins,
         "heat_side": data.heatmaps.side if data.heatmaps is not None else None,
         "heat_source": data.heatmaps.source if data.heatmaps is not None else None,
+        "thumbs": cfg.copy_images,
     }
     index = {"meta": meta, "columns": columns, "images": [src[i] for i in used.tolist()]}
     _write_js(out_dir / "data" / "index.js", f"window.VLMSAE_INDEX = {site_json(index)};\n")
     n_shards = 0
     for lo in range(0, n_s, cfg.shard_size):
-        records = neuron_records(data, lo, min(n_s, lo + cfg.shard_size), image_id)
+        records = neuron_records(data, lo, min(n_s, lo + cfg.shard_size), image_id, steering)
         shard = lo // cfg.shard_size
         text = f"vlmsaeShard({shard}, {site_json(records)});\n"
         _write_js(out_dir / "data" / "neurons" / f"{shard:05d}.js", text)

@@ -32,6 +32,20 @@ def _tile(path: str | None, size: int) -> tuple[np.ndarray, bool]:
         return np.full((size, size, 3), 160, np.uint8), False
 
 
+def tile_panel(paths: Sequence[str | Path | None], side: int, tile: int) -> tuple[np.ndarray, int]:
+    """A ``side × side`` square of ``tile``-pixel tiles (``[H, W, 3]`` uint8, white where no
+    image): the images of ``paths`` row by row, centre-cropped; ``None`` and unreadable
+    files become grey tiles. Returns the panel and the number of images drawn."""
+    panel = np.full((side * tile, side * tile, 3), 255, np.uint8)
+    drawn = 0
+    for j, p in enumerate(paths[: side * side]):
+        arr, ok = _tile(None if p is None else str(p), tile)
+        drawn += int(ok)
+        r, c = divmod(j, side)
+        panel[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = arr
+    return panel, drawn
+
+
 def neuron_grid(
     path: str | Path,
     neurons: Sequence[int],
@@ -62,13 +76,11 @@ def neuron_grid(
     axes = np.atleast_1d(axes).ravel()
     counts = {"drawn": 0, "unreadable": 0}
     for ax, k in zip(axes, neurons, strict=False):
-        panel = np.full((side * tile, side * tile, 3), 255, np.uint8)
-        for j, img in enumerate(top_idx_Kk[k][:n_images]):
-            p = image_paths[img] if 0 <= img < len(image_paths) else None
-            arr, ok = _tile(p, tile)
-            counts["drawn" if ok else "unreadable"] += int(p is not None)
-            r, c = divmod(j, side)
-            panel[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = arr
+        paths = [image_paths[i] if 0 <= i < len(image_paths) else None
+                 for i in top_idx_Kk[k][:n_images]]  # fmt: skip
+        panel, drawn = tile_panel(paths, side, tile)
+        counts["drawn"] += drawn
+        counts["unreadable"] += sum(p is not None for p in paths) - drawn
         ax.imshow(panel)
         score = "" if ms is None or np.isnan(ms[k]) else f"  MS {ms[k]:.3f}"
         ax.set_title(f"neuron {k}{score}", fontsize=8)

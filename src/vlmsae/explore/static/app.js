@@ -240,6 +240,54 @@
     return el("div", {}, el("h3", {}, title), ul);
   }
 
+  // "Download PNG": the card of card.js (the same as `vlmsae explore --cards`) as a file;
+  // the link it clicks stays on the page (a#card-link, its href the PNG data URL).
+  function cardButton(id, rec, page) {
+    const button = el("button", { id: "card-png", "data-neuron": id, type: "button" },
+      "Download PNG");
+    const note = el("span", { class: "note", id: "card-note" });
+    const saved = (card) => {
+      const old = document.getElementById("card-link");
+      if (old) old.remove();
+      const link = el("a", { id: "card-link", href: card.url, download: `neuron-${id}.png`,
+        "data-images": card.withImages ? "drawn" : "omitted" });
+      note.textContent = card.withImages ? "" : " images left out: a page opened from the " +
+        "file system may not export them; build the site with --copy-images, or write " +
+        "the card with vlmsae explore --out SITE --cards ID";
+      note.after(link);
+      link.click();
+    };
+    button.addEventListener("click", () => {
+      // one entry per top image, null where it was unreadable (no <img>)
+      const images = [...page.querySelectorAll("figure.top-image")]
+        .map((f) => f.querySelector("img"));
+      const canvas = el("canvas", { id: "card-canvas" });
+      window.vlmsaeCardPNG(canvas, INDEX, id, rec.top, images).then(saved).catch((err) => {
+        note.textContent = " " + String(err.message || err);
+        note.classList.add("error");
+        console.error(err);
+      });
+    });
+    return el("span", { class: "card" }, button, note);
+  }
+
+  function steeringPanel(id, rec) {
+    const st = meta.steering;
+    if (!st || !rec.steer) return "";
+    const rows = [el("tr", { "data-alpha": "none" }, el("td", {}, "unsteered"),
+      el("td", { class: "answer" }, st.base))];
+    rec.steer.forEach(([factor, alpha, answer]) => rows.push(el("tr", { "data-alpha": alpha },
+      el("td", {}, `α = ${factor}× max (${alpha.toFixed(3)})`),
+      el("td", { class: "answer" }, answer))));
+    const model = st.model.startsWith("/") ? "…/" + st.model.split("/").filter(Boolean)
+      .slice(-2).join("/") : st.model;
+    return el("div", { id: "steering", "data-neuron": id }, el("h3", {}, "Steering probe"),
+      el("p", { class: "note" }, `${model} answers “${st.prompt}” about a plain white ` +
+        `image, with this neuron clamped to α on every token of vision block ${st.layer} ` +
+        `(${st.mode}):`),
+      el("table", { class: "steer" }, el("tbody", {}, ...rows)));
+  }
+
   function renderNeuron(id) {
     if (!(id >= 0 && id < N)) {
       app.replaceChildren(el("p", { class: "error" }, `no neuron ${id}: this SAE has ${N}`));
@@ -279,7 +327,9 @@
           el("div", {}, el("h3", {}, "Activation histogram"),
             histogram(rec.hist, meta.n_images - cols.n_active[id], cols.max_act[id] || 0)),
           neighbourList("Nearest by decoder cosine", rec.near_decoder, "cos"),
-          neighbourList("Nearest by top-image Jaccard", rec.near_jaccard, "J")));
+          neighbourList("Nearest by top-image Jaccard", rec.near_jaccard, "J")),
+        steeringPanel(id, rec));
+      page.querySelector("h2").append(" ", cardButton(id, rec, page));
       app.replaceChildren(page);
       const box = document.getElementById("show-heat");
       if (box) box.addEventListener("change", () => page.querySelectorAll("canvas.heatmap")
