@@ -103,12 +103,8 @@ def test_search_finds_a_label(page, site):
     assert page.find_element("id", "count").text == f"{len(want)} of {D_SAE} neurons"
 
 
-def test_permalink_opens_the_neuron_with_its_images_and_heatmaps(page, site, tmp_path):
-    site_dir, index = site
-    n = max(range(D_SAE), key=lambda s: index["columns"]["n_active"][s])
-    open_index(page, site_dir, f"#/neuron/{n}")
-    section = page.find_element("css selector", "section#neuron")
-    assert section.get_attribute("data-neuron") == str(n)
+def _top_image_widths(page) -> list[int]:
+    """Natural widths of the neuron page's top images, once they have loaded (0: broken)."""
     for _ in range(50):  # images load asynchronously
         sizes = page.execute_script(
             "return [...document.querySelectorAll('figure.top-image img')]"
@@ -117,6 +113,16 @@ def test_permalink_opens_the_neuron_with_its_images_and_heatmaps(page, site, tmp
         if -1 not in sizes:
             break
         time.sleep(0.1)
+    return sizes
+
+
+def test_permalink_opens_the_neuron_with_its_images_and_heatmaps(page, site, tmp_path):
+    site_dir, index = site
+    n = max(range(D_SAE), key=lambda s: index["columns"]["n_active"][s])
+    open_index(page, site_dir, f"#/neuron/{n}")
+    section = page.find_element("css selector", "section#neuron")
+    assert section.get_attribute("data-neuron") == str(n)
+    sizes = _top_image_widths(page)
     assert len(sizes) == 16 and min(sizes) > 0
     heat = page.execute_script(
         "return [...document.querySelectorAll('canvas.heatmap')].map(c => {"
@@ -152,7 +158,16 @@ def _free_port() -> int:
 
 
 def test_served_site_opens_on_localhost(page, site):
-    site_dir, _ = site
+    """A site that links its images (no --copy-images) is served with them."""
+    from typer.testing import CliRunner
+
+    from vlmsae.cli import app
+
+    root = site[0].parent
+    site_dir = root / "site-linked"
+    args = ["explore", "--sae", root / "sae", "--activations", root / "acts", "--out", site_dir,
+            "--scores", root / "scores"]  # fmt: skip
+    assert CliRunner().invoke(app, [str(a) for a in args]).exit_code == 0
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "vlmsae", "explore", "--serve", "--out", str(site_dir),
@@ -160,10 +175,15 @@ def test_served_site_opens_on_localhost(page, site):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        assert "serving" in server.stdout.readline()
-        page.get(f"http://127.0.0.1:{port}/#/neuron/7")
+        line = server.stdout.readline()
+        assert "serving" in line
+        url = line.split(" on ")[-1].split()[0]  # the site links images outside its folder:
+        assert url.startswith(f"http://127.0.0.1:{port}/")  # served from their common parent
+        page.get(f"{url}#/neuron/7")
         assert wait_for(page, "section#neuron").get_attribute("data-neuron") == "7"
-        page.get(f"http://127.0.0.1:{port}/")
+        sizes = _top_image_widths(page)
+        assert sizes and min(sizes) > 0, sizes  # the images load over HTTP too
+        page.get(url)
         assert len(row_ids(page)) == 100
     finally:
         server.terminate()

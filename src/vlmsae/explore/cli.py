@@ -16,18 +16,29 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(site_dir: Path, port: int) -> None:
-    """Serve ``site_dir`` on http://127.0.0.1:PORT until interrupted."""
+    """Serve ``site_dir`` on http://127.0.0.1:PORT until interrupted. A site that links
+    images outside its folder (built without --copy-images) is served from the folder
+    that holds them too, and its index is at ``/<site path from there>/``."""
     import functools
     import http.server
+    import json
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site_dir))
+    site_dir = site_dir.resolve()
+    text = (site_dir / "data" / "index.js").read_text(encoding="utf-8")
+    meta = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))["meta"]
+    root = site_dir.parents[meta["serve_up"] - 1] if meta.get("serve_up") else site_dir
+    url_path = site_dir.relative_to(root).as_posix()
+    url_path = "/" if url_path == "." else f"/{url_path}/"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError as e:
         from vlmsae.errors import UserError
 
         raise UserError(f"cannot listen on 127.0.0.1:{port} ({e}); choose another --port") from e
-    typer.echo(f"serving {site_dir} on http://127.0.0.1:{server.server_port}/ (Ctrl-C stops)")
+    typer.echo(
+        f"serving {site_dir} on http://127.0.0.1:{server.server_port}{url_path} (Ctrl-C stops)"
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

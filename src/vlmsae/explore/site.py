@@ -148,6 +148,18 @@ def _thumb_js(name: str, im: Any) -> str:
     return f"vlmsaeThumb({json.dumps(name)}, {json.dumps(url)});\n"
 
 
+def _levels_above(out_dir: Path, urls: list[str | None]) -> int:
+    """How many folders above ``out_dir`` a server must start so that every linked image
+    (a relative URL) is inside what it serves (0 with copied thumbnails)."""
+    deepest = 0
+    for url in filter(None, urls):
+        n = 0
+        while url.startswith("../", 3 * n):
+            n += 1
+        deepest = max(deepest, n)
+    return deepest
+
+
 def _image_sources(
     paths: list[str], used: np.ndarray, out_dir: Path, cfg: ExploreConfig
 ) -> dict[int, str | None]:
@@ -260,6 +272,7 @@ def write_site(
         "heat_side": data.heatmaps.side if data.heatmaps is not None else None,
         "heat_source": data.heatmaps.source if data.heatmaps is not None else None,
         "thumbs": cfg.copy_images,
+        "serve_up": _levels_above(out_dir, [src[i] for i in used.tolist()]),
     }
     index = {"meta": meta, "columns": columns, "images": [src[i] for i in used.tolist()]}
     _write_js(out_dir / "data" / "index.js", f"window.VLMSAE_INDEX = {site_json(index)};\n")
