@@ -113,6 +113,7 @@ class SAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.global_batch = False
+        self._scratch_buffers: dict[str, Tensor] = {}  # see pre_acts(reuse_buffers=True)
         """BatchTopK batch mode selects over the global batch of all ranks (set by a
         data-parallel trainer; see :mod:`vlmsae.dist`)."""
         d, s = cfg.d_in, cfg.d_sae
@@ -132,12 +133,34 @@ class SAE(nn.Module):
             self.threshold = None
 
     # -- encoding ----------------------------------------------------------------------
-    def pre_acts(self, x_BD: Tensor) -> Tensor:
+    def pre_acts(self, x_BD: Tensor, *, reuse_buffers: bool = False) -> Tensor:
         """``(x - b_dec) @ W_enc + b_enc`` as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the
-        input never needs a centred copy and its product is the only dense one."""
-        if torch.is_autocast_enabled(x_BD.device.type):  # low-precision product, fp32 bias
-            return (x_BD @ self.W_enc).float() + self._enc_bias()
-        return torch.addmm(self._enc_bias(), x_BD, self.W_enc)  # one pass: product + bias
+        input never needs a centred copy and its product is the only dense one.
+
+        ``reuse_buffers`` (no gradient): write into ``[B, S]`` buffers kept on the module
+        from one call to the next instead of fresh ones (a fresh 200 MB tensor costs ~10 %
+        of the product in page faults on a CPU); the result is overwritten by the next
+        such call. The values are the same bit for bit."""
+        device = x_BD.device.type
+        if not reuse_buffers or torch.is_grad_enabled():
+            if torch.is_autocast_enabled(device):  # low-precision product, fp32 bias
+                return (x_BD @ self.W_enc).float() + self._enc_bias()
+            return torch.addmm(self._enc_bias(), x_BD, self.W_enc)  # one pass: product + bias
+        shape = (x_BD.shape[0], self.cfg.d_sae)
+        out_BS = self._scratch("pre", shape, torch.float32, x_BD.device)
+        if torch.is_autocast_enabled(device):  # the product autocast computes, then the bias
+            low = torch.get_autocast_dtype(device)
+            prod_BS = self._scratch("prod", shape, low, x_BD.device)
+            torch.mm(x_BD.to(low), self.W_enc.to(low), out=prod_BS)
+            return torch.add(prod_BS, self._enc_bias(), out=out_BS)  # fp32 sum, one pass
+        return torch.addmm(self._enc_bias(), x_BD, self.W_enc, out=out_BS)
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype, device) -> Tensor:
+        """A buffer kept across calls (not a parameter, not saved), reallocated on change."""
+        buf = self._scratch_buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            buf = self._scratch_buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
 
     def _enc_bias(self) -> Tensor:
         with torch.autocast(self.W_enc.device.type, enabled=False):  # keep the bias in fp32
@@ -180,7 +203,9 @@ class SAE(nn.Module):
             )
         return x.reshape(-1, self.cfg.d_in).to(self.W_enc.dtype)
 
-    def _encode_2d(self, x_BD: Tensor, mode: str | None) -> tuple[Tensor, ActiveLatents | None]:
+    def _encode_2d(
+        self, x_BD: Tensor, mode: str | None, reuse_buffers: bool = False
+    ) -> tuple[Tensor, ActiveLatents | None]:
         """Pre-activations and, for the k-sparse variants, the active entries."""
         if mode is not None and mode not in ENCODE_MODES:
             raise ValueError(f"mode must be one of {ENCODE_MODES}, got {mode!r}")
@@ -188,7 +213,7 @@ class SAE(nn.Module):
         if self.cfg.sparsity in ("relu", "jumprelu"):
             return self.pre_acts(x_BD), None
         with torch.no_grad():
-            pre_BS = self.pre_acts(x_BD)
+            pre_BS = self.pre_acts(x_BD, reuse_buffers=reuse_buffers)
             rows, cols = self._select(pre_BS, mode)
         values = F.relu(encode_at(pre_BS, x_BD, self.W_enc, self.b_enc, self.b_dec, rows, cols))
         return pre_BS, ActiveLatents(rows, cols, values, x_BD.shape[0], self.cfg.d_sae)
@@ -234,14 +259,21 @@ class SAE(nn.Module):
         return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(
-        self, x: Tensor, mode: str | None = None, *, return_codes: bool = True
+        self,
+        x: Tensor,
+        mode: str | None = None,
+        *,
+        return_codes: bool = True,
+        reuse_buffers: bool = False,
     ) -> SAEOutput:
         """Encode and decode, with every nested Matryoshka prefix reconstructed.
 
         ``return_codes=False`` skips building the dense ``[B, S]`` codes of the k-sparse
-        variants (``out.codes`` is then ``None``; ``out.active`` has them); training does."""
+        variants (``out.codes`` is then ``None``; ``out.active`` has them); training does.
+        ``reuse_buffers=True`` (k-sparse variants; training does): ``out.pre_acts`` lives
+        in a buffer that the next such call overwrites (see :meth:`pre_acts`)."""
         x_BD = self._check_input(self._as_tensor(x))
-        pre_BS, active = self._encode_2d(x_BD, mode)
+        pre_BS, active = self._encode_2d(x_BD, mode, reuse_buffers)
         x_hat_BD = self.b_dec.expand_as(x_BD)
         prefixes, lo = [], 0
         if active is None:
