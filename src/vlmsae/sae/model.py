@@ -152,7 +152,7 @@ class SAE(nn.Module):
             low = torch.get_autocast_dtype(device)
             prod_BS = self._scratch("prod", shape, low, x_BD.device)
             torch.mm(x_BD.to(low), self.W_enc.to(low), out=prod_BS)
-            return torch.add(prod_BS, self._enc_bias(), out=out_BS)  # fp32 sum, one pass
+            return out_BS.copy_(prod_BS).add_(self._enc_bias())  # the fp32 sum, no new tensor
         return torch.addmm(self._enc_bias(), x_BD, self.W_enc, out=out_BS)
 
     def _scratch(self, name: str, shape: tuple[int, ...], dtype, device) -> Tensor:

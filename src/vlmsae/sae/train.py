@@ -89,7 +89,7 @@ def train_step(
     ``loss.total`` is the global loss."""
     share, n_global = dist.batch_share(x_BD.shape[0])  # (1.0, B) in one process
     with torch.autocast(x_BD.device.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
-        out = sae(x_BD, return_codes=False, reuse_buffers=True)  # forward (BatchTopK: k·B over the batch)
+        out = sae(x_BD, return_codes=False, reuse_buffers=True)  # forward (k·B over the batch)
         _record_firing(sae, out, state, n_global)  # first: a latent firing here is not dead
         dead_S = state.examples_since_fired_S >= cfg.dead_after
         loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
