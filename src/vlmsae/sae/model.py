@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.sparse import (
     ActiveLatents,
-    decode_groups,
+    decode_prefixes,
     decode_sparse,
     encode_at,
     select_batchtopk,
@@ -59,6 +59,9 @@ class SAEOutput(NamedTuple):
     ``relu`` / ``jumprelu``; AuxK and the BatchTopK threshold read them)."""
     active: ActiveLatents | None
     """Active entries of ``codes`` (``topk`` / ``batchtopk``), else ``None``."""
+    prefix_GBD: Tensor | None = None
+    """[G, B, D] the prefix reconstructions stacked (``prefix_x_hats`` are its rows) for the
+    k-sparse variants, else ``None``; the training loss reads it in one pass."""
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -274,7 +277,7 @@ class SAE(nn.Module):
         in a buffer that the next such call overwrites (see :meth:`pre_acts`)."""
         x_BD = self._check_input(self._as_tensor(x))
         pre_BS, active = self._encode_2d(x_BD, mode, reuse_buffers)
-        x_hat_BD = self.b_dec.expand_as(x_BD)
+        x_hat_BD, prefix_GBD = self.b_dec.expand_as(x_BD), None
         prefixes, lo = [], 0
         if active is None:
             codes_BS = self._dense_codes(pre_BS)
@@ -284,10 +287,8 @@ class SAE(nn.Module):
                 lo = hi
         else:
             codes_BS = active.to_dense() if return_codes else None
-            parts_GBD = decode_groups(active, self.W_dec, self.cfg.group_ends)
-            for part_BD in parts_GBD:  # prefix g = b_dec + groups 0..g
-                x_hat_BD = x_hat_BD + part_BD
-                prefixes.append(x_hat_BD)
+            prefix_GBD = decode_prefixes(active, self.W_dec, self.b_dec, self.cfg.group_ends)
+            prefixes, x_hat_BD = list(prefix_GBD.unbind(0)), prefix_GBD[-1]
         lead = x.shape[:-1]
         return SAEOutput(
             x_hat=x_hat_BD.reshape(*lead, self.cfg.d_in),
@@ -295,6 +296,7 @@ class SAE(nn.Module):
             prefix_x_hats=tuple(p.reshape(*lead, self.cfg.d_in) for p in prefixes),
             pre_acts=pre_BS,
             active=active,
+            prefix_GBD=prefix_GBD,
         )
 
     # -- constraints used by the trainer -----------------------------------------------

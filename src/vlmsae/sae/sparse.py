@@ -182,25 +182,37 @@ class _EncodeAt(torch.autograd.Function):
 
 class _DecodeGroups(torch.autograd.Function):
     """Per-group decodes ``codes[:, lo:hi] @ W_dec[lo:hi]`` stacked as ``[G, B, D]``, for
-    codes given as active entries; O(N · D) both ways, one ``[S, D]`` gradient in all."""
+    codes given as active entries; O(N · D) both ways, one ``[S, D]`` gradient in all.
+
+    With ``bias_D`` (``cumulative``): ``bias + `` the running sums over the groups instead,
+    i.e. every nested prefix's reconstruction, in the order ``(b + p₀) + p₁ + …``."""
 
     @staticmethod
-    def forward(ctx, values, rows, cols, W_dec_SD, n_rows, group_ends):  # noqa: N803
+    def forward(ctx, values, rows, cols, W_dec_SD, n_rows, group_ends, bias_D=None):  # noqa: N803
         ctx.save_for_backward(values, rows, cols, W_dec_SD)
         ctx.group_ends = group_ends
+        ctx.cumulative = bias_D is not None
         out_GBD = W_dec_SD.new_empty(len(group_ends), n_rows, W_dec_SD.shape[1])
         with torch.autocast(W_dec_SD.device.type, enabled=False):  # no bf16 sparse kernels
             for g, (lo, hi, keep) in enumerate(_groups(cols, group_ends)):
                 a_BS = _csr(
                     rows[keep], cols[keep] - lo, values[keep].to(W_dec_SD.dtype), (n_rows, hi - lo)
                 )
-                out_GBD[g] = a_BS @ W_dec_SD[lo:hi]
+                torch.mm(a_BS, W_dec_SD[lo:hi], out=out_GBD[g])
+                if g == 0 and ctx.cumulative:
+                    out_GBD[0].add_(bias_D.to(W_dec_SD.dtype))
+                elif ctx.cumulative:
+                    out_GBD[g].add_(out_GBD[g - 1])
         return out_GBD
 
     @staticmethod
     def backward(ctx, grad_GBD):
         values, rows, cols, W_dec_SD = ctx.saved_tensors
         grad_GBD = grad_GBD.to(W_dec_SD.dtype)
+        if ctx.cumulative and grad_GBD.shape[0] > 1:  # group g feeds every prefix h >= g
+            grad_GBD = grad_GBD.clone()
+            for g in range(grad_GBD.shape[0] - 2, -1, -1):
+                grad_GBD[g].add_(grad_GBD[g + 1])
         grad_values = values.new_empty(values.shape) if ctx.needs_input_grad[0] else None
         grad_W = torch.empty_like(W_dec_SD) if ctx.needs_input_grad[3] else None
         for g, (lo, hi, keep) in enumerate(_groups(cols, ctx.group_ends)):
@@ -213,7 +225,10 @@ class _DecodeGroups(torch.autograd.Function):
                 grad_W[lo:hi] = (
                     _csr(rows_g, cols_g, vals_g, (grad_BD.shape[0], hi - lo)).t() @ grad_BD
                 )
-        return grad_values, None, None, grad_W, None, None
+        grad_bias = None
+        if ctx.cumulative and ctx.needs_input_grad[6]:
+            grad_bias = grad_GBD[0].sum(0)
+        return grad_values, None, None, grad_W, None, None, grad_bias
 
 
 def _groups(cols: Tensor, group_ends: tuple[int, ...]):
@@ -248,4 +263,23 @@ def decode_groups(active: ActiveLatents, W_dec_SD: Tensor, group_ends: tuple[int
     to the decode (their cumulative sums are the Matryoshka prefix reconstructions)."""
     return _DecodeGroups.apply(
         active.values, active.rows, active.cols, W_dec_SD, active.n_rows, tuple(group_ends)
+    )
+
+
+def decode_prefixes(
+    active: ActiveLatents,
+    W_dec_SD: Tensor,  # noqa: N803
+    b_dec_D: Tensor,
+    group_ends: tuple[int, ...],
+) -> Tensor:
+    """``[G, B, D]``: ``b_dec`` + the decode of every nested prefix ``[0, group_ends[g])``
+    (the Matryoshka reconstructions; G = 1 is the plain decode), summed in place."""
+    return _DecodeGroups.apply(
+        active.values,
+        active.rows,
+        active.cols,
+        W_dec_SD,
+        active.n_rows,
+        tuple(group_ends),
+        b_dec_D,
     )
