@@ -218,7 +218,10 @@ class SAE(nn.Module):
         with torch.no_grad():
             pre_BS = self.pre_acts(x_BD, reuse_buffers=reuse_buffers)
             rows, cols = self._select(pre_BS, mode)
-        values = F.relu(encode_at(pre_BS, x_BD, self.W_enc, self.b_enc, self.b_dec, rows, cols))
+        pool = self._scratch_buffers if reuse_buffers else None
+        values = F.relu(
+            encode_at(pre_BS, x_BD, self.W_enc, self.b_enc, self.b_dec, rows, cols, pool)
+        )
         return pre_BS, ActiveLatents(rows, cols, values, x_BD.shape[0], self.cfg.d_sae)
 
     def _dense_codes(self, pre_BS: Tensor) -> Tensor:
@@ -287,7 +290,8 @@ class SAE(nn.Module):
                 lo = hi
         else:
             codes_BS = active.to_dense() if return_codes else None
-            prefix_GBD = decode_prefixes(active, self.W_dec, self.b_dec, self.cfg.group_ends)
+            pool = self._scratch_buffers if reuse_buffers else None
+            prefix_GBD = decode_prefixes(active, self.W_dec, self.b_dec, self.cfg.group_ends, pool)
             prefixes, x_hat_BD = list(prefix_GBD.unbind(0)), prefix_GBD[-1]
         lead = x.shape[:-1]
         return SAEOutput(
@@ -304,6 +308,18 @@ class SAE(nn.Module):
     def normalize_decoder_(self) -> None:
         """Scale every decoder row to unit norm."""
         self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min(1e-8))
+
+    def recycle_grads_(self) -> None:
+        """Drop the weight gradients (``zero_grad(set_to_none=True)``) but keep their
+        storage for the next ``forward(..., reuse_buffers=True)``'s backward to write into
+        (a fresh ``[S, D]`` gradient costs page faults on a CPU): a gradient read after
+        the step is overwritten by the next one."""
+        if self.W_enc.grad is not None:
+            self._scratch_buffers["grad:W_enc"] = self.W_enc.grad.t()  # [S, D] storage
+        if self.W_dec.grad is not None:
+            self._scratch_buffers["grad:W_dec"] = self.W_dec.grad
+        for p in self.parameters():
+            p.grad = None
 
     @torch.no_grad()
     def remove_parallel_grad_(self) -> None:

@@ -97,6 +97,7 @@ def train_step(
     global_total = dist.all_reduce(total.detach().clone())  # every rank sees the same loss
     if not torch.isfinite(global_total):
         raise NonFiniteError(f"the loss is {float(global_total)}")
+    sae.recycle_grads_()  # zero_grad; the backward writes into last step's weight gradients
     optimizer.zero_grad(set_to_none=True)
     total.backward()  # backward
     dist.all_reduce_tensors(p.grad for p in sae.parameters() if p.grad is not None)
