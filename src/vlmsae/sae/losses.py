@@ -36,21 +36,23 @@ class LossOutput(NamedTuple):
 
 
 class _SquaredErrorMeans(torch.autograd.Function):
-    """``[G]``: ``(x - pred_g).pow(2).sum(-1).mean()`` for every ``g`` of ``pred_GBD``, with
-    a backward of one pass (autograd's takes five ``[G, B, D]`` temporaries)."""
+    """``[G]``: ``(x - pred_g).pow(2).sum(-1).mean()`` for every ``g`` of ``pred_GBD``, a
+    ``[B, D]`` slice at a time (autograd's version takes five ``[G, B, D]`` temporaries)."""
 
     @staticmethod
     def forward(ctx, x_BD, pred_GBD):
-        diff_GBD = x_BD - pred_GBD
-        ctx.save_for_backward(diff_GBD)
+        diffs = [x_BD - pred_BD for pred_BD in pred_GBD]
+        ctx.save_for_backward(*diffs)
         ctx.x_needs_grad = x_BD.requires_grad
-        return diff_GBD.pow(2).sum(-1).mean(-1)
+        return torch.stack([d_BD.pow(2).sum(-1).mean() for d_BD in diffs])
 
     @staticmethod
     def backward(ctx, grad_G):
-        (diff_GBD,) = ctx.saved_tensors
-        coef_G11 = (grad_G * (2.0 / diff_GBD.shape[1])).view(-1, 1, 1)
-        grad_pred_GBD = diff_GBD * -coef_G11
+        diffs = ctx.saved_tensors
+        coef_G = grad_G * (-2.0 / diffs[0].shape[0])
+        grad_pred_GBD = diffs[0].new_empty(len(diffs), *diffs[0].shape)
+        for g, d_BD in enumerate(diffs):
+            torch.mul(d_BD, coef_G[g], out=grad_pred_GBD[g])
         grad_x = -grad_pred_GBD.sum(0) if ctx.x_needs_grad else None
         return grad_x, grad_pred_GBD
 

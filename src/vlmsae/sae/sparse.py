@@ -228,7 +228,7 @@ class _DecodeGroups(torch.autograd.Function):
                 a_BS = _csr(
                     rows[keep], cols[keep] - lo, values[keep].to(W_dec_SD.dtype), (n_rows, hi - lo)
                 )
-                torch.mm(a_BS, W_dec_SD[lo:hi], out=out_GBD[g])
+                torch.addmm(out_GBD[g], a_BS, W_dec_SD[lo:hi], beta=0.0, out=out_GBD[g])
                 if g == 0 and ctx.cumulative:
                     out_GBD[0].add_(bias_D.to(W_dec_SD.dtype))
                 elif ctx.cumulative:
@@ -239,16 +239,18 @@ class _DecodeGroups(torch.autograd.Function):
     def backward(ctx, grad_GBD):
         values, rows, cols, W_dec_SD = ctx.saved_tensors
         grad_GBD = grad_GBD.to(W_dec_SD.dtype)
-        if ctx.cumulative and grad_GBD.shape[0] > 1:  # group g feeds every prefix h >= g
-            grad_GBD = grad_GBD.clone()
-            for g in range(grad_GBD.shape[0] - 2, -1, -1):
-                grad_GBD[g].add_(grad_GBD[g + 1])
         grad_values = values.new_empty(values.shape) if ctx.needs_input_grad[0] else None
         grad_W = None
         if ctx.needs_input_grad[3]:
             grad_W = _take(ctx.pool, "grad:W_dec", W_dec_SD, tuple(W_dec_SD.shape))
-        for g, (lo, hi, keep) in enumerate(_groups(cols, ctx.group_ends)):
-            rows_g, cols_g, grad_BD = rows[keep], cols[keep] - lo, grad_GBD[g].contiguous()
+        groups = list(enumerate(_groups(cols, ctx.group_ends)))
+        grad_BD = None
+        for g, (lo, hi, keep) in reversed(groups):  # last group first
+            if ctx.cumulative and grad_BD is not None:  # group g feeds every prefix h >= g
+                grad_BD = grad_BD + grad_GBD[g]
+            else:
+                grad_BD = grad_GBD[g].contiguous()
+            rows_g, cols_g = rows[keep], cols[keep] - lo
             if grad_values is not None:
                 dots = _sampled_dot(grad_BD, W_dec_SD[lo:hi], rows_g, cols_g)
                 grad_values[keep] = dots.to(values.dtype)
@@ -257,7 +259,7 @@ class _DecodeGroups(torch.autograd.Function):
                 _t_product_into(grad_W[lo:hi], rows_g, cols_g, vals_g, grad_BD)
         grad_bias = None
         if ctx.cumulative and ctx.needs_input_grad[6]:
-            grad_bias = grad_GBD[0].sum(0)
+            grad_bias = grad_BD.sum(0)  # group 0's: the sum over every prefix
         return grad_values, None, None, grad_W, None, None, grad_bias, None
 
 
