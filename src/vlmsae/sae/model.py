@@ -155,7 +155,10 @@ class SAE(nn.Module):
             low = torch.get_autocast_dtype(device)
             prod_BS = self._scratch("prod", shape, low, x_BD.device)
             torch.mm(x_BD.to(low), self.W_enc.to(low), out=prod_BS)
-            return out_BS.copy_(prod_BS).add_(self._enc_bias())  # the fp32 sum, no new tensor
+            bias_S = self._enc_bias()
+            for lo in range(0, shape[0], 64):  # the fp32 sum, through cache-sized temporaries
+                torch.add(prod_BS[lo : lo + 64], bias_S, out=out_BS[lo : lo + 64])
+            return out_BS
         return torch.addmm(self._enc_bias(), x_BD, self.W_enc, out=out_BS)
 
     def _scratch(self, name: str, shape: tuple[int, ...], dtype, device) -> Tensor:
@@ -329,7 +332,8 @@ class SAE(nn.Module):
             return
         w, g = self.W_dec, self.W_dec.grad
         norm_sq_S = torch.linalg.vector_norm(w, dim=1).square()
-        coef_S1 = (torch.linalg.vecdot(g, w) / norm_sq_S).unsqueeze(1)
+        dot_S = torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1)  # no [S, D] temporary
+        coef_S1 = (dot_S / norm_sq_S).unsqueeze(1)
         g.addcmul_(coef_S1, w, value=-1.0)
 
     @torch.no_grad()
