@@ -14,6 +14,7 @@ latents); the model reconstructs each prefix and the loss averages their errors.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +35,7 @@ from vlmsae.sae.sparse import (
 )
 
 ENCODE_MODES = ("threshold", "batch", "topk")
+_SCRATCH: dict[tuple[int, str], Tensor] = {}  # see SAE._scratch
 # Tensors in the units of the input: scaled with it (see SAE.scale_biases_).
 BIAS_NAMES = ("b_enc", "b_dec", "threshold")
 
@@ -140,7 +142,7 @@ class SAE(nn.Module):
         """``(x - b_dec) @ W_enc + b_enc`` as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the
         input never needs a centred copy and its product is the only dense one.
 
-        ``reuse_buffers`` (no gradient): write into ``[B, S]`` buffers kept on the module
+        ``reuse_buffers`` (no gradient): write into ``[B, S]`` buffers kept (per thread)
         from one call to the next instead of fresh ones (a fresh 200 MB tensor costs ~10 %
         of the product in page faults on a CPU); the result is overwritten by the next
         such call. The values are the same bit for bit."""
@@ -161,12 +163,24 @@ class SAE(nn.Module):
             return out_BS
         return torch.addmm(self._enc_bias(), x_BD, self.W_enc, out=out_BS)
 
-    def _scratch(self, name: str, shape: tuple[int, ...], dtype, device) -> Tensor:
-        """A buffer kept across calls (not a parameter, not saved), reallocated on change."""
-        buf = self._scratch_buffers.get(name)
+    @staticmethod
+    def _scratch(name: str, shape: tuple[int, ...], dtype, device) -> Tensor:
+        """A buffer kept across calls, one per name and thread, shared by the SAEs a sweep
+        trains one after another (its memory is one step's, not one per SAE); replaced
+        when the shape changes."""
+        key = (threading.get_ident(), name)
+        buf = _SCRATCH.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
-            buf = self._scratch_buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+            _SCRATCH.pop(key, None)  # free the old one first
+            buf = _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
+
+    def release_buffers_(self) -> None:
+        """Free the buffers ``reuse_buffers=True`` keeps (this thread's shared ``[B, S]``
+        ones and this SAE's recycled gradients); the trainer calls it when training ends."""
+        self._scratch_buffers.clear()
+        for key in [k for k in _SCRATCH if k[0] == threading.get_ident()]:
+            del _SCRATCH[key]
 
     def _enc_bias(self) -> Tensor:
         with torch.autocast(self.W_enc.device.type, enabled=False):  # keep the bias in fp32
@@ -317,9 +331,10 @@ class SAE(nn.Module):
         storage for the next ``forward(..., reuse_buffers=True)``'s backward to write into
         (a fresh ``[S, D]`` gradient costs page faults on a CPU): a gradient read after
         the step is overwritten by the next one."""
-        if self.W_enc.grad is not None:
+        k_sparse = self.cfg.sparsity in ("topk", "batchtopk")  # the only users
+        if self.W_enc.grad is not None and k_sparse:
             self._scratch_buffers["grad:W_enc"] = self.W_enc.grad.t()  # [S, D] storage
-        if self.W_dec.grad is not None:
+        if self.W_dec.grad is not None and k_sparse:
             self._scratch_buffers["grad:W_dec"] = self.W_dec.grad
         for p in self.parameters():
             p.grad = None

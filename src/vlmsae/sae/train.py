@@ -314,6 +314,7 @@ def _conclude(run: _Run) -> SAE:
         run.t0,
         run.start_step,
     )
+    sae.release_buffers_()  # the step's kept buffers: not the returned SAE's to hold
     if cfg.normalize_activations:
         sae.scale_biases_(state.norm_factor)  # fold: the returned SAE applies to raw inputs
     return sae.eval()
