@@ -194,3 +194,36 @@ def test_batchtopk_candidate_path_is_exact():
     rows, cols = select_batchtopk(pre, 20)
     flat = pre.flatten().topk(256 * 20).indices.sort().values
     assert torch.equal(rows * 8192 + cols, flat)
+
+
+@pytest.mark.parametrize("groups", [None, (0.25, 0.25, 0.5)])
+def test_reused_buffers_and_recycled_grads_change_nothing(groups):
+    """A step that writes into kept buffers and last step's gradients (what train_step
+    does) gives the same pre-activations, losses and gradients as a plain one, in fp32
+    and bf16 autocast, also when the kept buffers hold garbage."""
+    from vlmsae.sae.losses import reconstruction_losses
+
+    x_BD = torch.randn(32, 16, generator=torch.Generator().manual_seed(3))
+    for bf16 in (False, True):
+        plain, reused = make_sae("batchtopk", groups), make_sae("batchtopk", groups)
+        for step in range(2):
+            grads = []
+            for sae, reuse in ((plain, False), (reused, True)):
+                if reuse:
+                    sae.recycle_grads_()
+                    for buf in sae._scratch_buffers.values():
+                        buf.fill_(float("nan"))  # whatever the last step left
+                else:
+                    sae.zero_grad(set_to_none=True)
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    out = sae(x_BD, mode="batch", return_codes=False, reuse_buffers=reuse)
+                    loss = reconstruction_losses(x_BD, out).sum()
+                loss.backward()
+                grads.append(
+                    (out.pre_acts.clone(), loss.detach(), *[p.grad for p in sae.parameters()])
+                )
+            for a, b in zip(*grads, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            if step == 1:  # the backward wrote into the recycled storage
+                assert reused._scratch_buffers == {}
+        reused.release_buffers_()

@@ -119,7 +119,10 @@ def _sparse_t_matmul(scaled: sp.csr_matrix, unit_NE: np.ndarray) -> np.ndarray:
             torch.from_numpy(t.data.astype(np.float64)),
             size=(t.shape[1], t.shape[0]),
         )
-        return (a @ torch.from_numpy(np.ascontiguousarray(unit_NE))).numpy()
+        dense = torch.from_numpy(np.ascontiguousarray(unit_NE))
+        out = torch.empty(a.shape[0], dense.shape[1], dtype=dense.dtype)
+        # addmm into the result (beta=0): ``a @ dense`` zero-fills a result and copies it
+        return torch.addmm(out, a, dense, beta=0.0, out=out).numpy()
 
 
 class _Sums:

@@ -35,9 +35,34 @@ class LossOutput(NamedTuple):
     """L1 (``relu``) or L0 (``jumprelu``) penalty before its coefficient; 0 otherwise."""
 
 
+class _SquaredErrorMeans(torch.autograd.Function):
+    """``[G]``: ``(x - pred_g).pow(2).sum(-1).mean()`` for every ``g`` of ``pred_GBD``, a
+    ``[B, D]`` slice at a time (autograd's version takes five ``[G, B, D]`` temporaries)."""
+
+    @staticmethod
+    def forward(ctx, x_BD, pred_GBD):
+        diffs = [x_BD - pred_BD for pred_BD in pred_GBD]
+        ctx.save_for_backward(*diffs)
+        ctx.x_needs_grad = x_BD.requires_grad
+        return torch.stack([d_BD.pow(2).sum(-1).mean() for d_BD in diffs])
+
+    @staticmethod
+    def backward(ctx, grad_G):
+        diffs = ctx.saved_tensors
+        coef_G = grad_G * (-2.0 / diffs[0].shape[0])
+        grad_pred_GBD = diffs[0].new_empty(len(diffs), *diffs[0].shape)
+        for g, d_BD in enumerate(diffs):
+            torch.mul(d_BD, coef_G[g], out=grad_pred_GBD[g])
+        grad_x = -grad_pred_GBD.sum(0) if ctx.x_needs_grad else None
+        return grad_x, grad_pred_GBD
+
+
 def reconstruction_losses(x_BD: Tensor, out: SAEOutput) -> Tensor:
     """``[G]``: mean over examples of ``‖x - x̂_g‖²`` for every nested prefix ``g``."""
     x_BD = x_BD.reshape(-1, x_BD.shape[-1]).float()
+    if out.prefix_GBD is not None and x_BD.shape[0] > 0:
+        prefix_GBD = out.prefix_GBD.reshape(-1, *x_BD.shape).float()
+        return _SquaredErrorMeans.apply(x_BD, prefix_GBD)
     return torch.stack(
         [(x_BD - p.reshape(x_BD.shape)).pow(2).sum(-1).mean() for p in out.prefix_x_hats]
     )

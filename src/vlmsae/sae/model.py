@@ -14,6 +14,7 @@ latents); the model reconstructs each prefix and the loss averages their errors.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.sparse import (
     ActiveLatents,
-    decode_groups,
+    decode_prefixes,
     decode_sparse,
     encode_at,
     select_batchtopk,
@@ -34,6 +35,7 @@ from vlmsae.sae.sparse import (
 )
 
 ENCODE_MODES = ("threshold", "batch", "topk")
+_SCRATCH: dict[tuple[int, str], Tensor] = {}  # see SAE._scratch
 # Tensors in the units of the input: scaled with it (see SAE.scale_biases_).
 BIAS_NAMES = ("b_enc", "b_dec", "threshold")
 
@@ -59,6 +61,9 @@ class SAEOutput(NamedTuple):
     ``relu`` / ``jumprelu``; AuxK and the BatchTopK threshold read them)."""
     active: ActiveLatents | None
     """Active entries of ``codes`` (``topk`` / ``batchtopk``), else ``None``."""
+    prefix_GBD: Tensor | None = None
+    """[G, B, D] the prefix reconstructions stacked (``prefix_x_hats`` are its rows) for the
+    k-sparse variants, else ``None``; the training loss reads it in one pass."""
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -113,6 +118,7 @@ class SAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.global_batch = False
+        self._scratch_buffers: dict[str, Tensor] = {}  # see pre_acts(reuse_buffers=True)
         """BatchTopK batch mode selects over the global batch of all ranks (set by a
         data-parallel trainer; see :mod:`vlmsae.dist`)."""
         d, s = cfg.d_in, cfg.d_sae
@@ -132,12 +138,49 @@ class SAE(nn.Module):
             self.threshold = None
 
     # -- encoding ----------------------------------------------------------------------
-    def pre_acts(self, x_BD: Tensor) -> Tensor:
+    def pre_acts(self, x_BD: Tensor, *, reuse_buffers: bool = False) -> Tensor:
         """``(x - b_dec) @ W_enc + b_enc`` as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the
-        input never needs a centred copy and its product is the only dense one."""
-        if torch.is_autocast_enabled(x_BD.device.type):  # low-precision product, fp32 bias
-            return (x_BD @ self.W_enc).float() + self._enc_bias()
-        return torch.addmm(self._enc_bias(), x_BD, self.W_enc)  # one pass: product + bias
+        input never needs a centred copy and its product is the only dense one.
+
+        ``reuse_buffers`` (no gradient): write into ``[B, S]`` buffers kept (per thread)
+        from one call to the next instead of fresh ones (a fresh 200 MB tensor costs ~10 %
+        of the product in page faults on a CPU); the result is overwritten by the next
+        such call. The values are the same bit for bit."""
+        device = x_BD.device.type
+        if not reuse_buffers or torch.is_grad_enabled():
+            if torch.is_autocast_enabled(device):  # low-precision product, fp32 bias
+                return (x_BD @ self.W_enc).float() + self._enc_bias()
+            return torch.addmm(self._enc_bias(), x_BD, self.W_enc)  # one pass: product + bias
+        shape = (x_BD.shape[0], self.cfg.d_sae)
+        out_BS = self._scratch("pre", shape, torch.float32, x_BD.device)
+        if torch.is_autocast_enabled(device):  # the product autocast computes, then the bias
+            low = torch.get_autocast_dtype(device)
+            prod_BS = self._scratch("prod", shape, low, x_BD.device)
+            torch.mm(x_BD.to(low), self.W_enc.to(low), out=prod_BS)
+            bias_S = self._enc_bias()
+            for lo in range(0, shape[0], 64):  # the fp32 sum, through cache-sized temporaries
+                torch.add(prod_BS[lo : lo + 64], bias_S, out=out_BS[lo : lo + 64])
+            return out_BS
+        return torch.addmm(self._enc_bias(), x_BD, self.W_enc, out=out_BS)
+
+    @staticmethod
+    def _scratch(name: str, shape: tuple[int, ...], dtype, device) -> Tensor:
+        """A buffer kept across calls, one per name and thread, shared by the SAEs a sweep
+        trains one after another (its memory is one step's, not one per SAE); replaced
+        when the shape changes."""
+        key = (threading.get_ident(), name)
+        buf = _SCRATCH.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            _SCRATCH.pop(key, None)  # free the old one first
+            buf = _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+    def release_buffers_(self) -> None:
+        """Free the buffers ``reuse_buffers=True`` keeps (this thread's shared ``[B, S]``
+        ones and this SAE's recycled gradients); the trainer calls it when training ends."""
+        self._scratch_buffers.clear()
+        for key in [k for k in _SCRATCH if k[0] == threading.get_ident()]:
+            del _SCRATCH[key]
 
     def _enc_bias(self) -> Tensor:
         with torch.autocast(self.W_enc.device.type, enabled=False):  # keep the bias in fp32
@@ -180,7 +223,9 @@ class SAE(nn.Module):
             )
         return x.reshape(-1, self.cfg.d_in).to(self.W_enc.dtype)
 
-    def _encode_2d(self, x_BD: Tensor, mode: str | None) -> tuple[Tensor, ActiveLatents | None]:
+    def _encode_2d(
+        self, x_BD: Tensor, mode: str | None, reuse_buffers: bool = False
+    ) -> tuple[Tensor, ActiveLatents | None]:
         """Pre-activations and, for the k-sparse variants, the active entries."""
         if mode is not None and mode not in ENCODE_MODES:
             raise ValueError(f"mode must be one of {ENCODE_MODES}, got {mode!r}")
@@ -188,9 +233,12 @@ class SAE(nn.Module):
         if self.cfg.sparsity in ("relu", "jumprelu"):
             return self.pre_acts(x_BD), None
         with torch.no_grad():
-            pre_BS = self.pre_acts(x_BD)
+            pre_BS = self.pre_acts(x_BD, reuse_buffers=reuse_buffers)
             rows, cols = self._select(pre_BS, mode)
-        values = F.relu(encode_at(pre_BS, x_BD, self.W_enc, self.b_enc, self.b_dec, rows, cols))
+        pool = self._scratch_buffers if reuse_buffers else None
+        values = F.relu(
+            encode_at(pre_BS, x_BD, self.W_enc, self.b_enc, self.b_dec, rows, cols, pool)
+        )
         return pre_BS, ActiveLatents(rows, cols, values, x_BD.shape[0], self.cfg.d_sae)
 
     def _dense_codes(self, pre_BS: Tensor) -> Tensor:
@@ -234,15 +282,22 @@ class SAE(nn.Module):
         return codes.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(
-        self, x: Tensor, mode: str | None = None, *, return_codes: bool = True
+        self,
+        x: Tensor,
+        mode: str | None = None,
+        *,
+        return_codes: bool = True,
+        reuse_buffers: bool = False,
     ) -> SAEOutput:
         """Encode and decode, with every nested Matryoshka prefix reconstructed.
 
         ``return_codes=False`` skips building the dense ``[B, S]`` codes of the k-sparse
-        variants (``out.codes`` is then ``None``; ``out.active`` has them); training does."""
+        variants (``out.codes`` is then ``None``; ``out.active`` has them); training does.
+        ``reuse_buffers=True`` (k-sparse variants; training does): ``out.pre_acts`` lives
+        in a buffer that the next such call overwrites (see :meth:`pre_acts`)."""
         x_BD = self._check_input(self._as_tensor(x))
-        pre_BS, active = self._encode_2d(x_BD, mode)
-        x_hat_BD = self.b_dec.expand_as(x_BD)
+        pre_BS, active = self._encode_2d(x_BD, mode, reuse_buffers)
+        x_hat_BD, prefix_GBD = self.b_dec.expand_as(x_BD), None
         prefixes, lo = [], 0
         if active is None:
             codes_BS = self._dense_codes(pre_BS)
@@ -252,10 +307,9 @@ class SAE(nn.Module):
                 lo = hi
         else:
             codes_BS = active.to_dense() if return_codes else None
-            parts_GBD = decode_groups(active, self.W_dec, self.cfg.group_ends)
-            for part_BD in parts_GBD:  # prefix g = b_dec + groups 0..g
-                x_hat_BD = x_hat_BD + part_BD
-                prefixes.append(x_hat_BD)
+            pool = self._scratch_buffers if reuse_buffers else None
+            prefix_GBD = decode_prefixes(active, self.W_dec, self.b_dec, self.cfg.group_ends, pool)
+            prefixes, x_hat_BD = list(prefix_GBD.unbind(0)), prefix_GBD[-1]
         lead = x.shape[:-1]
         return SAEOutput(
             x_hat=x_hat_BD.reshape(*lead, self.cfg.d_in),
@@ -263,6 +317,7 @@ class SAE(nn.Module):
             prefix_x_hats=tuple(p.reshape(*lead, self.cfg.d_in) for p in prefixes),
             pre_acts=pre_BS,
             active=active,
+            prefix_GBD=prefix_GBD,
         )
 
     # -- constraints used by the trainer -----------------------------------------------
@@ -270,6 +325,19 @@ class SAE(nn.Module):
     def normalize_decoder_(self) -> None:
         """Scale every decoder row to unit norm."""
         self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min(1e-8))
+
+    def recycle_grads_(self) -> None:
+        """Drop the weight gradients (``zero_grad(set_to_none=True)``) but keep their
+        storage for the next ``forward(..., reuse_buffers=True)``'s backward to write into
+        (a fresh ``[S, D]`` gradient costs page faults on a CPU): a gradient read after
+        the step is overwritten by the next one."""
+        k_sparse = self.cfg.sparsity in ("topk", "batchtopk")  # the only users
+        if self.W_enc.grad is not None and k_sparse:
+            self._scratch_buffers["grad:W_enc"] = self.W_enc.grad.t()  # [S, D] storage
+        if self.W_dec.grad is not None and k_sparse:
+            self._scratch_buffers["grad:W_dec"] = self.W_dec.grad
+        for p in self.parameters():
+            p.grad = None
 
     @torch.no_grad()
     def remove_parallel_grad_(self) -> None:
@@ -279,7 +347,8 @@ class SAE(nn.Module):
             return
         w, g = self.W_dec, self.W_dec.grad
         norm_sq_S = torch.linalg.vector_norm(w, dim=1).square()
-        coef_S1 = (torch.linalg.vecdot(g, w) / norm_sq_S).unsqueeze(1)
+        dot_S = torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1)  # no [S, D] temporary
+        coef_S1 = (dot_S / norm_sq_S).unsqueeze(1)
         g.addcmul_(coef_S1, w, value=-1.0)
 
     @torch.no_grad()

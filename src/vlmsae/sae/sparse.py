@@ -69,10 +69,22 @@ def _flat_topk_indices(flat: Tensor, m: int) -> Tensor:
     sample = flat[::stride]
     above = min(sample.numel(), max(1, int(1.25 * m * sample.numel() / n) + 1))
     cut = sample.topk(above, sorted=False).values.min()
-    candidates = (flat >= cut).nonzero().squeeze(1)
+    candidates = _indices_at_least(flat, cut)
     if candidates.numel() < m:  # the sample was unlucky: exact but slower path
         return flat.topk(m, sorted=False).indices
     return candidates[flat.index_select(0, candidates).topk(m, sorted=False).indices]
+
+
+def _indices_at_least(flat: Tensor, cut: Tensor, chunk: int = 1 << 18) -> Tensor:
+    """``(flat >= cut).nonzero()`` (ascending) a cache-sized chunk at a time: the masks
+    stay in cache instead of a fresh ``B·S`` mask (~30 % faster on a CPU for B·S = 5e7)."""
+    if flat.device.type != "cpu" or flat.numel() <= chunk:
+        return (flat >= cut).nonzero().squeeze(1)
+    parts = [
+        (part >= cut).nonzero().squeeze(1).add_(i * chunk)
+        for i, part in enumerate(flat.split(chunk))
+    ]
+    return torch.cat(parts)
 
 
 def select_batchtopk(
@@ -127,6 +139,33 @@ def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> 
         return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
 
 
+def _t_product_into(
+    out_SD: Tensor, rows: Tensor, cols: Tensor, values: Tensor, dense_BD: Tensor
+) -> Tensor:
+    """``out_SD = Aᵀ @ dense_BD`` for ``A`` [B, S] with the given entries, written into
+    ``out_SD`` (any contents): ``Aᵀ`` as a CSR matrix (entries re-sorted by latent), whose
+    product writes its result in place instead of through a zeroed copy."""
+    b, s = dense_BD.shape[0], out_SD.shape[0]
+    order = (cols * b + rows).argsort()
+    a_SB = _csr(cols[order], rows[order], values[order], (s, b))
+    return torch.addmm(out_SD, a_SB, dense_BD, beta=0.0, out=out_SD)
+
+
+def _take(pool: dict | None, name: str, like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A buffer ``[shape]`` of ``like``'s dtype and device: the one ``pool`` holds under
+    ``name`` (a gradient of the previous step, handed back by the trainer) or a new one."""
+    buf = pool.pop(name, None) if pool is not None else None
+    if (
+        buf is None
+        or buf.shape != shape
+        or buf.dtype != like.dtype
+        or buf.device != like.device
+        or not buf.is_contiguous()
+    ):
+        buf = like.new_empty(shape)
+    return buf
+
+
 def _sampled_dot(a_BD: Tensor, b_SD: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``(a_BD @ b_SDᵀ)[rows, cols]`` computed only at those N entries (SDDMM)."""
     pattern = _csr(rows, cols, a_BD.new_zeros(rows.shape[0]), (a_BD.shape[0], b_SD.shape[0]))
@@ -143,8 +182,9 @@ class _EncodeAt(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pre_BS, x_BD, W_enc_DS, b_enc_S, b_dec_D, rows, cols):  # noqa: N803
+    def forward(ctx, pre_BS, x_BD, W_enc_DS, b_enc_S, b_dec_D, rows, cols, pool=None):  # noqa: N803
         ctx.save_for_backward(x_BD, W_enc_DS, b_dec_D, rows, cols)
+        ctx.pool = pool
         s = pre_BS.shape[1]
         return pre_BS.reshape(-1).index_select(0, rows * s + cols).float()
 
@@ -158,31 +198,41 @@ class _EncodeAt(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # only when someone differentiates w.r.t. the input
             grad_x = torch.sparse.mm(_coo(rows, cols, grad_N, (b, s)), W_enc_DS.t())
         if ctx.needs_input_grad[2]:
-            # Gᵀx as CSC @ dense, in [S, D] layout: W_enc's storage is [S, D] (see SAE).
-            grad_W_SD = _csr(rows, cols, grad_N, (b, s)).t() @ x_BD.to(grad_N.dtype)
+            # Gᵀx in [S, D] layout: W_enc's storage is [S, D] (see SAE).
+            grad_W_SD = _take(ctx.pool, "grad:W_enc", grad_N, (s, x_BD.shape[1]))
+            _t_product_into(grad_W_SD, rows, cols, grad_N, x_BD.to(grad_N.dtype))
             grad_W_SD.addr_(grad_bias_S, b_dec_D, alpha=-1)  # the b_dec centring, in place
             grad_W = grad_W_SD.t()
         if ctx.needs_input_grad[4]:
             grad_b_dec = -(W_enc_DS @ grad_bias_S)
         grad_b_enc = grad_bias_S if ctx.needs_input_grad[3] else None
-        return None, grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
+        return None, grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None
 
 
 class _DecodeGroups(torch.autograd.Function):
     """Per-group decodes ``codes[:, lo:hi] @ W_dec[lo:hi]`` stacked as ``[G, B, D]``, for
-    codes given as active entries; O(N · D) both ways, one ``[S, D]`` gradient in all."""
+    codes given as active entries; O(N · D) both ways, one ``[S, D]`` gradient in all.
+
+    With ``bias_D`` (``cumulative``): ``bias + `` the running sums over the groups instead,
+    i.e. every nested prefix's reconstruction, in the order ``(b + p₀) + p₁ + …``."""
 
     @staticmethod
-    def forward(ctx, values, rows, cols, W_dec_SD, n_rows, group_ends):  # noqa: N803
+    def forward(ctx, values, rows, cols, W_dec_SD, n_rows, group_ends, bias_D=None, pool=None):  # noqa: N803
         ctx.save_for_backward(values, rows, cols, W_dec_SD)
+        ctx.pool = pool
         ctx.group_ends = group_ends
+        ctx.cumulative = bias_D is not None
         out_GBD = W_dec_SD.new_empty(len(group_ends), n_rows, W_dec_SD.shape[1])
         with torch.autocast(W_dec_SD.device.type, enabled=False):  # no bf16 sparse kernels
             for g, (lo, hi, keep) in enumerate(_groups(cols, group_ends)):
                 a_BS = _csr(
                     rows[keep], cols[keep] - lo, values[keep].to(W_dec_SD.dtype), (n_rows, hi - lo)
                 )
-                out_GBD[g] = a_BS @ W_dec_SD[lo:hi]
+                torch.addmm(out_GBD[g], a_BS, W_dec_SD[lo:hi], beta=0.0, out=out_GBD[g])
+                if g == 0 and ctx.cumulative:
+                    out_GBD[0].add_(bias_D.to(W_dec_SD.dtype))
+                elif ctx.cumulative:
+                    out_GBD[g].add_(out_GBD[g - 1])
         return out_GBD
 
     @staticmethod
@@ -190,18 +240,27 @@ class _DecodeGroups(torch.autograd.Function):
         values, rows, cols, W_dec_SD = ctx.saved_tensors
         grad_GBD = grad_GBD.to(W_dec_SD.dtype)
         grad_values = values.new_empty(values.shape) if ctx.needs_input_grad[0] else None
-        grad_W = torch.empty_like(W_dec_SD) if ctx.needs_input_grad[3] else None
-        for g, (lo, hi, keep) in enumerate(_groups(cols, ctx.group_ends)):
-            rows_g, cols_g, grad_BD = rows[keep], cols[keep] - lo, grad_GBD[g].contiguous()
+        grad_W = None
+        if ctx.needs_input_grad[3]:
+            grad_W = _take(ctx.pool, "grad:W_dec", W_dec_SD, tuple(W_dec_SD.shape))
+        groups = list(enumerate(_groups(cols, ctx.group_ends)))
+        grad_BD = None
+        for g, (lo, hi, keep) in reversed(groups):  # last group first
+            if ctx.cumulative and grad_BD is not None:  # group g feeds every prefix h >= g
+                grad_BD = grad_BD + grad_GBD[g]
+            else:
+                grad_BD = grad_GBD[g].contiguous()
+            rows_g, cols_g = rows[keep], cols[keep] - lo
             if grad_values is not None:
                 dots = _sampled_dot(grad_BD, W_dec_SD[lo:hi], rows_g, cols_g)
                 grad_values[keep] = dots.to(values.dtype)
             if grad_W is not None:
                 vals_g = values[keep].to(grad_BD.dtype)
-                grad_W[lo:hi] = (
-                    _csr(rows_g, cols_g, vals_g, (grad_BD.shape[0], hi - lo)).t() @ grad_BD
-                )
-        return grad_values, None, None, grad_W, None, None
+                _t_product_into(grad_W[lo:hi], rows_g, cols_g, vals_g, grad_BD)
+        grad_bias = None
+        if ctx.cumulative and ctx.needs_input_grad[6]:
+            grad_bias = grad_BD.sum(0)  # group 0's: the sum over every prefix
+        return grad_values, None, None, grad_W, None, None, grad_bias, None
 
 
 def _groups(cols: Tensor, group_ends: tuple[int, ...]):
@@ -221,9 +280,12 @@ def encode_at(
     b_dec_D: Tensor,
     rows: Tensor,
     cols: Tensor,
+    pool: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """Differentiable ``((x - b_dec) @ W_enc + b_enc)[rows, cols]`` given ``pre_BS``."""
-    return _EncodeAt.apply(pre_BS.detach(), x_BD, W_enc_DS, b_enc_S, b_dec_D, rows, cols)
+    """Differentiable ``((x - b_dec) @ W_enc + b_enc)[rows, cols]`` given ``pre_BS``;
+    ``pool``: the backward writes ``W_enc``'s gradient into ``pool["grad:W_enc"]`` (an
+    ``[S, D]`` buffer, taken out of the pool) when there is one."""
+    return _EncodeAt.apply(pre_BS.detach(), x_BD, W_enc_DS, b_enc_S, b_dec_D, rows, cols, pool)
 
 
 def decode_sparse(active: ActiveLatents, W_dec_SD: Tensor) -> Tensor:  # noqa: N803
@@ -236,4 +298,26 @@ def decode_groups(active: ActiveLatents, W_dec_SD: Tensor, group_ends: tuple[int
     to the decode (their cumulative sums are the Matryoshka prefix reconstructions)."""
     return _DecodeGroups.apply(
         active.values, active.rows, active.cols, W_dec_SD, active.n_rows, tuple(group_ends)
+    )
+
+
+def decode_prefixes(
+    active: ActiveLatents,
+    W_dec_SD: Tensor,  # noqa: N803
+    b_dec_D: Tensor,
+    group_ends: tuple[int, ...],
+    pool: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """``[G, B, D]``: ``b_dec`` + the decode of every nested prefix ``[0, group_ends[g])``
+    (the Matryoshka reconstructions; G = 1 is the plain decode), summed in place;
+    ``pool``: as for :func:`encode_at`, with ``pool["grad:W_dec"]``."""
+    return _DecodeGroups.apply(
+        active.values,
+        active.rows,
+        active.cols,
+        W_dec_SD,
+        active.n_rows,
+        tuple(group_ends),
+        b_dec_D,
+        pool,
     )

@@ -89,7 +89,7 @@ def train_step(
     ``loss.total`` is the global loss."""
     share, n_global = dist.batch_share(x_BD.shape[0])  # (1.0, B) in one process
     with torch.autocast(x_BD.device.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
-        out = sae(x_BD, return_codes=False)  # forward (BatchTopK: k·B over the batch)
+        out = sae(x_BD, return_codes=False, reuse_buffers=True)  # forward (k·B over the batch)
         _record_firing(sae, out, state, n_global)  # first: a latent firing here is not dead
         dead_S = state.examples_since_fired_S >= cfg.dead_after
         loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
@@ -97,6 +97,7 @@ def train_step(
     global_total = dist.all_reduce(total.detach().clone())  # every rank sees the same loss
     if not torch.isfinite(global_total):
         raise NonFiniteError(f"the loss is {float(global_total)}")
+    sae.recycle_grads_()  # zero_grad; the backward writes into last step's weight gradients
     optimizer.zero_grad(set_to_none=True)
     total.backward()  # backward
     dist.all_reduce_tensors(p.grad for p in sae.parameters() if p.grad is not None)
@@ -313,6 +314,7 @@ def _conclude(run: _Run) -> SAE:
         run.t0,
         run.start_step,
     )
+    sae.release_buffers_()  # the step's kept buffers: not the returned SAE's to hold
     if cfg.normalize_activations:
         sae.scale_biases_(state.norm_factor)  # fold: the returned SAE applies to raw inputs
     return sae.eval()
