@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-"""Folder of the shipped models (``clip/`` and ``llava/``)."""
+"""Folder of the shipped models: the shapes world's ``clip/`` and ``llava/``, and the emoji
+world's ``emoji/clip/`` and ``emoji/llava/``."""
 
 _EXPORTS = {
     "make_world": "vlmsae.toyworld.world",
@@ -41,28 +42,35 @@ _EXPORTS = {
     "build_toyworld": "vlmsae.toyworld.build",
     "BuildConfig": "vlmsae.toyworld.build",
     "evaluate_toyworld": "vlmsae.toyworld.evaluate",
+    "get_world": "vlmsae.toyworld.worlds",
+    "WORLDS": "vlmsae.toyworld.worlds",
 }
 
 __all__ = ["MODELS_DIR", "clip_path", "llava_path", *_EXPORTS]
 
 
-def _model_path(name: str, models_dir: str | Path | None) -> Path:
-    path = Path(models_dir) / name if models_dir is not None else MODELS_DIR / name
+def _model_path(name: str, models_dir: str | Path | None, world: str) -> Path:
+    from vlmsae.toyworld.worlds import get_world
+
+    base = Path(models_dir) if models_dir is not None else get_world(world).models_dir
+    path = base / name
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"no toy {name} model in {path}; rebuild it with `vlmsae toyworld build`"
+            f"no toy {name} model in {path}; rebuild it with "
+            f"`vlmsae toyworld build --world {world}`"
         )
     return path
 
 
-def clip_path(models_dir: str | Path | None = None) -> Path:
-    """Folder of the toy ``CLIPModel`` (+ ``CLIPProcessor``); loads with ``from_pretrained``."""
-    return _model_path("clip", models_dir)
+def clip_path(models_dir: str | Path | None = None, world: str = "shapes") -> Path:
+    """Folder of the toy ``CLIPModel`` (+ ``CLIPProcessor``) of ``world`` (``shapes`` or
+    ``emoji``); loads with ``from_pretrained``."""
+    return _model_path("clip", models_dir, world)
 
 
-def llava_path(models_dir: str | Path | None = None) -> Path:
+def llava_path(models_dir: str | Path | None = None, world: str = "shapes") -> Path:
     """Folder of the toy ``LlavaForConditionalGeneration`` (+ ``LlavaProcessor``)."""
-    return _model_path("llava", models_dir)
+    return _model_path("llava", models_dir, world)
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,6 @@ from vlmsae._io import write_json
 from vlmsae.toyworld.clip import ClipTrainConfig, make_clip_processor, train_clip
 from vlmsae.toyworld.data import make_batch
 from vlmsae.toyworld.llava import LlavaTrainConfig, make_llava_processor, train_llava
-from vlmsae.toyworld.world import iter_world
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,8 @@ class BuildConfig:
     """The toy LLaVA's size and schedule (its ``seed`` is replaced by ``seed``)."""
     threads: int = 1
     """torch CPU threads; part of the recipe, since reductions depend on it."""
+    world: str = "shapes"
+    """The toy world (``shapes`` or ``emoji``)."""
 
     def __post_init__(self) -> None:
         if self.n_train < 64:
@@ -56,6 +57,52 @@ class BuildConfig:
             raise ValueError(f"clip_more phases need steps >= 1 and 0 < lr < 1: {self.clip_more}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def default_config(world: str = "shapes", seed: int = 0) -> BuildConfig:
+    """The recipe of the shipped models of ``world``."""
+    if world == "shapes":
+        return BuildConfig(seed=seed)
+    return BuildConfig(
+        seed=seed,
+        world=world,
+        n_train=EMOJI_N_TRAIN,
+        clip=EMOJI_CLIP,
+        llava=EMOJI_LLAVA,
+    )
+
+
+EMOJI_N_TRAIN = 40_000
+EMOJI_CLIP = ClipTrainConfig(steps=6000, batch_size=64, lr=1e-3)
+EMOJI_LLAVA = LlavaTrainConfig(
+    lm_layers=2, text_steps=300, align_steps=300, tune_steps=2000, batch_size=64
+)
+
+
+def _check_glyphs(out: Path) -> dict[str, Any]:
+    """Re-render the emoji data from the font when it is installed and compare it with
+    the shipped files; a different rendering is written to ``out/emoji-data``."""
+    from vlmsae.toyworld import emoji_data
+
+    sources = emoji_data.find_sources()
+    if sources is None:
+        return {"glyphs": "shipped atlas (Noto Color Emoji / emoji-test.txt not installed)"}
+    table, sprites = emoji_data.select_emoji(*sources)
+    import numpy as np
+
+    shipped_table, shipped_sprites = emoji_data.load_emoji()
+    same = tuple(table) == shipped_table and np.array_equal(
+        np.stack([np.asarray(s) for s in sprites]), shipped_sprites
+    )
+    if same:
+        return {"glyphs": "re-rendered from the font: identical to the shipped atlas"}
+    emoji_data.write_emoji_data(table, sprites, out / "emoji-data")
+    log.warning(
+        "the installed font renders other glyphs than the shipped atlas; wrote them to %s "
+        "(the build uses the shipped atlas)",
+        out / "emoji-data",
+    )
+    return {"glyphs": f"re-rendered glyphs differ from the shipped atlas: {out / 'emoji-data'}"}
 
 
 def _save(model: Any, processor: Any, out_dir: Path) -> None:
@@ -77,7 +124,8 @@ def _check_overwrite(out: Path, stages: tuple[str, ...], overwrite: bool) -> Non
 
     there = [s for s in stages if (out / s).exists()]
     if there and not overwrite:
-        what = "the shipped toy models" if out.resolve() == MODELS_DIR.resolve() else "models"
+        shipped = out.resolve() in (MODELS_DIR.resolve(), (MODELS_DIR / "emoji").resolve())
+        what = "the shipped toy models" if shipped else "models"
         raise UserError(
             f"{out} already holds {what} ({', '.join(there)}); pass --overwrite "
             "(overwrite=True) to replace them, or choose another --out"
@@ -110,18 +158,21 @@ def build_toyworld(
         raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {stages}")
     import torch
 
-    from vlmsae.toyworld import MODELS_DIR
+    from vlmsae.toyworld.worlds import get_world
 
-    cfg = config or BuildConfig(seed=seed)
-    out = Path(out_dir) if out_dir is not None else MODELS_DIR
+    cfg = config or default_config("shapes", seed)
+    world = get_world(cfg.world)
+    out = Path(out_dir) if out_dir is not None else world.models_dir
     _check_overwrite(out, stages, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     timings: dict[str, float] = {}
+    glyphs = _check_glyphs(out) if world.name == "emoji" else {}
     try:
         t0 = time.perf_counter()
-        data = make_batch(list(iter_world("train", cfg.n_train, cfg.seed)), cfg.seed)
+        records = list(world.iter_world("train", cfg.n_train, cfg.seed))
+        data = make_batch(records, cfg.seed, world=world.name)
         timings["render_s"] = time.perf_counter() - t0
         clip_cfg = ClipTrainConfig(**{**asdict(cfg.clip), "seed": cfg.seed})
         if "clip" in stages:
@@ -131,7 +182,7 @@ def build_toyworld(
                 more = replace(clip_cfg, steps=steps, lr=lr, seed=cfg.seed + phase)
                 clip = train_clip(data, more, model=clip)
             timings["clip_s"] = time.perf_counter() - t0
-            _save(clip, make_clip_processor(), out / "clip")
+            _save(clip, make_clip_processor(world.name), out / "clip")
         if "llava" in stages:
             from transformers import CLIPModel
 
@@ -140,7 +191,7 @@ def build_toyworld(
             llava_cfg = LlavaTrainConfig(**{**asdict(cfg.llava), "seed": cfg.seed})
             llava = train_llava(data, clip, llava_cfg)
             timings["llava_s"] = time.perf_counter() - t0
-            _save(llava, make_llava_processor(clip_cfg.patch_size), out / "llava")
+            _save(llava, make_llava_processor(clip_cfg.patch_size, world.name), out / "llava")
     finally:
         torch.set_num_threads(threads)
     record = {
@@ -149,6 +200,7 @@ def build_toyworld(
         "config": asdict(cfg),
         "stages": list(stages),
         "timings": timings,
+        **glyphs,
     }
     write_json(out / f"build-{'-'.join(stages)}.json", record)
     log.info("built the toy models in %s (%s)", out, timings)

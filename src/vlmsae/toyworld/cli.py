@@ -27,6 +27,7 @@ def build(
         help="Models folder (`toyworld.MODELS_DIR` is the shipped one).",
     ),
     seed: int = typer.Option(0, help="World and weight seed."),
+    world: str = typer.Option("shapes", help="Toy world: shapes or emoji."),
     n_train: int = typer.Option(None, help="Training images (default: the recipe's)."),
     clip_steps: int = typer.Option(None, help="Toy CLIP steps (default: the recipe's)."),
     llava_steps: int = typer.Option(None, help="Toy LLaVA stage-2 steps (default: recipe)."),
@@ -38,12 +39,16 @@ def build(
         False, "--overwrite", help="Replace the models OUT already holds (else refused)."
     ),
 ) -> None:
-    """Train the toy CLIP and LLaVA from scratch, deterministically, and save them."""
+    """Train the toy CLIP and LLaVA of a world from scratch, deterministically, and save them.
+
+    With ``--world emoji`` and Noto Color Emoji installed, the glyphs are re-rendered from
+    the font and compared with the shipped atlas first."""
     from dataclasses import replace
 
-    from vlmsae.toyworld.build import BuildConfig, build_toyworld
+    from vlmsae.toyworld.build import build_toyworld, default_config
+    from vlmsae.toyworld.worlds import get_world
 
-    cfg = BuildConfig(seed=seed, threads=threads)
+    cfg = replace(default_config(get_world(world).name, seed), threads=threads)
     if n_train is not None:
         cfg = replace(cfg, n_train=n_train)
     if clip_steps is not None:
@@ -59,6 +64,7 @@ def build(
 @progress_options
 def evaluate(
     models: Path = typer.Option(None, help="Models folder (default: the shipped models)."),
+    world: str = typer.Option("shapes", help="Toy world: shapes or emoji."),
     n: int = typer.Option(500, help="Held-out images to evaluate on."),
     seed: int = typer.Option(0, help="World seed of the sample."),
     split: str = typer.Option("test", help="Split to sample: val or test."),
@@ -69,7 +75,7 @@ def evaluate(
     from vlmsae._io import write_json
     from vlmsae.toyworld.evaluate import evaluate_toyworld
 
-    summary = evaluate_toyworld(models, n=n, seed=seed, split=split)
+    summary = evaluate_toyworld(models, n=n, seed=seed, split=split, world=world)
     typer.echo(f"{'metric':<18}{'accuracy':>10}{'bar':>8}  ok")
     for name, value in summary["metrics"].items():
         bar = summary["bars"].get(name)
@@ -89,11 +95,12 @@ def export(
     split: str = typer.Option("test", help="train, val or test."),
     n: int = typer.Option(1000, help="Number of images."),
     seed: int = typer.Option(0, help="World seed."),
+    world: str = typer.Option("shapes", help="Toy world: shapes or emoji."),
 ) -> None:
     """Write images of the world as an iNaturalist-style ImageFolder + attributes.csv."""
     from vlmsae.toyworld.export import export_imagefolder
 
-    typer.echo(str(export_imagefolder(out, split, n, seed)))
+    typer.echo(str(export_imagefolder(out, split, n, seed, world=world)))
 
 
 @toyworld_app.command("oracle")

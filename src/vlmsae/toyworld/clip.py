@@ -9,13 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.toyworld.data import (
-    MODEL_IMAGE_SIZE,
-    WorldBatch,
-    all_captions,
-    concept_prompts,
-    make_image_processor,
-)
+from vlmsae.toyworld.data import MODEL_IMAGE_SIZE, WorldBatch, make_image_processor
 from vlmsae.toyworld.tokenizer import EOS, PAD, make_tokenizer
 from vlmsae.toyworld.world import ATTRIBUTES, SIZES
 
@@ -68,12 +62,12 @@ class ClipTrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
 
 
-def make_clip(cfg: ClipTrainConfig) -> Any:
-    """A randomly initialised tiny ``CLIPModel`` for the world."""
+def make_clip(cfg: ClipTrainConfig, world: str = "shapes") -> Any:
+    """A randomly initialised tiny ``CLIPModel`` for ``world``."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    tok = make_tokenizer(add_eos=True)
+    tok = make_tokenizer(add_eos=True, world=world)
     heads = cfg.width // 32
     config = CLIPConfig(
         text_config=dict(
@@ -82,7 +76,7 @@ def make_clip(cfg: ClipTrainConfig) -> Any:
             intermediate_size=2 * cfg.width,
             num_hidden_layers=cfg.text_layers,
             num_attention_heads=heads,
-            max_position_embeddings=16,
+            max_position_embeddings=16 if world == "shapes" else 32,
             pad_token_id=tok.convert_tokens_to_ids(PAD),
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.convert_tokens_to_ids(EOS),
@@ -103,24 +97,57 @@ def make_clip(cfg: ClipTrainConfig) -> Any:
     return CLIPModel(config)
 
 
-def make_clip_processor() -> Any:
+def make_clip_processor(world: str = "shapes") -> Any:
     """The ``CLIPProcessor`` of the toy CLIP (PIL image processor; no torchvision)."""
     from transformers import CLIPProcessor
 
     return CLIPProcessor(
-        image_processor=make_image_processor(), tokenizer=make_tokenizer(add_eos=True)
+        image_processor=make_image_processor(),
+        tokenizer=make_tokenizer(add_eos=True, world=world),
     )
 
 
-def caption_tokens(captions: list[str]) -> tuple[Any, Any]:
+def caption_tokens(captions: list[str], world: str = "shapes") -> tuple[Any, Any]:
     """``(input_ids, attention_mask)`` of captions for the toy CLIP text tower."""
-    enc = make_tokenizer(add_eos=True)(captions, padding=True, return_tensors="pt")
+    tok = make_tokenizer(add_eos=True, world=world)
+    enc = tok(captions, padding=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
+
+
+def _concept_targets(data: WorldBatch) -> list[tuple[str, int, Any]]:
+    """Per attribute CLIP names: ``(attribute, number of values, targets)``, where the
+    targets are class indices ``[N]`` (one value per image) or, in a world where images
+    show several objects, probabilities spread over the values present ``[N, V]``."""
+    import torch
+
+    from vlmsae.toyworld.worlds import get_world
+
+    world = get_world(data.world)
+    prompts, attrs = world.concept_prompts(), list(world.attributes)
+    out = []
+    for name, ps in prompts.items():
+        if data.world == "shapes":
+            out.append((name, len(ps), torch.from_numpy(data.labels_NA[:, attrs.index(name)])))
+            continue
+        values = {v: i for i, v in enumerate(world.attributes[name])}
+        target_NV = torch.zeros(len(data.records), len(ps))
+        for i, r in enumerate(data.records):
+            present = world.concepts(r)[name]
+            for v in present:
+                target_NV[i, values[v]] = 1.0 / len(present)
+        out.append((name, len(ps), target_NV))
+    return out
 
 
 def _features(out: Any) -> Any:
     """``get_*_features`` return a tensor in some transformers versions, an output in others."""
     return out if hasattr(out, "ndim") else out.pooler_output
+
+
+def _text_features(model: Any, ids_TL: Any, mask_TL: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.normalize(_features(model.get_text_features(input_ids=ids_TL, attention_mask=mask_TL)))
 
 
 def _lr_at(step: int, cfg: ClipTrainConfig) -> float:
@@ -168,16 +195,19 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
     import torch.nn.functional as F
 
     from vlmsae._progress import tqdm
+    from vlmsae.toyworld.worlds import get_world
 
-    model = make_clip(cfg) if model is None else model
+    model = make_clip(cfg, data.world) if model is None else model
     model.train()
-    captions, prompts = all_captions(), concept_prompts()
-    ids_TL, mask_TL = caption_tokens(captions + [p for ps in prompts.values() for p in ps])
-    blocks, lo = [], len(captions)  # column range of each attribute's prompts
-    for name, ps in prompts.items():
-        blocks.append((list(ATTRIBUTES).index(name), lo, lo + len(ps)))
-        lo += len(ps)
-    labels_NA = torch.from_numpy(data.labels_NA)
+    captions, prompts = data.captions, get_world(data.world).concept_prompts()
+    prompt_texts = [p for ps in prompts.values() for p in ps]
+    if data.world == "shapes":  # one table: captions, then prompts
+        ids_TL, mask_TL = caption_tokens(captions + prompt_texts)
+        prompt_ids = torch.arange(len(captions), len(ids_TL))
+    else:  # many long captions: prompts get their own, shorter, padding
+        ids_TL, mask_TL = caption_tokens(captions, data.world)
+        pr_ids_PL, pr_mask_PL = caption_tokens(prompt_texts, data.world)
+    targets = _concept_targets(data)
     cap_N = torch.from_numpy(data.caption_ids_N)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -191,16 +221,20 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
     for step in bar:
         idx = sample()
         uniq, inverse = torch.unique(cap_N[idx], return_inverse=True)
-        texts = torch.cat([uniq, torch.arange(len(captions), len(ids_TL))])
         # fp32: at these widths bf16 autocast is slower on CPU (casts dominate the matmuls)
         img_BE = F.normalize(
             _features(model.get_image_features(pixel_values=data.pixel_values_NCHW[idx]))
         )
-        txt_TE = F.normalize(
-            _features(
-                model.get_text_features(input_ids=ids_TL[texts], attention_mask=mask_TL[texts])
+        if data.world == "shapes":
+            texts = torch.cat([uniq, prompt_ids])
+            txt_TE = _text_features(model, ids_TL[texts], mask_TL[texts])
+        else:
+            txt_TE = torch.cat(
+                [
+                    _text_features(model, ids_TL[uniq], mask_TL[uniq]),
+                    _text_features(model, pr_ids_PL, pr_mask_PL),
+                ]
             )
-        )
         logits_BT = model.logit_scale.exp() * img_BE @ txt_TE.T
         logits_BU = logits_BT[:, : len(uniq)]  # full captions
         target_BU = F.one_hot(inverse, len(uniq)).float()
@@ -208,11 +242,13 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
         # text -> image: every image with that caption is a positive
         loss_txt = F.cross_entropy(logits_BU.T, target_BU.T / target_BU.sum(0, keepdim=True).T)
         # concept captions ("a star"): image -> text over the values of each attribute
-        shift = len(uniq) - len(captions)
-        loss_concepts = sum(
-            F.cross_entropy(logits_BT[:, a + shift : b + shift], labels_NA[idx, col])
-            for col, a, b in blocks
-        ) / len(blocks)
+        lo, loss_concepts = len(uniq), 0.0
+        for _, n_values, target in targets:
+            loss_concepts = loss_concepts + F.cross_entropy(
+                logits_BT[:, lo : lo + n_values], target[idx]
+            )
+            lo += n_values
+        loss_concepts = loss_concepts / len(targets)
         loss = (loss_img + loss_txt) / 2 + loss_concepts
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)

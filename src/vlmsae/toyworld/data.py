@@ -23,8 +23,12 @@ class WorldBatch(NamedTuple):
     labels_NA: np.ndarray
     """int64 index of each attribute value (columns in ``ATTRIBUTES`` order) ``[N, A]``."""
     caption_ids_N: np.ndarray
-    """int64 index of each image's caption in :func:`all_captions` ``[N]``."""
-    records: list[ToyImage]
+    """int64 index of each image's caption in ``captions`` ``[N]``."""
+    records: list
+    captions: list[str]
+    """The captions the ids index: :func:`all_captions` for shapes, else the distinct
+    captions of ``records`` in order of first appearance."""
+    world: str = "shapes"
 
 
 def all_captions() -> list[str]:
@@ -64,13 +68,30 @@ def labels(r: ToyImage) -> list[int]:
     return [values.index(getattr(r, name)) for name, values in ATTRIBUTES.items()]
 
 
-def make_batch(records: list[ToyImage], seed: int = 0) -> WorldBatch:
-    """Render ``records`` and collect their labels."""
+def make_batch(records: list, seed: int = 0, world: str = "shapes") -> WorldBatch:
+    """Render ``records`` of ``world`` and collect their labels."""
+    if world == "shapes":
+        return WorldBatch(
+            pixel_values_NCHW=pixel_values([render(r, seed) for r in records]),
+            labels_NA=np.array([labels(r) for r in records], np.int64).reshape(len(records), -1),
+            caption_ids_N=np.array([caption_index(r) for r in records], np.int64),
+            records=records,
+            captions=all_captions(),
+        )
+    from vlmsae.toyworld.worlds import get_world
+
+    w = get_world(world)
+    captions = list(dict.fromkeys(r.caption for r in records))
+    position = {c: i for i, c in enumerate(captions)}
+    values = w.attributes
+    labels_NA = [[values[a].index(getattr(r, a)) for a in values] for r in records]
     return WorldBatch(
-        pixel_values_NCHW=pixel_values([render(r, seed) for r in records]),
-        labels_NA=np.array([labels(r) for r in records], np.int64).reshape(len(records), -1),
-        caption_ids_N=np.array([caption_index(r) for r in records], np.int64),
+        pixel_values_NCHW=pixel_values([w.render(r, seed) for r in records]),
+        labels_NA=np.array(labels_NA, np.int64).reshape(len(records), -1),
+        caption_ids_N=np.array([position[r.caption] for r in records], np.int64),
         records=records,
+        captions=captions,
+        world=world,
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from vlmsae.data.store import ActivationStore, StoreWriter
 from vlmsae.toyworld.export import ExportedImage, read_exported
-from vlmsae.toyworld.world import ATTRIBUTES, ToyImage
+from vlmsae.toyworld.worlds import World, get_world, world_of_split
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +31,32 @@ ORACLE_MODEL = "vlmsae/toyworld-oracle"
 """``model`` field of an oracle embedding store's manifest."""
 
 
-def oracle_dims() -> list[str]:
+def oracle_dims(world: str | World = "shapes") -> list[str]:
     """Names of the oracle embedding's coordinates, ``attribute=value``."""
-    return [f"{name}={v}" for name, values in ATTRIBUTES.items() for v in values]
+    w = get_world(world)
+    return [f"{name}={v}" for name in w.oracle_attributes for v in w.attributes[name]]
 
 
-def oracle_embedding(records: Sequence[ToyImage]) -> np.ndarray:
-    """Unit-norm ground-truth embeddings ``[N, E]`` (E = 25 concept values).
+def oracle_embedding(records: Sequence, world: str | World = "shapes") -> np.ndarray:
+    """Unit-norm ground-truth embeddings ``[N, E]`` (E = every concept value).
 
-    Each attribute block is one-hot with weight ``1/sqrt(A)`` (A attributes), so the
-    cosine similarity of two images equals the fraction of attributes they share.
+    One block per attribute (shapes: family, shape, colour, size, background; emoji:
+    group, subgroup, emoji, background), each of weight ``1/sqrt(A)``: one-hot, or, where
+    an image shows two emoji, spread evenly over the values present (unit norm). The
+    cosine similarity of two images is then the mean over attributes of what they share
+    (in the shapes world, exactly the fraction of attributes they share).
     """
-    emb_NE = np.zeros((len(records), len(oracle_dims())), np.float32)
-    offset = 0
-    weight = 1.0 / np.sqrt(len(ATTRIBUTES))
-    for name, values in ATTRIBUTES.items():
-        idx = np.array([values.index(getattr(r, name)) for r in records], np.int64)
-        emb_NE[np.arange(len(records)), offset + idx] = weight
-        offset += len(values)
+    w = get_world(world)
+    emb_NE = np.zeros((len(records), len(oracle_dims(w))), np.float32)
+    weight = 1.0 / np.sqrt(len(w.oracle_attributes))
+    for i, r in enumerate(records):
+        concepts, offset = w.concepts(r), 0
+        for name in w.oracle_attributes:
+            values = w.attributes[name]
+            present = concepts[name]
+            for v in present:
+                emb_NE[i, offset + values.index(v)] = weight / np.sqrt(len(present))
+            offset += len(values)
     return emb_NE
 
 
@@ -80,15 +88,18 @@ def write_oracle_embeddings(
     images = _exported(source)
     if not images:
         raise ValueError("no images to embed")
+    world = world_of_split(images[0].path.parent.parent)
     meta = {
         "model": ORACLE_MODEL,
         "revision": "ground-truth",
         "hookpoint": "post_projection",
         "dataset_root": os.path.abspath(images[0].path.parent.parent),
         "split": images[0].record.split,
-        "dims": oracle_dims(),
+        "dims": oracle_dims(world),
+        "world": world.name,
     }
-    store = _write_store(oracle_embedding([im.record for im in images]), images, out_dir, meta)
+    emb_NE = oracle_embedding([im.record for im in images], world)
+    store = _write_store(emb_NE, images, out_dir, meta)
     log.info("wrote the oracle embedding of %d images to %s", len(images), out_dir)
     return store
 

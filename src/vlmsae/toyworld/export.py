@@ -25,20 +25,20 @@ from typing import NamedTuple
 
 from vlmsae._io import atomic_write, atomic_write_text, write_json
 from vlmsae._progress import tqdm
-from vlmsae.toyworld.world import (
-    ATTRIBUTES,
-    SHAPE_FAMILIES,
-    ToyImage,
-    iter_world,
-    leaf_classes,
-    render,
-)
+from vlmsae.toyworld.world import ToyImage
+from vlmsae.toyworld.worlds import World, get_world, world_of_split
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTES_CSV = "attributes.csv"
 CSV_COLUMNS = ("path", *(f.name for f in fields(ToyImage)), "caption")
-"""Columns of ``attributes.csv``; ``path`` is relative to the split folder."""
+"""Columns of the shapes world's ``attributes.csv``; ``path`` is relative to the split
+folder. Other worlds: :func:`csv_columns`."""
+
+
+def csv_columns(world: str | World = "shapes") -> tuple[str, ...]:
+    """Columns of ``attributes.csv`` of ``world``: ``path``, the record's fields, ``caption``."""
+    return ("path", *(f.name for f in fields(get_world(world).record_type)), "caption")
 
 
 class ExportedImage(NamedTuple):
@@ -47,53 +47,67 @@ class ExportedImage(NamedTuple):
     path: Path
     """Absolute path of the image file."""
     record: ToyImage
-    """Its ground truth."""
+    """Its ground truth (an ``EmojiImage`` in the emoji world)."""
 
 
-def class_dir_name(family: str, shape: str, color: str) -> str:
-    """``NNNNN_family_shape_color`` of a taxonomy leaf."""
-    return f"{leaf_classes().index((family, shape, color)):05d}_{family}_{shape}_{color}"
+def class_dir_name(*leaf: str, world: str | World = "shapes") -> str:
+    """``NNNNN_level1_level2_level3`` of a taxonomy leaf (``NNNNN_family_shape_color``
+    in the shapes world, ``NNNNN_group_subgroup_emoji`` in the emoji world)."""
+    w = get_world(world)
+    return f"{_class_numbers(w.name)[leaf]:05d}_{'_'.join(leaf)}"
+
+
+def _class_numbers(world: str) -> dict[tuple[str, ...], int]:
+    return {leaf: i for i, leaf in enumerate(get_world(world).leaf_classes())}
 
 
 def export_imagefolder(
-    out_dir: str | Path, split: str = "test", n: int = 1000, seed: int = 0
+    out_dir: str | Path,
+    split: str = "test",
+    n: int = 1000,
+    seed: int = 0,
+    world: str | World = "shapes",
 ) -> Path:
-    """Render ``n`` images of ``split`` into ``out_dir/split``; returns that folder.
+    """Render ``n`` images of ``split`` of ``world`` into ``out_dir/split``; returns it.
 
-    Re-exporting the same ``(split, n, seed)`` writes identical files.
+    Re-exporting the same ``(world, split, n, seed)`` writes identical files.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    w = get_world(world)
     folder = Path(out_dir) / split
-    records = sorted(iter_world(split, n, seed), key=lambda r: (class_dir_name(*_leaf(r)), r.index))
+    numbers = _class_numbers(w.name)
+
+    def dir_name(r) -> str:
+        leaf = w.leaf(r)
+        return f"{numbers[leaf]:05d}_{'_'.join(leaf)}"
+
+    records = sorted(w.iter_world(split, n, seed), key=lambda r: (dir_name(r), r.index))
     rows = []
     for r in tqdm(records, desc=f"export {split}", unit="img", mininterval=5):
-        rel = f"{class_dir_name(*_leaf(r))}/{split}_{r.index:06d}.png"
-        image = render(r, seed)
+        rel = f"{dir_name(r)}/{split}_{r.index:06d}.png"
+        image = w.render(r, seed)
         atomic_write(folder / rel, lambda p, im=image: im.save(p, format="PNG"))
         rows.append({"path": rel, **r.to_dict()})
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(w), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(folder / ATTRIBUTES_CSV, buf.getvalue())
     write_json(
         folder / "world.json",
         {
+            "world": w.name,
             "split": split,
             "n_images": n,
             "seed": seed,
-            "taxonomy_levels": ["family", "shape", "color"],
-            "taxonomy": {f: list(s) for f, s in SHAPE_FAMILIES.items()},
-            "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
+            "taxonomy_levels": list(w.taxonomy_levels),
+            "taxonomy": w.taxonomy(),
+            "attributes": {k: list(v) for k, v in w.attributes.items()},
         },
     )
     log.info("exported %d %s images to %s", n, split, folder)
     return folder
-
-
-def _leaf(r: ToyImage) -> tuple[str, str, str]:
-    return r.family, r.shape, r.color
 
 
 def read_exported(folder: str | Path) -> list[ExportedImage]:
@@ -105,14 +119,9 @@ def read_exported(folder: str | Path) -> list[ExportedImage]:
             f"{csv_path} not found: {folder} is not a toy-world split folder "
             "(write one with `vlmsae toyworld export` or export_imagefolder())"
         )
-    out = []
+    world = world_of_split(folder)
     with open(csv_path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            kwargs = {}
-            for fld in fields(ToyImage):
-                value = row[fld.name]
-                kwargs[fld.name] = int(value) if fld.name == "index" else value
-                if fld.name in ("x", "y", "radius", "angle"):
-                    kwargs[fld.name] = float(value)
-            out.append(ExportedImage((folder / row["path"]).resolve(), ToyImage(**kwargs)))
-    return out
+        return [
+            ExportedImage((folder / row["path"]).resolve(), world.record_from_row(row))
+            for row in csv.DictReader(f)
+        ]

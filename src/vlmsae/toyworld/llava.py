@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from vlmsae.toyworld.data import WorldBatch, make_image_processor
 from vlmsae.toyworld.tokenizer import EOS, IMAGE, LLAVA_CHAT_TEMPLATE, PAD, llava_prompt
 from vlmsae.toyworld.tokenizer import make_tokenizer as _make_tokenizer
-from vlmsae.toyworld.world import QUESTIONS, ToyImage
+from vlmsae.toyworld.worlds import get_world
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,13 @@ class LlavaTrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
 
 
-def make_llava_processor(patch_size: int) -> Any:
+def make_llava_processor(patch_size: int, world: str = "shapes") -> Any:
     """The real ``LlavaProcessor`` of the toy LLaVA (PIL image processor, word tokenizer)."""
     from transformers import LlavaProcessor
 
     return LlavaProcessor(
         image_processor=make_image_processor(),
-        tokenizer=_make_tokenizer(add_eos=False),
+        tokenizer=_make_tokenizer(add_eos=False, world=world),
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
@@ -78,12 +78,12 @@ def make_llava_processor(patch_size: int) -> Any:
     )
 
 
-def make_llava(clip: Any, cfg: LlavaTrainConfig) -> Any:
+def make_llava(clip: Any, cfg: LlavaTrainConfig, world: str = "shapes") -> Any:
     """A ``LlavaForConditionalGeneration`` around ``clip.vision_model``; random decoder."""
     import torch
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    tok = _make_tokenizer(add_eos=False)
+    tok = _make_tokenizer(add_eos=False, world=world)
     vcfg = clip.config.vision_config
     text_config = LlamaConfig(
         vocab_size=len(tok),
@@ -142,12 +142,16 @@ class Sequences(NamedTuple):
 
 
 def make_sequences(
-    records: list[ToyImage], questions: list[str], n_image_tokens: int, with_image: bool = True
+    records: list,
+    questions: list[str],
+    n_image_tokens: int,
+    with_image: bool = True,
+    world: str = "shapes",
 ) -> Sequences:
     """Tokenise ``USER: <image>\\n{q} ASSISTANT: {a}</s>`` with the image token expanded."""
     import torch
 
-    tok = _make_tokenizer(add_eos=False)
+    tok = _make_tokenizer(add_eos=False, world=world)
     image_id, eos_id = tok.convert_tokens_to_ids(IMAGE), tok.convert_tokens_to_ids(EOS)
     rows, labels = [], []
     for r, q in zip(records, questions, strict=True):
@@ -218,7 +222,9 @@ def train_llava(data: WorldBatch, clip: Any, cfg: LlavaTrainConfig) -> Any:
     """Train the toy LLaVA on ``data`` in LLaVA's stages; returns the model."""
     import torch
 
-    model = make_llava(clip, cfg)
+    world = get_world(data.world)
+    questions_all = world.questions
+    model = make_llava(clip, cfg, data.world)
     feats_NPD = vision_features(model, data.pixel_values_NCHW)
     n_tokens = feats_NPD.shape[1]
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -229,9 +235,11 @@ def train_llava(data: WorldBatch, clip: Any, cfg: LlavaTrainConfig) -> Any:
             idx = torch.randint(n, (cfg.batch_size,), generator=gen)
             recs = [data.records[i] for i in idx.tolist()]
             qs = questions or [
-                QUESTIONS[int(j)] for j in torch.randint(3, (len(recs),), generator=gen)
+                questions_all[int(j)]
+                for j in torch.randint(len(questions_all), (len(recs),), generator=gen)
             ]
-            seq = make_sequences(recs, qs * (len(recs) // len(qs)), n_tokens, with_image)
+            qs = qs * (len(recs) // len(qs))
+            seq = make_sequences(recs, qs, n_tokens, with_image, data.world)
             return seq, (feats_NPD[idx] if with_image else None)
 
         return fn
@@ -246,7 +254,9 @@ def train_llava(data: WorldBatch, clip: Any, cfg: LlavaTrainConfig) -> Any:
     _run_stage("text", model, lm_params, cfg.text_steps, batch(None, False), cfg)
     for p in lm_params:
         p.requires_grad_(False)
-    _run_stage("align", model, proj_params, cfg.align_steps, batch([QUESTIONS[2]], True), cfg)
+    _run_stage(
+        "align", model, proj_params, cfg.align_steps, batch([world.caption_question], True), cfg
+    )
     for p in lm_params:
         p.requires_grad_(True)
     _run_stage("tune", model, lm_params + proj_params, cfg.tune_steps, batch(None, True), cfg)

@@ -37,29 +37,36 @@ def llava_prompt(question: str) -> str:
     return f"USER: <image>\n{question} ASSISTANT:"
 
 
-def vocabulary() -> list[str]:
-    """All tokens, specials first, in a fixed order."""
+def vocabulary(world: str = "shapes") -> list[str]:
+    """All tokens of ``world``'s tokenizer, specials first, in a fixed order."""
     import re
 
+    if world == "shapes":
+        texts = [*QUESTIONS, *PROMPT_WORDS, *(v for vals in ATTRIBUTES.values() for v in vals)]
+    else:
+        from vlmsae.toyworld.worlds import get_world
+
+        texts = get_world(world).vocabulary_texts()
     words: list[str] = []
-    for text in [*QUESTIONS, *PROMPT_WORDS, *(v for vals in ATTRIBUTES.values() for v in vals)]:
+    for text in texts:
         for w in re.findall(r"\w+|[^\w\s]", text.lower()):
             if w not in words:
                 words.append(w)
     return [*SPECIAL_TOKENS, *words]
 
 
-def make_tokenizer(add_eos: bool = True) -> Any:
+def make_tokenizer(add_eos: bool = True, world: str = "shapes") -> Any:
     """A ``PreTrainedTokenizerFast`` over :func:`vocabulary`.
 
     Args:
+        world: the toy world whose words the tokenizer knows.
         add_eos: append ``</s>`` to every encoded text (CLIP pools its text tower there).
             The LLaVA tokenizer adds only ``<s>`` in front, like Llama's.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
+    vocab = {w: i for i, w in enumerate(vocabulary(world))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
