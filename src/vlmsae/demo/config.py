@@ -61,6 +61,8 @@ class DemoConfig:
     """Processes that train SAEs side by side (one core each; 1 trains in this process)."""
     n_boot: int = 1000
     """Bootstrap resamples of every interval (seeded with ``seed``)."""
+    world: str = "shapes"
+    """The toy world the demo runs on: ``shapes`` or ``emoji``."""
     models_dir: str | None = None
     """Toy-world models to use (a ``vlmsae toyworld build`` output); default the shipped ones."""
 
