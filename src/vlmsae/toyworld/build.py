@@ -73,9 +73,9 @@ def default_config(world: str = "shapes", seed: int = 0) -> BuildConfig:
 
 
 EMOJI_N_TRAIN = 40_000
-EMOJI_CLIP = ClipTrainConfig(steps=6000, batch_size=64, lr=1e-3)
+EMOJI_CLIP = ClipTrainConfig(steps=8000, batch_size=64, lr=1e-3)
 EMOJI_LLAVA = LlavaTrainConfig(
-    lm_layers=2, text_steps=300, align_steps=300, tune_steps=2000, batch_size=64
+    lm_layers=2, text_steps=300, align_steps=300, tune_steps=3000, batch_size=64
 )
 
 
