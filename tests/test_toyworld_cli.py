@@ -25,6 +25,18 @@ def test_export_then_oracle(tmp_path):
     assert len(store) == 10 and store.kind == "embeddings"
 
 
+def test_export_emoji_world_and_unknown_world(tmp_path):
+    args = ["toyworld", "export", str(tmp_path / "emoji"), "--n", "6", "--world", "emoji"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "emoji" / "test" / "world.json").read_text())
+    assert meta["world"] == "emoji" and meta["n_images"] == 6
+    res = runner.invoke(app, ["toyworld", "export", str(tmp_path / "x"), "--world", "flags"])
+    assert res.exit_code == 2
+    assert res.stderr.startswith("Error: unknown toy world 'flags'")
+    assert "shapes, emoji" in res.stderr
+
+
 def test_oracle_rejects_a_folder_without_ground_truth(tmp_path):
     res = runner.invoke(app, ["toyworld", "oracle", str(tmp_path), str(tmp_path / "emb")])
     assert res.exit_code == 2
