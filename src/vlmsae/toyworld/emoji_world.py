@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from vlmsae.toyworld.emoji_data import Emoji, load_emoji
+from vlmsae.toyworld.world import iter_records
 
 IMAGE_SIZE = 64
 """Side of every image, in pixels."""
@@ -263,10 +264,7 @@ def render(attrs: EmojiImage, seed: int = 0) -> Image.Image:
 
 def iter_world(split: str, n: int, seed: int = 0, start: int = 0) -> Iterator[EmojiImage]:
     """Ground truth of images ``start .. start + n - 1`` of ``split``."""
-    if n < 0 or start < 0:
-        raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
-    for i in range(start, start + n):
-        yield sample_attributes(split, i, seed)
+    return iter_records(sample_attributes, split, n, seed, start)
 
 
 def make_world(

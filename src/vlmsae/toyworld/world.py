@@ -237,10 +237,15 @@ def render(attrs: ToyImage, seed: int = 0) -> Image.Image:
 
 def iter_world(split: str, n: int, seed: int = 0, start: int = 0) -> Iterator[ToyImage]:
     """Ground truth of images ``start .. start + n - 1`` of ``split``."""
+    return iter_records(sample_attributes, split, n, seed, start)
+
+
+def iter_records(sample, split: str, n: int, seed: int = 0, start: int = 0) -> Iterator:
+    """``sample(split, i, seed)`` for ``i`` in ``start .. start + n - 1`` (any world)."""
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     for i in range(start, start + n):
-        yield sample_attributes(split, i, seed)
+        yield sample(split, i, seed)
 
 
 def make_world(
