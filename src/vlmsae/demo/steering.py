@@ -91,8 +91,10 @@ def _method_text(world: str, layer: int, targets: list[str]) -> str:
             "from the answer (concept), the colour answer is still right (prompt followed). "
             "Examples and α sweeps are in steering/."
         )
+    n_emoji = len(get_world(world).attributes["emoji"])
     return common.format(what="target emoji") + (
-        f"The {world} world has {len(get_world(world).attributes['emoji'])} emoji; {len(targets)} targets ({', '.join(targets)}) are "
+        f"The {world} world has {n_emoji} emoji; {len(targets)} targets "
+        f"({', '.join(targets)}) are "
         "drawn by the seed, one per Unicode group in turn, and each adds its first training "
         "images to the SAE's so that its neuron and direction have data. Insertion (images "
         'showing no target): the one-word answer to "What is shown in this image?" '
