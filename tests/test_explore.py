@@ -314,14 +314,17 @@ def test_raw_neurons_site_lists_the_store_dimensions(built, tmp_path):
 
 
 def test_toy_accuracy_counts_labels_whose_every_word_is_a_shared_concept():
-    from vlmsae.explore.labels import NeuronLabels, toy_accuracy
-    from vlmsae.toyworld import ATTRIBUTES
+    from dataclasses import replace
 
-    red, blue = ATTRIBUTES["color"].index("red"), ATTRIBUTES["color"].index("blue")
-    star = ATTRIBUTES["shape"].index("star")
-    truth = {a: np.zeros(10, np.int64) for a in ATTRIBUTES}
-    truth["color"] = np.array([red] * 9 + [blue])  # images 0-8 red, image 9 blue
-    truth["shape"][:] = star
+    from vlmsae.explore.labels import NeuronLabels, toy_accuracy
+    from vlmsae.explore.truth import truth_from_records
+    from vlmsae.toyworld import iter_world
+    from vlmsae.toyworld.world import FAMILY_OF
+
+    star = dict(family=FAMILY_OF["star"], shape="star", color="red")
+    records = [replace(r, **star) for r in iter_world("test", 10)]
+    records[9] = replace(records[9], color="blue")  # images 0-8 red, image 9 blue
+    truth = truth_from_records("shapes", records)
     top = np.array([np.arange(10), np.arange(10), np.arange(10), np.r_[np.arange(5), [-1] * 5]])
     labels = NeuronLabels(["red", "red star", "blue", None], np.zeros(4), np.zeros(4))
     res = toy_accuracy(labels, top, truth, np.array([0.9, 0.85, 0.95, 0.99]))
