@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from explore_fixtures import SIDE, build_tiny_site, make_sae
+from explore_fixtures import SIDE, build_tiny_site, make_sae, read_js
 from vlmsae.cli import app
 from vlmsae.explore.neurons import (
     column_stats,
@@ -31,13 +31,6 @@ from vlmsae.explore.neurons import (
 from vlmsae.explore.site import site_json
 
 N_IMAGES, D, D_SAE = 24, 8, 32
-
-
-def read_js(path, prefix):
-    """The JSON payload of a data file of the site."""
-    text = path.read_text()
-    assert text.startswith(prefix), text[:80]
-    return json.loads(text[len(prefix) :].rstrip().rstrip(";").rstrip(")"))
 
 
 @pytest.fixture(scope="module")

@@ -99,26 +99,25 @@ class Concepts(NamedTuple):
 
     name: list[str | None]
     """The concept values at least ``CONCEPT_SHARE`` of the top images hold, e.g.
-    ``"diamond orange large"`` (a taxonomy level is left out when a deeper level that
-    determines it is named: the family when the shape is, the group and subgroup when the
-    emoji is); None where no value is that common or the neuron has no top images."""
+    ``"diamond orange large"`` (a taxonomy value is left out when a deeper value it is the
+    parent of is named: the family of a named shape, the group and subgroup of a named
+    emoji); None where no value is that common or the neuron has no top images."""
     purity: np.ndarray
     """``float64 [S]`` the largest share of the top images holding one concept value
     (label purity; NaN without top images)."""
 
 
-def _implied_by(world: World) -> dict[str, tuple[str, ...]]:
-    """Taxonomy level -> the deeper levels whose value determines it (shapes: the family
-    by the shape; emoji: the group by the subgroup and the emoji, ...)."""
+def _parents(world: World) -> dict[str, dict[str, dict[str, str]]]:
+    """Deeper taxonomy level -> upper level it determines -> ``{value: parent value}``
+    (shapes: the shape determines the family; emoji: the emoji its subgroup and group,
+    the subgroup its group). A colour determines no family, so it has none."""
     levels, leaves = world.taxonomy_levels, world.leaf_classes()
-    out: dict[str, tuple[str, ...]] = {}
-    for i, upper in enumerate(levels):
-        deeper = []
-        for j in range(i + 1, len(levels)):
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for j, deeper in enumerate(levels):
+        for i in range(j):
             parent: dict[str, str] = {}
             if all(parent.setdefault(leaf[j], leaf[i]) == leaf[i] for leaf in leaves):
-                deeper.append(levels[j])
-        out[upper] = tuple(deeper)
+                out.setdefault(deeper, {})[levels[i]] = parent
     return out
 
 
@@ -129,7 +128,7 @@ def _shares(row: np.ndarray, truth: ToyTruth) -> dict[str, np.ndarray]:
 
 def dominant_concepts(top_SK: np.ndarray, truth: ToyTruth) -> Concepts:
     """The concepts and the label purity of every neuron's top images."""
-    implied = _implied_by(truth.world)
+    parents = _parents(truth.world)
     names: list[str | None] = []
     purity = np.full(len(top_SK), np.nan)
     for s, row in enumerate(top_SK):
@@ -143,12 +142,13 @@ def dominant_concepts(top_SK: np.ndarray, truth: ToyTruth) -> Concepts:
             a: [truth.values(a)[i] for i in np.flatnonzero(sh >= CONCEPT_SHARE)]
             for a, sh in shares.items()
         }
-        named = [
-            v
-            for a, vals in strong.items()
-            if not any(strong.get(d) for d in implied.get(a, ()))
-            for v in vals
-        ]
+        implied = {
+            (upper, parent[v])
+            for deeper, ups in parents.items()
+            for v in strong.get(deeper, ())
+            for upper, parent in ups.items()
+        }
+        named = [v for a, vals in strong.items() for v in vals if (a, v) not in implied]
         names.append(" ".join(named) or None)
     return Concepts(names, purity)
 
