@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,13 @@ from PIL import Image
 
 SIDE = 4
 """Patches per image side: every image has a CLS token and SIDE² patch tokens."""
+
+
+def read_js(path: Path, prefix: str):
+    """The JSON payload of a data file of the site."""
+    text = path.read_text()
+    assert text.startswith(prefix), text[:80]
+    return json.loads(text[len(prefix) :].rstrip().rstrip(";").rstrip(")"))
 
 
 def make_images(root: Path, n: int, seed: int = 0) -> list[str]:
@@ -82,4 +90,24 @@ def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int) -> Path:
     ):  # fmt: skip
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, (args[0], result.output, result.exception)
+    return root
+
+
+def build_emoji_site(root: Path, models: Path, n_images: int = 48, d_sae: int = 64) -> Path:
+    """An exported emoji-world split, every token of block 1 of the emoji CLIP in
+    ``models`` cached from it, a random SAE, its labels (the emoji world's vocabulary, read
+    from the split's world.json) and its browser in ``root/site``; returns ``root``."""
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.encoders.cache import CacheConfig, cache_activations
+    from vlmsae.explore.build import build_site
+    from vlmsae.explore.labels import label_sae
+    from vlmsae.toyworld import export_imagefolder
+
+    export_imagefolder(root / "world", split="test", n=n_images, world="emoji")
+    cfg = CacheConfig(layers=(1,), tokens="all", dtype="float32", workers=0, progress=False)
+    cache_activations(models / "clip", root / "world", root / "acts", cfg, split="test")
+    acts = root / "acts" / "layer_1"
+    make_sae(root / "sae", ActivationStore(acts).d, d_sae, k=8)
+    label_sae(root / "sae", acts, root / "labels", clip=str(models / "clip"), vocab="toyworld")
+    build_site(root / "sae", acts, root / "site", labels=root / "labels" / "labels.csv")
     return root

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from explore_fixtures import SIDE, build_tiny_site, make_sae
+from explore_fixtures import SIDE, build_tiny_site, make_sae, read_js
 from vlmsae.cli import app
 from vlmsae.explore.neurons import (
     column_stats,
@@ -31,13 +31,6 @@ from vlmsae.explore.neurons import (
 from vlmsae.explore.site import site_json
 
 N_IMAGES, D, D_SAE = 24, 8, 32
-
-
-def read_js(path, prefix):
-    """The JSON payload of a data file of the site."""
-    text = path.read_text()
-    assert text.startswith(prefix), text[:80]
-    return json.loads(text[len(prefix) :].rstrip().rstrip(";").rstrip(")"))
 
 
 @pytest.fixture(scope="module")
@@ -314,14 +307,17 @@ def test_raw_neurons_site_lists_the_store_dimensions(built, tmp_path):
 
 
 def test_toy_accuracy_counts_labels_whose_every_word_is_a_shared_concept():
-    from vlmsae.explore.labels import NeuronLabels, toy_accuracy
-    from vlmsae.toyworld import ATTRIBUTES
+    from dataclasses import replace
 
-    red, blue = ATTRIBUTES["color"].index("red"), ATTRIBUTES["color"].index("blue")
-    star = ATTRIBUTES["shape"].index("star")
-    truth = {a: np.zeros(10, np.int64) for a in ATTRIBUTES}
-    truth["color"] = np.array([red] * 9 + [blue])  # images 0-8 red, image 9 blue
-    truth["shape"][:] = star
+    from vlmsae.explore.labels import NeuronLabels, toy_accuracy
+    from vlmsae.explore.truth import truth_from_records
+    from vlmsae.toyworld import iter_world
+    from vlmsae.toyworld.world import FAMILY_OF
+
+    star = dict(family=FAMILY_OF["star"], shape="star", color="red")
+    records = [replace(r, **star) for r in iter_world("test", 10)]
+    records[9] = replace(records[9], color="blue")  # images 0-8 red, image 9 blue
+    truth = truth_from_records("shapes", records)
     top = np.array([np.arange(10), np.arange(10), np.arange(10), np.r_[np.arange(5), [-1] * 5]])
     labels = NeuronLabels(["red", "red star", "blue", None], np.zeros(4), np.zeros(4))
     res = toy_accuracy(labels, top, truth, np.array([0.9, 0.85, 0.95, 0.99]))

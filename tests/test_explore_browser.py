@@ -208,3 +208,33 @@ def test_a_missing_data_file_is_reported_on_the_page_and_in_the_console(driver, 
         time.sleep(0.1)
     assert "cannot load" in errors[0].text and "data/neurons/00000.js" in errors[0].text
     assert any("00000.js" in m["message"] for m in console_errors(driver))
+
+
+@pytest.fixture(scope="module")
+def emoji_site(tmp_path_factory):
+    from emoji_models import emoji_models
+    from explore_fixtures import build_emoji_site, read_js
+
+    root = build_emoji_site(tmp_path_factory.mktemp("emoji"), emoji_models(tmp_path_factory))
+    return root / "site", read_js(root / "site" / "data" / "index.js", "window.VLMSAE_INDEX = ")
+
+
+def test_an_emoji_world_site_lists_searches_and_opens_its_neurons(driver, emoji_site):
+    """The emoji world's browser: every neuron listed with its label and purity, a label
+    search, and a neuron page whose top images load; no console error."""
+    site_dir, index = emoji_site
+    n_s = index["meta"]["d_sae"]
+    open_index(driver, site_dir)
+    assert sorted(all_row_ids(driver)) == list(range(n_s))
+    labels = index["columns"]["label"]
+    word = min({w for w in labels if w}, key=labels.count)
+    open_index(driver, site_dir)
+    driver.find_element("id", "search").send_keys(word)
+    concepts = index["columns"]["concept"]
+    want = {i for i in range(n_s) if word in f"{i} {labels[i] or ''} {concepts[i] or ''}"}
+    assert sorted(all_row_ids(driver)) == sorted(want) and want
+    n = max(range(n_s), key=lambda s: index["columns"]["n_active"][s])
+    open_index(driver, site_dir, f"#/neuron/{n}")
+    sizes = _top_image_widths(driver)
+    assert sizes and min(sizes) > 0
+    assert console_errors(driver) == []

@@ -1,5 +1,5 @@
-"""The demo's steering section: SAE neurons vs DiffMean on the toy LLaVA, judged by the
-ground truth (see :mod:`vlmsae.steer.toy`)."""
+"""The demo's steering section: SAE neurons vs DiffMean on the toy LLaVA of the demo's
+world, judged by the ground truth (see :mod:`vlmsae.steer.toy`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
     from vlmsae.steer.toy import ToySteeringConfig, toyworld_steering
 
     steer_cfg = ToySteeringConfig(
+        world=cfg.world,
+        models_dir=cfg.models_dir,
         n_train=cfg.steer_train,
         n_val=max(4, cfg.steer_test // 4),
         n_test=cfg.steer_test,
@@ -52,21 +54,14 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
     ]
     section = SteeringSection(
         paragraphs=[
-            f"An SAE trained on every token of vision block {result.layer} of the toy LLaVA "
-            "(the block its projector reads) is clamped on one neuron per shape, chosen from "
-            "data by the label purity of its top images; DiffMean adds or removes the mean "
-            "difference of activations with and without the shape. α is chosen on validation "
-            "images for each method; the rates are on test images. Insertion: the one-word "
-            "answer names the target shape (concept), the colour answer is still right "
-            "(prompt followed). Suppression: the true shape disappears from the answer "
-            "(concept), the colour answer is still right (prompt followed). Examples and "
-            "α sweeps are in steering/.",
+            _method_text(cfg.world, result.layer, sorted(neurons)),
             "The paper found SAE steering ahead of DiffMean on both protocols (both rates: "
             "insertion 42.4 % vs 35.8 %, suppression 52.5 % vs 33.3 %). Here, SAE vs "
             f"DiffMean: {'; '.join(versus)}.",
         ],
         tables=[table],
         summary={
+            "world": cfg.world,
             "layer": result.layer,
             "neurons": neurons,
             "rows": [dict(zip(table.columns, row, strict=True)) for row in rows],
@@ -75,3 +70,37 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
         },
     )
     return section
+
+
+def _method_text(world: str, layer: int, targets: list[str]) -> str:
+    """What the section measured, in the words of ``world``."""
+    from vlmsae.steer.toy_tasks import CAPTION_TOKENS
+    from vlmsae.toyworld.worlds import get_world
+
+    common = (
+        f"An SAE trained on every token of vision block {layer} of the toy LLaVA (the block "
+        "its projector reads) is clamped on one neuron per {what}, chosen from data by the "
+        "label purity of its top images; DiffMean adds or removes the mean difference of "
+        "activations with and without the {what}. α is chosen on validation images for "
+        "each method; the rates are on test images. "
+    )
+    if world == "shapes":
+        return common.format(what="shape") + (
+            "Insertion: the one-word answer names the target shape (concept), the colour "
+            "answer is still right (prompt followed). Suppression: the true shape disappears "
+            "from the answer (concept), the colour answer is still right (prompt followed). "
+            "Examples and α sweeps are in steering/."
+        )
+    n_emoji = len(get_world(world).attributes["emoji"])
+    return common.format(what="target emoji") + (
+        f"The {world} world has {n_emoji} emoji; {len(targets)} targets "
+        f"({', '.join(targets)}) are "
+        "drawn by the seed, one per Unicode group in turn, and each adds its first training "
+        "images to the SAE's so that its neuron and direction have data. Insertion (images "
+        'showing no target): the one-word answer to "What is shown in this image?" '
+        "names the target emoji (concept). Suppression (images whose main emoji is a "
+        "target): that name disappears from the answer (concept). The emoji world has no "
+        'second one-word question, so "prompt followed" asks for the caption ("Describe '
+        f'the image.", up to {CAPTION_TOKENS} tokens) and checks that it still names the '
+        "image's true background. Examples and α sweeps are in steering/."
+    )

@@ -16,7 +16,7 @@ import numpy as np
 from vlmsae.errors import UserError
 from vlmsae.explore.neurons import RawNeurons, compute_neuron_data
 from vlmsae.explore.site import ExploreConfig, SiteResult, read_labels, read_scores, write_site
-from vlmsae.explore.truth import dominant_concepts, toy_labels
+from vlmsae.explore.truth import ToyTruth, dominant_concepts, toy_truth
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,15 @@ def _ms_columns(codes_NS: Any, embeddings: Path, store: Any) -> dict[str, np.nda
     return {"ms": res.ms, "ms_n_active": res.n_active.astype(float)}
 
 
-def taxonomy_of(store: Any, truth: dict[str, np.ndarray] | None) -> np.ndarray | None:
-    """Taxonomy ids per image (``encode_taxonomy``): the toy world's family → shape →
-    colour, or the levels of iNaturalist class folders; None for flat labels."""
+def taxonomy_of(store: Any, truth: ToyTruth | None) -> np.ndarray | None:
+    """Taxonomy ids per image (``encode_taxonomy``): the toy world's levels (family → shape
+    → colour; group → subgroup → emoji), or the levels of iNaturalist class folders; None
+    for flat labels."""
     from vlmsae.metrics.hierarchy import encode_taxonomy, label_paths_from_images
 
     if truth is not None:
-        levels = ("family", "shape", "color")
-        return encode_taxonomy(list(zip(*(truth[a].tolist() for a in levels), strict=True)))
+        levels = [truth.labels[a].tolist() for a in truth.world.taxonomy_levels]
+        return encode_taxonomy(list(zip(*levels, strict=True)))
     names = [Path(p).parent.name for p in store.images]
     if not names or not all(len(n.split("_")) >= 8 and n[:1].isdigit() for n in names):
         return None
@@ -161,7 +162,7 @@ def build_site(
         columns.update(_ms_columns(codes_NS, Path(embeddings), store))
     if labels is not None:
         columns["label"], columns["margin"] = read_labels(Path(labels), n_s)
-    truth = toy_labels(store)
+    truth = toy_truth(store)
     valid_top = np.where(data.top_values > 0, data.top_indices, -1)
     taxonomy = taxonomy_of(store, truth)
     if taxonomy is not None:

@@ -75,7 +75,8 @@ def explore_cmd(
     ),
     llava: str | None = typer.Option(
         None,
-        help="LLaVA (id or folder; 'toyworld' = the shipped toy LLaVA) whose vision "
+        help="LLaVA (id or folder; 'toyworld' = the shipped toy LLaVA of the store's world, "
+        "'toyworld:emoji' of that world) whose vision "
         "tower the SAE reads: the steering probe on the neuron pages.",
     ),
     steer_top: int = typer.Option(
@@ -118,10 +119,13 @@ def explore_cmd(
 
     probe = None
     if llava is not None:
-        if llava == "toyworld":
+        from vlmsae.explore.labels import toy_world_spec
+
+        toy = toy_world_spec(llava, _store_world(activations))
+        if toy is not None:
             from vlmsae.toyworld import llava_path
 
-            llava = str(llava_path())
+            llava = str(llava_path(world=toy.name))
         ids = parse_ids(steer_neurons, "--steer-neurons") if steer_neurons else None
         probe = ProbeConfig(n_neurons=steer_top, neurons=tuple(ids) if ids else None,
                             prompt=steer_prompt)  # fmt: skip
@@ -142,6 +146,14 @@ def explore_cmd(
         serve(out, port)
 
 
+def _store_world(activations: Path) -> object:
+    """The toy world of the store's exported split (None: not one)."""
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.explore.truth import toy_world
+
+    return toy_world(ActivationStore(activations))
+
+
 def _echo_cards(paths: list[Path]) -> None:
     typer.echo(f"{len(paths)} neuron cards (PNG, SVG, PDF) → {paths[0].parent}")
 
@@ -152,11 +164,13 @@ def label_cmd(
     out: Path = typer.Option(..., help="Output directory: labels.csv, summary.json."),
     clip: str | None = typer.Option(
         None,
-        help="CLIP-family model (id or folder); 'toyworld' = the shipped toy CLIP; "
-        "default the store's model.",
+        help="CLIP-family model (id or folder); 'toyworld' = the shipped toy CLIP of the "
+        "store's world ('toyworld:emoji': of that world); default the store's model.",
     ),
     vocab: str = typer.Option(
-        "imagenet", help="imagenet, toyworld, dataset (class folders) or a word-list file."
+        "imagenet",
+        help="imagenet, toyworld (the store's toy world; toyworld:emoji names one), dataset "
+        "(class folders) or a word-list file.",
     ),
     template: str = typer.Option("a photo of a {}.", help="Prompt of each word."),
     top_k: int = typer.Option(16, help="Top images per neuron."),

@@ -14,11 +14,16 @@ log = logging.getLogger(__name__)
 
 
 def explore_demo(
-    out_dir: str | Path, sae_dir: str | Path, activations: str | Path, oracle: str | Path
+    out_dir: str | Path,
+    sae_dir: str | Path,
+    activations: str | Path,
+    oracle: str | Path,
+    clip: str = "toyworld",
 ) -> dict[str, Any]:
-    """Label the neurons of ``sae_dir`` with the toy CLIP over the toy world's concepts and
-    build its browser (MS under the ``oracle`` embedding store, heatmaps recomputed with
-    the toy CLIP) into ``out_dir/explore``.
+    """Label the neurons of ``sae_dir`` with the toy CLIP (``clip``: default the shipped
+    one of the store's world) over the world's concepts and build its browser (MS under the
+    ``oracle`` embedding store, heatmaps recomputed with the toy CLIP) into
+    ``out_dir/explore``.
 
     Returns ``{"index": path of index.html, "labels": the label summary (with
     ``toyworld.accuracy``, the share of neurons with oracle MS >= 0.8 whose label is one of
@@ -30,7 +35,7 @@ def explore_demo(
     from vlmsae.explore.site import ExploreConfig
 
     out_dir = Path(out_dir)
-    labels = label_sae(sae_dir, activations, out_dir / "labels", clip="toyworld", vocab="toyworld")
+    labels = label_sae(sae_dir, activations, out_dir / "labels", clip=clip, vocab="toyworld")
     model = ActivationStore(activations).manifest.get("model")
     site = build_site(
         sae_dir, activations, out_dir / "explore", embeddings=oracle,
@@ -52,5 +57,8 @@ def explore_demo_run(cfg: Any, runs: list[Any], acts: dict, emb: Any) -> dict[st
     hook = cfg.hooks[-2] if len(cfg.hooks) > 1 else cfg.hooks[0]
     candidates = [r for r in runs if r.k == cfg.k and r.hook == hook]
     pick = max(candidates, key=lambda r: (r.arch == "matryoshka", r.expansion))
-    result = explore_demo(cfg.out_dir, pick.path, acts["test"][hook], emb.oracle)
+    from vlmsae.toyworld import clip_path
+
+    clip = str(clip_path(cfg.models_dir, world=cfg.world))
+    result = explore_demo(cfg.out_dir, pick.path, acts["test"][hook], emb.oracle, clip)
     return {"sae": pick.name, **result}

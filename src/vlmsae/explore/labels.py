@@ -4,7 +4,8 @@ A neuron's *image direction* is the activation-weighted mean of the unit CLIP im
 embeddings of its top images; its label is the vocabulary entry whose prompt's unit text
 embedding has the highest cosine with that direction, and its *margin* the cosine gap to
 the runner-up (a confidence). Vocabularies: ImageNet class names (shipped), any word list,
-the dataset's class folder names, or the toy world's concept values.
+the dataset's class folder names, or a toy world's concept values (``toyworld``: the world
+of the store's exported split, else the shapes world; ``toyworld:emoji`` names one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from vlmsae.errors import UserError
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 DEFAULT_TEMPLATE = "a photo of a {}."
 VOCABULARIES = ("imagenet", "toyworld", "dataset")
-"""Named vocabularies; anything else is read as a word-list file."""
+"""Named vocabularies (also ``toyworld:WORLD``); anything else is read as a word-list file."""
+TOYWORLD = "toyworld"
 
 
 class Vocabulary(NamedTuple):
@@ -52,19 +54,37 @@ def _class_name(path: str) -> str:
     return re.sub(r"^\d+[_\-. ]+", "", name).replace("_", " ")
 
 
+def toy_world_spec(spec: str, default: Any = None) -> Any:
+    """The toy world a ``toyworld`` / ``toyworld:WORLD`` option names (``toyworld``:
+    ``default``, else the shapes world), or None for any other value."""
+    from vlmsae.toyworld.worlds import WORLDS, get_world
+
+    if spec == TOYWORLD:
+        return get_world(default)
+    if spec.startswith(f"{TOYWORLD}:"):
+        name = spec.split(":", 1)[1]
+        if name not in WORLDS:
+            raise UserError(f"{spec}: unknown toy world {name!r}; expected one of {WORLDS}")
+        return get_world(name)
+    return None
+
+
 def load_vocabulary(
-    spec: str, template: str = DEFAULT_TEMPLATE, images: Sequence[str] = ()
+    spec: str, template: str = DEFAULT_TEMPLATE, images: Sequence[str] = (), world: Any = None
 ) -> Vocabulary:
-    """The vocabulary named by ``spec``: ``imagenet``, ``toyworld``, ``dataset`` (the class
-    folders of ``images``) or a text file with one word per line (``#`` comments;
-    ``word<TAB>prompt`` gives a prompt of its own)."""
+    """The vocabulary named by ``spec``: ``imagenet``, ``toyworld`` (the concept values of
+    ``world``, default the shapes world, with the prompts its CLIP was trained on),
+    ``toyworld:WORLD``, ``dataset`` (the class folders of ``images``) or a text file with
+    one word per line (``#`` comments; ``word<TAB>prompt`` gives a prompt of its own)."""
     if "{}" not in template:
         raise UserError(f"--template {template!r} must contain {{}} where the word goes")
-    if spec == "toyworld":
-        from vlmsae.toyworld.data import CONCEPT_TEMPLATES
-        from vlmsae.toyworld.world import ATTRIBUTES
-
-        pairs = [(v, t.format(v)) for a, t in CONCEPT_TEMPLATES.items() for v in ATTRIBUTES[a]]
+    toy = toy_world_spec(spec, world)
+    if toy is not None:
+        pairs = [
+            (v, p)
+            for a, prompts in toy.concept_prompts().items()
+            for v, p in zip(toy.attributes[a], prompts, strict=True)
+        ]
         return Vocabulary([w for w, _ in pairs], [p for _, p in pairs])
     if spec == "dataset":
         words = sorted({_class_name(p) for p in images})
@@ -155,22 +175,16 @@ def label_neurons(
     return assign_labels(top_rows, weight_SK, img_IE, txt_VE, vocab.words)
 
 
-def oracle_embedding_of(labels: dict[str, np.ndarray]) -> np.ndarray:
-    """The toy world's oracle embedding ``[N, E]`` from integer labels per attribute (each
-    one-hot attribute block weighted ``1/sqrt(A)``, as ``toyworld.oracle_embedding``)."""
-    from vlmsae.toyworld.world import ATTRIBUTES
-
-    blocks = [np.eye(len(ATTRIBUTES[a]), dtype=np.float32)[labels[a]] for a in ATTRIBUTES]
-    return np.concatenate(blocks, axis=1) / np.sqrt(len(ATTRIBUTES))
-
-
 def toy_accuracy(
-    labels: NeuronLabels, top_SK: np.ndarray, truth: dict[str, np.ndarray], ms_oracle: np.ndarray,
+    labels: NeuronLabels, top_SK: np.ndarray, truth: Any, ms_oracle: np.ndarray,
     min_ms: float = 0.8, share: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Share of neurons with oracle MS >= ``min_ms`` whose label is a true concept of theirs:
     every word of the label is a concept value held by at least ``share`` of their top
-    images (labels of the dataset vocabulary name several values, e.g. "curved circle red")."""
+    images (labels of the dataset vocabulary name several values, e.g. "curved circle red").
+
+    ``truth``: the :class:`~vlmsae.explore.truth.ToyTruth` of the images ``top_SK`` indexes.
+    """
     from vlmsae.explore.truth import CONCEPT_SHARE, shared_values
 
     share = CONCEPT_SHARE if share is None else share
@@ -215,13 +229,14 @@ def label_sae(
     toy-world accuracy when the store's images are an exported toy-world split).
 
     ``clip``: a CLIP-family model (hub id or folder), ``"toyworld"`` for the shipped toy
-    CLIP, or None for the model the store was cached from.
+    CLIP of the store's world (``"toyworld:WORLD"``: of that world), or None for the model
+    the store was cached from.
     """
     from vlmsae._io import write_json
     from vlmsae.data.store import ActivationStore
     from vlmsae.explore.build import check_fits
     from vlmsae.explore.neurons import encode_rows, per_image
-    from vlmsae.explore.truth import toy_labels
+    from vlmsae.explore.truth import toy_truth, toy_world
     from vlmsae.metrics._source import image_index_of
     from vlmsae.metrics.top_images import top_images
     from vlmsae.sae import SAE
@@ -230,14 +245,16 @@ def label_sae(
     check_fits(sae, store)
     if not store.images:
         raise UserError(f"the store {activations} lists no images (images.jsonl): cannot label")
-    if clip == "toyworld":
+    world = toy_world(store)  # None: not an exported toy-world split
+    clip_world = toy_world_spec(clip, world) if clip else None
+    if clip_world is not None:
         from vlmsae.toyworld import clip_path
 
-        clip = str(clip_path())
+        clip = str(clip_path(world=clip_world.name))
     clip = clip or store.manifest.get("model")
     if not clip:
         raise UserError("the store names no model; give --clip MODEL (a CLIP-family model)")
-    vocabulary = load_vocabulary(vocab, template, store.images)
+    vocabulary = load_vocabulary(vocab, template, store.images, world)
     codes_NS = per_image(encode_rows(sae, store), image_index_of(store))
     top = top_images(codes_NS, top_k)
     result = label_neurons(clip, store.images, top.indices, top.values, vocabulary)
@@ -246,14 +263,16 @@ def label_sae(
     write_labels_csv(out_dir / "labels.csv", result)
     summary: dict[str, Any] = {
         "sae": str(sae_dir), "activations": str(activations), "clip": str(clip),
-        "vocab": vocab, "n_words": len(vocabulary.words), "template": template,
+        "vocab": vocab, "world": None if world is None else world.name,
+        "n_words": len(vocabulary.words), "template": template,
         "n_neurons": sae.cfg.d_sae, "n_labelled": int(sum(x is not None for x in result.label)),
     }  # fmt: skip
-    truth = toy_labels(store)
+    truth = toy_truth(store)
     if truth is not None:
         from vlmsae.metrics.ms import monosemanticity
+        from vlmsae.toyworld.embeddings import oracle_embedding
 
-        ms = monosemanticity(codes_NS, oracle_embedding_of(truth)).ms
+        ms = monosemanticity(codes_NS, oracle_embedding(truth.records, truth.world)).ms
         valid = np.where(top.values > 0, top.indices, -1)
         summary["toyworld"] = toy_accuracy(result, valid, truth, ms)
     write_json(out_dir / "summary.json", summary)

@@ -76,16 +76,34 @@ def steer_eval(
     n_test: int = typer.Option(96, "--n-test", help="Test images per protocol."),
     steps: int = typer.Option(1500, "--steps", help="Steering SAE training steps."),
     seed: int = typer.Option(0, "--seed"),
+    world: str = typer.Option("shapes", "--world", help="Toy world: shapes or emoji."),
+    n_targets: int = typer.Option(
+        8, "--n-targets", help="Emoji world: target emoji (one per Unicode group in turn)."
+    ),
+    models_dir: Path = typer.Option(
+        None, "--models-dir", help="Toy models folder (with llava/) [the world's shipped ones]."
+    ),
 ) -> None:
-    """Insertion / suppression, SAE neurons vs DiffMean, on the toy world's LLaVA (ground-
+    """Insertion / suppression, SAE neurons vs DiffMean, on a toy world's LLaVA (ground-
     truth judge). Writes steering_table.{md,csv}, alpha_sweep.csv, examples.jsonl and
     summary.json. On real models use ``vlmsae.steer.compare.compare_steering``."""
+    from vlmsae.cli_errors import user_errors
     from vlmsae.steer.table import table_markdown
     from vlmsae.steer.toy import ToySteeringConfig, toyworld_steering
+    from vlmsae.toyworld import llava_path
 
-    cfg = ToySteeringConfig(
-        n_train=n_train, n_val=max(4, n_test // 4), n_test=n_test, steps=steps, seed=seed
-    )
+    with user_errors():  # an unknown world, n_targets out of range
+        cfg = ToySteeringConfig(
+            world=world,
+            n_targets=n_targets,
+            models_dir=None if models_dir is None else str(models_dir),
+            n_train=n_train,
+            n_val=max(4, n_test // 4),
+            n_test=n_test,
+            steps=steps,
+            seed=seed,
+        )
+    llava_path(cfg.models_dir, world=cfg.world)  # no model: one Error line, before any work
     result = toyworld_steering(out, cfg)
     typer.echo(table_markdown(result.comparison.table))
     typer.echo(f"wrote {out}")

@@ -148,7 +148,8 @@ def compare_steering(
     unit = float(np.median([codes_NS[:, n.neuron].max() for n in neurons.values()]))
     if not unit > 0:
         raise ValueError("the chosen concept neurons never fire on the training images")
-    directions = directions_from_labels(image_activations(llava, train_images, layer), labels)
+    acts_ND = image_activations(llava, train_images, layer)
+    directions = directions_from_labels(acts_ND, labels, concepts)
     seconds["neurons_and_directions"] = time.perf_counter() - t0
     for c, n in neurons.items():
         log.info("concept %s -> neuron %d (purity %.2f)", c, n.neuron, n.purity)

@@ -46,15 +46,17 @@ def diffmean_direction(acts_with_ND: Any, acts_without_MD: Any) -> torch.Tensor:
     return pos.mean(0) - neg.mean(0)
 
 
-def directions_from_labels(acts_ND: Any, labels_N: Any) -> dict[str, torch.Tensor]:
-    """One DiffMean direction per label value: rows with that label vs all other rows."""
+def directions_from_labels(
+    acts_ND: Any, labels_N: Any, values: Any = None
+) -> dict[str, torch.Tensor]:
+    """One DiffMean direction per label value (``values``; default every value present):
+    rows with that label vs all other rows."""
     acts = np.asarray(acts_ND, dtype=np.float32)
-    labels = np.asarray(labels_N)
+    labels = np.asarray(labels_N).astype(str)
     if len(acts) != len(labels):
         raise ValueError(f"{len(acts)} activation rows but {len(labels)} labels")
-    return {
-        str(v): diffmean_direction(acts[labels == v], acts[labels != v]) for v in np.unique(labels)
-    }
+    values = np.unique(labels) if values is None else [str(v) for v in values]
+    return {str(v): diffmean_direction(acts[labels == v], acts[labels != v]) for v in values}
 
 
 def directions_from_store(store: Any, labels_by_image: Any) -> dict[str, torch.Tensor]:

@@ -44,6 +44,9 @@ class Probe:
     """Attribute whose value the answer should name (a key of ``facts``)."""
     one_word: bool = False
     """The question asks for exactly one word (longer answers do not follow it)."""
+    max_new_tokens: int | None = None
+    """Answer length limit of this question (a caption needs more tokens than a one-word
+    answer); None: the limit given to :func:`evaluate_steering`."""
 
 
 class Item(NamedTuple):
@@ -165,8 +168,9 @@ def evaluate_steering(
         ctx = attach(value, alpha) if attach is not None else None
         try:
             for p in probes:
+                limit = p.max_new_tokens or max_new_tokens
                 got = generate(
-                    llava, images, p.question, max_new_tokens=max_new_tokens, batch_size=batch_size
+                    llava, images, p.question, max_new_tokens=limit, batch_size=batch_size
                 )
                 for i, a in zip(idx, got, strict=True):
                     answers[i][p.question] = a

@@ -1,11 +1,13 @@
-"""Steering on the toy world, end to end: the insertion / suppression table with ground truth.
+"""Steering on a toy world, end to end: the insertion / suppression table with ground truth.
 
-:func:`toyworld_steering` loads the toy LLaVA, trains a small SAE on the vision block
-LLaVA reads (or takes one), and runs :func:`vlmsae.steer.compare.compare_steering` on the
-world's shapes: neurons and DiffMean directions from ``train`` images, α chosen on ``val``,
-rates on ``test``. The judge is the ground truth: the one-word answer to "What is shown in
-this image?" must (not) be the target shape, and the answer to "What color is the
-object?" must still be the object's true colour.
+:func:`toyworld_steering` loads the world's toy LLaVA, trains a small SAE on the vision
+block LLaVA reads (or takes one), and runs :func:`vlmsae.steer.compare.compare_steering`
+on the world's target concepts (the shapes; in the emoji world, a seeded subset of the
+emoji): neurons and DiffMean directions from ``train`` images, α chosen on ``val``, rates on
+``test``. The judge is the ground truth: the one-word answer to "What is shown in this
+image?" must (not) be the target, and a second probe must still be answered right (the
+colour in the shapes world, the caption's background in the emoji world; see
+:mod:`vlmsae.steer.toy_tasks`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,31 @@ from typing import Any, NamedTuple
 
 import torch
 
-from vlmsae.steer.compare import Comparison, SteerEvalConfig, compare_steering, make_items
-from vlmsae.steer.evaluate import KINDS, Item, Probe
+from vlmsae.steer.compare import Comparison, SteerEvalConfig, compare_steering
+from vlmsae.steer.evaluate import KINDS
 from vlmsae.steer.judges import WordJudge
 from vlmsae.steer.llava import Llava, load_llava
 from vlmsae.steer.neurons import block_outputs
 from vlmsae.steer.steering import check_steerable
 from vlmsae.steer.table import write_steering_table
+from vlmsae.steer.toy_tasks import (
+    steering_targets,
+    toy_candidates,
+    toy_items,
+    toy_probes,
+    train_set,
+)
+from vlmsae.toyworld.worlds import get_world
+
+__all__ = [
+    "ToySteeringConfig",
+    "ToySteeringResult",
+    "toy_candidates",
+    "toy_items",
+    "toy_probes",
+    "toyworld_steering",
+    "train_toy_sae",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +53,15 @@ log = logging.getLogger(__name__)
 class ToySteeringConfig:
     """The toy-world steering experiment."""
 
+    world: str = "shapes"
+    """Toy world: ``shapes`` (every shape is a target) or ``emoji``."""
+    n_targets: int = 8
+    """Emoji world: target emoji, drawn by ``seed`` one per Unicode group in turn."""
+    n_per_target: int = 32
+    """Emoji world: ``train`` images added per target (as the main emoji) so that its
+    neuron (purity of ``eval.top_n`` top images) and DiffMean direction have data."""
+    models_dir: str | None = None
+    """Toy models folder (with ``llava/``); default the world's shipped models."""
     layer: int | None = None
     """Vision block to steer at; default the block LLaVA reads (the paper's choice)."""
     n_train: int = 1024
@@ -59,6 +88,18 @@ class ToySteeringConfig:
             raise ValueError("n_train, n_val and n_test must be >= 1")
         if min(self.expansion, self.k, self.steps, self.batch_size) < 1:
             raise ValueError("expansion, k, steps and batch_size must be >= 1")
+        if self.n_per_target < self.eval.top_n:
+            raise ValueError(
+                f"n_per_target={self.n_per_target} must be >= eval.top_n={self.eval.top_n}: "
+                "a target's neuron is chosen by the purity of its top images"
+            )
+        world = get_world(self.world)  # an unknown world is refused here
+        n_values = len(world.attributes[world.object_attribute])
+        if world.name != "shapes" and not 2 <= self.n_targets <= n_values:
+            raise ValueError(
+                f"n_targets must be in [2, {n_values}] (insertion needs another target), "
+                f"got {self.n_targets}"
+            )
 
 
 class ToySteeringResult(NamedTuple):
@@ -70,28 +111,6 @@ class ToySteeringResult(NamedTuple):
     """The SAE used (trained here unless one was given)."""
     seconds: dict[str, float]
     """Wall time of each phase, SAE training included."""
-
-
-def toy_probes() -> list[Probe]:
-    """The shape question (target) and the colour question (must stay right)."""
-    from vlmsae.toyworld.world import QUESTION_COLOR, QUESTION_SHAPE
-
-    return [Probe(QUESTION_SHAPE, "shape", one_word=True), Probe(QUESTION_COLOR, "color", True)]
-
-
-def toy_candidates() -> dict[str, tuple[str, ...]]:
-    from vlmsae.toyworld.world import ATTRIBUTES
-
-    return {"shape": ATTRIBUTES["shape"], "color": ATTRIBUTES["color"]}
-
-
-def toy_items(split: str, n: int, kind: str, seed: int = 0) -> list[Item]:
-    """Items of ``split``: suppression targets the shape shown, insertion a random other one."""
-    from vlmsae.toyworld import make_world
-
-    images, records = make_world(split, n, seed=seed)
-    facts = [{"shape": r.shape, "color": r.color} for r in records]
-    return make_items(images, facts, "shape", toy_candidates()["shape"], kind, seed)
 
 
 def train_toy_sae(llava: Llava, images: list, layer: int, cfg: ToySteeringConfig) -> Any:
@@ -131,32 +150,34 @@ def toyworld_steering(
     Args:
         out_dir: where to write the table (markdown, CSV, sweeps, examples, summary.json).
         cfg: the experiment; default :class:`ToySteeringConfig`.
-        llava: a loaded toy LLaVA (default: the shipped one).
+        llava: a loaded toy LLaVA (default: the world's, from ``cfg.models_dir``).
         sae: an SAE trained on block ``cfg.layer`` (default: trained here).
     """
-    from vlmsae.toyworld import llava_path, make_world
+    from vlmsae.toyworld import llava_path
 
     cfg = cfg or ToySteeringConfig()
+    world = get_world(cfg.world)
     t0 = time.perf_counter()
-    llava = llava or load_llava(llava_path())
+    llava = llava or load_llava(llava_path(cfg.models_dir, world=world.name))
     enc = llava.encoder
     layer = check_steerable(enc, max(enc.read_layers) if cfg.layer is None else cfg.layer)
-    images, records = make_world("train", cfg.n_train, seed=cfg.seed)
+    targets = steering_targets(world, cfg.n_targets, cfg.seed)
+    images, labels = train_set(world, cfg.n_train, targets, cfg.n_per_target, cfg.seed)
     if sae is None:
         sae = train_toy_sae(llava, images, layer, cfg)
     seconds = {"sae": time.perf_counter() - t0}
-    val = {k: toy_items("val", cfg.n_val, k, cfg.seed) for k in KINDS}
-    test = {k: toy_items("test", cfg.n_test, k, cfg.seed) for k in KINDS}
+    val = {k: toy_items("val", cfg.n_val, k, cfg.seed, world, targets) for k in KINDS}
+    test = {k: toy_items("test", cfg.n_test, k, cfg.seed, world, targets) for k in KINDS}
     comparison = compare_steering(
         llava,
         sae,
         layer,
         images,
-        [r.shape for r in records],
+        labels,
         val,
         test,
-        toy_probes(),
-        toy_candidates(),
+        toy_probes(world),
+        toy_candidates(world),
         WordJudge(),
         cfg.eval,
     )
@@ -166,6 +187,9 @@ def toyworld_steering(
             comparison.table,
             out_dir,
             model=llava.name,
+            world=world.name,
+            targets=list(targets),
+            n_train_images=len(images),
             config=asdict(cfg),
             layer=layer,
             alpha_unit=comparison.alpha_unit,
