@@ -64,7 +64,8 @@ def toy_world_spec(spec: str, default: Any = None) -> Any:
     if spec.startswith(f"{TOYWORLD}:"):
         name = spec.split(":", 1)[1]
         if name not in WORLDS:
-            raise UserError(f"{spec}: unknown toy world {name!r}; expected one of {', '.join(WORLDS)}")
+            worlds = ", ".join(WORLDS)
+            raise UserError(f"{spec}: unknown toy world {name!r}; expected one of {worlds}")
         return get_world(name)
     return None
 
