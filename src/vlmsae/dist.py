@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TIMEOUT_ENV = "VLMSAE_DIST_TIMEOUT"
 _OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
+_ALONE = [0]  # depth of nested `alone()` blocks in this process
 
 
 def init_from_env(timeout_s: float | None = None) -> bool:
@@ -59,14 +60,29 @@ def _tdist() -> Any:
 
 
 def is_distributed() -> bool:
-    """This process is one of several in an initialised process group."""
+    """This process is one of several in an initialised process group (and not inside
+    :func:`alone`)."""
     tdist = _tdist()
     return (
-        tdist is not None
+        _ALONE[0] == 0
+        and tdist is not None
         and tdist.is_available()
         and tdist.is_initialized()
         and tdist.get_world_size() > 1
     )
+
+
+@contextmanager
+def alone():
+    """Inside the block this process works as if it were the only one: every helper here is
+    a no-op, ``rank() == 0``, ``world_size() == 1``, ``is_main()``. For work that each rank
+    does on its own (a sweep whose SAEs are spread over the ranks: each rank trains its
+    SAEs as one process would, on whole batches); the process group stays joined."""
+    _ALONE[0] += 1
+    try:
+        yield
+    finally:
+        _ALONE[0] -= 1
 
 
 def rank() -> int:
