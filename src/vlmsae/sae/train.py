@@ -36,6 +36,7 @@ from vlmsae.sae.losses import (
     sae_loss,
 )
 from vlmsae.sae.model import SAE, SAEOutput
+from vlmsae.sae.optim import LayoutAdam
 from vlmsae.sae.trainer_io import (
     MetricsLog,
     evaluate_sae,
@@ -147,12 +148,13 @@ def _update_threshold(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainCon
 
 
 def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam at the lr of step 0; the fused kernel (one pass per tensor) where available."""
+    """Adam at the lr of step 0; the fused kernel (one pass per tensor) where available,
+    walking the transposed ``W_enc`` in its memory order (:class:`LayoutAdam`)."""
     lr = cfg.learning_rate * lr_factor(0, cfg)
     try:
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
+        return LayoutAdam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
     except (RuntimeError, ValueError):  # a device without the fused kernel
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas)
+        return LayoutAdam(sae.parameters(), lr=lr, betas=cfg.adam_betas)
 
 
 def _init_b_dec(sae: SAE, x_BD: Tensor) -> None:
