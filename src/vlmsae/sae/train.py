@@ -93,7 +93,7 @@ def train_step(
         out = sae(x_BD, return_codes=False, reuse_buffers=True)  # forward (k·B over the batch)
         _record_firing(sae, out, state, n_global)  # first: a latent firing here is not dead
         dead_S = state.examples_since_fired_S >= cfg.dead_after
-        loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
+        loss = sae_loss(sae, x_BD, out, dead_S, cfg, reuse_buffers=True)  # loss
     total = loss.total if share == 1.0 else loss.total * share  # this rank's part of the mean
     global_total = dist.all_reduce(total.detach().clone())  # every rank sees the same loss
     if not torch.isfinite(global_total):

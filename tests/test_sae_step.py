@@ -1,13 +1,15 @@
-"""The training optimizer walks the transposed ``W_enc`` in memory order and is otherwise
-torch's Adam: the same updates bit for bit, the same state and ``state_dict``, so trainer
-states written before and after load into either."""
+"""What makes the CPU training step fast changes no value: the optimizer walks the transposed
+``W_enc`` in memory order and is otherwise torch's Adam (the same updates bit for bit, the
+same ``state_dict``, so trainer states written before and after load into either); the
+Matryoshka loss and decode keep their ``[G, B, D]`` temporaries in buffers from one step to
+the next (the same weights bit for bit as fresh temporaries, whatever the buffers held)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
+from vlmsae.sae import SAE, SAEConfig, TrainConfig, losses, model, sparse
 from vlmsae.sae.optim import LayoutAdam
 from vlmsae.sae.train import TrainState, make_optimizer, train_step
 
@@ -89,3 +91,41 @@ def test_training_steps_equal_those_with_torch_adam(dtype):
             train_step(sae, opt, x_BD, state, cfg)
     for name, value in saes[0].state_dict().items():
         assert torch.equal(value, saes[1].state_dict()[name]), name
+    saes[0].release_buffers_()
+
+
+@pytest.mark.parametrize("groups", [None, (0.25, 0.25, 0.5)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kept_loss_and_decode_buffers_change_no_weight(monkeypatch, groups, dtype):
+    cfg_sae = SAEConfig(d_in=16, expansion=4, k=4, group_fractions=groups)
+    cfg = TrainConfig(sae=cfg_sae, steps=5, batch_size=32, dtype=dtype, progress=False)
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(32, 16, generator=gen) + 1.0 for _ in range(4)]
+    kept_buffer, kept = losses._buffer, sparse._kept
+
+    def train(fresh: bool) -> SAE:
+        sae = SAE(cfg_sae, generator=torch.Generator().manual_seed(0))
+        opt, state = make_optimizer(sae, cfg), TrainState(0, torch.zeros(16 * 4, dtype=torch.int64))
+        if fresh:  # every temporary a new tensor
+            monkeypatch.setattr(
+                losses, "_buffer", lambda n, like, reuse: kept_buffer(n, like, False)
+            )
+            monkeypatch.setattr(sparse, "_kept", lambda n, s, like, reuse: kept(n, s, like, False))
+        for x_BD in batches:
+            for key, buf in model._SCRATCH.items():  # whatever the last step left
+                if key[1].startswith(("loss:", "decode:")) and buf.is_floating_point():
+                    buf.fill_(float("nan"))
+            train_step(sae, opt, x_BD, state, cfg)
+        monkeypatch.undo()
+        return sae
+
+    SAE(cfg_sae).release_buffers_()  # none left by other tests
+    with_buffers = train(fresh=False)
+    kept_names = {key[1].split(":(")[0] for key in model._SCRATCH}
+    assert {"loss:diff", "loss:grad", "decode:out"} <= kept_names  # the buffers were kept
+    assert ("decode:grad" in kept_names) == (groups is not None)  # a sum over groups
+    fresh = train(fresh=True)
+    for name, value in with_buffers.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[name]), name
+    with_buffers.release_buffers_()
+    assert not model._SCRATCH
