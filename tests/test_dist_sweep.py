@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,6 +90,21 @@ def _spread(root: str, data: Batches | None = None, resume: bool = False) -> Non
     Path(root, f"held-{dist.rank()}").write_text("\n".join(sorted(held)))
 
 
+class SlowOnRank1(Batches):
+    """Rank 1 takes a second per training batch (its SAEs are the slow ones)."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.served > NORM_BATCHES and int(os.environ.get("RANK", 0)) == 1:
+                time.sleep(1.0)
+            yield batch
+
+
+def _spread_with_short_timeout(root: str) -> None:
+    os.environ["VLMSAE_DIST_TIMEOUT"] = "3"  # rank 0 waits ~8 s for rank 1 at the end
+    _spread(root, SlowOnRank1())
+
+
 def _spread_killed(root: str) -> None:
     _spread(root, Batches(die_on_rank=1, die_at=NORM_BATCHES + 7))  # in step 7 of rank 1
 
@@ -149,6 +165,12 @@ def test_spread_sweep_on_two_ranks_equals_separate_runs(tmp_path, alone):
         mine = {n for n, r in OWNER.items() if r == rank}
         assert _prepared(tmp_path, rank) == mine  # each rank built only its own SAEs
         assert set((tmp_path / f"held-{rank}").read_text().split()) == mine
+    for name in WIDTHS:
+        _assert_same(tmp_path / name, alone / name)
+
+
+def test_a_rank_that_finishes_early_waits_past_the_collective_timeout(tmp_path, alone):
+    run_ranks(_spread_with_short_timeout, 2, str(tmp_path), timeout=60)
     for name in WIDTHS:
         _assert_same(tmp_path / name, alone / name)
 

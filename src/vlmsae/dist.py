@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 TIMEOUT_ENV = "VLMSAE_DIST_TIMEOUT"
 _OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
 _ALONE = [0]  # depth of nested `alone()` blocks in this process
+PATIENT_TIMEOUT_S = 30 * 24 * 3600.0
 
 
 def init_from_env(timeout_s: float | None = None) -> bool:
@@ -175,13 +176,24 @@ def all_gather_rows(t: Tensor) -> Tensor:
     return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)])
 
 
-def all_gather_object(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` in one process."""
+def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` in one process.
+    ``group``: a process group (default: the whole world)."""
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * world_size()
-    _tdist().all_gather_object(out, obj)
+    _tdist().all_gather_object(out, obj, group=group)
     return out
+
+
+def patient_group(timeout_s: float = PATIENT_TIMEOUT_S) -> Any:
+    """A gloo group of all ranks whose collectives wait up to ``timeout_s`` (default 30
+    days): for ranks that work alone for hours (a spread sweep) and then meet. Create it
+    while the ranks are in step (creating is itself collective); ``None`` in one process. A
+    rank that dies still fails the others at once (its connections close)."""
+    if not is_distributed():
+        return None
+    return _tdist().new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -198,16 +210,18 @@ class RankFailed(RuntimeError):
 
 
 @contextmanager
-def together(what: str):
+def together(what: str, group: Any = None):
     """Run the block on every rank, then agree: when it raised on any rank, every rank
     raises (the failing rank its own exception, the others :class:`RankFailed` naming it),
-    instead of the healthy ranks waiting in the next collective until the timeout."""
+    instead of the healthy ranks waiting in the next collective until the timeout.
+    ``group``: where to agree (a :func:`patient_group` when ranks may finish hours apart)."""
     error: BaseException | None = None
     try:
         yield
     except Exception as e:  # noqa: BLE001 — re-raised below on this rank
         error = e
-    messages = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    messages = all_gather_object(message, group)
     if error is not None:
         raise error
     failed = [(r, m) for r, m in enumerate(messages) if m is not None]

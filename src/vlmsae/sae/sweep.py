@@ -106,7 +106,9 @@ def train_sweep(
                 for c, i in zip(own, mine, strict=True)
             ]
         show = dist.is_main()  # one progress bar per job
-        with _each_rank("training the SAEs of the sweep", spread):
+        # spread, a rank may finish hours before another: it waits without a timeout
+        patient = dist.patient_group() if spread else None
+        with _each_rank("training the SAEs of the sweep", spread, patient):
             _run_together(runs, source, show)
             for i, run in zip(mine, runs, strict=True):
                 saes[i] = _conclude(run)
@@ -115,14 +117,14 @@ def train_sweep(
 
 
 @contextmanager
-def _each_rank(what: str, spread: bool) -> Iterator[None]:
+def _each_rank(what: str, spread: bool, group: Any = None) -> Iterator[None]:
     """Spread: run the block on each rank as one process would (whole batches, no
-    collectives: :func:`vlmsae.dist.alone`), then fail every rank if it failed on any.
-    Replicated: the block as it is (data parallel, the ranks in step)."""
+    collectives: :func:`vlmsae.dist.alone`), then fail every rank if it failed on any
+    (agreeing in ``group``). Replicated: the block as it is (data parallel, in step)."""
     if not spread:
         yield
         return
-    with dist.together(what), dist.alone():
+    with dist.together(what, group), dist.alone():
         yield
 
 
