@@ -186,14 +186,21 @@ def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
     return out
 
 
-def patient_group(timeout_s: float = PATIENT_TIMEOUT_S) -> Any:
+@contextmanager
+def patient_group(timeout_s: float = PATIENT_TIMEOUT_S):
     """A gloo group of all ranks whose collectives wait up to ``timeout_s`` (default 30
-    days): for ranks that work alone for hours (a spread sweep) and then meet. Create it
-    while the ranks are in step (creating is itself collective); ``None`` in one process. A
-    rank that dies still fails the others at once (its connections close)."""
+    days), for the block: for ranks that work alone for hours (a spread sweep) and then
+    meet. Enter it while the ranks are in step (creating it is itself collective); ``None``
+    in one process. A rank that dies still fails the others at once (its connections close)."""
     if not is_distributed():
-        return None
-    return _tdist().new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        yield None
+        return
+    tdist = _tdist()
+    group = tdist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    try:
+        yield group
+    finally:
+        tdist.destroy_process_group(group)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

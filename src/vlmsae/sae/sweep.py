@@ -107,7 +107,7 @@ def train_sweep(
             ]
         show = dist.is_main()  # one progress bar per job
         # spread, a rank may finish hours before another: it waits without a timeout
-        patient = dist.patient_group() if spread else None
+        patient = stack.enter_context(dist.patient_group()) if spread else None
         with _each_rank("training the SAEs of the sweep", spread, patient):
             _run_together(runs, source, show)
             for i, run in zip(mine, runs, strict=True):
