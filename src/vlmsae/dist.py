@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TIMEOUT_ENV = "VLMSAE_DIST_TIMEOUT"
 _OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
+_ALONE = [0]  # depth of nested `alone()` blocks in this process
+PATIENT_TIMEOUT_S = 30 * 24 * 3600.0
 
 
 def init_from_env(timeout_s: float | None = None) -> bool:
@@ -59,14 +61,29 @@ def _tdist() -> Any:
 
 
 def is_distributed() -> bool:
-    """This process is one of several in an initialised process group."""
+    """This process is one of several in an initialised process group (and not inside
+    :func:`alone`)."""
     tdist = _tdist()
     return (
-        tdist is not None
+        _ALONE[0] == 0
+        and tdist is not None
         and tdist.is_available()
         and tdist.is_initialized()
         and tdist.get_world_size() > 1
     )
+
+
+@contextmanager
+def alone():
+    """Inside the block this process works as if it were the only one: every helper here is
+    a no-op, ``rank() == 0``, ``world_size() == 1``, ``is_main()``. For work that each rank
+    does on its own (a sweep whose SAEs are spread over the ranks: each rank trains its
+    SAEs as one process would, on whole batches); the process group stays joined."""
+    _ALONE[0] += 1
+    try:
+        yield
+    finally:
+        _ALONE[0] -= 1
 
 
 def rank() -> int:
@@ -159,13 +176,31 @@ def all_gather_rows(t: Tensor) -> Tensor:
     return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)])
 
 
-def all_gather_object(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` in one process."""
+def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's ``obj`` (picklable, small), in rank order; ``[obj]`` in one process.
+    ``group``: a process group (default: the whole world)."""
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * world_size()
-    _tdist().all_gather_object(out, obj)
+    _tdist().all_gather_object(out, obj, group=group)
     return out
+
+
+@contextmanager
+def patient_group(timeout_s: float = PATIENT_TIMEOUT_S):
+    """A gloo group of all ranks whose collectives wait up to ``timeout_s`` (default 30
+    days), for the block: for ranks that work alone for hours (a spread sweep) and then
+    meet. Enter it while the ranks are in step (creating it is itself collective); ``None``
+    in one process. A rank that dies still fails the others at once (its connections close)."""
+    if not is_distributed():
+        yield None
+        return
+    tdist = _tdist()
+    group = tdist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    try:
+        yield group
+    finally:
+        tdist.destroy_process_group(group)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -182,16 +217,18 @@ class RankFailed(RuntimeError):
 
 
 @contextmanager
-def together(what: str):
+def together(what: str, group: Any = None):
     """Run the block on every rank, then agree: when it raised on any rank, every rank
     raises (the failing rank its own exception, the others :class:`RankFailed` naming it),
-    instead of the healthy ranks waiting in the next collective until the timeout."""
+    instead of the healthy ranks waiting in the next collective until the timeout.
+    ``group``: where to agree (a :func:`patient_group` when ranks may finish hours apart)."""
     error: BaseException | None = None
     try:
         yield
     except Exception as e:  # noqa: BLE001 — re-raised below on this rank
         error = e
-    messages = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    messages = all_gather_object(message, group)
     if error is not None:
         raise error
     failed = [(r, m) for r, m in enumerate(messages) if m is not None]

@@ -45,42 +45,14 @@ def _ints(text: str | None) -> list[int] | None:
 
 
 def _per_image(x, image_R, aggregate: str, chunk_rows: int):
-    """One row per image: ``x`` itself, or its rows aggregated per image in memory."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    from vlmsae.metrics._source import is_sparse, iter_images
+    """One row per image: ``x`` itself, or its rows aggregated per image in memory (under
+    ``torchrun``: this rank's share of the images; the metrics read no other)."""
+    from vlmsae.metrics.sae_codes import aggregate_share
 
     if image_R is None:
         return x
     log.info("several rows per image: aggregating them per image (%s)", aggregate)
-    blocks = [b for _, b in iter_images(x, chunk_rows, image_R, aggregate, np.float32)]
-    return sp.vstack(blocks, format="csr") if is_sparse(x) else np.concatenate(blocks)
-
-
-def _sae_codes(sae_dir: Path, acts, chunk_rows: int):
-    """Codes of an SAE over the activations (CSR) and the reconstruction metrics."""
-    import numpy as np
-    import scipy.sparse as sp
-    import torch
-
-    from vlmsae.metrics._source import iter_rows
-    from vlmsae.metrics.recon import ReconAccumulator
-    from vlmsae.sae import SAE
-
-    sae = SAE.load(sae_dir)
-    sae.eval()
-    acc, parts = ReconAccumulator(), []
-    with torch.inference_mode():
-        for _, block in iter_rows(acts, chunk_rows, np.float32):
-            x = torch.from_numpy(np.ascontiguousarray(block))
-            codes = sae.encode(x)
-            acc.add(x, sae.decode(codes))
-            parts.append(sp.csr_matrix(codes.float().numpy()))
-    codes = sp.vstack(parts, format="csr")
-    rec = acc.result()
-    rec["l0"] = float(codes.nnz / max(codes.shape[0], 1))
-    return sae, codes, rec
+    return aggregate_share(x, image_R, aggregate, chunk_rows)
 
 
 def score(
@@ -111,6 +83,7 @@ def score(
     from vlmsae.metrics.fit import check_score_inputs, with_neuron_count
     from vlmsae.metrics.maxms import max_ms_summary
     from vlmsae.metrics.ms import compare_sae_raw, monosemanticity, summarize_ms
+    from vlmsae.metrics.sae_codes import image_share_rows, sae_codes_of_rows
     from vlmsae.metrics.tables import ms_tables, tradeoff_table
     from vlmsae.report.figures import ms_histogram
 
@@ -125,8 +98,9 @@ def score(
     summary.update({k: acts_store.manifest.get(k) for k in ("model", "hookpoint", "layer")})
     raw_acts, model = None, None
     if sae is not None:
-        # encode every token, then aggregate the codes per image
-        model, codes, rec = _sae_codes(sae, acts_store, chunk_rows)
+        # encode every token (of this rank's images), then aggregate the codes per image
+        span = image_share_rows(image_R, len(acts_store))
+        model, codes, rec = sae_codes_of_rows(sae, acts_store, chunk_rows, span)
         codes = _per_image(codes, image_R, aggregate, chunk_rows)
         summary.update(sae=str(sae), arch=model.cfg.arch, k=model.cfg.k, **rec)
         summary["expansion"] = model.cfg.d_sae // model.cfg.d_in
@@ -189,16 +163,18 @@ def top_images_cmd(
 
     from vlmsae._io import write_json
     from vlmsae.data.store import ActivationStore
-    from vlmsae.metrics._source import image_index_of
+    from vlmsae.metrics._source import image_index_of, rank_span
     from vlmsae.metrics.fit import check_top_inputs, with_neuron_count
+    from vlmsae.metrics.sae_codes import sae_codes_of_rows
     from vlmsae.metrics.top_images import top_images
 
     store = ActivationStore(codes)
     provenance = check_top_inputs(store, sae, allow_mismatch=allow_mismatch)
     lock_until_exit(out, "vlmsae top-images")  # one writer per output directory
     source, image_R = store, image_index_of(store)
-    if sae is not None:
-        _, source, _ = _sae_codes(sae, store, chunk_rows)
+    if sae is not None:  # the codes of the rows top_images reads on this rank
+        span = rank_span(len(store), image_R)
+        source = sae_codes_of_rows(sae, store, chunk_rows, span).codes
     top = top_images(source, k, image_index=image_R, aggregate=aggregate, progress=True)
     out.mkdir(parents=True, exist_ok=True)
     _save_npy(out / "top_indices.npy", top.indices)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from vlmsae import dist
+
 
 def _np(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
@@ -37,6 +39,18 @@ class ReconAccumulator:
         self.sum_sq += float((x * x).sum())
         s = x.sum(axis=0)
         self.sum_D = s if self.sum_D is None else self.sum_D + s
+
+    def merge_ranks(self, d: int) -> None:
+        """Sum the accumulators of every rank into each (under ``torchrun``: each rank added
+        its share of the rows; a no-op in one process). ``d``: the row width, for a rank
+        that added no rows."""
+        if not dist.is_distributed():
+            return
+        sum_D = self.sum_D if self.sum_D is not None else np.zeros(d)
+        packed = np.concatenate([[self.n, self.sse, self.sum_sq], sum_D]).astype(np.float64)
+        dist.all_reduce_array(packed)
+        self.n, self.sse, self.sum_sq = int(packed[0]), float(packed[1]), float(packed[2])
+        self.sum_D = packed[3:]
 
     def result(self) -> dict[str, float]:
         if self.n == 0 or self.sum_D is None:

@@ -102,6 +102,13 @@ def train(
         help="TOML file of several SAEs ([grid] and / or [[sae]] tables) trained together on "
         "one read of the data into --out/<name>; other options are their defaults.",
     ),
+    sweep_placement: str = typer.Option(
+        None,
+        "--sweep-placement",
+        help="Under torchrun: auto (spread when the SAEs do not fit one rank's memory), "
+        "replicate (every SAE data parallel on every rank) or spread (each SAE on one rank). "
+        "Default: placement in the sweep file's [sweep] table, else auto.",
+    ),
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
     from vlmsae.data.store import ActivationStore
@@ -113,6 +120,12 @@ def train(
     if arch not in ARCHS:
         raise typer.BadParameter(f"{arch!r} is not one of {ARCHS}", param_hint="--arch")
     _check_push(push_to_hub)
+    if sweep_placement is not None:
+        from vlmsae.sae.placement import check_placement
+
+        if sweep is None:
+            raise UserError("--sweep-placement places the SAEs of a --sweep; give --sweep too")
+        check_placement(sweep_placement)
     fractions = _parse_fractions(group_fractions)
     if arch == "matryoshka" and fractions is None:
         fractions = PAPER_GROUP_FRACTIONS
@@ -164,7 +177,7 @@ def train(
             from vlmsae.sae.sweep import train_sweep_file
 
             for name, run_dir in train_sweep_file(
-                store, cfg, sweep, out, val=val, resume=resume
+                store, cfg, sweep, out, val=val, resume=resume, placement=sweep_placement
             ).items():
                 typer.echo(f"wrote {run_dir} ({name})")
             return

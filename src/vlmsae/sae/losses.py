@@ -37,32 +37,53 @@ class LossOutput(NamedTuple):
 
 class _SquaredErrorMeans(torch.autograd.Function):
     """``[G]``: ``(x - pred_g).pow(2).sum(-1).mean()`` for every ``g`` of ``pred_GBD``, a
-    ``[B, D]`` slice at a time (autograd's version takes five ``[G, B, D]`` temporaries)."""
+    ``[B, D]`` slice at a time (autograd's version takes five ``[G, B, D]`` temporaries).
+
+    ``reuse_buffers``: the differences and the gradient go into ``[G, B, D]`` buffers kept
+    per thread (the next such call overwrites them: backward first), not fresh ones, whose
+    page faults cost more than the arithmetic on a CPU. The values are the same bit for bit."""
 
     @staticmethod
-    def forward(ctx, x_BD, pred_GBD):
-        diffs = [x_BD - pred_BD for pred_BD in pred_GBD]
-        ctx.save_for_backward(*diffs)
+    def forward(ctx, x_BD, pred_GBD, reuse_buffers=False):
+        diff_GBD = _buffer("loss:diff", pred_GBD, reuse_buffers)
+        for g, pred_BD in enumerate(pred_GBD):
+            torch.sub(x_BD, pred_BD, out=diff_GBD[g])
+        ctx.save_for_backward(diff_GBD)
         ctx.x_needs_grad = x_BD.requires_grad
-        return torch.stack([d_BD.pow(2).sum(-1).mean() for d_BD in diffs])
+        ctx.reuse_buffers = reuse_buffers
+        return torch.stack([_row_squared_norms(d_BD).mean() for d_BD in diff_GBD])
 
     @staticmethod
     def backward(ctx, grad_G):
-        diffs = ctx.saved_tensors
-        coef_G = grad_G * (-2.0 / diffs[0].shape[0])
-        grad_pred_GBD = diffs[0].new_empty(len(diffs), *diffs[0].shape)
-        for g, d_BD in enumerate(diffs):
+        (diff_GBD,) = ctx.saved_tensors
+        coef_G = grad_G * (-2.0 / diff_GBD.shape[1])
+        grad_pred_GBD = _buffer("loss:grad", diff_GBD, ctx.reuse_buffers)
+        for g, d_BD in enumerate(diff_GBD):
             torch.mul(d_BD, coef_G[g], out=grad_pred_GBD[g])
         grad_x = -grad_pred_GBD.sum(0) if ctx.x_needs_grad else None
-        return grad_x, grad_pred_GBD
+        return grad_x, grad_pred_GBD, None
 
 
-def reconstruction_losses(x_BD: Tensor, out: SAEOutput) -> Tensor:
-    """``[G]``: mean over examples of ``‖x - x̂_g‖²`` for every nested prefix ``g``."""
+def _buffer(name: str, like_GBD: Tensor, reuse: bool) -> Tensor:
+    """A ``[G, B, D]`` tensor like ``like_GBD``: kept per thread and shape (``reuse``) or new."""
+    if not reuse:
+        return torch.empty_like(like_GBD)
+    shape = tuple(like_GBD.shape)
+    return SAE._scratch(f"{name}:{shape}", shape, like_GBD.dtype, like_GBD.device)
+
+
+def _row_squared_norms(d_BD: Tensor, rows: int = 256) -> Tensor:
+    """``d_BD.pow(2).sum(-1)`` (the same values) through cache-sized temporaries."""
+    return torch.cat([d.pow(2).sum(-1) for d in d_BD.split(rows)])
+
+
+def reconstruction_losses(x_BD: Tensor, out: SAEOutput, *, reuse_buffers: bool = False) -> Tensor:
+    """``[G]``: mean over examples of ``‖x - x̂_g‖²`` for every nested prefix ``g``
+    (``reuse_buffers``: see :class:`_SquaredErrorMeans`; the training step's)."""
     x_BD = x_BD.reshape(-1, x_BD.shape[-1]).float()
     if out.prefix_GBD is not None and x_BD.shape[0] > 0:
         prefix_GBD = out.prefix_GBD.reshape(-1, *x_BD.shape).float()
-        return _SquaredErrorMeans.apply(x_BD, prefix_GBD)
+        return _SquaredErrorMeans.apply(x_BD, prefix_GBD, reuse_buffers)
     return torch.stack(
         [(x_BD - p.reshape(x_BD.shape)).pow(2).sum(-1).mean() for p in out.prefix_x_hats]
     )
@@ -103,14 +124,21 @@ def sparsity_penalty(sae: SAE, out: SAEOutput) -> Tensor:
 
 
 def sae_loss(
-    sae: SAE, x_BD: Tensor, out: SAEOutput, dead_S: Tensor, cfg: TrainConfig
+    sae: SAE,
+    x_BD: Tensor,
+    out: SAEOutput,
+    dead_S: Tensor,
+    cfg: TrainConfig,
+    *,
+    reuse_buffers: bool = False,
 ) -> LossOutput:
     """The training objective of ``cfg``: weighted prefix reconstruction + penalty + AuxK.
 
     ``dead_S`` is the dead set AuxK uses: the trainer updates the "examples since fired"
     counters with this batch first, so a latent that fires here is not dead (as in the
-    paper's code)."""
-    group_losses = reconstruction_losses(x_BD, out)
+    paper's code). ``reuse_buffers``: the reconstruction losses keep their temporaries in
+    buffers that the next such call overwrites (run the backward first; training does)."""
+    group_losses = reconstruction_losses(x_BD, out, reuse_buffers=reuse_buffers)
     n_groups = sae.cfg.n_groups
     weights = sae.cfg.group_weights or (1.0 / n_groups,) * n_groups
     w_G = torch.tensor(weights, device=group_losses.device)

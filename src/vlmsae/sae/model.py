@@ -293,8 +293,9 @@ class SAE(nn.Module):
 
         ``return_codes=False`` skips building the dense ``[B, S]`` codes of the k-sparse
         variants (``out.codes`` is then ``None``; ``out.active`` has them); training does.
-        ``reuse_buffers=True`` (k-sparse variants; training does): ``out.pre_acts`` lives
-        in a buffer that the next such call overwrites (see :meth:`pre_acts`)."""
+        ``reuse_buffers=True`` (k-sparse variants; training does): ``out.pre_acts``,
+        ``out.x_hat`` and the prefix reconstructions live in buffers that the next such
+        call overwrites (see :meth:`pre_acts`)."""
         x_BD = self._check_input(self._as_tensor(x))
         pre_BS, active = self._encode_2d(x_BD, mode, reuse_buffers)
         x_hat_BD, prefix_GBD = self.b_dec.expand_as(x_BD), None

@@ -222,7 +222,9 @@ class _DecodeGroups(torch.autograd.Function):
         ctx.pool = pool
         ctx.group_ends = group_ends
         ctx.cumulative = bias_D is not None
-        out_GBD = W_dec_SD.new_empty(len(group_ends), n_rows, W_dec_SD.shape[1])
+        shape = (len(group_ends), n_rows, W_dec_SD.shape[1])
+        # training (a pool): into a buffer kept per thread, overwritten by the next step's
+        out_GBD = _kept("decode:out", shape, W_dec_SD, pool is not None)
         with torch.autocast(W_dec_SD.device.type, enabled=False):  # no bf16 sparse kernels
             for g, (lo, hi, keep) in enumerate(_groups(cols, group_ends)):
                 a_BS = _csr(
@@ -244,10 +246,13 @@ class _DecodeGroups(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_W = _take(ctx.pool, "grad:W_dec", W_dec_SD, tuple(W_dec_SD.shape))
         groups = list(enumerate(_groups(cols, ctx.group_ends)))
-        grad_BD = None
+        grad_BD = acc_BD = None
         for g, (lo, hi, keep) in reversed(groups):  # last group first
-            if ctx.cumulative and grad_BD is not None:  # group g feeds every prefix h >= g
-                grad_BD = grad_BD + grad_GBD[g]
+            if ctx.cumulative and acc_BD is not None:  # group g feeds every prefix h >= g
+                grad_BD = acc_BD.add_(grad_GBD[g])
+            elif ctx.cumulative and grad_BD is not None:  # one [B, D] sum for all groups
+                acc_BD = _kept("decode:grad", grad_BD.shape, grad_BD, ctx.pool is not None)
+                grad_BD = torch.add(grad_BD, grad_GBD[g], out=acc_BD)
             else:
                 grad_BD = grad_GBD[g].contiguous()
             rows_g, cols_g = rows[keep], cols[keep] - lo
@@ -261,6 +266,17 @@ class _DecodeGroups(torch.autograd.Function):
         if ctx.cumulative and ctx.needs_input_grad[6]:
             grad_bias = grad_BD.sum(0)  # group 0's: the sum over every prefix
         return grad_values, None, None, grad_W, None, None, grad_bias, None
+
+
+def _kept(name: str, shape: tuple[int, ...], like: Tensor, reuse: bool) -> Tensor:
+    """A new tensor of ``shape`` like ``like``, or (``reuse``) the buffer of that name and
+    shape kept per thread by :meth:`~vlmsae.sae.model.SAE._scratch` (its next user
+    overwrites it): fresh ``[G, B, D]`` tensors cost more in page faults than their sums."""
+    if not reuse:
+        return like.new_empty(shape)
+    from vlmsae.sae.model import SAE  # model imports this module
+
+    return SAE._scratch(f"{name}:{tuple(shape)}", tuple(shape), like.dtype, like.device)
 
 
 def _groups(cols: Tensor, group_ends: tuple[int, ...]):

@@ -36,6 +36,7 @@ from vlmsae.sae.losses import (
     sae_loss,
 )
 from vlmsae.sae.model import SAE, SAEOutput
+from vlmsae.sae.optim import LayoutAdam
 from vlmsae.sae.trainer_io import (
     MetricsLog,
     evaluate_sae,
@@ -92,7 +93,7 @@ def train_step(
         out = sae(x_BD, return_codes=False, reuse_buffers=True)  # forward (k·B over the batch)
         _record_firing(sae, out, state, n_global)  # first: a latent firing here is not dead
         dead_S = state.examples_since_fired_S >= cfg.dead_after
-        loss = sae_loss(sae, x_BD, out, dead_S, cfg)  # loss
+        loss = sae_loss(sae, x_BD, out, dead_S, cfg, reuse_buffers=True)  # loss
     total = loss.total if share == 1.0 else loss.total * share  # this rank's part of the mean
     global_total = dist.all_reduce(total.detach().clone())  # every rank sees the same loss
     if not torch.isfinite(global_total):
@@ -147,12 +148,13 @@ def _update_threshold(sae: SAE, out: SAEOutput, state: TrainState, cfg: TrainCon
 
 
 def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam at the lr of step 0; the fused kernel (one pass per tensor) where available."""
+    """Adam at the lr of step 0; the fused kernel (one pass per tensor) where available,
+    walking the transposed ``W_enc`` in its memory order (:class:`LayoutAdam`)."""
     lr = cfg.learning_rate * lr_factor(0, cfg)
     try:
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
+        return LayoutAdam(sae.parameters(), lr=lr, betas=cfg.adam_betas, fused=True)
     except (RuntimeError, ValueError):  # a device without the fused kernel
-        return torch.optim.Adam(sae.parameters(), lr=lr, betas=cfg.adam_betas)
+        return LayoutAdam(sae.parameters(), lr=lr, betas=cfg.adam_betas)
 
 
 def _init_b_dec(sae: SAE, x_BD: Tensor) -> None:
