@@ -12,9 +12,10 @@ shape and colour >= 90 %; LLaVA captions exactly right >= 80 %.
 
 The emoji world (:data:`EMOJI_BARS`): CLIP zero-shot over the 341 emoji ("a dog face")
 >= 70 %, over the 94 subgroups >= 85 % and the 8 groups >= 90 % (a prediction counts when
-it names an emoji, subgroup or group present in the image; ``clip_emoji_single`` is the
-main emoji of one-emoji images only); LLaVA's one-word answer (the main emoji's name)
->= 70 %. Captions (``llava_caption``, exact) are reported without a bar.
+it names an emoji, subgroup or group present in the image); LLaVA's one-word answer (the
+main emoji's name) >= 70 %. Reported without a bar: ``clip_*_single`` (one-emoji images
+only), ``clip_subgroup_from_emoji`` / ``clip_group_from_emoji`` (the subgroup / group of
+the predicted emoji) and exact captions (``llava_caption``).
 """
 
 from __future__ import annotations
@@ -99,33 +100,43 @@ def clip_zero_shot_emoji(
     """Zero-shot accuracy of a CLIP over the emoji world's concepts (see the module doc)."""
     import torch
 
+    from vlmsae.toyworld.emoji_world import emoji_table
     from vlmsae.toyworld.worlds import get_world
 
     world = get_world("emoji")
     prompts = world.concept_prompts()
+
+    def pixels(lo: int) -> Any:
+        return processor(images=images[lo : lo + 256], return_tensors="pt")["pixel_values"]
+
     with torch.no_grad():
         img_NE = np.concatenate(
             [
-                _unit(
-                    model.get_image_features(
-                        pixel_values=processor(images=images[lo : lo + 256], return_tensors="pt")[
-                            "pixel_values"
-                        ]
-                    )
-                )
+                _unit(model.get_image_features(pixel_values=pixels(lo)))
                 for lo in range(0, len(images), 256)
             ]
         )
-        out = {}
+        predicted = {}
         for name in ("emoji", "subgroup", "group", "background"):
             enc = processor(text=prompts[name], return_tensors="pt", padding=True)
             pred = (img_NE @ _unit(model.get_text_features(**enc)).T).argmax(1)
-            values = world.attributes[name]
-            pairs = list(zip((values[p] for p in pred), records, strict=True))
-            out[f"clip_{name}"] = float(np.mean([v in world.concepts(r)[name] for v, r in pairs]))
-            if name == "emoji":
-                single = [v == r.emoji for v, r in pairs if r.second == "none"]
-                out["clip_emoji_single"] = float(np.mean(single))
+            predicted[name] = [world.attributes[name][p] for p in pred]
+    out = {}
+    single = np.array([r.second == "none" for r in records])
+    for name, values in predicted.items():
+        hit = np.array([v in world.concepts(r)[name] for v, r in zip(values, records, strict=True)])
+        out[f"clip_{name}"] = float(hit.mean())
+        if name != "background":  # diagnostics: one-emoji images only
+            out[f"clip_{name}_single"] = float(hit[single].mean())
+    # diagnostics: subgroup and group read off the predicted emoji (the taxonomy as a
+    # hierarchical classifier) rather than from their own prompts
+    by_word = {e.word: e for e in emoji_table()}
+    for level in ("subgroup", "group"):
+        hit = [
+            getattr(by_word[v], level) in world.concepts(r)[level]
+            for v, r in zip(predicted["emoji"], records, strict=True)
+        ]
+        out[f"clip_{level}_from_emoji"] = float(np.mean(hit))
     return out
 
 
