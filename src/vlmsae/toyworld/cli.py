@@ -76,12 +76,13 @@ def evaluate(
     from vlmsae.toyworld.evaluate import evaluate_toyworld
 
     summary = evaluate_toyworld(models, n=n, seed=seed, split=split, world=world)
-    typer.echo(f"{'metric':<18}{'accuracy':>10}{'bar':>8}  ok")
+    width = max(18, *(len(name) + 2 for name in summary["metrics"]))
+    typer.echo(f"{'metric':<{width}}{'accuracy':>10}{'bar':>8}  ok")
     for name, value in summary["metrics"].items():
         bar = summary["bars"].get(name)
         ok = "" if bar is None else ("yes" if value >= bar else "NO")
         bar_s = "-" if bar is None else f"{bar:.0%}"
-        typer.echo(f"{name:<18}{pct(value):>10}{bar_s:>8}  {ok}")
+        typer.echo(f"{name:<{width}}{pct(value):>10}{bar_s:>8}  {ok}".rstrip())
     write_json(out / "summary.json", summary)
     if json_path is not None:
         write_json(json_path, summary)
