@@ -20,13 +20,15 @@ from vlmsae.report.document import Table
 
 
 def n_concept_values(world_name: str) -> int:
-    """Concept values of a world: every value of its attributes but the taxonomy levels above
-    the leaf (shape family; emoji group and subgroup) and the emoji world's ``second`` (the
-    same emoji again). Shapes: 8 shapes + 8 colours + 2 sizes + 4 backgrounds = 22."""
+    """Concept values of a world: every value of its attributes but the taxonomy levels that
+    group its objects (shape family; emoji group and subgroup) and the emoji world's
+    ``second`` (the same emoji again). Shapes: 8 shapes + 8 colours + 2 sizes + 4
+    backgrounds = 22; emoji: 341 emoji + 5 backgrounds = 346."""
     from vlmsae.toyworld.worlds import get_world
 
     world = get_world(world_name)
-    skip = {*world.taxonomy_levels[:-1], "second"}
+    levels = world.taxonomy_levels
+    skip = {*levels[: levels.index(world.object_attribute)], "second"}
     return sum(len(v) for a, v in world.attributes.items() if a not in skip)
 
 
