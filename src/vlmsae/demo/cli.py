@@ -21,10 +21,10 @@ def demo(
         False, "--quick", help="A reduced run (about a minute) for CI and a first look."
     ),
     world: str = typer.Option(
-        "emoji",
+        None,
         "--world",
         help="Toy world: emoji (341 emoji under Unicode's taxonomy) or shapes (the demo "
-        "before the emoji world, 22 concept values).",
+        "before the emoji world, 22 concept values) [emoji].",
     ),
     models_dir: Path = typer.Option(
         None,
@@ -63,8 +63,8 @@ def demo(
         "steer": steer,
         "seed": seed,
         "workers": workers,
-        "world": get_world(world).name,  # an unknown world: one Error line
         "models_dir": None if models_dir is None else str(models_dir),
+        **({"world": get_world(world).name} if world else {}),  # unknown: one Error line
         **({"seeds": seeds} if seeds else {}),
     }
     if quick:
