@@ -182,14 +182,19 @@ def test_demo_on_the_shapes_world(shapes_run):
     assert (DemoConfig().world, DemoConfig().n_test) == ("emoji", 6_000)
 
 
-def test_demo_refuses_a_directory_of_another_world(shapes_run):
-    """Resuming a shapes run as an emoji one would mix the worlds: one Error line, exit 2."""
+def test_demo_refuses_a_directory_of_another_world(shapes_run, tmp_path):
+    """Resuming a shapes run as an emoji one would mix the worlds: one Error line, exit 2;
+    so do an unknown world and missing models (before any image is rendered)."""
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(shapes_run)])
     assert result.exit_code == 2, result.output
     assert "holds a demo of the shapes world" in result.output
     assert "--world shapes" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["demo", "--quick", "--world", "cats", "--out", "x"])
     assert result.exit_code == 2 and "unknown toy world 'cats'" in result.output
+    args = ["--world", "shapes", "--models-dir", str(tmp_path / "none")]
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2 and "no toy clip model" in result.output
+    assert "--models-dir" in result.output and not (tmp_path / "x" / "world").exists()
 
 
 def test_label_purity_counts_every_value_an_image_holds():

@@ -29,14 +29,17 @@ def _complete_store(path: Path) -> bool:
 def export_world(cfg: DemoConfig) -> Path:
     """Render the train and test splits of ``cfg.world`` as ImageFolders (iNaturalist
     layout). An output directory that holds another world's demo is refused: resuming
-    would mix the two."""
+    would mix the two; so are missing models, before any image is rendered."""
     from vlmsae.toyworld import export_imagefolder
 
     root = Path(cfg.out_dir) / "world"
-    for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
+    splits = (("train", cfg.n_train), ("test", cfg.n_test))
+    for split, _ in splits:
         if (root / split / "attributes.csv").exists():
             check_world(root / split, cfg)
-        else:
+    clip_of(cfg)
+    for split, n in splits:
+        if not (root / split / "attributes.csv").exists():
             export_imagefolder(root, split=split, n=n, seed=cfg.seed, world=cfg.world)
     return root
 
