@@ -5,6 +5,11 @@ label purity and (Matryoshka) LCA depth per group; the same for the raw neurons 
 hook; and the same for untrained SAEs of every configuration (the baselines). Everything
 is computed by the library's metric functions on the codes, with the paper's conventions
 (``cfg.min_active``: neurons active on fewer than 16 images leave uniqueness and hierarchy).
+
+The truth is the world's (:func:`~vlmsae.toyworld.worlds.get_world`): the hierarchy is
+measured against its taxonomy (shapes: family → shape → colour; emoji: Unicode's group →
+subgroup → emoji) at each image's class (the main emoji); label purity against every value
+an image holds (both emoji of an emoji scene, and the background).
 """
 
 from __future__ import annotations
@@ -22,8 +27,6 @@ from vlmsae.demo.stages import Embeddings, SAERun, sae_config, test_activations
 from vlmsae.demo.truth import label_purity
 
 log = logging.getLogger(__name__)
-TAXONOMY = ("family", "shape", "color")
-ATTRIBUTES = ("family", "shape", "color", "size", "background")
 
 
 @dataclass
@@ -67,31 +70,61 @@ class SAEScores:
     """``trained``, or the untrained baseline it is (``init``, ``random``)."""
 
 
+@dataclass(frozen=True)
+class WorldLabels:
+    """Ground truth of the held-out images, in the stores' row order."""
+
+    taxonomy: dict[str, np.ndarray]
+    """Taxonomy level (top first) -> the value of each image's class ``int64 [N]`` (the
+    main emoji's group, subgroup and emoji; the shapes world's family, shape, colour)."""
+    present: dict[str, np.ndarray]
+    """Attribute -> the values each image holds ``bool [N, V]`` (label purity reads these:
+    shapes: family, shape, colour, size, background, one value each; emoji: group,
+    subgroup and emoji of both emoji where there are two, and the background)."""
+
+
 @dataclass
 class Scores:
     saes: list[SAEScores]
     """Every trained SAE (all seeds)."""
     raw: dict[str, NeuronScores]
-    labels: dict[str, np.ndarray]
+    labels: WorldLabels
     images: list[str]
     baselines: list[SAEScores]
     """Untrained SAEs of every configuration (``kind`` init and random)."""
 
 
-def world_labels(world: Path, images: list[str]) -> dict[str, np.ndarray]:
-    """Integer labels per attribute for the test images, in the stores' row order."""
-    from vlmsae.toyworld import ATTRIBUTES as VALUES
-    from vlmsae.toyworld import read_exported
+def purity_attributes(world) -> tuple[str, ...]:
+    """The attributes label purity checks: every concept of the world but the emoji
+    world's ``second`` (its values are in ``emoji`` already, and ``none`` is no concept)."""
+    return tuple(a for a in world.attributes if a != "second")
 
-    by_path = {str(im.path.resolve()): im.record for im in read_exported(world / "test")}
+
+def world_labels(world_dir: Path, images: list[str]) -> WorldLabels:
+    """The truth of the test images of an exported world, in the stores' row order."""
+    from vlmsae.toyworld import read_exported
+    from vlmsae.toyworld.worlds import world_of_split
+
+    world = world_of_split(world_dir / "test")
+    by_path = {str(im.path.resolve()): im.record for im in read_exported(world_dir / "test")}
     records = [by_path[str(Path(p).resolve())] for p in images]
-    return {
-        a: np.array([VALUES[a].index(getattr(r, a)) for r in records], np.int64) for a in ATTRIBUTES
+    leaves = [world.leaf(r) for r in records]
+    taxonomy = {
+        level: np.array([world.attributes[level].index(leaf[d]) for leaf in leaves], np.int64)
+        for d, level in enumerate(world.taxonomy_levels)
     }
+    present = {}
+    for a in purity_attributes(world):
+        held_NV = np.zeros((len(records), len(world.attributes[a])), bool)
+        index = {v: i for i, v in enumerate(world.attributes[a])}
+        for n, r in enumerate(records):
+            held_NV[n, [index[v] for v in world.concepts(r)[a]]] = True
+        present[a] = held_NV
+    return WorldLabels(taxonomy, present)
 
 
 def score_neurons(
-    acts: np.ndarray | sp.csr_matrix, emb: Embeddings, labels: dict[str, np.ndarray], top_n: int
+    acts: np.ndarray | sp.csr_matrix, emb: Embeddings, labels: WorldLabels, top_n: int
 ) -> NeuronScores:
     """MS under both embeddings, top images and their purity for ``acts [N, K]``."""
     from vlmsae.metrics import monosemanticity
@@ -106,21 +139,22 @@ def score_neurons(
         clip.n_active,
         top.indices,
         top.values,
-        label_purity(top.indices, labels),
+        label_purity(top.indices, labels.present),
     )
 
 
 def lca_depth_by_group(
     neurons: NeuronScores,
-    labels: dict[str, np.ndarray],
+    labels: WorldLabels,
     group_sizes: tuple[int, ...],
     min_active: int,
 ) -> list[float]:
-    """Mean LCA depth (taxonomy family → shape → colour) of each group's neurons, as the
+    """Mean LCA depth (over the world's taxonomy levels) of each group's neurons, as the
     paper computes it: neurons active on >= ``min_active`` images, rounded per neuron."""
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy
 
-    paths = encode_taxonomy(list(zip(*(labels[level].tolist() for level in TAXONOMY), strict=True)))
+    levels = [values.tolist() for values in labels.taxonomy.values()]
+    paths = encode_taxonomy(list(zip(*levels, strict=True)))
     res = hierarchy(paths, neurons.top_images(), group_sizes, min_active=min_active)
     return res.group_mean_depth.tolist()
 
@@ -138,7 +172,7 @@ def score_sae(
     run: SAERun,
     x_ND: np.ndarray,
     emb: Embeddings,
-    labels: dict[str, np.ndarray],
+    labels: WorldLabels,
     cfg: DemoConfig,
     sae=None,
     kind: str = "trained",

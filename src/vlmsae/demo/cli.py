@@ -20,6 +20,17 @@ def demo(
     quick: bool = typer.Option(
         False, "--quick", help="A reduced run (about a minute) for CI and a first look."
     ),
+    world: str = typer.Option(
+        None,
+        "--world",
+        help="Toy world: emoji (341 emoji under Unicode's taxonomy) or shapes (the demo "
+        "before the emoji world, 22 concept values) [emoji].",
+    ),
+    models_dir: Path = typer.Option(
+        None,
+        "--models-dir",
+        help="Toy models of the world (a `vlmsae toyworld build` output) [the shipped ones].",
+    ),
     steer: bool = typer.Option(True, "--steer/--no-steer", help="Run the steering section."),
     seed: int = typer.Option(0, "--seed", help="Seed of the world, data order and SAEs."),
     threads: int = typer.Option(
@@ -34,6 +45,8 @@ def demo(
 ) -> None:
     """Cache the toy CLIP, train SAEs, score them against the ground truth, write a report.
 
+    Runs on the emoji world by default; ``--world shapes`` runs the shapes world's demo.
+
     Everything goes to OUT: README.md and index.html (every table and figure with a line
     on what it shows), tables/*.csv, figures/*.png, summary.json, and the intermediate
     stores and SAE checkpoints. Rerunning skips the parts that are already complete.
@@ -44,8 +57,16 @@ def demo(
     from vlmsae._io import write_json
     from vlmsae.demo.config import DemoConfig
     from vlmsae.demo.pipeline import run_demo
+    from vlmsae.toyworld.worlds import get_world
 
-    more = {"steer": steer, "seed": seed, "workers": workers, **({"seeds": seeds} if seeds else {})}
+    more = {
+        "steer": steer,
+        "seed": seed,
+        "workers": workers,
+        "models_dir": None if models_dir is None else str(models_dir),
+        **({"world": get_world(world).name} if world else {}),  # unknown: one Error line
+        **({"seeds": seeds} if seeds else {}),
+    }
     if quick:
         cfg = DemoConfig.quick(**({"out_dir": str(out)} if out else {}), **more)
     else:

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 HOOK_PROJECTION = "proj"
 """Name of the toy CLIP's final image embedding (``post_projection``) among the hooks."""
+WORLD_IMAGES = {"shapes": (8_000, 2_000), "emoji": (16_000, 6_000)}
+"""Default ``(n_train, n_test)`` per world. The emoji world has 341 classes: 6,000 held-out
+images show each emoji about 18 times as the main one (26 times in all), so a neuron of one
+emoji can pass the paper's 16-image rule (2,000 would show it 6 times); 16,000 training
+images show each about 47 times. SAE training time does not depend on them (fixed steps)."""
 
 
 @dataclass(frozen=True)
@@ -16,10 +21,12 @@ class DemoConfig:
 
     out_dir: str = "runs/demo"
     """Where everything is written (``README.md`` and ``index.html`` at the top)."""
-    n_train: int = 8_000
-    """Toy-world training images whose CLS activations train the SAEs."""
-    n_test: int = 2_000
-    """Held-out images: MS, top images, hierarchy and R² are measured on them."""
+    n_train: int | None = None
+    """Toy-world training images whose CLS activations train the SAEs (None: the world's
+    default in :data:`WORLD_IMAGES`, 16,000 emoji / 8,000 shapes)."""
+    n_test: int | None = None
+    """Held-out images: MS, top images, hierarchy and R² are measured on them (None: the
+    world's default, 6,000 emoji / 2,000 shapes)."""
     layers: tuple[int, ...] = (2, 4)
     """Toy-CLIP blocks cached (``post_mlp_residual``, CLS token); the projection is added."""
     archs: tuple[str, ...] = ("batchtopk", "matryoshka")
@@ -34,7 +41,8 @@ class DemoConfig:
     group_fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5625)
     """Matryoshka groups (the paper's)."""
     steps: int = 800
-    """SAE training steps (25 epochs of the default training set at batch 256)."""
+    """SAE training steps (at batch 256: 25 epochs of 8,000 shapes images, 12.8 of 16,000
+    emoji images)."""
     batch_size: int = 256
     """SAE training batch size."""
     n_grid: int = 4
@@ -61,12 +69,22 @@ class DemoConfig:
     """Processes that train SAEs side by side (one core each; 1 trains in this process)."""
     n_boot: int = 1000
     """Bootstrap resamples of every interval (seeded with ``seed``)."""
-    world: str = "shapes"
-    """The toy world the demo runs on: ``shapes`` or ``emoji``."""
+    world: str = "emoji"
+    """The toy world the demo runs on: ``emoji`` (341 emoji under Unicode's taxonomy) or
+    ``shapes`` (22 concept values; the demo before the emoji world)."""
     models_dir: str | None = None
     """Toy-world models to use (a ``vlmsae toyworld build`` output); default the shipped ones."""
 
     def __post_init__(self) -> None:
+        from vlmsae.toyworld.worlds import WORLDS
+
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        n_train, n_test = WORLD_IMAGES[self.world]
+        if self.n_train is None:  # resolved once, at construction: the config stays frozen
+            object.__setattr__(self, "n_train", n_train)
+        if self.n_test is None:
+            object.__setattr__(self, "n_test", n_test)
         if self.n_train < self.batch_size:
             raise ValueError(f"n_train={self.n_train} is smaller than batch_size={self.batch_size}")
         if self.n_test < 2 * self.top_n:

@@ -1,6 +1,7 @@
 """Per-SAE numbers of the demo and their aggregation over seeds.
 
-Every trained SAE gives one dict of numbers (R², L0, dead fraction, the MS statistics under
+Every trained SAE gives one dict of numbers (R², L0, dead fraction, the share of latents
+alive (active on a held-out image) and kept (active on ``min_active``), the MS statistics under
 both embeddings with the neuron attaining each, depth per group, uniqueness); a
 configuration's numbers are their mean ± std over seeds; the untrained baselines give the
 same numbers for the same configurations.
@@ -45,6 +46,8 @@ def sae_numbers(s: SAEScores, raw_ms: np.ndarray, min_active: int) -> dict[str, 
         float((n.ms_clip[defined] > median_raw).mean()) if defined.any() else float("nan")
     )
     out["alive"] = float((n.n_active > 0).sum())
+    out["alive_share"] = float((n.n_active > 0).mean())
+    out["kept_share"] = float((n.n_active >= min_active).mean())
     for g, depth in enumerate(s.depth_by_group):
         out[f"depth_group{g + 1}"] = depth
     if s.uniqueness is not None:

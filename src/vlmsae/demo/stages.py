@@ -27,20 +27,51 @@ def _complete_store(path: Path) -> bool:
 
 
 def export_world(cfg: DemoConfig) -> Path:
-    """Render the train and test splits as ImageFolders (iNaturalist layout)."""
+    """Render the train and test splits of ``cfg.world`` as ImageFolders (iNaturalist
+    layout). An output directory that holds another world's demo is refused: resuming
+    would mix the two; so are missing models, before any image is rendered."""
     from vlmsae.toyworld import export_imagefolder
 
     root = Path(cfg.out_dir) / "world"
-    for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
+    splits = (("train", cfg.n_train), ("test", cfg.n_test))
+    for split, _ in splits:
+        if (root / split / "attributes.csv").exists():
+            check_world(root / split, cfg)
+    clip_of(cfg)
+    for split, n in splits:
         if not (root / split / "attributes.csv").exists():
-            export_imagefolder(root, split=split, n=n, seed=cfg.seed)
+            export_imagefolder(root, split=split, n=n, seed=cfg.seed, world=cfg.world)
     return root
+
+
+def check_world(split_dir: Path, cfg: DemoConfig) -> None:
+    """Raise ``UserError`` where the exported ``split_dir`` is not of ``cfg.world``."""
+    from vlmsae.errors import UserError
+    from vlmsae.toyworld.worlds import world_of_split
+
+    found = world_of_split(split_dir).name
+    if found != cfg.world:
+        raise UserError(
+            f"{cfg.out_dir} holds a demo of the {found} world, and this run is of the "
+            f"{cfg.world} world; give another --out, remove {cfg.out_dir}, or pass "
+            f"--world {found} to resume it"
+        )
+
+
+def clip_of(cfg: DemoConfig) -> Path:
+    """The toy CLIP of ``cfg.world`` (in ``cfg.models_dir``, default the shipped one)."""
+    from vlmsae.errors import UserError
+    from vlmsae.toyworld import clip_path
+
+    try:
+        return clip_path(cfg.models_dir, world=cfg.world)
+    except FileNotFoundError as err:
+        raise UserError(f"{err}, or give --models-dir with the {cfg.world} world's models") from err
 
 
 def cache_world(cfg: DemoConfig, world: Path) -> dict[str, dict[str, Path]]:
     """Cache every hook of the toy CLIP (CLS token) for both splits: ``{split: {hook: dir}}``."""
     from vlmsae.encoders.cache import CacheConfig, cache_activations
-    from vlmsae.toyworld import clip_path
 
     out: dict[str, dict[str, Path]] = {}
     for split in ("train", "test"):
@@ -59,7 +90,7 @@ def cache_world(cfg: DemoConfig, world: Path) -> dict[str, dict[str, Path]]:
                 resume=(split_dir / "post_projection" / MANIFEST).exists(),
                 progress=False,
             )
-            cache_activations(clip_path(cfg.models_dir), world, split_dir, cache_cfg, split=split)
+            cache_activations(clip_of(cfg), world, split_dir, cache_cfg, split=split)
         out[split] = stores
     return out
 
@@ -77,14 +108,12 @@ class Embeddings:
 def embed_world(cfg: DemoConfig, world: Path) -> Embeddings:
     """Write both embedding stores of the test images and check they align row by row."""
     from vlmsae.encoders.cache import embed_images
-    from vlmsae.toyworld import clip_path, write_oracle_embeddings
+    from vlmsae.toyworld import write_oracle_embeddings
 
     emb_dir = Path(cfg.out_dir) / "embeddings"
     emb = Embeddings(emb_dir / "clip", emb_dir / "oracle")
     if not _complete_store(emb.clip):
-        embed_images(
-            clip_path(cfg.models_dir), world, emb.clip, split="test", workers=0, progress=False
-        )
+        embed_images(clip_of(cfg), world, emb.clip, split="test", workers=0, progress=False)
     if not _complete_store(emb.oracle):
         write_oracle_embeddings(world / "test", emb.oracle)
     clip_images = [Path(p).resolve() for p in ActivationStore(emb.clip).images]

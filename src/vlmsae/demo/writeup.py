@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from vlmsae._human import pct
+from vlmsae.demo import alive
 from vlmsae.demo.analysis import Scores
 from vlmsae.demo.config import DemoConfig
 from vlmsae.demo.findings import findings
@@ -74,6 +75,7 @@ def sae_rows(cfg: DemoConfig, nums: Numbers) -> Table:
                 _cell(agg, "r2"),
                 _cell(agg, "l0"),
                 _cell(agg, "dead_fraction"),
+                _cell(agg, "alive_share"),
                 _cell(agg, "mean_ms_clip"),
                 _with_n(agg, "max_ms_clip"),
                 _with_n(agg, "max_ms_active_clip"),
@@ -93,6 +95,7 @@ def sae_rows(cfg: DemoConfig, nums: Numbers) -> Table:
         "R²",
         "L0",
         "dead",
+        "alive share",
         "mean MS (CLIP)",
         "max MS (CLIP)",
         f"max MS, active ≥ {cfg.min_active}",
@@ -183,6 +186,18 @@ def k_sweep_rows(cfg: DemoConfig, nums: Numbers) -> Table:
     )
 
 
+def _taxonomy_scale(world_name: str) -> str:
+    """What the LCA depths mean in ``world_name``'s taxonomy."""
+    from vlmsae.toyworld.worlds import get_world
+
+    levels = get_world(world_name).taxonomy_levels
+    return (
+        f"0 = different {levels[0]}, "
+        + ", ".join(f"{d} = same {level}" for d, level in enumerate(levels[:-1], 1))
+        + f", {len(levels)} = same leaf ({levels[-1]})"
+    )
+
+
 def hierarchy_rows(cfg: DemoConfig, nums: Numbers) -> Table:
     mats = [(c, r) for c, r in _table_configs(cfg, nums) if r.arch == "matryoshka"]
     n_groups = len(cfg.group_fractions)
@@ -204,9 +219,9 @@ def hierarchy_rows(cfg: DemoConfig, nums: Numbers) -> Table:
         "hierarchy",
         cols,
         rows,
-        "Mean LCA depth of top images per Matryoshka group (0 = different family, 3 = same "
-        f"leaf), as the paper computes it: neurons active on ≥ {cfg.min_active} images, each "
-        "neuron's mean depth rounded; mean ± std over seeds",
+        "Mean LCA depth of top images per Matryoshka group against the world's taxonomy "
+        f"({_taxonomy_scale(cfg.world)}), as the paper computes it: neurons active on "
+        f"≥ {cfg.min_active} images, each neuron's mean depth rounded; mean ± std over seeds",
     )
 
 
@@ -231,22 +246,6 @@ def uniqueness_rows(cfg: DemoConfig, nums: Numbers) -> Table:
         rows,
         f"Pairs of neurons (active on ≥ {cfg.min_active} images) whose top-image sets overlap "
         "(Jaccard), mean ± std over seeds",
-    )
-
-
-def _alive_note(cfg: DemoConfig, nums: Numbers) -> str:
-    """How many latents stay alive, against how many concepts the world has."""
-    from vlmsae.toyworld import ATTRIBUTES
-
-    n_concepts = sum(len(v) for k, v in ATTRIBUTES.items() if k != "family")
-    alive = [int(d["alive"]) for n, d in nums.trained.items()]
-    return (
-        f"Latents active on at least one held-out image: median {int(np.median(alive))} "
-        f"per SAE (range {min(alive)}–{max(alive)}), whatever the width. The toy world has "
-        f"{n_concepts} concept values (shapes, colours, sizes, backgrounds), so wide SAEs "
-        "leave most latents dead here: there is nothing left for them to explain (R² is "
-        "high throughout), and AuxK cannot revive latents the residual does not need. "
-        '"dead" is the fraction of latents silent on every held-out image.'
     )
 
 
@@ -287,13 +286,14 @@ def write_report(
     nums = Numbers(scores, cfg.min_active)
     found, detail = findings(cfg, nums)
     report = Report(
-        "vlmsae demo: the paper's experiments on the toy world",
+        f"vlmsae demo: the paper's experiments on the {cfg.world} toy world",
         [
-            f"Toy CLIP activations of {cfg.n_train} training images trained "
-            f"{len(scores.saes)} SAEs ({len(by_config(scores.saes))} configurations × "
-            f"{cfg.seeds} seeds); everything below is measured on {cfg.n_test} held-out "
-            "images whose concepts are known.",
+            f"{alive.describe_world(cfg.world)} Its toy CLIP's activations of "
+            f"{cfg.n_train} training images trained {len(scores.saes)} SAEs "
+            f"({len(by_config(scores.saes))} configurations × {cfg.seeds} seeds); everything "
+            f"below is measured on {cfg.n_test} held-out images whose concepts are known.",
             _stats_note(cfg),
+            alive.purity_note(cfg.world),
         ],
     )
     sec = report.section("Findings checked against the truth")
@@ -306,8 +306,9 @@ def write_report(
         )
     )
     sec = report.section("Monosemanticity of SAE and raw neurons")
-    sec.paragraphs.append(_alive_note(cfg, nums))
-    sec.tables += [paper_table(cfg, scores, nums), sae_rows(cfg, nums)]
+    sec.paragraphs.append(alive.alive_note(cfg, nums))
+    sec.tables += [alive.alive_table(cfg, nums), paper_table(cfg, scores, nums)]
+    sec.tables.append(sae_rows(cfg, nums))
     sec.figures += figures.ms_figures(cfg, scores)
     sec = report.section("Sparsity and reconstruction")
     sec.tables.append(k_sweep_rows(cfg, nums))
@@ -335,6 +336,8 @@ def write_report(
             for f, d in zip(found, detail.values(), strict=True)
         ],
         "checks": detail,
+        "world": cfg.world,
+        "alive": alive.alive_intervals(cfg, nums),
         **nums.summary(),
         "seeds": list(cfg.seed_list),
         "steering": steering.summary if steering is not None else None,
