@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +13,6 @@ from typer.testing import CliRunner
 
 from vlmsae import toyworld
 from vlmsae.cli import app
-
-QUICK_EMOJI_MODELS = Path("/work/wt/emoji-quick/models")
-"""Throwaway emoji models, used only while the shipped ones are not there yet.
-TODO(lead): remove with the fallback below once models/emoji/{clip,llava} ship."""
 
 FIGURES = (
     "ms_histogram.png",
@@ -31,13 +26,9 @@ TABLES = ("findings", "alive", "paper_table", "saes", "k_sweep", "hierarchy", "u
 
 
 def emoji_models_args() -> list[str]:
-    """No arguments where the emoji models ship; else ``--models-dir`` of throwaway ones.
-    Nothing here depends on how good the models are."""
-    try:
-        toyworld.clip_path(world="emoji"), toyworld.llava_path(world="emoji")
-        return []
-    except FileNotFoundError:
-        return ["--models-dir", str(QUICK_EMOJI_MODELS)]
+    """The shipped emoji models (nothing here depends on how good they are)."""
+    toyworld.clip_path(world="emoji"), toyworld.llava_path(world="emoji")
+    return []
 
 
 def _numbers(obj):
