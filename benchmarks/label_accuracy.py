@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for sae in sorted((args.demo / "saes").iterdir()):
-            if not sae.name.endswith(f"-k{args.k}"):
+            if not re.search(rf"-k{args.k}(-s\d+)?$", sae.name):  # one SAE per seed
                 continue
             hook = sae.name.split("-")[0]
             acts = args.demo / "acts" / "test" / ("post_projection" if hook == "proj" else hook)
