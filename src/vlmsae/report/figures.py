@@ -52,8 +52,16 @@ def ms_histogram(
         edges = np.linspace(lo, 1.0, bins + 1)
     for name, ms in scores.items():
         ok = ms[~np.isnan(ms)]
-        label = f"{name} (n={ok.size}, mean {ok.mean():.3f})" if ok.size else f"{name} (none)"
-        ax.hist(ok, bins=edges, density=True, alpha=0.55, label=label)
+        if not ok.size:  # a set with no defined score: named in the legend, no bars
+            ax.plot([], [], label=f"{name} (none)")
+            continue
+        ax.hist(
+            ok,
+            bins=edges,
+            density=True,
+            alpha=0.55,
+            label=f"{name} (n={ok.size}, mean {ok.mean():.3f})",
+        )
     ax.set_xlabel("MS")
     ax.set_ylabel("density")
     ax.set_title(title)
