@@ -96,6 +96,12 @@ def _train(w, *extra):
     return ["train", "--activations", w["acts4"], "--out", w["acts4"].parent / "new", *extra]
 
 
+def _train_run(w, *extra):
+    """``train`` into the fixture's existing run (2 steps, batch 4)."""
+    base = ["train", "--activations", w["acts4"], "--out", w["run"]]
+    return [*base, "--steps", "2", "--batch-size", "4", *extra]
+
+
 # (case, command line, what the one Error: line says)
 CASES = [
     (
@@ -249,37 +255,12 @@ CASES = [
     ("train: oversized batch", lambda w: _train(w, "--batch-size", "999"), "larger than the 12"),
     (
         "train into an existing run without --resume",
-        lambda w: [
-            "train",
-            "--activations",
-            w["acts4"],
-            "--out",
-            w["run"],
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-        ],  # fmt: skip
+        lambda w: _train_run(w),
         "already holds a training run",
     ),
     (
         "train --resume with a changed config",
-        lambda w: [
-            "train",
-            "--activations",
-            w["acts4"],
-            "--out",
-            w["run"],
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--expansion",
-            "2",
-            "--k",
-            "3",
-            "--resume",
-        ],  # fmt: skip
+        lambda w: _train_run(w, "--expansion", "2", "--k", "3", "--resume"),
         "cannot resume",
     ),
     (
