@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
-from vlmsae.sae.train import TrainState, make_optimizer, train_step
+from vlmsae.sae import SAE, SAEConfig
+from vlmsae.train import TrainConfig
+from vlmsae.train.run import TrainState, make_optimizer, train_step
 
 
 def dense_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: Tensor, cfg: TrainConfig) -> Tensor:

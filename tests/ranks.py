@@ -35,7 +35,7 @@ def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, args: tuple
     )
     import torch
 
-    from vlmsae import dist
+    from vlmsae.core import dist
 
     torch.set_num_threads(1)
     try:

@@ -74,7 +74,7 @@ def test_batches_yield_every_row_unless_drop_last(tmp_path):
 
 
 def test_training_from_a_store_uses_full_batches_only(tmp_path):
-    from vlmsae.sae.data import make_source
+    from vlmsae.train.data import make_source
 
     rows = np.random.default_rng(1).normal(size=(100, 4)).astype(np.float32)
     source = make_source(ActivationStore.write(tmp_path / "s", rows))

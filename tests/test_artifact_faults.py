@@ -15,14 +15,14 @@ from safetensors.torch import load_file, save_file
 
 from tiny_models import clip_processor, make_clip, random_images
 from vlmsae import SAE, SAEConfig
+from vlmsae.core.errors import UserError
 from vlmsae.data.images import load_dataset
 from vlmsae.data.store import ActivationStore, StoreWriter
 from vlmsae.encoders import Encoder
 from vlmsae.encoders.cache import CacheConfig, cache_activations
-from vlmsae.errors import UserError
+from vlmsae.formats.dictionary_learning import ConvertError, convert_dictionary_learning
 from vlmsae.metrics.ms import monosemanticity
 from vlmsae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_sae
-from vlmsae.sae.convert import ConvertError, convert_dictionary_learning
 
 
 def _saved_sae(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from image_files import BAD, make_mixed_folder
 from ranks import run_ranks
 from tiny_models import clip_processor, make_clip
-from vlmsae import dist
+from vlmsae.core import dist
 from vlmsae.data.store import ActivationStore
 from vlmsae.data.writer import StoreWriter
 from vlmsae.encoders import Encoder

@@ -16,8 +16,8 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from ranks import run_ranks
-from vlmsae import dist
 from vlmsae.cli import app
+from vlmsae.core import dist
 from vlmsae.data.store import ActivationStore
 from vlmsae.metrics.ms import monosemanticity
 from vlmsae.metrics.top_images import top_images

@@ -17,14 +17,15 @@ import torch
 from typer.testing import CliRunner
 
 from ranks import run_ranks
-from vlmsae import dist
-from vlmsae.errors import UserError
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
-from vlmsae.sae import sweep as sweep_module
+from vlmsae.core import dist
+from vlmsae.core.errors import UserError
+from vlmsae.sae import SAE, SAEConfig
+from vlmsae.train import sweep as sweep_module
 from vlmsae.sae.checkpoint import load_trainer_state
-from vlmsae.sae.placement import choose_placement, n_params, partition
-from vlmsae.sae.sweep import load_sweep, sweep_file_options, train_sweep
-from vlmsae.sae.train import train_sae
+from vlmsae.train import TrainConfig
+from vlmsae.train.placement import choose_placement, n_params, partition
+from vlmsae.train.run import train_sae
+from vlmsae.train.sweep import load_sweep, sweep_file_options, train_sweep
 
 STEPS = 8
 NORM_BATCHES = 3

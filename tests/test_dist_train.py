@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from ranks import run_ranks
-from vlmsae import dist
+from vlmsae.core import dist
 from vlmsae.data.store import ActivationStore
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
+from vlmsae.sae import SAE, SAEConfig
 from vlmsae.sae.checkpoint import load_trainer_state
-from vlmsae.sae.train import train_sae
+from vlmsae.train import TrainConfig
+from vlmsae.train.run import train_sae
 
 ARCHS = {
     "batchtopk": {"sparsity": "batchtopk"},

@@ -86,7 +86,7 @@ def test_site_holds_the_probe_of_the_chosen_neurons(toy):
 
 
 def test_probe_picks_the_most_monosemantic_firing_neurons():
-    from vlmsae.errors import UserError
+    from vlmsae.core.errors import UserError
     from vlmsae.explore.probe import ProbeConfig, probe_neurons
 
     cols = {"ms": np.array([0.2, np.nan, 0.9, 0.95, 0.5]), "max_act": np.array([1, 1, 1, 0, 1])}

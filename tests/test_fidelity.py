@@ -23,8 +23,9 @@ import math
 import pytest
 import torch
 
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
-from vlmsae.sae.train import geometric_median, train_sae
+from vlmsae.sae import SAE, SAEConfig
+from vlmsae.train import TrainConfig
+from vlmsae.train.run import geometric_median, train_sae
 
 D, S, K, B, STEPS = 12, 48, 3, 64, 7
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy, label_paths_from_images
 from vlmsae.metrics.maxms import max_ms_stats, max_ms_summary
 from vlmsae.metrics.tables import ms_tables

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tiny_models import random_images
+from vlmsae.core.errors import UserError
 from vlmsae.data.images import detect_layout, load_dataset
-from vlmsae.errors import UserError
 
 
 def _images(folder: Path, n: int, prefix: str = "") -> None:

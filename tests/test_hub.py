@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlmsae.formats.export import export_sae
+from vlmsae.formats.hub import HubError, parse_hub_ref
 from vlmsae.sae import SAE, SAEConfig
-from vlmsae.sae.export import export_sae
-from vlmsae.sae.hub import HubError, parse_hub_ref
 
 REPO = "vlmsae-test/tiny-saes"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -267,7 +267,7 @@ def test_bad_push_id_is_refused_before_any_work(tmp_path):
 
 def test_sae_folders_of_a_repository_file_list():
     """What an error lists for the paper's release (its file list as list_repo_files gives)."""
-    from vlmsae.sae.hub import _folders_of
+    from vlmsae.formats.hub import _folders_of
 
     run = "imagenet_train_activations_clip-vit-large-patch14-336_22_post_mlp_residual"
     files = [

@@ -15,9 +15,9 @@ import shutil
 import pytest
 import torch
 
+from vlmsae.formats.dictionary_learning import convert_dictionary_learning
+from vlmsae.formats.export import export_sae
 from vlmsae.sae import SAE, SAEConfig
-from vlmsae.sae.convert import convert_dictionary_learning
-from vlmsae.sae.export import export_sae
 
 dl = pytest.importorskip(
     "dictionary_learning", reason="install the interop extra: pip install -e .[interop]"

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
+from vlmsae.formats.export import export_sae
 from vlmsae.sae import SAE, SAEConfig
-from vlmsae.sae.export import export_sae
 
 sae_lens = pytest.importorskip(
     "sae_lens", reason="install the interop extra: pip install -e .[interop]"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from tiny_models import clip_processor, make_clip_full, random_images
-from vlmsae._lock import LOCK_FILE, lock_until_exit, output_lock
+from vlmsae.core.errors import UserError
+from vlmsae.core.lock import LOCK_FILE, lock_until_exit, output_lock
 from vlmsae.data.store import ActivationStore
-from vlmsae.errors import UserError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TESTS = str(Path(__file__).resolve().parent)
@@ -48,7 +48,7 @@ print("done")
 
 HOLD = """
 import sys, time
-from vlmsae._lock import lock_until_exit
+from vlmsae.core.lock import lock_until_exit
 lock_until_exit(sys.argv[1], "vlmsae test-holder")
 print("locked", flush=True)
 time.sleep(200)

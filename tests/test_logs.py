@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vlmsae import _progress
-from vlmsae._human import fmt, pct
-from vlmsae._io import to_json, write_json
 from vlmsae.cli import app
+from vlmsae.core import progress as _progress
+from vlmsae.core.io import to_json, write_json
+from vlmsae.core.numbers import fmt, pct
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LONG_COMMANDS = [
@@ -234,7 +234,7 @@ def test_help_lists_choices_and_defaults():
 
 
 def test_workers_default_to_the_cpus_available():
-    from vlmsae._cpu import default_workers
+    from vlmsae.core.cpu import default_workers
     from vlmsae.encoders.cache import CacheConfig
 
     n = default_workers()
@@ -311,7 +311,7 @@ def test_train_log_to_tensorboard_mirrors_metrics_jsonl(tmp_path, monkeypatch):
 
 
 def test_wandb_sink_logs_each_log_point_to_one_resumable_run(tmp_path, monkeypatch):
-    from vlmsae.sae.sinks import open_sinks
+    from vlmsae.train.sinks import open_sinks
 
     calls: list[tuple] = []
 
@@ -342,8 +342,8 @@ def test_wandb_sink_logs_each_log_point_to_one_resumable_run(tmp_path, monkeypat
 
 
 def test_a_missing_extra_is_a_clear_error_before_training(tmp_path, monkeypatch):
-    from vlmsae.errors import UserError
-    from vlmsae.sae.sinks import flat_scalars, open_sinks
+    from vlmsae.core.errors import UserError
+    from vlmsae.train.sinks import flat_scalars, open_sinks
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with (
@@ -370,7 +370,7 @@ def test_pyproject_declares_the_extras():
 
 
 def test_toyworld_build_never_overwrites_models_unless_asked(tmp_path):
-    from vlmsae.errors import UserError
+    from vlmsae.core.errors import UserError
     from vlmsae.toyworld import MODELS_DIR
     from vlmsae.toyworld.build import build_toyworld
 

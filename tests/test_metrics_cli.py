@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlmsae._io import read_json
 from vlmsae.cli import app
+from vlmsae.core.io import read_json
 from vlmsae.data.store import ActivationStore
 from vlmsae.metrics import monosemanticity_score
 

@@ -1,4 +1,4 @@
-"""The compatibility checks of ``vlmsae.provenance`` on plain provenance dicts."""
+"""The compatibility checks of ``vlmsae.data.provenance`` on plain provenance dicts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from vlmsae.errors import UserError
-from vlmsae.provenance import (
+from vlmsae.core.errors import UserError
+from vlmsae.data.provenance import (
     check_same_images,
     check_same_source,
     image_fingerprint,
@@ -57,7 +57,7 @@ def test_every_training_checkpoint_records_its_store(tmp_path):
     import vlmsae
     from test_sae_train import Interrupt, interrupt_at
     from vlmsae.data.store import ActivationStore
-    from vlmsae.provenance import sae_provenance
+    from vlmsae.sae.checkpoint import sae_provenance
 
     images = [str(tmp_path / f"img{i}.png") for i in range(64)]
     meta = {"model": "m", "hookpoint": "post_mlp_residual", "layer": 3, "tokens": "cls"}

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import vlmsae
-from vlmsae.sae import SAE, CheckpointError, SAEConfig, TrainConfig
+from vlmsae.sae import SAE, CheckpointError, SAEConfig
 from vlmsae.sae.checkpoint import read_config
+from vlmsae.train import TrainConfig
 
 VARIANTS = [
     dict(sparsity="relu"),

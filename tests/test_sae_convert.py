@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from vlmsae.formats.dictionary_learning import ConvertError, convert_dictionary_learning
 from vlmsae.sae import SAE
-from vlmsae.sae.convert import ConvertError, convert_dictionary_learning
 
 D, S, K = 12, 48, 4
 gen = torch.Generator().manual_seed(0)

@@ -201,7 +201,7 @@ def test_reused_buffers_and_recycled_grads_change_nothing(groups):
     """A step that writes into kept buffers and last step's gradients (what train_step
     does) gives the same pre-activations, losses and gradients as a plain one, in fp32
     and bf16 autocast, also when the kept buffers hold garbage."""
-    from vlmsae.sae.losses import reconstruction_losses
+    from vlmsae.train.losses import reconstruction_losses
 
     x_BD = torch.randn(32, 16, generator=torch.Generator().manual_seed(3))
     for bf16 in (False, True):

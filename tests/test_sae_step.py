@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmsae.sae import SAE, SAEConfig, TrainConfig, losses, model, sparse
-from vlmsae.sae.optim import LayoutAdam
-from vlmsae.sae.train import TrainState, make_optimizer, train_step
+from vlmsae.sae import SAE, SAEConfig, model, sparse
+from vlmsae.train import TrainConfig, losses
+from vlmsae.train.optim import LayoutAdam
+from vlmsae.train.run import TrainState, make_optimizer, train_step
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:

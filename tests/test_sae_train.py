@@ -10,11 +10,12 @@ import torch
 
 import vlmsae
 from vlmsae.data.store import ActivationStore
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
+from vlmsae.sae import SAE, SAEConfig
 from vlmsae.sae.checkpoint import load_trainer_state
-from vlmsae.sae.planted import dictionary_recovery, make_planted
-from vlmsae.sae.train import NonFiniteError, geometric_median, lr_factor, train_sae
-from vlmsae.sae.trainer_io import evaluate_sae
+from vlmsae.train import TrainConfig
+from vlmsae.train.planted import dictionary_recovery, make_planted
+from vlmsae.train.run import NonFiniteError, geometric_median, lr_factor, train_sae
+from vlmsae.train.state import evaluate_sae
 
 K = 5
 

@@ -18,14 +18,14 @@ import scipy.sparse as sp
 
 from tiny_models import WIDTH, clip_processor, make_clip, random_images
 from vlmsae import SAE, SAEConfig
-from vlmsae._io import OutputError, atomic_write, write_json
-from vlmsae._lock import output_lock
+from vlmsae.core.errors import UserError
+from vlmsae.core.io import OutputError, atomic_write, write_json
+from vlmsae.core.lock import output_lock
 from vlmsae.data.format import IMAGES_FILE, OLD_IMAGES_FILE, read_image_list
 from vlmsae.data.images import load_dataset, open_rgb
 from vlmsae.data.store import MANIFEST, ActivationStore, StoreError, StoreWriter
 from vlmsae.encoders import Encoder
 from vlmsae.encoders.cache import CacheConfig, cache_activations
-from vlmsae.errors import UserError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HOSTILE = ["a\nb.png", "c\u2028d.png", "e\x85f.png", "g\x0ch.png", "i\rj.png", "plain.png"]

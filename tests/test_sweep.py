@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from ranks import run_ranks
-from vlmsae.errors import UserError
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
+from vlmsae.core.errors import UserError
+from vlmsae.sae import SAE, SAEConfig
 from vlmsae.sae.checkpoint import load_trainer_state
-from vlmsae.sae.sweep import load_sweep, train_sweep
-from vlmsae.sae.train import train_sae
+from vlmsae.train import TrainConfig
+from vlmsae.train.run import train_sae
+from vlmsae.train.sweep import load_sweep, train_sweep
 
 STEPS = 6
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from vlmsae.errors import UserError
-from vlmsae.sae import SAE, SAEConfig, TrainConfig
-from vlmsae.sae.train import train_sae
+from vlmsae.core.errors import UserError
+from vlmsae.sae import SAE, SAEConfig
+from vlmsae.train import TrainConfig
+from vlmsae.train.run import train_sae
 
 STEPS, EVERY = 6, 3
 
@@ -45,7 +46,7 @@ CHILD = textwrap.dedent(
     tempfile.mkstemp = hook("mkstemp", tempfile.mkstemp)
     ck.save_file = hook("save_file", ck.save_file)
     pathlib.Path.unlink = hook("unlink", pathlib.Path.unlink)
-    from vlmsae.sae.train import train_sae
+    from vlmsae.train.run import train_sae
     train_sae(np.load(sys.argv[4]), config(), sys.argv[1])
     print(" ".join(ops))
     """
@@ -139,7 +140,7 @@ LOCK_CHILD = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, sys.argv[2])
     from test_train_faults import config
-    from vlmsae.sae.train import train_sae
+    from vlmsae.train.run import train_sae
 
     def slow(step, metrics):
         if step == 1:

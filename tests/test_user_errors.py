@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 import vlmsae
 from vlmsae.cli import app
+from vlmsae.core.errors import UserError
+from vlmsae.data.provenance import image_fingerprint
 from vlmsae.data.store import ActivationStore
-from vlmsae.errors import UserError
-from vlmsae.provenance import image_fingerprint
 
 runner = CliRunner()
 N = 12  # images per store

@@ -15,12 +15,23 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SAE": "vlmsae.sae",
     "SAEConfig": "vlmsae.sae",
-    "TrainConfig": "vlmsae.sae",
-    "train_sae": "vlmsae.sae",
+    "TrainConfig": "vlmsae.train",
+    "train_sae": "vlmsae.train",
     "ActivationStore": "vlmsae.data.store",
     "StoreWriter": "vlmsae.data.store",
 }
-_SUBPACKAGES = ("sae", "data", "metrics", "encoders", "steer", "toyworld", "report")
+_SUBPACKAGES = (
+    "core",
+    "data",
+    "sae",
+    "train",
+    "formats",
+    "metrics",
+    "encoders",
+    "steer",
+    "toyworld",
+    "report",
+)
 
 __all__ = ["__version__", *_EXPORTS, *_SUBPACKAGES]
 
@@ -29,8 +40,8 @@ if TYPE_CHECKING:
     from vlmsae.data.store import StoreWriter as StoreWriter
     from vlmsae.sae import SAE as SAE
     from vlmsae.sae import SAEConfig as SAEConfig
-    from vlmsae.sae import TrainConfig as TrainConfig
-    from vlmsae.sae import train_sae as train_sae
+    from vlmsae.train import TrainConfig as TrainConfig
+    from vlmsae.train import train_sae as train_sae
 
 
 def __getattr__(name: str) -> Any:

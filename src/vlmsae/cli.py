@@ -14,10 +14,21 @@ import logging
 import typer
 
 from vlmsae import __version__
-from vlmsae.cli_errors import DEBUG_ENV, ErrorReportingGroup
+from vlmsae.core.cli_errors import DEBUG_ENV, ErrorReportingGroup
 
 # Stages that contribute commands, in the order `vlmsae --help` lists them.
-STAGES = ("encoders", "data", "sae", "metrics", "toyworld", "steer", "report", "demo", "explore")
+STAGES = (
+    "encoders",
+    "data",
+    "train",
+    "formats",
+    "metrics",
+    "toyworld",
+    "steer",
+    "report",
+    "demo",
+    "explore",
+)
 
 app = typer.Typer(
     name="vlmsae",
@@ -60,5 +71,5 @@ for _stage in STAGES:
 
 def main() -> None:
     """Run the ``vlmsae`` command (user errors: one ``Error:`` line, exit code 2; see
-    :mod:`vlmsae.cli_errors`)."""
+    :mod:`vlmsae.core.cli_errors`)."""
     app()

@@ -7,8 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlmsae._io import atomic_write_text
-from vlmsae.errors import UserError
+from vlmsae.core.errors import StoreError
+from vlmsae.core.io import atomic_write_text
 
 SCHEMA = 1
 KINDS = ("activations", "embeddings", "codes")
@@ -21,11 +21,6 @@ U+2028, ``\\x85`` or ``\\x0c`` (all legal on Linux); JSON escapes them, so a lin
 one image."""
 OLD_IMAGES_FILE = "images.txt"
 """The image list of stores written before ``images.jsonl``: one path per line (read only)."""
-
-
-class StoreError(UserError, RuntimeError):
-    """A store directory is missing, incomplete or inconsistent (a user-fixable problem:
-    the CLI prints it as one ``Error:`` line; still a ``RuntimeError`` for old callers)."""
 
 
 def write_image_list(store_dir: str | Path, paths: Sequence[str]) -> None:

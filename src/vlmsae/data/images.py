@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae._io import atomic_write, read_json, write_json
+from vlmsae.core.io import atomic_write, read_json, write_json
 from vlmsae.data.format import MANIFEST, StoreError, write_image_list
+from vlmsae.data.provenance import image_fingerprint
 from vlmsae.data.writer import _np_save
-from vlmsae.provenance import image_fingerprint
 
 RANKS_DIR = "ranks"
 

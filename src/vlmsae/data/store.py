@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae._io import read_json
+from vlmsae.core.io import read_json
 from vlmsae.data.format import (
     CSR_PARTS,
     DTYPES,

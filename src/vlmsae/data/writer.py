@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae._io import atomic_write, ensure_dir, read_json, remove_stale_temps, write_json
+from vlmsae.core.io import atomic_write, ensure_dir, read_json, remove_stale_temps, write_json
 from vlmsae.data.format import KINDS, MANIFEST, SCHEMA, StoreError, write_image_list
-from vlmsae.provenance import image_fingerprint
+from vlmsae.data.provenance import image_fingerprint
 
 if TYPE_CHECKING:
     from vlmsae.data.store import ActivationStore
@@ -226,7 +226,7 @@ class StoreWriter:
 
     def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
         """Write the last shard, ``rows.npy``, ``images.jsonl`` and the final manifest (with
-        the fingerprint of ``images``, see :func:`vlmsae.provenance.image_fingerprint`)."""
+        the fingerprint of ``images``, see :func:`vlmsae.data.provenance.image_fingerprint`)."""
         if not self.closed:
             if self._buffered or self._pending_skips:
                 self._flush()

@@ -232,7 +232,7 @@ def runs_of_seed(cfg: DemoConfig, seed: int) -> list[SAERun]:
 
 def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world: Path) -> Scores:
     """Score every SAE and every hook's raw neurons on the test split."""
-    from vlmsae._progress import tqdm
+    from vlmsae.core.progress import tqdm
 
     images = ActivationStore(emb.clip).images
     labels = world_labels(world, images)

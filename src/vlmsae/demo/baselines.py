@@ -22,8 +22,8 @@ def untrained_sae(
     sae_cfg: SAEConfig, train_store: str | Path, kind: str, *, seed: int, batch_size: int
 ) -> SAE:
     """An untrained SAE (eval mode) of ``kind`` in :data:`KINDS`, seeded like training."""
-    from vlmsae.sae.data import make_source
-    from vlmsae.sae.train import geometric_median
+    from vlmsae.train.data import make_source
+    from vlmsae.train.run import geometric_median
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlmsae._cli_options import progress_options
+from vlmsae.core.cli_options import progress_options
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +54,7 @@ def demo(
 
     import torch
 
-    from vlmsae._io import write_json
+    from vlmsae.core.io import write_json
     from vlmsae.demo.config import DemoConfig
     from vlmsae.demo.pipeline import run_demo
     from vlmsae.toyworld.worlds import get_world

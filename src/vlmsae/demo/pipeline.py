@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vlmsae._io import write_json
+from vlmsae.core.io import write_json
 from vlmsae.demo import analysis, stages, writeup
 from vlmsae.demo.config import DemoConfig
 from vlmsae.demo.steering import steering_section

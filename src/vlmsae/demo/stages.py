@@ -46,7 +46,7 @@ def export_world(cfg: DemoConfig) -> Path:
 
 def check_world(split_dir: Path, cfg: DemoConfig) -> None:
     """Raise ``UserError`` where the exported ``split_dir`` is not of ``cfg.world``."""
-    from vlmsae.errors import UserError
+    from vlmsae.core.errors import UserError
     from vlmsae.toyworld.worlds import world_of_split
 
     found = world_of_split(split_dir).name
@@ -60,7 +60,7 @@ def check_world(split_dir: Path, cfg: DemoConfig) -> None:
 
 def clip_of(cfg: DemoConfig) -> Path:
     """The toy CLIP of ``cfg.world`` (in ``cfg.models_dir``, default the shipped one)."""
-    from vlmsae.errors import UserError
+    from vlmsae.core.errors import UserError
     from vlmsae.toyworld import clip_path
 
     try:
@@ -186,8 +186,8 @@ def _train_job(runs: list[SAERun], train_cfgs: list, train_dir: Path, val_dir: P
     process may run this); an interrupted run resumes on its own. Returns the count."""
     import torch
 
-    from vlmsae.sae import train_sae, train_sweep
     from vlmsae.sae.checkpoint import has_trainer_state
+    from vlmsae.train import train_sae, train_sweep
 
     torch.manual_seed(runs[0].seed)
     fresh = []
@@ -211,7 +211,7 @@ def _worker_init() -> None:
 
 def _run_jobs(jobs: list[tuple], workers: int) -> None:
     """Run training jobs here, or in ``workers`` processes (seeded: same results)."""
-    from vlmsae._progress import tqdm
+    from vlmsae.core.progress import tqdm
 
     bar = tqdm(total=sum(len(job[0]) for job in jobs), desc="train SAEs", unit="sae")
     if workers <= 1 or len(jobs) <= 1:
@@ -233,7 +233,7 @@ def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun
     """Train every planned SAE (skipping finished ones) on the train split: the SAEs of
     each hook and seed as one sweep (one read of each batch), in ``cfg.workers``
     processes."""
-    from vlmsae.sae import TrainConfig
+    from vlmsae.train import TrainConfig
 
     runs = planned_saes(cfg)
     groups: dict[tuple[str, int], list] = {}  # the SAEs of one hook and seed: one sweep

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae._human import pct
+from vlmsae.core.numbers import pct
 from vlmsae.demo import alive
 from vlmsae.demo.analysis import Scores
 from vlmsae.demo.config import DemoConfig

@@ -27,11 +27,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from vlmsae import dist
-from vlmsae._cpu import default_workers
-from vlmsae._io import read_json, remove_stale_temps, write_json
-from vlmsae._lock import output_lock
-from vlmsae._progress import model_label, progress_bar
+from vlmsae.core import dist
+from vlmsae.core.cpu import default_workers
+from vlmsae.core.io import read_json, remove_stale_temps, write_json
+from vlmsae.core.lock import output_lock
+from vlmsae.core.progress import model_label, progress_bar
 from vlmsae.data.images import ImageDataset, load_dataset
 from vlmsae.data.merge import check_rank_parts, merge_rank_parts, rank_part_dir
 from vlmsae.data.store import MANIFEST, ActivationStore, StoreError, StoreWriter

@@ -7,10 +7,10 @@ from typing import Literal
 
 import typer
 
-from vlmsae._cli_options import progress_options
-from vlmsae._cpu import default_workers
-from vlmsae._human import fmt
-from vlmsae.cli_errors import user_errors
+from vlmsae.core.cli_errors import user_errors
+from vlmsae.core.cli_options import progress_options
+from vlmsae.core.cpu import default_workers
+from vlmsae.core.numbers import fmt
 
 StoredDtype = Literal["float16", "float32"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 
 _NOT_ON_HUB = ("RepositoryNotFoundError", "GatedRepoError", "HFValidationError")
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
+from vlmsae.core.errors import UserError
+from vlmsae.data.provenance import check_same_source
 from vlmsae.encoders.adapters import Encoder
 from vlmsae.encoders.codes import sae_source
 from vlmsae.encoders.tokens import TokenSelection
-from vlmsae.errors import UserError
-from vlmsae.provenance import check_same_source, sae_provenance
+from vlmsae.sae.checkpoint import sae_provenance
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ def _load_sae(sae: Any) -> tuple[Any, dict[str, Any]]:
     fields of the SAE's config (an in-memory SAE, or one converted from another format)."""
     given = type(sae).__name__
     if isinstance(sae, (str, Path)):
+        from vlmsae.formats.hub import detect_format
         from vlmsae.sae import SAE
-        from vlmsae.sae.hub import detect_format
 
         given, sae = str(sae), SAE.load(sae)
         local = getattr(sae, "local_dir", None)

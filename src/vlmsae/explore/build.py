@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 from vlmsae.explore.neurons import RawNeurons, compute_neuron_data
 from vlmsae.explore.site import ExploreConfig, SiteResult, read_labels, read_scores, write_site
 from vlmsae.explore.truth import ToyTruth, dominant_concepts, toy_truth

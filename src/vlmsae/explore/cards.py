@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 
 INDEX_PREFIX = "window.VLMSAE_INDEX = "
 

@@ -33,7 +33,7 @@ def serve(site_dir: Path, port: int) -> None:
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError as e:
-        from vlmsae.errors import UserError
+        from vlmsae.core.errors import UserError
 
         raise UserError(f"cannot listen on 127.0.0.1:{port} ({e}); choose another --port") from e
     typer.echo(
@@ -93,7 +93,7 @@ def explore_cmd(
 ) -> None:
     """Build the neuron browser: a static site that opens from the file system
     (OUT/index.html) or, with --serve, on http://127.0.0.1:PORT/."""
-    from vlmsae.errors import UserError
+    from vlmsae.core.errors import UserError
 
     if raw and sae is not None:
         raise UserError("give either --sae SAE or --raw (the store's raw neurons), not both")
@@ -112,7 +112,7 @@ def explore_cmd(
             "give --sae SAE (or --raw) and --activations STORE to build the site (or only "
             "--serve / --cards with --out DIR for a site built before)"
         )
-    from vlmsae._lock import lock_until_exit
+    from vlmsae.core.lock import lock_until_exit
     from vlmsae.explore.build import build_site
     from vlmsae.explore.probe import ProbeConfig
     from vlmsae.explore.site import ExploreConfig
@@ -177,7 +177,7 @@ def label_cmd(
 ) -> None:
     """Name every neuron by zero-shot matching of its top images (activation weighted)
     against a vocabulary with a CLIP text tower; on the toy world, also the accuracy."""
-    from vlmsae._lock import lock_until_exit
+    from vlmsae.core.lock import lock_until_exit
     from vlmsae.explore.labels import label_sae
 
     lock_until_exit(out, "vlmsae label")  # one writer per output directory

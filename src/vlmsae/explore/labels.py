@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -209,7 +209,7 @@ def toy_accuracy(
 
 def write_labels_csv(path: Path, labels: NeuronLabels) -> None:
     """``neuron,label,margin,score`` per neuron (empty fields for unlabelled neurons)."""
-    from vlmsae._io import atomic_write_text
+    from vlmsae.core.io import atomic_write_text
 
     rows = ["neuron,label,margin,score"]
     for s, (name, m, c) in enumerate(zip(labels.label, labels.margin, labels.score, strict=True)):
@@ -233,7 +233,7 @@ def label_sae(
     CLIP of the store's world (``"toyworld:WORLD"``: of that world), or None for the model
     the store was cached from.
     """
-    from vlmsae._io import write_json
+    from vlmsae.core.io import write_json
     from vlmsae.data.store import ActivationStore
     from vlmsae.explore.build import check_fits
     from vlmsae.explore.neurons import encode_rows, per_image

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 
 log = logging.getLogger(__name__)
 PAPER_PROMPT = "What is shown in this image?"

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 from vlmsae.explore.neurons import NeuronData
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def site_json(obj: Any) -> str:
 
 
 def _write_js(path: Path, text: str) -> None:
-    from vlmsae._io import atomic_write_text
+    from vlmsae.core.io import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae import dist
+from vlmsae.core import dist
 
 Rows = Any  # np.ndarray | sp.csr_matrix | torch.Tensor | ActivationStore
 
@@ -156,7 +156,7 @@ def check_finite_rows(x: Rows, what: str, chunk_rows: int = 1 << 13, show: int =
     Raises:
         UserError: some rows are not finite.
     """
-    from vlmsae.errors import UserError
+    from vlmsae.core.errors import UserError
 
     bad: list[int] = []
     n_bad = 0

@@ -9,10 +9,10 @@ from typing import Literal
 
 import typer
 
-from vlmsae._cli_options import progress_options
-from vlmsae._human import fmt
-from vlmsae._lock import lock_until_exit
-from vlmsae.errors import UserError
+from vlmsae.core.cli_options import progress_options
+from vlmsae.core.errors import UserError
+from vlmsae.core.lock import lock_until_exit
+from vlmsae.core.numbers import fmt
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _save_npy(path: Path, arr) -> None:
     """Atomic ``np.save`` without pickle (np.save on a path would append ``.npy``)."""
     import numpy as np
 
-    from vlmsae._io import atomic_write
+    from vlmsae.core.io import atomic_write
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -77,7 +77,7 @@ def score(
     table.md (and raw_scores.npy with the SAE vs raw comparison)."""
     import numpy as np
 
-    from vlmsae._io import atomic_write_text, write_json
+    from vlmsae.core.io import atomic_write_text, write_json
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of
     from vlmsae.metrics.fit import check_score_inputs, with_neuron_count
@@ -161,7 +161,7 @@ def top_images_cmd(
 ) -> None:
     """Top-k images of every neuron: top_indices.npy, top_values.npy, summary.json."""
 
-    from vlmsae._io import write_json
+    from vlmsae.core.io import write_json
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of, rank_span
     from vlmsae.metrics.fit import check_top_inputs, with_neuron_count
@@ -204,7 +204,7 @@ def uniqueness_cmd(
 ) -> None:
     """Pairwise Jaccard of top-image sets: pairs above 0.0, 0.1 … 0.9, among the neurons
     whose MIN_ACTIVE-th top activation is non-zero (the paper's rule)."""
-    from vlmsae._io import write_json
+    from vlmsae.core.io import write_json
     from vlmsae.metrics.top_images import TopImages
     from vlmsae.metrics.uniqueness import uniqueness
 
@@ -242,7 +242,7 @@ def hierarchy_cmd(
     """Mean / majority LCA depth of top-image pairs per neuron, averaged per group."""
     import numpy as np
 
-    from vlmsae._io import write_json
+    from vlmsae.core.io import write_json
     from vlmsae.metrics.fit import check_images_for_top, check_sae_for_top
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy, label_paths_from_images
     from vlmsae.metrics.top_images import TopImages
@@ -290,7 +290,7 @@ def agreement_cmd(
     """How often the neuron with the higher MS is the one users preferred."""
     import numpy as np
 
-    from vlmsae._io import write_json
+    from vlmsae.core.io import write_json
     from vlmsae.metrics.agreement import agreement, agreement_markdown, read_pairs
 
     p = read_pairs(pairs)
@@ -350,7 +350,7 @@ def ms_table_cmd(
 ) -> None:
     """The paper's Table (max MS per layer × expansion × architecture) and the sparsity /
     reconstruction trade-off over a set of scored SAEs."""
-    from vlmsae._io import atomic_write_text
+    from vlmsae.core.io import atomic_write_text
     from vlmsae.metrics.fit import read_score_summaries
     from vlmsae.metrics.tables import ms_tables, tradeoff_table
 

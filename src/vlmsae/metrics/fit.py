@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.errors import UserError
-from vlmsae.provenance import (
+from vlmsae.core.errors import UserError
+from vlmsae.data.provenance import (
     DATA_FIELDS,
     IMAGE_FIELDS,
     check_same_images,
     check_same_neurons,
     check_same_source,
     neuron_identity,
-    sae_provenance,
     store_provenance,
 )
+from vlmsae.sae.checkpoint import sae_provenance
 
 SUMMARY = "summary.json"
 log = logging.getLogger(__name__)
@@ -99,13 +99,13 @@ def check_top_inputs(
 
 def with_neuron_count(record: dict[str, Any], n_neurons: int) -> dict[str, Any]:
     """``record`` (from ``check_*_inputs``) with its ``neurons`` reduced to their
-    identity (:func:`~vlmsae.provenance.neuron_identity`) and count."""
+    identity (:func:`~vlmsae.data.provenance.neuron_identity`) and count."""
     return {**record, "neurons": neuron_identity(record["neurons"], n_neurons)}
 
 
 def read_summary(out_dir: Path) -> dict[str, Any] | None:
     """The ``summary.json`` of an output directory, or None when it has none."""
-    from vlmsae._io import read_json
+    from vlmsae.core.io import read_json
 
     path = Path(out_dir) / SUMMARY
     return read_json(path) if path.is_file() else None

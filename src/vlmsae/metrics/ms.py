@@ -26,9 +26,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae import dist
-from vlmsae._progress import tqdm
-from vlmsae.errors import UserError
+from vlmsae.core import dist
+from vlmsae.core.errors import UserError
+from vlmsae.core.progress import tqdm
 from vlmsae.metrics._source import (
     Rows,
     check_finite_rows,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae import dist
+from vlmsae.core import dist
 
 
 def _np(x: Any) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae import dist
+from vlmsae.core import dist
 from vlmsae.metrics._source import iter_images, n_cols, n_rows, rank_span, read_rows
 
 ENCODE_ROWS = 4096

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vlmsae._human import fmt
+from vlmsae.core.numbers import fmt
 from vlmsae.metrics.maxms import KEYS, LABELS
 
 

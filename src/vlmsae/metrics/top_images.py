@@ -11,9 +11,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from vlmsae import dist
-from vlmsae._progress import tqdm
-from vlmsae.errors import UserError
+from vlmsae.core import dist
+from vlmsae.core.errors import UserError
+from vlmsae.core.progress import tqdm
 from vlmsae.metrics._source import Rows, is_sparse, iter_images, n_cols, n_rows, rank_span
 
 MIN_ACTIVE = 16

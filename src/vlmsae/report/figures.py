@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmsae._io import atomic_write
+from vlmsae.core.io import atomic_write
 
 
 def pyplot():

@@ -1,32 +1,40 @@
-"""The SAE stage: one sparse autoencoder module, its trainer and checkpoints.
+"""The SAE model: one sparse autoencoder module and its native checkpoint format.
 
 ``SAE`` (pluggable sparsity: relu / topk / batchtopk / jumprelu, Matryoshka groups on
-top), ``SAEConfig``, ``TrainConfig``, ``train_sae``; checkpoints are directories with
-``config.json`` + ``sae.safetensors`` (``SAE.save`` / ``SAE.load``).
+top) and ``SAEConfig``; checkpoints are directories with ``config.json`` +
+``sae.safetensors`` (``SAE.save`` / ``SAE.load``). Training lives in :mod:`vlmsae.train`,
+other libraries' formats in :mod:`vlmsae.formats`.
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
+from typing import Any
+
 from vlmsae.sae.checkpoint import CheckpointError, load_sae, save_sae
-from vlmsae.sae.config import SAEConfig, TrainConfig
+from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.sae.sparse import ActiveLatents
-from vlmsae.sae.sweep import load_sweep, train_sweep
-from vlmsae.sae.train import NonFiniteError, train_sae
-from vlmsae.sae.trainer_io import evaluate_sae
 
 __all__ = [
     "SAE",
     "ActiveLatents",
     "CheckpointError",
-    "NonFiniteError",
     "SAEConfig",
     "SAEOutput",
-    "TrainConfig",
-    "evaluate_sae",
     "load_sae",
-    "load_sweep",
     "save_sae",
-    "train_sae",
-    "train_sweep",
 ]
+
+# Names this package exported before training moved to vlmsae.train (deprecated here).
+_MOVED = ("TrainConfig", "train_sae", "train_sweep", "load_sweep", "evaluate_sae", "NonFiniteError")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(
+            f"vlmsae.sae.{name} moved to vlmsae.train.{name}", DeprecationWarning, stacklevel=2
+        )
+        return getattr(importlib.import_module("vlmsae.train"), name)
+    raise AttributeError(f"module 'vlmsae.sae' has no attribute {name!r}")

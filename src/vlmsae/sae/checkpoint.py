@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlmsae._io import atomic_write, read_json, write_json
-from vlmsae.errors import UserError
-from vlmsae.sae.config import SAEConfig
+from vlmsae.core.errors import CheckpointError
+from vlmsae.core.io import atomic_write, read_json, write_json
+from vlmsae.data.provenance import SOURCE_FIELDS, file_sha256
+from vlmsae.sae.config import CONFIG_SOURCE_FIELDS, SAEConfig
 from vlmsae.sae.model import scale_biases_
 
 SCHEMA = 1
@@ -34,12 +35,6 @@ STATE_TENSORS_FILE = "trainer_state.safetensors"
 STATE_JSON_FILE = "trainer_state.json"
 POINTER_FILE = "checkpoint.json"  # names the folder under checkpoints/ with the trainer state
 CHECKPOINTS_DIR = "checkpoints"
-SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint directory is missing, from a newer vlmsae, damaged or inconsistent (a
-    user-fixable problem: one ``Error:`` line in the CLI; still a ``RuntimeError``)."""
 
 
 def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:
@@ -61,7 +56,7 @@ def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:
         "k": cfg.k if cfg.sparsity in ("topk", "batchtopk") else None,
         "group_sizes": list(cfg.group_sizes),
         "threshold": threshold,
-        **{f: getattr(cfg, f) for f in SOURCE_FIELDS},
+        **{f: getattr(cfg, f) for f in CONFIG_SOURCE_FIELDS},
         "sae": cfg.to_dict(),
         **extra,
     }
@@ -241,3 +236,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def sae_provenance(sae_dir: str | Path) -> dict[str, Any]:
+    """Shape, source and weight hash of an SAE checkpoint directory (its ``config.json``).
+
+    The source is the ``source`` block written by ``vlmsae train`` (model, revision, hook
+    point, layer, tokens, dataset, images) where present, else the config's own fields.
+    """
+    config = read_config(sae_dir)
+    prov = {k: config.get(k) for k in SOURCE_FIELDS if config.get(k) is not None}
+    prov.update({k: v for k, v in (config.get("source") or {}).items() if v is not None})
+    prov.update(sae=str(sae_dir), d_in=config.get("d_in"), d_sae=config.get("d_sae"))
+    weights = Path(sae_dir) / WEIGHTS_FILE
+    if weights.is_file():
+        prov["sae_sha256"] = file_sha256(weights)
+    return prov

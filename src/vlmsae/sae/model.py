@@ -120,7 +120,7 @@ class SAE(nn.Module):
         self.global_batch = False
         self._scratch_buffers: dict[str, Tensor] = {}  # see pre_acts(reuse_buffers=True)
         """BatchTopK batch mode selects over the global batch of all ranks (set by a
-        data-parallel trainer; see :mod:`vlmsae.dist`)."""
+        data-parallel trainer; see :mod:`vlmsae.core.dist`)."""
         d, s = cfg.d_in, cfg.d_sae
         w_dec = torch.randn(s, d, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
@@ -377,7 +377,7 @@ class SAE(nn.Module):
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         """Load a checkpoint directory written by :meth:`save` (never unpickles); a hub id or
         an SAELens / dictionary_learning folder works too (see :meth:`from_pretrained`)."""
-        from vlmsae.sae.hub import load_pretrained
+        from vlmsae.formats.hub import load_pretrained
 
         return load_pretrained(path, device=str(device))
 
@@ -391,8 +391,8 @@ class SAE(nn.Module):
     ) -> SAE:
         """An SAE from a hub repository (``org/name``) or a local folder, in vlmsae, SAELens
         or dictionary_learning format; ``kwargs``: ``device``, ``cache_dir``, ``token``
-        (see :func:`vlmsae.sae.hub.load_pretrained`)."""
-        from vlmsae.sae.hub import load_pretrained
+        (see :func:`vlmsae.formats.hub.load_pretrained`)."""
+        from vlmsae.formats.hub import load_pretrained
 
         return load_pretrained(id_or_path, subfolder, revision, **kwargs)
 
@@ -400,7 +400,7 @@ class SAE(nn.Module):
         """Upload this SAE (``config.json`` + ``sae.safetensors``) to hub repository
         ``repo_id``; ``kwargs``: ``private``, ``token``, ``revision``, ``path_in_repo``,
         ``commit_message``. Returns the commit URL."""
-        from vlmsae.sae.hub import push_to_hub
+        from vlmsae.formats.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
 

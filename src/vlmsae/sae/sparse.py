@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from vlmsae import dist
+from vlmsae.core import dist
 
 
 class ActiveLatents(NamedTuple):

@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from vlmsae._cli_options import progress_options
+from vlmsae.core.cli_options import progress_options
 
 
 def register(app: typer.Typer) -> None:
@@ -37,8 +37,8 @@ def steer(
     """Print LLaVA's answer without and with SAE neurons clamped in its vision tower."""
     from PIL import Image
 
+    from vlmsae.core.errors import UserError
     from vlmsae.data.images import to_rgb
-    from vlmsae.errors import UserError
     from vlmsae.sae import SAE
     from vlmsae.steer.llava import generate, load_llava
     from vlmsae.steer.steering import steer_sae
@@ -87,7 +87,7 @@ def steer_eval(
     """Insertion / suppression, SAE neurons vs DiffMean, on a toy world's LLaVA (ground-
     truth judge). Writes steering_table.{md,csv}, alpha_sweep.csv, examples.jsonl and
     summary.json. On real models use ``vlmsae.steer.compare.compare_steering``."""
-    from vlmsae.cli_errors import user_errors
+    from vlmsae.core.cli_errors import user_errors
     from vlmsae.steer.table import table_markdown
     from vlmsae.steer.toy import ToySteeringConfig, toyworld_steering
     from vlmsae.toyworld import llava_path

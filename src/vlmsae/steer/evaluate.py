@@ -84,7 +84,7 @@ class Rates(NamedTuple):
     n: int
 
     def __str__(self) -> str:  # for logs: rounded, as percentages
-        from vlmsae._human import pct
+        from vlmsae.core.numbers import pct
 
         return (
             f"concept {pct(self.concept)}, followed {pct(self.followed)}, "

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from vlmsae.core.errors import UserError
 from vlmsae.encoders import Encoder
 from vlmsae.encoders.hub import load_model_config
-from vlmsae.errors import UserError
 
 log = logging.getLogger(__name__)
 

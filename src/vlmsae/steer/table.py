@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vlmsae._io import atomic_write_text, write_json
+from vlmsae.core.io import atomic_write_text, write_json
 from vlmsae.steer.evaluate import (
     KINDS,
     Item,

@@ -115,7 +115,8 @@ class ToySteeringResult(NamedTuple):
 
 def train_toy_sae(llava: Llava, images: list, layer: int, cfg: ToySteeringConfig) -> Any:
     """A TopK SAE on every token of block ``layer`` over ``images`` (few steps)."""
-    from vlmsae import SAEConfig, TrainConfig, train_sae
+    from vlmsae.sae import SAEConfig
+    from vlmsae.train import TrainConfig, train_sae
 
     acts = torch.cat([h.flatten(0, 1) for h in block_outputs(llava, images, layer)])
     sae_cfg = SAEConfig(

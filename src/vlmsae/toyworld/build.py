@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmsae import __version__
-from vlmsae._io import write_json
+from vlmsae.core.io import write_json
 from vlmsae.toyworld.clip import ClipTrainConfig, make_clip_processor, train_clip
 from vlmsae.toyworld.data import make_batch
 from vlmsae.toyworld.llava import LlavaTrainConfig, make_llava_processor, train_llava
@@ -119,7 +119,7 @@ STAGES = ("clip", "llava")
 
 
 def _check_overwrite(out: Path, stages: tuple[str, ...], overwrite: bool) -> None:
-    from vlmsae.errors import UserError
+    from vlmsae.core.errors import UserError
     from vlmsae.toyworld import MODELS_DIR
 
     there = [s for s in stages if (out / s).exists()]

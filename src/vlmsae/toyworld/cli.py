@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from vlmsae._cli_options import progress_options
-from vlmsae._human import pct
+from vlmsae.core.cli_options import progress_options
+from vlmsae.core.numbers import pct
 
 toyworld_app = typer.Typer(
     help="The built-in ground-truth world and its tiny CLIP and LLaVA.", no_args_is_help=True
@@ -72,7 +72,7 @@ def evaluate(
     json_path: Path = typer.Option(None, "--json", help="Also write the summary here."),
 ) -> None:
     """Accuracy of the toy models on held-out images, against the bars."""
-    from vlmsae._io import write_json
+    from vlmsae.core.io import write_json
     from vlmsae.toyworld.evaluate import evaluate_toyworld
 
     summary = evaluate_toyworld(models, n=n, seed=seed, split=split, world=world)

@@ -194,7 +194,7 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
     import torch
     import torch.nn.functional as F
 
-    from vlmsae._progress import tqdm
+    from vlmsae.core.progress import tqdm
     from vlmsae.toyworld.worlds import get_world
 
     model = make_clip(cfg, data.world) if model is None else model

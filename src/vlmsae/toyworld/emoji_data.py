@@ -227,7 +227,7 @@ TSV_COLUMNS = ("codepoints", "name", "word", "group", "subgroup")
 
 def write_emoji_data(table: list[Emoji], sprites: list[Image.Image], out_dir: Path) -> None:
     """Write ``emoji.tsv`` and ``atlas.png`` into ``out_dir`` (atomically)."""
-    from vlmsae._io import atomic_write, atomic_write_text
+    from vlmsae.core.io import atomic_write, atomic_write_text
 
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")

@@ -23,8 +23,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
 
-from vlmsae._io import atomic_write, atomic_write_text, write_json
-from vlmsae._progress import tqdm
+from vlmsae.core.io import atomic_write, atomic_write_text, write_json
+from vlmsae.core.progress import tqdm
 from vlmsae.toyworld.world import ToyImage
 from vlmsae.toyworld.worlds import World, get_world, world_of_split
 

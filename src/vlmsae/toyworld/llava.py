@@ -196,7 +196,7 @@ def sequence_loss(model: Any, seq: Sequences, feats_BPD: Any | None) -> Any:
 def _run_stage(name: str, model: Any, params: list, steps: int, batch_fn, cfg) -> None:
     import torch
 
-    from vlmsae._progress import tqdm
+    from vlmsae.core.progress import tqdm
 
     if steps == 0:
         return

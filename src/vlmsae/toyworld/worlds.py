@@ -190,7 +190,7 @@ def get_world(name: str | World | None = None) -> World:
         return name
     name = name or DEFAULT_WORLD
     if name not in _WORLDS:
-        from vlmsae.errors import UserError
+        from vlmsae.core.errors import UserError
 
         raise UserError(f"unknown toy world {name!r}; expected one of {', '.join(WORLDS)}")
     return _WORLDS[name]

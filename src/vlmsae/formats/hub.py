@@ -4,7 +4,7 @@
 hub repository id. A folder holds one of three formats, recognised by its files:
 
 - vlmsae: ``config.json`` (with an ``sae`` section) + ``sae.safetensors``;
-- SAELens: ``cfg.json`` + ``sae_weights.safetensors`` (see :mod:`vlmsae.sae.saelens`);
+- SAELens: ``cfg.json`` + ``sae_weights.safetensors`` (see :mod:`vlmsae.formats.saelens`);
 - dictionary_learning (the paper's release): ``ae.pt`` or ``checkpoints/ae_<step>.pt``
   next to its ``config.json`` (converted on load, read with ``weights_only=True``).
 
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import HubError
 from vlmsae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_sae
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,6 @@ SAE_PATTERNS = (CONFIG_FILE, WEIGHTS_FILE, *SAELENS_FILES, DL_WEIGHTS, "checkpoi
 # The files `push_to_hub` uploads from a vlmsae run folder (not its trainer state).
 PUSH_PATTERNS = (CONFIG_FILE, WEIGHTS_FILE, "summary.json", "metrics.jsonl", "README.md")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-class HubError(UserError):
-    """An SAE could not be found, downloaded or uploaded (the message says how to fix it)."""
 
 
 def detect_format(folder: Path) -> str | None:
@@ -148,11 +144,11 @@ def _load_folder(folder: Path, given: str, subfolder: str | None, origin: str, d
     if fmt == "vlmsae":
         return load_sae(folder, device=device)  # its errors say what is missing
     if fmt == "saelens":
-        from vlmsae.sae.saelens import load_saelens
+        from vlmsae.formats.saelens import load_saelens
 
         return load_saelens(folder).to(device)
     if fmt == "dictionary_learning":
-        from vlmsae.sae.convert import convert_dictionary_learning
+        from vlmsae.formats.dictionary_learning import convert_dictionary_learning
 
         ae_path = dl_weights_file(folder)
         log.info("reading dictionary_learning checkpoint %s", ae_path)

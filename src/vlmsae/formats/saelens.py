@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlmsae._io import atomic_write, ensure_dir, write_json
-from vlmsae.errors import UserError
+from vlmsae.core.errors import SAELensFormatError
+from vlmsae.core.io import atomic_write, ensure_dir, write_json
 from vlmsae.sae.config import SAEConfig
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 FORMAT_VERSION = "6.0.0"  # the SAELens config schema written here (SAELens >= 6 reads it)
 _ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
-
-
-class SAELensFormatError(UserError):
-    """An SAELens folder vlmsae cannot read faithfully (the message says why)."""
 
 
 def saelens_architecture(sae: Any) -> tuple[str, str | None]:

@@ -1,4 +1,4 @@
-"""CLI commands of the SAE stage: ``vlmsae train``, ``vlmsae convert``, ``vlmsae export``."""
+"""CLI command of the training stage: ``vlmsae train``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Literal, get_args
 
 import typer
 
-from vlmsae._cli_options import progress_options
-from vlmsae._human import fmt, pct
-from vlmsae.cli_errors import user_errors
-from vlmsae.errors import UserError
+from vlmsae.core.cli_errors import user_errors
+from vlmsae.core.cli_options import progress_options
+from vlmsae.core.errors import UserError
+from vlmsae.core.numbers import fmt, pct
+from vlmsae.formats.cli import check_push, push
 
 Arch = Literal["batchtopk", "matryoshka", "topk", "relu", "jumprelu"]
 ARCHS = get_args(Arch)
@@ -26,8 +27,6 @@ LOG_TO_HELP = (
 
 def register(app: typer.Typer) -> None:
     app.command("train")(progress_options(train))
-    app.command("convert")(convert)
-    app.command("export")(export)
 
 
 def _parse_fractions(
@@ -111,17 +110,18 @@ def train(
     ),
 ) -> None:
     """Train an SAE on an activation store; writes a checkpoint, metrics.jsonl, summary.json."""
+    from vlmsae.data.provenance import check_same_source, store_provenance
     from vlmsae.data.store import ActivationStore
-    from vlmsae.provenance import check_same_source, store_provenance
-    from vlmsae.sae.config import SAEConfig, TrainConfig
-    from vlmsae.sae.sinks import open_sinks
-    from vlmsae.sae.train import train_sae
+    from vlmsae.sae.config import SAEConfig
+    from vlmsae.train.config import TrainConfig
+    from vlmsae.train.run import train_sae
+    from vlmsae.train.sinks import open_sinks
 
     if arch not in ARCHS:
         raise typer.BadParameter(f"{arch!r} is not one of {ARCHS}", param_hint="--arch")
-    _check_push(push_to_hub)
+    check_push(push_to_hub)
     if sweep_placement is not None:
-        from vlmsae.sae.placement import check_placement
+        from vlmsae.train.placement import check_placement
 
         if sweep is None:
             raise UserError("--sweep-placement places the SAEs of a --sweep; give --sweep too")
@@ -174,7 +174,7 @@ def train(
                 f"{activations}; lower it"
             )
         if sweep is not None:
-            from vlmsae.sae.sweep import train_sweep_file
+            from vlmsae.train.sweep import train_sweep_file
 
             for name, run_dir in train_sweep_file(
                 store, cfg, sweep, out, val=val, resume=resume, placement=sweep_placement
@@ -189,69 +189,4 @@ def train(
         f"{sae}\nwrote {out} — R² {fmt(final.get('r2'))}, L0 {fmt(final.get('l0'))}, "
         f"dead {pct(final.get('dead_fraction', 0))}"
     )
-    _push(out, push_to_hub)
-
-
-def convert(
-    ae_path: Path = typer.Argument(..., help="dictionary_learning ae.pt file."),
-    out: Path = typer.Option(..., "--out", help="Output SAE checkpoint directory."),
-    arch: Literal["topk", "batchtopk"] | None = typer.Option(
-        None, "--arch", help="Where the file cannot tell (see docs)."
-    ),
-    model: str = typer.Option(None, "--model", help="Source model, stored in config.json."),
-    hookpoint: Literal["post_mlp_residual", "post_projection"] | None = typer.Option(
-        None, "--hookpoint", help="Hook point the SAE was trained on."
-    ),
-    layer: int = typer.Option(None, "--layer", help="Layer of the hook point."),
-    tokens: str = typer.Option(
-        None, "--tokens", help="Token selection: cls | mean | all | random:N"
-    ),
-    push_to_hub: str = typer.Option(
-        None, "--push-to-hub", help="Also upload the SAE to this hub repository (ORG/NAME)."
-    ),
-) -> None:
-    """Convert a dictionary_learning checkpoint (the paper's code) to a vlmsae SAE."""
-    from vlmsae.sae.convert import convert_dictionary_learning
-
-    if arch is not None and arch not in ("topk", "batchtopk"):
-        raise typer.BadParameter("only topk or batchtopk can be forced", param_hint="--arch")
-    _check_push(push_to_hub)
-    sae = convert_dictionary_learning(
-        ae_path, sparsity=arch, model=model, hookpoint=hookpoint, layer=layer, tokens=tokens
-    )
-    sae.save(out, converted_from=str(ae_path))
-    typer.echo(f"{sae}\nwrote {out}")
-    _push(out, push_to_hub)
-
-
-def _check_push(repo_id: str | None) -> None:
-    """Refuse a malformed --push-to-hub before hours of training, not after."""
-    if repo_id:
-        from vlmsae.sae.hub import check_repo_id
-
-        check_repo_id(repo_id)
-
-
-def _push(folder: Path, repo_id: str | None) -> None:
-    if repo_id:
-        from vlmsae.sae.hub import push_to_hub
-
-        typer.echo(f"pushed {folder} to {push_to_hub(folder, repo_id)}")
-
-
-def export(
-    sae: str = typer.Argument(..., help="SAE checkpoint folder or hub id (ORG/NAME[/SUBFOLDER])."),
-    fmt: str = typer.Option(..., "--format", help="saelens | dictionary_learning"),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
-) -> None:
-    """Write an SAE in SAELens's or dictionary_learning's format (their loaders read it)."""
-    from vlmsae.sae.export import FORMATS, export_sae
-    from vlmsae.sae.model import SAE
-
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {FORMATS}", param_hint="--format")
-    model = SAE.load(sae)
-    note = export_sae(model, out, fmt)
-    if note:
-        typer.echo(f"note: {note}")
-    typer.echo(f"{model}\nwrote {out} ({fmt})")
+    push(out, push_to_hub)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import typer
 
-from vlmsae._progress import get_mode, progress_mode
+from vlmsae.core.progress import get_mode, progress_mode
 
 ProgressChoice = Literal["auto", "bar", "log", "none"]
 

@@ -4,7 +4,7 @@ Every artifact records what it was made from: the model (id and revision), hook 
 layer and token selection, the dataset root and split, and a fingerprint of its ordered
 image list (``images_sha256`` + ``n_images``). Commands that combine two artifacts call
 the ``check_*`` functions here *before* computing anything; a mismatch raises
-:class:`~vlmsae.errors.UserError` naming both sides (or, where the user passed
+:class:`~vlmsae.core.errors.UserError` naming both sides (or, where the user passed
 ``--allow-mismatch``, logs it as a warning). Artifacts written before fingerprints existed
 still load: what cannot be checked is logged as a one-line warning.
 """
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,6 @@ def store_provenance(store: Any) -> dict[str, Any]:
     for key in ("sae", "sae_sha256"):  # a code store: which SAE made the codes
         if meta.get(key) is not None:
             prov[key] = meta[key]
-    return prov
-
-
-def sae_provenance(sae_dir: str | Path) -> dict[str, Any]:
-    """Shape, source and weight hash of an SAE checkpoint directory (its ``config.json``).
-
-    The source is the ``source`` block written by ``vlmsae train`` (model, revision, hook
-    point, layer, tokens, dataset, images) where present, else the config's own fields.
-    """
-    from vlmsae.sae.checkpoint import WEIGHTS_FILE, read_config
-
-    config = read_config(sae_dir)
-    prov = {k: config.get(k) for k in SOURCE_FIELDS if config.get(k) is not None}
-    prov.update({k: v for k, v in (config.get("source") or {}).items() if v is not None})
-    prov.update(sae=str(sae_dir), d_in=config.get("d_in"), d_sae=config.get("d_sae"))
-    weights = Path(sae_dir) / WEIGHTS_FILE
-    if weights.is_file():
-        prov["sae_sha256"] = file_sha256(weights)
     return prov
 
 

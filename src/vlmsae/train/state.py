@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmsae._io import atomic_write_text, read_json, to_json
+from vlmsae.core.io import atomic_write_text, read_json, to_json
 from vlmsae.sae import checkpoint as ckpt
-from vlmsae.sae.config import TrainConfig, lr_factor
-from vlmsae.sae.losses import variance_metrics
 from vlmsae.sae.model import SAE
+from vlmsae.train.config import TrainConfig, lr_factor
+from vlmsae.train.losses import variance_metrics
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"

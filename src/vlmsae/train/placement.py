@@ -1,7 +1,7 @@
 """Where the SAEs of a sweep train under ``torchrun``: on every rank, or spread over the ranks.
 
 ``replicate``: every rank holds every SAE and trains it data parallel on its slice of each
-global batch (as :func:`~vlmsae.sae.train.train_sae` does). ``spread``: the SAEs are
+global batch (as :func:`~vlmsae.train.run.train_sae` does). ``spread``: the SAEs are
 partitioned over the ranks, balanced by parameter count; each rank reads whole global
 batches and trains its SAEs exactly as one process would (bit for bit), writing their run
 directories itself. ``auto`` spreads when the SAEs' training state (weights, gradients and
@@ -14,9 +14,9 @@ import logging
 import os
 from collections.abc import Sequence
 
-from vlmsae import dist
-from vlmsae.errors import UserError
-from vlmsae.sae.config import TrainConfig
+from vlmsae.core import dist
+from vlmsae.core.errors import UserError
+from vlmsae.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 PLACEMENTS = ("auto", "replicate", "spread")

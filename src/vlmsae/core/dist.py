@@ -19,6 +19,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from vlmsae.core.errors import RankFailed
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -210,10 +212,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     _tdist().broadcast_object_list(box, src=src)
     return box[0]
-
-
-class RankFailed(RuntimeError):
-    """Another rank failed in a step that all ranks check together."""
 
 
 @contextmanager

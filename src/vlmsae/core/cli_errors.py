@@ -1,6 +1,6 @@
 """How the ``vlmsae`` command reports failures.
 
-A user's mistake (a :class:`~vlmsae.errors.UserError`, an artifact that is missing or
+A user's mistake (a :class:`~vlmsae.core.errors.UserError`, an artifact that is missing or
 broken, a usage error) ends as one ``Error: <message>`` line on stderr and exit code 2;
 anything else is a bug and keeps its traceback. ``vlmsae --debug`` or ``VLMSAE_DEBUG=1``
 shows the traceback of user errors too.
@@ -13,7 +13,6 @@ command: :class:`ErrorReportingGroup` (the root command group) does it once.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,32 +20,18 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import NonFiniteError, UserError
 
 DEBUG_ENV = "VLMSAE_DEBUG"
 EXIT_USER_ERROR = 2
 _OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
-# Errors about a broken or missing artifact, by module: looked up in sys.modules, so that
-# nothing heavy is imported here (a class whose module was never imported was never raised).
 # typer may vendor its own copy of click: take click's classes from typer's own exceptions.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-_ARTIFACT_ERRORS = (
-    ("vlmsae.data.format", "StoreError"),
-    ("vlmsae.sae.checkpoint", "CheckpointError"),
-    ("vlmsae.sae.train", "NonFiniteError"),
-    ("vlmsae.sae.convert", "ConvertError"),
-)
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` describes something the user can fix (shown as one line)."""
-    if isinstance(exc, (UserError, *_OS_ERRORS)):
-        return True
-    for module, name in _ARTIFACT_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(exc, cls):
-            return True
-    return False
+    return isinstance(exc, (UserError, NonFiniteError, *_OS_ERRORS))
 
 
 def error_message(exc: BaseException) -> str:

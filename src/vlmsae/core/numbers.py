@@ -1,6 +1,6 @@
 """Numbers for people: what the CLI prints rounds to 3 significant digits.
 
-JSON output keeps full precision (see :func:`vlmsae._io.write_json`); only text meant to be
+JSON output keeps full precision (see :func:`vlmsae.core.io.write_json`); only text meant to be
 read is rounded, with :func:`fmt`.
 """
 

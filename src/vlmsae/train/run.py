@@ -22,34 +22,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmsae import dist
-from vlmsae._io import read_json, remove_stale_temps, write_json
-from vlmsae._lock import output_lock
-from vlmsae._progress import tqdm
+from vlmsae.core import dist
+from vlmsae.core.errors import NonFiniteError
+from vlmsae.core.io import read_json, remove_stale_temps, write_json
+from vlmsae.core.lock import output_lock
+from vlmsae.core.progress import tqdm
 from vlmsae.sae import checkpoint as ckpt
-from vlmsae.sae.config import TrainConfig, lr_factor
-from vlmsae.sae.data import Data, estimate_norm_factor, make_source, shard_source
-from vlmsae.sae.losses import (
+from vlmsae.sae.model import SAE, SAEOutput
+from vlmsae.train.config import TrainConfig, lr_factor
+from vlmsae.train.data import Data, estimate_norm_factor, make_source, shard_source
+from vlmsae.train.losses import (
     LossOutput,
     global_reconstruction_metrics,
     reconstruction_metrics,
     sae_loss,
 )
-from vlmsae.sae.model import SAE, SAEOutput
-from vlmsae.sae.optim import LayoutAdam
-from vlmsae.sae.trainer_io import (
-    MetricsLog,
-    evaluate_sae,
-    load_resume_state,
-    save_training_checkpoint,
-)
+from vlmsae.train.optim import LayoutAdam
+from vlmsae.train.state import MetricsLog, evaluate_sae, load_resume_state, save_training_checkpoint
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
-
-
-class NonFiniteError(RuntimeError):
-    """A batch or the loss became NaN / Inf; training stopped at the last good checkpoint."""
 
 
 @dataclass
@@ -84,7 +76,7 @@ def train_step(
 ) -> tuple[LossOutput, SAEOutput]:
     """One optimizer step, in the order that keeps the decoder on the unit sphere.
 
-    Data parallel (several ranks, see :mod:`vlmsae.dist`): ``x_BD`` is this rank's slice of
+    Data parallel (several ranks, see :mod:`vlmsae.core.dist`): ``x_BD`` is this rank's slice of
     the global batch; selection, dead counters, AuxK's variance and the threshold are taken
     over the global batch, and the summed gradients equal one process's. The returned
     ``loss.total`` is the global loss."""
@@ -191,7 +183,7 @@ def train_sae(
     Under ``torchrun`` (``WORLD_SIZE > 1``) training is data parallel: every rank calls
     this with the same data and config, reads its slice of each global batch of
     ``cfg.batch_size`` rows, and ends with the weights one process would; rank 0 locks
-    ``out_dir`` and writes it (see :mod:`vlmsae.dist`).
+    ``out_dir`` and writes it (see :mod:`vlmsae.core.dist`).
 
     Raises:
         NonFiniteError: a batch or the loss holds NaN / Inf; the message names the step,
@@ -272,7 +264,7 @@ def _prepare(source, cfg, out_path, val, resume, on_step, norm_factors=None, bar
         )
     val_x = None
     if val is not None and dist.is_main():  # rank 0 evaluates and logs
-        from vlmsae.sae.data import load_rows
+        from vlmsae.train.data import load_rows
 
         val_x = load_rows(val, cfg.val_rows).to(device)
         if val_x.shape[1] != cfg.sae.d_in:

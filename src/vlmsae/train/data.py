@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vlmsae import dist
+from vlmsae.core import dist
+from vlmsae.data.provenance import PROVENANCE_FIELDS, store_provenance
 from vlmsae.data.store import ActivationStore
-from vlmsae.provenance import PROVENANCE_FIELDS, store_provenance
+from vlmsae.sae.config import CONFIG_SOURCE_FIELDS
 
 log = logging.getLogger(__name__)
 Data = Tensor | np.ndarray | str | Path | ActivationStore | Iterable[Any]
-SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
 
 
 @dataclass
@@ -95,7 +95,9 @@ def make_source(data: Data) -> BatchSource:
             for rows in batches:
                 yield torch.from_numpy(rows)
 
-        meta = {k: store.manifest[k] for k in SOURCE_FIELDS if store.manifest.get(k) is not None}
+        meta = {
+            k: store.manifest[k] for k in CONFIG_SOURCE_FIELDS if store.manifest.get(k) is not None
+        }
         prov = store_provenance(store)
         return BatchSource(
             store.d,

@@ -5,7 +5,7 @@ is read once and handed to every SAE in turn, so reading the store is paid once 
 not once per SAE. Each SAE's run directory is exactly what :func:`train_sae` writes, and a
 sweep's SAE equals the one :func:`train_sae` trains from the same config (bit for bit on
 CPU). Under ``torchrun`` every SAE trains data parallel, as :func:`train_sae` does, or the
-SAEs are spread over the ranks when they do not fit one (:mod:`vlmsae.sae.placement`).
+SAEs are spread over the ranks when they do not fit one (:mod:`vlmsae.train.placement`).
 
 A sweep file (``vlmsae train --sweep sweep.toml``) lists the SAEs; every key not given falls
 back to the command's options::
@@ -37,15 +37,16 @@ from typing import Any
 import tomllib
 from tqdm.auto import tqdm
 
-from vlmsae import dist
-from vlmsae._io import remove_stale_temps
-from vlmsae._lock import output_lock
-from vlmsae.errors import UserError
-from vlmsae.sae.config import SAEConfig, TrainConfig
-from vlmsae.sae.data import Data, make_source, shard_source
+from vlmsae.core import dist
+from vlmsae.core.errors import UserError
+from vlmsae.core.io import remove_stale_temps
+from vlmsae.core.lock import output_lock
+from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.model import SAE
-from vlmsae.sae.placement import check_placement, choose_placement, partition
-from vlmsae.sae.train import _advance, _check_width, _conclude, _prepare
+from vlmsae.train.config import TrainConfig
+from vlmsae.train.data import Data, make_source, shard_source
+from vlmsae.train.placement import check_placement, choose_placement, partition
+from vlmsae.train.run import _advance, _check_width, _conclude, _prepare
 
 log = logging.getLogger(__name__)
 PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
@@ -64,7 +65,7 @@ def train_sweep(
     """Train one SAE per config on the same batches, reading each batch once.
 
     Args:
-        data: as for :func:`~vlmsae.sae.train.train_sae`.
+        data: as for :func:`~vlmsae.train.run.train_sae`.
         cfgs: one config per SAE; all with the same ``batch_size`` and ``seed``.
         out_dirs: one run directory per config (``None``: keep everything in memory).
         val: held-out data evaluated at every log point of every SAE.
@@ -73,7 +74,7 @@ def train_sweep(
         placement: under ``torchrun``, ``"replicate"`` (every SAE data parallel on every
             rank), ``"spread"`` (the SAEs partitioned over the ranks, each trained whole by
             one rank) or ``"auto"`` (spread when they would not fit one rank's memory); see
-            :mod:`vlmsae.sae.placement`. Nothing changes in one process.
+            :mod:`vlmsae.train.placement`. Nothing changes in one process.
 
     Returns:
         The trained SAEs, in the order of ``cfgs``; spread over ranks, each rank's list
@@ -119,7 +120,7 @@ def train_sweep(
 @contextmanager
 def _each_rank(what: str, spread: bool, group: Any = None) -> Iterator[None]:
     """Spread: run the block on each rank as one process would (whole batches, no
-    collectives: :func:`vlmsae.dist.alone`), then fail every rank if it failed on any
+    collectives: :func:`vlmsae.core.dist.alone`), then fail every rank if it failed on any
     (agreeing in ``group``). Replicated: the block as it is (data parallel, in step)."""
     if not spread:
         yield

@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from vlmsae._human import fmt
+from vlmsae.core.numbers import fmt
 
 MODES = ("auto", "bar", "log", "none")
 LOG_INTERVAL_S = 30.0
@@ -109,7 +109,7 @@ def progress(
 
 
 tqdm = progress_bar = progress
-"""Aliases: ``from vlmsae._progress import tqdm`` replaces ``from tqdm.auto import tqdm``."""
+"""Aliases: ``from vlmsae.core.progress import tqdm`` replaces ``from tqdm.auto import tqdm``."""
 
 
 class LogProgress:

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vlmsae._io import ensure_dir, output_error
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
+from vlmsae.core.io import ensure_dir, output_error
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".vlmsae.lock"
@@ -121,7 +121,7 @@ def lock_until_exit(out_dir: str | Path, what: str = "vlmsae") -> Path:
     exits (the kernel releases it then): for CLI commands, which write their output and end.
     Under ``torchrun`` rank 0 takes it for the whole job (its ranks write together)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from vlmsae import dist
+        from vlmsae.core import dist
 
         if dist.init_from_env() and not dist.is_main():
             return Path(out_dir)

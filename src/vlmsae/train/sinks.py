@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import UserError
 
 SINKS = ("tensorboard", "wandb")
 TENSORBOARD_DIR = "tensorboard"
@@ -127,7 +127,7 @@ def make_sink(name: str, run_dir: str | Path, config: dict[str, Any] | None = No
 def open_sinks(
     names: Sequence[str], run_dir: str | Path, cfg: Any = None
 ) -> Iterator[OnStep | None]:
-    """An ``on_step(step, metrics)`` callback for :func:`~vlmsae.sae.train.train_sae` that
+    """An ``on_step(step, metrics)`` callback for :func:`~vlmsae.train.run.train_sae` that
     sends every log point to the sinks ``names`` (``None`` when there are none); the sinks
     are closed on exit. A missing optional package fails here, before training starts."""
     config = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg

@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from vlmsae import dist
-from vlmsae.sae.config import TrainConfig
+from vlmsae.core import dist
 from vlmsae.sae.model import SAE, SAEOutput, jumprelu_l0
 from vlmsae.sae.sparse import ActiveLatents, decode_sparse, encode_at
+from vlmsae.train.config import TrainConfig
 
 
 class LossOutput(NamedTuple):

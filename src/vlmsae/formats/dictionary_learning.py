@@ -1,4 +1,5 @@
-"""Import dictionary_learning checkpoints (``ae.pt``), as written by the paper's code.
+"""dictionary_learning checkpoints (``ae.pt``), as written by the paper's code: import
+(:func:`convert_dictionary_learning`) and export (:func:`export_dictionary_learning`).
 
 Key layouts recognised (``S`` = dictionary size, ``D`` = input width):
 
@@ -15,6 +16,27 @@ Key layouts recognised (``S`` = dictionary size, ``D`` = input width):
 The file is read with ``torch.load(weights_only=True)``: no code is unpickled. JumpReLU
 does not subtract ``b_dec`` before encoding; its ``b_enc`` becomes ``b_enc + b_dec W_enc``
 so that the converted SAE computes exactly the same function.
+
+Export dictionary_learning layout (what its ``trainSAE`` writes and its classes'
+``from_pretrained`` read): ``ae.pt`` (a ``torch.save``'d state dict of tensors, in raw
+activation units) and ``config.json`` ``{"trainer": {"dict_class": ..., ...}}``.
+
+====================  ==========================  ================================
+vlmsae                dictionary_learning class   keys
+====================  ==========================  ================================
+``batchtopk``         ``BatchTopKSAE``            ``encoder.*``, ``decoder.weight``,
+                                                  ``b_dec``, ``k``, ``threshold``
+``topk``              ``AutoEncoderTopK``         same (``threshold`` = -1)
+Matryoshka            ``MatryoshkaBatchTopKSAE``  ``W_enc``, ``b_enc``, ``W_dec``,
+                                                  ``b_dec``, ``k``, ``threshold``,
+                                                  ``group_sizes``
+``relu``              ``AutoEncoder``             ``encoder.*``, ``decoder.weight``,
+                                                  ``bias``
+``jumprelu``          ``JumpReluAutoEncoder``     ``W_enc``, ``b_enc`` (minus
+                                                  ``b_dec W_enc``: it encodes ``x``,
+                                                  not ``x - b_dec``), ``W_dec``,
+                                                  ``b_dec``, ``threshold``
+====================  ==========================  ================================
 """
 
 from __future__ import annotations
@@ -27,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import ConvertError, UserError
+from vlmsae.core.io import atomic_write, ensure_dir, write_json
 from vlmsae.sae.checkpoint import describe_nonfinite
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.model import SAE
@@ -44,10 +67,6 @@ DICT_CLASSES = {
     "AutoEncoder": "relu",
     "JumpReluAutoEncoder": "jumprelu",
 }
-
-
-class ConvertError(UserError):
-    """The file is not a dictionary_learning state dict this converter understands."""
 
 
 def _dict_class_from_config(ae_path: Path) -> tuple[str | None, dict[str, Any]]:
@@ -172,3 +191,76 @@ def convert_dictionary_learning(
     sae.load_state_dict(params, assign=True)
     log.info("converted %s (%s) to %s", ae_path, dict_class or "class unknown", sae)
     return sae.eval()
+
+
+def export_dictionary_learning(sae: Any, out: str | Path) -> str | None:
+    """Write ``ae.pt`` + ``config.json`` as dictionary_learning saves them."""
+    cfg: SAEConfig = sae.cfg
+    dict_class, sd, note = _dl_state_dict(sae)
+    trainer = {
+        "dict_class": dict_class,
+        "activation_dim": cfg.d_in,
+        "dict_size": cfg.d_sae,
+        "layer": cfg.layer,
+        "lm_name": cfg.model,
+        "submodule_name": cfg.hookpoint,
+        "exported_by": "vlmsae",
+        "vlmsae_config": cfg.to_dict(),
+    }
+    if cfg.k is not None and cfg.sparsity in ("topk", "batchtopk"):
+        trainer["k"] = cfg.k
+    if cfg.is_matryoshka:
+        trainer["group_fractions"] = [s / cfg.d_sae for s in cfg.group_sizes]
+    out = ensure_dir(out)
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    atomic_write(out / "ae.pt", lambda p: torch.save(sd, p))
+    write_json(out / "config.json", {"trainer": trainer})
+    return note
+
+
+def _dl_state_dict(sae: Any) -> tuple[str, dict[str, torch.Tensor], str | None]:
+    cfg: SAEConfig = sae.cfg
+    f32 = {k: v.detach().float().cpu() for k, v in sae.state_dict().items()}
+    w_enc_DS = sae.W_enc.detach().float().cpu()
+    linear = {
+        "encoder.weight": w_enc_DS.t(),
+        "encoder.bias": f32["b_enc"],
+        "decoder.weight": f32["W_dec"].t(),
+    }
+    k = torch.tensor(cfg.k or 0, dtype=torch.int32)
+    no_threshold = torch.tensor(-1.0)
+    if cfg.is_matryoshka:
+        if cfg.sparsity != "batchtopk" or not sae.has_threshold:
+            raise UserError(
+                "dictionary_learning's MatryoshkaBatchTopKSAE encodes with a trained threshold; "
+                f"this Matryoshka SAE ({cfg.sparsity}, threshold "
+                f"{'set' if sae.has_threshold else 'not set'}) would encode differently there: "
+                "export a trained Matryoshka BatchTopK SAE, or use --format saelens"
+            )
+        sd = {name: f32[name] for name in ("b_enc", "W_dec", "b_dec")}
+        sd.update(
+            W_enc=w_enc_DS,
+            k=k,
+            threshold=f32["threshold"].reshape(()),
+            group_sizes=torch.tensor(cfg.group_sizes),
+        )
+        return "MatryoshkaBatchTopKSAE", sd, None
+    if cfg.sparsity == "batchtopk" and sae.has_threshold:
+        sd = {**linear, "b_dec": f32["b_dec"], "k": k, "threshold": f32["threshold"].reshape(())}
+        return "BatchTopKSAE", sd, None
+    if cfg.sparsity in ("topk", "batchtopk"):
+        note = None
+        if cfg.sparsity == "batchtopk":
+            note = (
+                "this BatchTopK SAE has no inference threshold yet (vlmsae encodes it by "
+                "per-example top-k): written as dictionary_learning's AutoEncoderTopK"
+            )
+        sd = {**linear, "b_dec": f32["b_dec"], "k": k, "threshold": no_threshold}
+        return "AutoEncoderTopK", sd, note
+    if cfg.sparsity == "relu":
+        return "AutoEncoder", {**linear, "bias": f32["b_dec"]}, None
+    # JumpReLU: dictionary_learning computes x W_enc + b_enc (no b_dec centring).
+    b_enc = (sae.b_enc.double() - sae.b_dec.double() @ sae.W_enc.double()).float().cpu()
+    sd = {"W_enc": w_enc_DS, "b_enc": b_enc, "W_dec": f32["W_dec"], "b_dec": f32["b_dec"]}
+    sd["threshold"] = f32["threshold"]
+    return "JumpReluAutoEncoder", sd, None

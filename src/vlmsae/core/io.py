@@ -3,7 +3,7 @@
 Every file is written to a temporary sibling ``.NAME.XXXXXXXX.tmp`` and renamed over
 ``NAME``; :func:`remove_stale_temps` clears the ones a killed process left behind.
 A full disk, a read-only file system, a missing permission or a file where a folder is
-expected ends as an :class:`OutputError`: a :class:`~vlmsae.errors.UserError` (one
+expected ends as an :class:`OutputError`: a :class:`~vlmsae.core.errors.UserError` (one
 ``Error:`` line in the CLI) that is still an ``OSError`` with its ``errno``.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlmsae.errors import UserError
+from vlmsae.core.errors import OutputError
 
 TEMP_SUFFIX = ".tmp"
 _OUTPUT_HINTS = {
@@ -34,14 +34,6 @@ _OUTPUT_HINTS = {
     errno.EEXIST: "a file stands where a folder is expected: choose another --out or move "
     "that file",
 }
-
-
-class OutputError(OSError, UserError):
-    """An output could not be written for a reason the user fixes (full disk, read-only
-    file system, no permission, a file where a folder is expected). ``errno`` is kept."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 def output_error(path: str | Path, error: OSError) -> OSError:
@@ -110,7 +102,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete the temporary files (``.NAME.*.tmp``) that interrupted atomic writes left in
-    ``folder``. Call it only while this process owns ``folder`` (see ``vlmsae._lock``)."""
+    ``folder``. Call it only while this process owns ``folder`` (see ``vlmsae.core.lock``)."""
     removed = []
     folder = Path(folder)
     if folder.is_dir():

@@ -1,0 +1,29 @@
+"""Export a vlmsae SAE to another library's format: SAELens or dictionary_learning.
+
+``export_sae(sae, out, fmt)`` writes the files and returns a one-line note where the
+format cannot express something (the CLI prints it); where the other library would compute
+something different, it refuses with a :class:`~vlmsae.core.errors.UserError` instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlmsae.core.errors import UserError
+
+FORMATS = ("saelens", "dictionary_learning")
+
+
+def export_sae(sae: Any, out: str | Path, fmt: str) -> str | None:
+    """Write ``sae`` into folder ``out`` in format ``fmt`` (one of :data:`FORMATS`);
+    returns a note on what the format cannot express, or None."""
+    if fmt == "saelens":
+        from vlmsae.formats.saelens import export_saelens
+
+        return export_saelens(sae, out)
+    if fmt == "dictionary_learning":
+        from vlmsae.formats.dictionary_learning import export_dictionary_learning
+
+        return export_dictionary_learning(sae, out)
+    raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
