@@ -198,9 +198,9 @@ def test_no_public_function_takes_any_for_an_sae_store_or_encoder(name):
     for mod, path in _modules().items():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(
-                node, (ast.FunctionDef, ast.AsyncFunctionDef)
-            ) and not node.name.startswith("_"):
-                if name in _any_params(node):
-                    offenders.append(f"{mod}.{node.name}")
+            public = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not (
+                node.name.startswith("_")
+            )
+            if public and name in _any_params(node):
+                offenders.append(f"{mod}.{node.name}")
     assert not offenders, f"public functions with `{name}: Any`: {sorted(offenders)}"

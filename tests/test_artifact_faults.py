@@ -22,7 +22,8 @@ from vlmsae.encoders import Encoder
 from vlmsae.encoders.cache import CacheConfig, cache_activations
 from vlmsae.formats.dictionary_learning import ConvertError, convert_dictionary_learning
 from vlmsae.metrics.ms import monosemanticity
-from vlmsae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_sae
+from vlmsae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from vlmsae.sae.model import load_sae
 
 
 def _saved_sae(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmsae.sae import SAE, SAEConfig, model, sparse
+from vlmsae.sae import SAE, SAEConfig, scratch, sparse
 from vlmsae.train import TrainConfig, losses
 from vlmsae.train.optim import LayoutAdam
 from vlmsae.train.run import TrainState, make_optimizer, train_step
@@ -113,7 +113,7 @@ def test_kept_loss_and_decode_buffers_change_no_weight(monkeypatch, groups, dtyp
             )
             monkeypatch.setattr(sparse, "_kept", lambda n, s, like, reuse: kept(n, s, like, False))
         for x_BD in batches:
-            for key, buf in model._SCRATCH.items():  # whatever the last step left
+            for key, buf in scratch._SCRATCH.items():  # whatever the last step left
                 if key[1].startswith(("loss:", "decode:")) and buf.is_floating_point():
                     buf.fill_(float("nan"))
             train_step(sae, opt, x_BD, state, cfg)
@@ -122,11 +122,11 @@ def test_kept_loss_and_decode_buffers_change_no_weight(monkeypatch, groups, dtyp
 
     SAE(cfg_sae).release_buffers_()  # none left by other tests
     with_buffers = train(fresh=False)
-    kept_names = {key[1].split(":(")[0] for key in model._SCRATCH}
+    kept_names = {key[1].split(":(")[0] for key in scratch._SCRATCH}
     assert {"loss:diff", "loss:grad", "decode:out"} <= kept_names  # the buffers were kept
     assert ("decode:grad" in kept_names) == (groups is not None)  # a sum over groups
     fresh = train(fresh=True)
     for name, value in with_buffers.state_dict().items():
         assert torch.equal(value, fresh.state_dict()[name]), name
     with_buffers.release_buffers_()
-    assert not model._SCRATCH
+    assert not scratch._SCRATCH

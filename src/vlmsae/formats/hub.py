@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmsae.core.errors import HubError
-from vlmsae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_sae
+from vlmsae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from vlmsae.sae.model import load_sae
 
 log = logging.getLogger(__name__)
 

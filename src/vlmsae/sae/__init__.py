@@ -12,9 +12,9 @@ import importlib
 import warnings
 from typing import Any
 
-from vlmsae.sae.checkpoint import CheckpointError, load_sae, save_sae
+from vlmsae.sae.checkpoint import CheckpointError, save_sae
 from vlmsae.sae.config import SAEConfig
-from vlmsae.sae.model import SAE, SAEOutput
+from vlmsae.sae.model import SAE, SAEOutput, load_sae
 from vlmsae.sae.sparse import ActiveLatents
 
 __all__ = [

@@ -17,16 +17,19 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from vlmsae.core.errors import CheckpointError
 from vlmsae.core.io import atomic_write, read_json, write_json
 from vlmsae.data.provenance import SOURCE_FIELDS, file_sha256
 from vlmsae.sae.config import CONFIG_SOURCE_FIELDS, SAEConfig
-from vlmsae.sae.model import scale_biases_
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 SCHEMA = 1
 CONFIG_FILE = "config.json"
@@ -37,7 +40,18 @@ POINTER_FILE = "checkpoint.json"  # names the folder under checkpoints/ with the
 CHECKPOINTS_DIR = "checkpoints"
 
 
-def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:
+# Tensors in the units of the input: scaled with it (see SAE.scale_biases_).
+BIAS_NAMES = ("b_enc", "b_dec", "threshold")
+
+
+def scale_biases_(tensors: dict[str, Tensor], scale: float, *, threshold: bool) -> None:
+    """Multiply the biases in a state dict (and the threshold, where ``threshold``) in place."""
+    for name in BIAS_NAMES:
+        if name in tensors and (name != "threshold" or threshold):
+            tensors[name].mul_(scale)
+
+
+def config_dict(sae: SAE, **extra: Any) -> dict[str, Any]:
     """The ``config.json`` content of an SAE: schema, versions, shape and provenance."""
     from vlmsae import __version__
 
@@ -62,7 +76,7 @@ def config_dict(sae: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
-def save_sae(sae: Any, path: str | Path, *, norm_factor: float | None = None, **extra: Any) -> Path:
+def save_sae(sae: SAE, path: str | Path, *, norm_factor: float | None = None, **extra: Any) -> Path:
     """Write ``sae`` to directory ``path`` (created); ``extra`` goes into ``config.json``
     (e.g. ``train=TrainConfig.to_dict()``, ``converted_from=...``). Both files are
     written atomically; the weights first, so a config never points at missing weights.
@@ -117,42 +131,6 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"{config.get('version')}); this vlmsae reads up to {SCHEMA}: upgrade vlmsae"
         )
     return config
-
-
-def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
-    """Load an SAE from a checkpoint directory (``config.json`` + ``sae.safetensors``)."""
-    from vlmsae.sae.model import SAE
-
-    path = Path(path)
-    config = read_config(path)
-    try:
-        cfg = SAEConfig.from_dict(config["sae"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path / CONFIG_FILE}: its 'sae' section is not a valid SAE config "
-            f"({type(e).__name__}: {e}); restore the file or save the SAE again"
-        ) from e
-    weights_path = path / WEIGHTS_FILE
-    if not weights_path.exists():
-        raise CheckpointError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    tensors = load_file(str(weights_path), device=str(device))
-    with torch.device("meta"):
-        sae = SAE(cfg)  # shapes only: the weights come from the file
-    expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != found:
-        raise CheckpointError(
-            f"{weights_path} does not match its config ({cfg.sparsity}, d_in={cfg.d_in}, "
-            f"d_sae={cfg.d_sae}): expected tensors {expected}, found {found}"
-        )
-    if problem := describe_nonfinite(tensors):
-        raise CheckpointError(
-            f"{weights_path} holds non-finite weights ({problem}): the training diverged or "
-            "the file is damaged; use an earlier checkpoint or train again"
-        )
-    tensors["W_enc"] = tensors["W_enc"].t().contiguous().t()  # the SAE's [d_sae, d_in] storage
-    sae.load_state_dict(tensors, assign=True)
-    return sae.eval()
 
 
 def describe_nonfinite(tensors: dict[str, torch.Tensor]) -> str:

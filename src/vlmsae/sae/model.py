@@ -14,37 +14,38 @@ latents); the model reconstructs each prefix and the loss averages their errors.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from vlmsae.core.errors import CheckpointError
+from vlmsae.sae.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    describe_nonfinite,
+    read_config,
+    save_sae,
+    scale_biases_,
+)
 from vlmsae.sae.config import SAEConfig
+from vlmsae.sae.scratch import release_thread_buffers, scratch
 from vlmsae.sae.sparse import (
     ActiveLatents,
     decode_prefixes,
     decode_sparse,
     encode_at,
+    jumprelu,
     select_batchtopk,
     select_threshold,
     select_topk,
 )
 
 ENCODE_MODES = ("threshold", "batch", "topk")
-_SCRATCH: dict[tuple[int, str], Tensor] = {}  # see SAE._scratch
-# Tensors in the units of the input: scaled with it (see SAE.scale_biases_).
-BIAS_NAMES = ("b_enc", "b_dec", "threshold")
-
-
-def scale_biases_(tensors: dict[str, Tensor], scale: float, *, threshold: bool) -> None:
-    """Multiply the biases in a state dict (and the threshold, where ``threshold``) in place."""
-    for name in BIAS_NAMES:
-        if name in tensors and (name != "threshold" or threshold):
-            tensors[name].mul_(scale)
 
 
 class SAEOutput(NamedTuple):
@@ -64,46 +65,6 @@ class SAEOutput(NamedTuple):
     prefix_GBD: Tensor | None = None
     """[G, B, D] the prefix reconstructions stacked (``prefix_x_hats`` are its rows) for the
     k-sparse variants, else ``None``; the training loss reads it in one pass."""
-
-
-class _JumpReLU(torch.autograd.Function):
-    """``pre * (pre > θ)``; θ gets a straight-through (rectangle kernel) gradient."""
-
-    @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        bw = ctx.bandwidth
-        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
-        grad_threshold = (-(threshold / bw) * in_window * grad).sum(0)
-        return grad * (pre > threshold), grad_threshold, None
-
-
-class _Step(torch.autograd.Function):
-    """``(pre > θ)``, the L0 count; θ gets the straight-through gradient ``-K/ε``."""
-
-    @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        bw = ctx.bandwidth
-        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
-        return None, (-(1.0 / bw) * in_window * grad).sum(0), None
-
-
-def jumprelu_l0(pre_BS: Tensor, threshold_S: Tensor, bandwidth: float) -> Tensor:
-    """Differentiable (w.r.t. the threshold) count of active latents, ``[B, S]``."""
-    return _Step.apply(pre_BS, threshold_S, bandwidth)
 
 
 class SAE(nn.Module):
@@ -163,24 +124,13 @@ class SAE(nn.Module):
             return out_BS
         return torch.addmm(self._enc_bias(), x_BD, self.W_enc, out=out_BS)
 
-    @staticmethod
-    def _scratch(name: str, shape: tuple[int, ...], dtype, device) -> Tensor:
-        """A buffer kept across calls, one per name and thread, shared by the SAEs a sweep
-        trains one after another (its memory is one step's, not one per SAE); replaced
-        when the shape changes."""
-        key = (threading.get_ident(), name)
-        buf = _SCRATCH.get(key)
-        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
-            _SCRATCH.pop(key, None)  # free the old one first
-            buf = _SCRATCH[key] = torch.empty(shape, dtype=dtype, device=device)
-        return buf
+    _scratch = staticmethod(scratch)  # see vlmsae.sae.scratch
 
     def release_buffers_(self) -> None:
         """Free the buffers ``reuse_buffers=True`` keeps (this thread's shared ``[B, S]``
         ones and this SAE's recycled gradients); the trainer calls it when training ends."""
         self._scratch_buffers.clear()
-        for key in [k for k in _SCRATCH if k[0] == threading.get_ident()]:
-            del _SCRATCH[key]
+        release_thread_buffers()
 
     def _enc_bias(self) -> Tensor:
         with torch.autocast(self.W_enc.device.type, enabled=False):  # keep the bias in fp32
@@ -244,7 +194,7 @@ class SAE(nn.Module):
     def _dense_codes(self, pre_BS: Tensor) -> Tensor:
         if self.cfg.sparsity == "relu":
             return F.relu(pre_BS)
-        return F.relu(_JumpReLU.apply(pre_BS, self.threshold, self.cfg.jumprelu_bandwidth))
+        return F.relu(jumprelu(pre_BS, self.threshold, self.cfg.jumprelu_bandwidth))
 
     def encode(self, x: Tensor | Any, mode: str | None = None) -> Tensor:
         """Dense codes ``[..., d_sae]`` (a tensor) of inputs ``[..., d_in]``: a tensor, a
@@ -369,8 +319,6 @@ class SAE(nn.Module):
     # -- checkpoints -------------------------------------------------------------------
     def save(self, path: str | Path, **extra: object) -> Path:
         """Write ``config.json`` and ``sae.safetensors`` into directory ``path``."""
-        from vlmsae.sae.checkpoint import save_sae
-
         return save_sae(self, path, **extra)
 
     @classmethod
@@ -409,3 +357,37 @@ class SAE(nn.Module):
         groups = f", groups={list(c.group_sizes)}" if c.is_matryoshka else ""
         k = f", k={c.k}" if c.sparsity in ("topk", "batchtopk") else ""
         return f"d_in={c.d_in}, d_sae={c.d_sae}, sparsity={c.sparsity}{k}{groups}"
+
+
+def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
+    """Load an SAE from a checkpoint directory (``config.json`` + ``sae.safetensors``)."""
+    path = Path(path)
+    config = read_config(path)
+    try:
+        cfg = SAEConfig.from_dict(config["sae"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path / CONFIG_FILE}: its 'sae' section is not a valid SAE config "
+            f"({type(e).__name__}: {e}); restore the file or save the SAE again"
+        ) from e
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.exists():
+        raise CheckpointError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    tensors = load_file(str(weights_path), device=str(device))
+    with torch.device("meta"):
+        sae = SAE(cfg)  # shapes only: the weights come from the file
+    expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        raise CheckpointError(
+            f"{weights_path} does not match its config ({cfg.sparsity}, d_in={cfg.d_in}, "
+            f"d_sae={cfg.d_sae}): expected tensors {expected}, found {found}"
+        )
+    if problem := describe_nonfinite(tensors):
+        raise CheckpointError(
+            f"{weights_path} holds non-finite weights ({problem}): the training diverged or "
+            "the file is damaged; use an earlier checkpoint or train again"
+        )
+    tensors["W_enc"] = tensors["W_enc"].t().contiguous().t()  # the SAE's [d_sae, d_in] storage
+    sae.load_state_dict(tensors, assign=True)
+    return sae.eval()

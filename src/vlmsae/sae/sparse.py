@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from vlmsae.core import dist
+from vlmsae.sae.scratch import scratch
 
 
 class ActiveLatents(NamedTuple):
@@ -270,13 +271,11 @@ class _DecodeGroups(torch.autograd.Function):
 
 def _kept(name: str, shape: tuple[int, ...], like: Tensor, reuse: bool) -> Tensor:
     """A new tensor of ``shape`` like ``like``, or (``reuse``) the buffer of that name and
-    shape kept per thread by :meth:`~vlmsae.sae.model.SAE._scratch` (its next user
+    shape kept per thread by :func:`~vlmsae.sae.scratch.scratch` (its next user
     overwrites it): fresh ``[G, B, D]`` tensors cost more in page faults than their sums."""
     if not reuse:
         return like.new_empty(shape)
-    from vlmsae.sae.model import SAE  # model imports this module
-
-    return SAE._scratch(f"{name}:{tuple(shape)}", tuple(shape), like.dtype, like.device)
+    return scratch(f"{name}:{tuple(shape)}", tuple(shape), like.dtype, like.device)
 
 
 def _groups(cols: Tensor, group_ends: tuple[int, ...]):
@@ -337,3 +336,48 @@ def decode_prefixes(
         b_dec_D,
         pool,
     )
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``pre * (pre > θ)``; θ gets a straight-through (rectangle kernel) gradient."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
+        grad_threshold = (-(threshold / bw) * in_window * grad).sum(0)
+        return grad * (pre > threshold), grad_threshold, None
+
+
+class _Step(torch.autograd.Function):
+    """``(pre > θ)``, the L0 count; θ gets the straight-through gradient ``-K/ε``."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
+        return None, (-(1.0 / bw) * in_window * grad).sum(0), None
+
+
+def jumprelu(pre_BS: Tensor, threshold_S: Tensor, bandwidth: float) -> Tensor:
+    """``pre * (pre > θ)`` with the straight-through threshold gradient, ``[B, S]``."""
+    return _JumpReLU.apply(pre_BS, threshold_S, bandwidth)
+
+
+def jumprelu_l0(pre_BS: Tensor, threshold_S: Tensor, bandwidth: float) -> Tensor:
+    """Differentiable (w.r.t. the threshold) count of active latents, ``[B, S]``."""
+    return _Step.apply(pre_BS, threshold_S, bandwidth)

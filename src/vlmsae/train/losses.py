@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from vlmsae.core import dist
-from vlmsae.sae.model import SAE, SAEOutput, jumprelu_l0
-from vlmsae.sae.sparse import ActiveLatents, decode_sparse, encode_at
+from vlmsae.sae.model import SAE, SAEOutput
+from vlmsae.sae.scratch import scratch
+from vlmsae.sae.sparse import ActiveLatents, decode_sparse, encode_at, jumprelu_l0
 from vlmsae.train.config import TrainConfig
 
 
@@ -69,7 +70,7 @@ def _buffer(name: str, like_GBD: Tensor, reuse: bool) -> Tensor:
     if not reuse:
         return torch.empty_like(like_GBD)
     shape = tuple(like_GBD.shape)
-    return SAE._scratch(f"{name}:{shape}", shape, like_GBD.dtype, like_GBD.device)
+    return scratch(f"{name}:{shape}", shape, like_GBD.dtype, like_GBD.device)
 
 
 def _row_squared_norms(d_BD: Tensor, rows: int = 256) -> Tensor:
