@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from vlmsae.encoders.codes import sae_codes
 from vlmsae.encoders.loader import ImageBatch, image_batches
 from vlmsae.encoders.plan import Plan, check_token_count, sae_plan
 from vlmsae.encoders.tokens import HOOKPOINTS, TokenSelection, select_tokens
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 log = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
@@ -187,7 +190,7 @@ def cache_activations(
     cfg: CacheConfig,
     *,
     split: str | None = None,
-    sae: Any = None,
+    sae: SAE | str | Path | None = None,
     sae_hookpoint: int | str | None = None,
     device: str | None = None,
     allow_mismatch: bool = False,

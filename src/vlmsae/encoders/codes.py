@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import scipy.sparse as sp
 import torch
 
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
-def sae_source(sae: Any) -> int | str | None:
+
+def sae_source(sae: SAE) -> int | str | None:
     """The hook point an SAE's config records (``hookpoint`` / ``layer``), if any."""
     cfg = getattr(sae, "cfg", None)
     sources = [cfg, getattr(cfg, "source", None), getattr(sae, "source", None)]
@@ -24,7 +27,7 @@ def sae_source(sae: Any) -> int | str | None:
 
 
 @torch.inference_mode()
-def sae_codes(sae: Any, acts_RD: torch.Tensor, chunk_rows: int = 4096) -> sp.csr_matrix:
+def sae_codes(sae: SAE, acts_RD: torch.Tensor, chunk_rows: int = 4096) -> sp.csr_matrix:
     """SAE codes of ``acts_RD`` as a CSR matrix ``[R, d_sae]``, encoded ``chunk_rows`` at a
     time so that no dense ``R x d_sae`` array is held for long (none at all when the SAE
     has ``encode_sparse``, as ``vlmsae.SAE`` does)."""

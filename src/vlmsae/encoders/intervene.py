@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from vlmsae.encoders.adapters import Encoder, block_output
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 log = logging.getLogger(__name__)
 MODES = ("replace", "error")
@@ -81,7 +84,7 @@ class SAEAttachment(BlockEdit):
     """
 
     def __init__(
-        self, encoder: Encoder, sae: Any, layer: int, mode: str, edit: CodeEdit | None
+        self, encoder: Encoder, sae: SAE, layer: int, mode: str, edit: CodeEdit | None
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown attachment mode {mode!r}; choose one of {MODES}")
@@ -121,7 +124,7 @@ class SAEAttachment(BlockEdit):
 
 def attach_sae(
     encoder: Encoder,
-    sae: Any,
+    sae: SAE,
     layer: int,
     *,
     mode: str = "error",

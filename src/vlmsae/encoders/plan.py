@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from vlmsae.encoders.adapters import Encoder
 from vlmsae.encoders.codes import sae_source
 from vlmsae.encoders.tokens import TokenSelection
 from vlmsae.sae.checkpoint import sae_provenance
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def _load_sae(sae: Any) -> tuple[Any, dict[str, Any]]:
 
 def sae_plan(
     enc: Encoder,
-    sae: Any,
+    sae: SAE | str | Path,
     hookpoint: int | str | None,
     plans: list[Plan],
     allow_mismatch: bool,

@@ -193,7 +193,7 @@ def convert_dictionary_learning(
     return sae.eval()
 
 
-def export_dictionary_learning(sae: Any, out: str | Path) -> str | None:
+def export_dictionary_learning(sae: SAE, out: str | Path) -> str | None:
     """Write ``ae.pt`` + ``config.json`` as dictionary_learning saves them."""
     cfg: SAEConfig = sae.cfg
     dict_class, sd, note = _dl_state_dict(sae)
@@ -218,7 +218,7 @@ def export_dictionary_learning(sae: Any, out: str | Path) -> str | None:
     return note
 
 
-def _dl_state_dict(sae: Any) -> tuple[str, dict[str, torch.Tensor], str | None]:
+def _dl_state_dict(sae: SAE) -> tuple[str, dict[str, torch.Tensor], str | None]:
     cfg: SAEConfig = sae.cfg
     f32 = {k: v.detach().float().cpu() for k, v in sae.state_dict().items()}
     w_enc_DS = sae.W_enc.detach().float().cpu()

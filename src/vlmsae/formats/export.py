@@ -8,14 +8,17 @@ something different, it refuses with a :class:`~vlmsae.core.errors.UserError` in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vlmsae.core.errors import UserError
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 FORMATS = ("saelens", "dictionary_learning")
 
 
-def export_sae(sae: Any, out: str | Path, fmt: str) -> str | None:
+def export_sae(sae: SAE, out: str | Path, fmt: str) -> str | None:
     """Write ``sae`` into folder ``out`` in format ``fmt`` (one of :data:`FORMATS`);
     returns a note on what the format cannot express, or None."""
     if fmt == "saelens":

@@ -30,7 +30,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,6 +38,9 @@ from safetensors.torch import load_file, save_file
 from vlmsae.core.errors import SAELensFormatError
 from vlmsae.core.io import atomic_write, ensure_dir, write_json
 from vlmsae.sae.config import SAEConfig
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ FORMAT_VERSION = "6.0.0"  # the SAELens config schema written here (SAELens >= 6
 _ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 
 
-def saelens_architecture(sae: Any) -> tuple[str, str | None]:
+def saelens_architecture(sae: SAE) -> tuple[str, str | None]:
     """The SAELens architecture ``sae`` is written as, and a one-line note when the
     mapping drops or changes something a reader should know (else None)."""
     cfg: SAEConfig = sae.cfg
@@ -71,7 +74,7 @@ def saelens_architecture(sae: Any) -> tuple[str, str | None]:
     return arch, "; ".join(notes) or None
 
 
-def export_saelens(sae: Any, out: str | Path) -> str | None:
+def export_saelens(sae: SAE, out: str | Path) -> str | None:
     """Write ``sae`` in SAELens's format into folder ``out``; returns the mapping note
     (see :func:`saelens_architecture`), which the CLI prints."""
     out = ensure_dir(out)
