@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 GOOD = ("rgb.jpg", "grey.png", "rgba.png", "cmyk.jpg", "palette.gif", "grey16.png", "exif.jpg")
-BAD = ("empty.jpg", "truncated.jpg", "not_an_image.png")
+BAD = ("empty.jpg", "truncated.jpg", "not_an_image.png", "bomb.png")
 
 
 def _rgb(seed: int, size: tuple[int, int] = (24, 36)) -> np.ndarray:
@@ -38,6 +38,13 @@ def write_bad(folder: Path) -> None:
     (folder / "truncated.jpg").write_bytes(buf.read_bytes()[:300])
     buf.unlink()
     (folder / "not_an_image.png").write_text("hello, I am text")
+    write_bomb(folder / "bomb.png")
+
+
+def write_bomb(path: Path, side: int = 12_000) -> None:
+    """A decompression bomb: a ~17 KB 1-bit PNG that declares side x side pixels (144
+    megapixels at 12,000: gigabytes once decoded to RGB)."""
+    Image.new("1", (side, side)).save(path, optimize=True)
 
 
 def make_mixed_folder(root: Path) -> Path:

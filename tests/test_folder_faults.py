@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,21 @@ def test_broken_links_are_listed_with_a_reason(tmp_path, caplog):
     assert reasons["loop.png"] == "symbolic link loop"
     assert reasons["dog"].startswith("dangling symbolic link")
     assert "skipped" in caplog.text and "gone.png" in caplog.text
+
+
+def test_fifos_and_sockets_are_listed_as_skipped(tmp_path, caplog):
+    _images(tmp_path / "cat", 2)
+    os.mkfifo(tmp_path / "cat" / "pipe.png")  # reading it would block a worker forever
+    os.mkfifo(tmp_path / "queue")  # at the top level, without an image extension
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "cat" / "listener"))
+        with caplog.at_level(logging.WARNING):
+            data = load_dataset(tmp_path)
+    assert data.classes == ("cat",) and len(data) == 2
+    reasons = {Path(p).name: r for p, r in data.skipped}
+    assert reasons == {
+        "pipe.png": "not a regular file: a FIFO (named pipe)",
+        "queue": "not a regular file: a FIFO (named pipe)",
+        "listener": "not a regular file: a socket",
+    }
+    assert "pipe.png" in caplog.text and "listener" in caplog.text

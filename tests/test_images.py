@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from image_files import BAD, GOOD, make_mixed_folder, write_bad, write_good
+from vlmsae.core.errors import UserError
 from vlmsae.data.images import detect_layout, load_dataset, open_rgb
 
 
@@ -50,6 +51,25 @@ def test_bad_files_give_reasons(files, name):
     assert decoded.image is None and decoded.error
     if name == "empty.jpg":
         assert "0 bytes" in decoded.error
+    if name == "bomb.png":
+        assert "12000x12000 pixels (144 megapixels) is above the pixel budget" in decoded.error
+
+
+def test_the_pixel_budget_is_checked_before_decoding(files, monkeypatch):
+    def no_decoding(self):
+        raise AssertionError(f"{self.size} decoded despite the pixel budget")
+
+    with monkeypatch.context() as m:
+        m.setattr(Image.Image, "load", no_decoding)
+        assert "pixel budget" in open_rgb(files / "bomb.png").error
+    assert (files / "bomb.png").stat().st_size < 100_000  # tiny on disk, huge decoded
+    assert open_rgb(files / "rgb.jpg", budget=24 * 36).image is not None  # exactly at it
+    assert "pixel budget" in open_rgb(files / "rgb.jpg", budget=24 * 36 - 1).error
+    monkeypatch.setenv("VLMSAE_MAX_IMAGE_PIXELS", str(24 * 36 - 1))  # the budget is settable
+    assert "set VLMSAE_MAX_IMAGE_PIXELS to raise it" in open_rgb(files / "rgb.jpg").error
+    monkeypatch.setenv("VLMSAE_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(UserError, match="VLMSAE_MAX_IMAGE_PIXELS='lots' is not a number"):
+        open_rgb(files / "rgb.jpg")
 
 
 def test_layouts(tmp_path):

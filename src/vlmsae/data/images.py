@@ -18,8 +18,12 @@ absolute, so a store written from a relative ``--data`` reads from any working d
 Hidden folders (``.ipynb_checkpoints``, ``.git``) are never classes, and a subfolder without
 images does not make a flat folder an ImageFolder. A folder with both loose images and
 class folders holding images is refused: which of them is the dataset is the user's call.
-Symbolic links that dangle or loop are listed in :attr:`ImageDataset.skipped` with the
-reason (and logged), never dropped in silence.
+Symbolic links that dangle or loop, and FIFOs, sockets and device files, are listed in
+:attr:`ImageDataset.skipped` with the reason (and logged), never dropped in silence.
+
+Decoding refuses an image above a pixel budget (:data:`MAX_PIXELS`, or
+``VLMSAE_MAX_IMAGE_PIXELS``) from its header, before a pixel is decoded: a 17 KB PNG can
+declare 12000 x 12000 pixels and take gigabytes once decoded (a decompression bomb).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import errno
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -44,6 +49,10 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
 TAXONOMY_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+MAX_PIXELS = 64 * 2**20
+"""Default pixel budget per image (64 megapixels: above every camera photo in the datasets the
+paper uses, far below a decompression bomb); ``VLMSAE_MAX_IMAGE_PIXELS`` overrides it."""
+MAX_PIXELS_ENV = "VLMSAE_MAX_IMAGE_PIXELS"
 _INAT_DIR = re.compile(r"^\d{5}_[A-Za-z]+(_[A-Za-z-]+){5,}$")
 _WNID_DIR = re.compile(r"^n\d{8}$")
 
@@ -95,13 +104,29 @@ def _broken_link(path: Path) -> str | None:
     return None
 
 
+def _special_file(path: Path) -> str | None:
+    """Why ``path`` is neither a regular file nor a folder (a FIFO, socket or device), or None.
+    Reading a FIFO would block a worker forever; a device may never end."""
+    kinds = (
+        (Path.is_fifo, "a FIFO (named pipe)"),
+        (Path.is_socket, "a socket"),
+        (Path.is_block_device, "a block device"),
+        (Path.is_char_device, "a character device"),
+    )
+    for test, kind in kinds:
+        if test(path):
+            return f"not a regular file: {kind}"
+    return None
+
+
 def _files(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """The images in ``folder`` by name; broken links go to ``skipped`` with the reason."""
+    """The images in ``folder`` by name; broken links and special files (FIFOs, sockets,
+    devices) go to ``skipped`` with the reason."""
     files = []
     for p in sorted(folder.iterdir(), key=lambda p: p.name):
         if _is_image(p):
             files.append(p)
-        elif skipped is not None and (reason := _broken_link(p)) is not None:
+        elif skipped is not None and (reason := _broken_link(p) or _special_file(p)):
             skipped.append((str(p), reason))
     return files
 
@@ -268,17 +293,44 @@ class Decoded(NamedTuple):
     error: str | None
 
 
-def open_rgb(path: str | Path) -> Decoded:
+def max_pixels() -> int:
+    """The pixel budget per image: ``VLMSAE_MAX_IMAGE_PIXELS`` when set, else :data:`MAX_PIXELS`."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return MAX_PIXELS
+    try:
+        budget = int(float(value))
+    except ValueError:
+        raise UserError(f"{MAX_PIXELS_ENV}={value!r} is not a number of pixels") from None
+    if budget <= 0:
+        raise UserError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {value}")
+    return budget
+
+
+def open_rgb(path: str | Path, budget: int | None = None) -> Decoded:
     """Read an image as 8-bit RGB; never raises on a bad file (returns the reason).
 
     Converts greyscale, 16-bit, palette, CMYK and alpha images (alpha is composited on
-    white) and applies the EXIF orientation. Zero-byte, truncated and unreadable files
-    come back as ``Decoded(None, reason)``.
+    white) and applies the EXIF orientation. Zero-byte, truncated and unreadable files,
+    and images above ``budget`` pixels (default :func:`max_pixels`; checked from the header,
+    before decoding), come back as ``Decoded(None, reason)``.
     """
+    budget = max_pixels() if budget is None else budget
     try:
         if Path(path).stat().st_size == 0:
             return Decoded(None, "empty file (0 bytes)")
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the budget below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            width, height = im.size
+            if width * height > budget:
+                return Decoded(
+                    None,
+                    f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is above "
+                    f"the pixel budget of {budget / 1e6:.0f} megapixels (a decompression bomb "
+                    f"or a huge image; set {MAX_PIXELS_ENV} to raise it)",
+                )
             im.load()  # decode now: a truncated file raises here, not later
             return Decoded(to_rgb(im), None)
     except Exception as e:  # noqa: BLE001 - untrusted bytes: PIL plugins raise many types
