@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from vlmsae.formats.export import export_sae
 from vlmsae.formats.hub import HubError, parse_hub_ref
@@ -194,6 +195,27 @@ def test_parse_hub_ref():
     assert parse_hub_ref("org/name/a/b@v1") == ("org/name", "a/b", "v1")
     for not_a_ref in ("/abs/path", "./rel", "../up", "name", "org/name/../x", "org/name@"):
         assert parse_hub_ref(not_a_ref) is None
+    assert parse_hub_ref("org/name@refs/pr/3") == ("org/name", None, "refs/pr/3")
+
+
+@pytest.mark.parametrize(
+    "revision", ["../../x", "..", "a/../b", "/abs", "v1/", ".hidden", "x.lock", "a b", "main;rm"]
+)
+def test_a_revision_that_could_leave_the_cache_is_refused(revision, tmp_path):
+    from vlmsae.formats.hub import HubError
+
+    with pytest.raises(HubError, match="is not a hub revision"):
+        parse_hub_ref(f"org/name@{revision}")
+    with pytest.raises(HubError, match="is not a hub revision"):
+        SAE.from_pretrained("org/name", revision=revision)
+    from vlmsae.cli import app
+
+    result = CliRunner().invoke(
+        app, ["export", f"org/name@{revision}", "--format", "saelens", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith("Error: ") and "is not a hub revision" in result.output
+    assert "Traceback" not in result.output and not any(tmp_path.iterdir())
 
 
 def test_push_to_hub_uploads_the_sae_not_the_trainer_state(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ DL_WEIGHTS = "ae.pt"
 SAE_PATTERNS = (CONFIG_FILE, WEIGHTS_FILE, *SAELENS_FILES, DL_WEIGHTS, "checkpoints/ae_*.pt")
 # The files `push_to_hub` uploads from a vlmsae run folder (not its trainer state).
 PUSH_PATTERNS = (CONFIG_FILE, WEIGHTS_FILE, "summary.json", "metrics.jsonl", "README.md")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -68,6 +69,26 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and ".." not in text and not text.endswith(".")
 
 
+def check_revision(revision: str) -> str:
+    """``revision`` if it can name a hub branch, tag or commit, else :class:`HubError`.
+
+    Git's ref rules, narrowed to what the hub uses (``main``, ``v1.0``, ``refs/pr/3``, a commit
+    hash): letters, digits, ``. _ - /``; no ``..``, no empty or dot-led component, no
+    ``.lock`` ending. A revision becomes part of a cache path, so ``../x`` must never pass.
+    """
+    parts = revision.split("/")
+    if (
+        not _REVISION.match(revision)
+        or ".." in revision
+        or any(not p or p.startswith(".") or p.endswith(".lock") for p in parts)
+    ):
+        raise HubError(
+            f"{revision!r} is not a hub revision: give a branch, tag or commit hash (letters, "
+            "digits, '.', '_', '-', '/'; no '..'), e.g. ORG/NAME@main or ORG/NAME@v1.0"
+        )
+    return revision
+
+
 def parse_hub_ref(text: str) -> tuple[str, str | None, str | None] | None:
     """``ORG/NAME[/SUBFOLDER...][@REVISION]`` -> (repo id, subfolder, revision), or None
     when ``text`` cannot be a hub reference (the form the CLI's ``--sae`` accepts and
@@ -83,7 +104,11 @@ def parse_hub_ref(text: str) -> tuple[str, str | None, str | None] | None:
         return None
     if any(p in ("", ".", "..") for p in parts[2:]):
         return None
-    return "/".join(parts[:2]), "/".join(parts[2:]) or None, revision or None
+    return (
+        "/".join(parts[:2]),
+        "/".join(parts[2:]) or None,
+        check_revision(revision) if revision else None,
+    )
 
 
 def load_pretrained(
@@ -124,6 +149,8 @@ def load_pretrained(
         if ref_rev and revision and ref_rev != revision:
             raise HubError(f"{given} names revision {ref_rev!r} but revision={revision!r}")
         given, subfolder, revision = repo_id, subfolder or ref_sub, revision or ref_rev
+        if revision is not None:
+            check_revision(revision)
         folder = _download(given, subfolder, revision, cache_dir=cache_dir, token=token)
         origin = "hub"
     else:
@@ -286,6 +313,8 @@ def push_to_hub(
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
     check_repo_id(repo_id)
+    if revision is not None:
+        check_revision(revision)
     message = commit_message or "Upload SAE with vlmsae"
     try:
         with tempfile.TemporaryDirectory(prefix="vlmsae-push-") as tmp:
