@@ -180,6 +180,27 @@ def test_labels_pick_the_closest_prompt():
     assert res.margin[0] == pytest.approx((3 - 1) / math.sqrt(10)) and np.isnan(res.margin[2])
 
 
+def test_labels_csv_is_safe_in_a_spreadsheet_and_reads_back_exactly(tmp_path):
+    """A vocabulary line is user text: a label that a spreadsheet would run as a formula is
+    written with a leading ' and read back as it was."""
+    import csv
+
+    from vlmsae.explore.labels import NeuronLabels, write_labels_csv
+    from vlmsae.explore.site import read_labels
+
+    words = ['=HYPERLINK("http://x","y")', "+1", "-cmd", "@SUM(A1)", "'quoted", 'a "b", c', None]
+    n = len(words)
+    labels = NeuronLabels(words, np.linspace(0, 1, n), np.linspace(1, 2, n))
+    write_labels_csv(tmp_path / "labels.csv", labels)
+    with open(tmp_path / "labels.csv", newline="") as f:
+        cells = [row["label"] for row in csv.DictReader(f)]
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
+    assert cells[:5] == ["'" + w for w in words[:5]] and cells[5] == 'a "b", c'
+    got, margins = read_labels(tmp_path / "labels.csv", n)
+    assert got == words and np.allclose(margins[:-1], labels.margin[:-1], atol=1e-6)
+    assert np.isnan(margins[-1])  # an unlabelled neuron has no margin
+
+
 def test_model_heatmaps_equal_the_stored_tokens(tmp_path):
     """Heatmaps recomputed with the model for the top images (a CLS store) equal those read
     from a store of every token of the same images."""

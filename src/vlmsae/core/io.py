@@ -9,12 +9,14 @@ expected ends as an :class:`OutputError`: a :class:`~vlmsae.core.errors.UserErro
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,30 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):
         return obj.item()
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe for a spreadsheet: a text cell starting with ``= + - @``, a tab or a
+    carriage return gets a leading ``'`` (so does one that starts with ``'``, which keeps the
+    escape reversible: :func:`csv_uncell`). Numbers are left alone (``-0.5`` stays a number)."""
+    if isinstance(value, str) and value.startswith((*_FORMULA_START, "'")):
+        return "'" + value
+    return value
+
+
+def csv_uncell(text: str) -> str:
+    """The text :func:`csv_cell` escaped, as it was."""
+    return text[1:] if text.startswith("'") else text
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV document (``csv`` module quoting) whose text cells are escaped by :func:`csv_cell`."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([csv_cell(h) for h in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
+    return buf.getvalue()

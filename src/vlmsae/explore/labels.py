@@ -209,15 +209,15 @@ def toy_accuracy(
 
 def write_labels_csv(path: Path, labels: NeuronLabels) -> None:
     """``neuron,label,margin,score`` per neuron (empty fields for unlabelled neurons)."""
-    from vlmsae.core.io import atomic_write_text
+    from vlmsae.core.io import atomic_write_text, csv_text
 
-    rows = ["neuron,label,margin,score"]
-    for s, (name, m, c) in enumerate(zip(labels.label, labels.margin, labels.score, strict=True)):
-        if name is None:
-            rows.append(f"{s},,,")
-        else:
-            rows.append(f'{s},"{name.replace(chr(34), chr(34) * 2)}",{m:.6f},{c:.6f}')
-    atomic_write_text(path, "\n".join(rows) + "\n")
+    rows = [
+        (s, "", "", "") if name is None else (s, name, f"{m:.6f}", f"{c:.6f}")
+        for s, (name, m, c) in enumerate(
+            zip(labels.label, labels.margin, labels.score, strict=True)
+        )
+    ]  # a label is vocabulary text: escaped against spreadsheet formulas
+    atomic_write_text(path, csv_text(("neuron", "label", "margin", "score"), rows))
 
 
 def label_sae(

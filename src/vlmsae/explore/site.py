@@ -32,6 +32,7 @@ from urllib.parse import quote
 import numpy as np
 
 from vlmsae.core.errors import UserError
+from vlmsae.core.io import csv_uncell
 from vlmsae.explore.neurons import NeuronData
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def read_labels(path: Path, n_neurons: int) -> tuple[list[str | None], np.ndarra
             f"{path} should be `vlmsae label` output with one row per neuron of this SAE "
             f"({n_neurons}); it has {len(rows)} rows"
         )
-    labels = [r["label"] or None for r in rows]
+    labels = [csv_uncell(r["label"]) or None for r in rows]
     margins = np.array([float(r["margin"]) if r.get("margin") else np.nan for r in rows])
     return labels, margins
 

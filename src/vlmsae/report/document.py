@@ -8,15 +8,13 @@ one self-contained file that links the PNGs beside it.
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmsae.core.io import atomic_write_text
+from vlmsae.core.io import atomic_write_text, csv_text
 
 _CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -68,11 +66,7 @@ class Table:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(self.columns)
-        writer.writerows(self.rows)
-        return buf.getvalue()
+        return csv_text(self.columns, self.rows)
 
 
 @dataclass

@@ -8,8 +8,6 @@ test items, and :func:`write_steering_table` writes ``steering_table.md``,
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -17,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vlmsae.core.io import atomic_write_text, write_json
+from vlmsae.core.io import atomic_write_text, csv_text, write_json
 from vlmsae.steer.evaluate import (
     KINDS,
     Item,
@@ -183,11 +181,7 @@ def table_markdown(table: SteeringTable) -> str:
 
 
 def _csv(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_text(fields, ([row.get(f, "") for f in fields] for row in rows))
 
 
 def write_steering_table(table: SteeringTable, out_dir: str | Path, **meta: Any) -> Path:
