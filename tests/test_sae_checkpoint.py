@@ -46,6 +46,9 @@ def test_round_trip_is_bit_exact(tmp_path, kwargs):
     assert config["schema"] == 1 and config["version"] == vlmsae.__version__
     assert config["d_in"] == 12 and config["d_sae"] == 40 and config["layer"] == -2
     assert config["group_sizes"] == list(cfg.group_sizes) and config["train"] == {"steps": 5}
+    sae.save_pretrained(tmp_path / "pretrained")  # the name transformers / SAELens users type
+    again = SAE.from_pretrained(str(tmp_path / "pretrained"))
+    assert all(torch.equal(t, again.state_dict()[n]) for n, t in sae.state_dict().items())
 
 
 def test_weights_file_layout(tmp_path):

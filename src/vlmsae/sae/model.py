@@ -321,6 +321,11 @@ class SAE(nn.Module):
         """Write ``config.json`` and ``sae.safetensors`` into directory ``path``."""
         return save_sae(self, path, **extra)
 
+    def save_pretrained(self, path: str | Path, **extra: object) -> Path:
+        """:meth:`save`, by the name transformers and SAELens users type; the folder loads
+        with :meth:`from_pretrained` / :meth:`load`."""
+        return self.save(path, **extra)
+
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         """Load a checkpoint directory written by :meth:`save` (never unpickles); a hub id or
