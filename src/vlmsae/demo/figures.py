@@ -63,9 +63,10 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
         )
     )
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for hook in cfg.hooks:
-        for arch, marker in zip(cfg.archs, ("o", "s", "^"), strict=False):
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    colors = plt.get_cmap("tab10").colors  # one colour per hook, a marker per architecture,
+    for hook, color in zip(cfg.hooks, colors, strict=False):  # a line style per statistic
+        for arch, marker in zip(cfg.archs, ("o", "s", "^", "D", "v"), strict=False):
             runs = [
                 x
                 for x in scores.saes
@@ -86,11 +87,11 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
                     for e in exps
                 ]
                 label = f"{hook} {arch}" + ("" if stat == "max" else f" (≥{cfg.min_active})")
-                ax.plot(exps, ys, style + marker, label=label)
+                ax.plot(exps, ys, style + marker, color=color, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("expansion factor")
     ax.set_ylabel("max MS (toy CLIP), mean over seeds")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figs.append(
         (
             _save(fig, out, "max_ms_vs_expansion.png"),
