@@ -138,9 +138,9 @@ class Encoder:
         import transformers
         from transformers import AutoImageProcessor
 
-        from vlmsae.encoders.hub import load_model_config
+        from vlmsae.encoders.hub import load_model_config, resolve_alias
 
-        name = str(name_or_path)
+        name = resolve_alias(name_or_path)
         config = load_model_config(name, revision)  # a UserError when there is no such model
         model_cls = getattr(transformers, _model_class_name(config))
         model = model_cls.from_pretrained(name, revision=revision, dtype=dtype, **kwargs)

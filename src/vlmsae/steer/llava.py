@@ -21,7 +21,7 @@ import torch
 
 from vlmsae.core.errors import UserError
 from vlmsae.encoders import Encoder
-from vlmsae.encoders.hub import load_model_config
+from vlmsae.encoders.hub import load_model_config, resolve_alias
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_llava(
     dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(device)
     if torch.device(device).type == "cpu" and dtype == torch.float16:
         raise ValueError("float16 on CPU is ~500x slower than float32: use float32 or bfloat16")
-    name = str(name_or_path)
+    name = resolve_alias(name_or_path, "llava")
     model_type = getattr(load_model_config(name, revision), "model_type", None)
     if model_type != "llava":
         raise UserError(

@@ -33,7 +33,9 @@ class ClipEmbedder:
     def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> ClipEmbedder:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        name = str(name_or_path)
+        from vlmsae.encoders.hub import resolve_alias
+
+        name = resolve_alias(name_or_path)
         return cls(
             CLIPModel.from_pretrained(name, **kwargs),
             AutoTokenizer.from_pretrained(name),
