@@ -57,7 +57,7 @@ format: install
 # The documentation site, into site/ (open site/index.html). --strict: a warning (a broken
 # link or anchor, a page missing from the nav, a docstring griffe cannot read) fails it.
 docs: $(DOCS_STAMP)
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache
