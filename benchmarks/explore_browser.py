@@ -8,7 +8,7 @@ headless Chromium, and a screenshot of a neuron page for the docs.
 ``vlmsae explore``; the numbers are made up, the sizes are real) and measures in the
 browser: opening the index (page load until the first 100 rows are drawn), sorting all
 neurons by MS, a label search, and opening a neuron page (its shard loaded on demand).
-Needs Debian's chromium + chromium-driver and selenium (see README).
+Needs Debian's chromium + chromium-driver and selenium (docs/getting-started.md).
 """
 
 from __future__ import annotations

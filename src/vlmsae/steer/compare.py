@@ -125,9 +125,10 @@ def compare_steering(
 
     Args:
         train_labels: the target attribute's value for every training image.
-        val_items / test_items: ``{"insert"|"suppress": items}`` (see :func:`make_items`);
-            ``val_items`` needs every kind of ``test_items``. Every concept either targets
-            gets a neuron and a DiffMean direction.
+        val_items: ``{"insert"|"suppress": items}`` (see :func:`make_items`) on which α is
+            chosen; it needs every kind of ``test_items``.
+        test_items: the same for the reported rates. Every concept either targets gets a
+            neuron and a DiffMean direction.
     """
     cfg = cfg or SteerEvalConfig()
     layer = check_steerable(llava.encoder, layer)

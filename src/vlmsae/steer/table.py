@@ -90,8 +90,9 @@ def steering_table(
 
     Args:
         specs: the methods to compare.
-        val_items / test_items: ``{"insert"|"suppress": items}``; insertion items show no
-            target concept, suppression items show it.
+        val_items: ``{"insert"|"suppress": items}`` on which α is chosen; insertion items
+            show no target concept, suppression items show it.
+        test_items: the same for the reported rates.
         gen: ``max_new_tokens`` / ``batch_size`` for generation.
     """
     rows, sweeps, examples = [], [], []
