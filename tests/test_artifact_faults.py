@@ -120,6 +120,11 @@ def test_one_non_finite_embedding_row_is_refused_with_its_image(tmp_path):
     shard[1, 2], shard[5, 0] = np.nan, np.inf  # rows 33 and 37: images 34 and 38
     shard.flush()
     del shard
+    with pytest.raises(UserError, match=r"shard-00002\.npy is damaged"):  # by its checksum
+        monosemanticity(acts, ActivationStore(tmp_path / "emb"), chunk_rows=8)
+    manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    del manifest["checksums"]  # as an older vlmsae wrote it: the NaN check still holds
+    (tmp_path / "emb" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError) as e:
         monosemanticity(acts, ActivationStore(tmp_path / "emb"), chunk_rows=8)
     assert "2 of the embeddings" in str(e.value)

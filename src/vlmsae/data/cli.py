@@ -30,7 +30,7 @@ def verify(
     if report.ok:
         typer.echo(f"OK: {where} match their checksums")
         return
-    typer.echo(f"NOT WHOLE: {len(report.problems)} problem(s) in {where}", err=True)
+    typer.echo(f"NOT WHOLE: {len(report.problems)} problem(s) in {where}")
     raise typer.Exit(2)
 
 

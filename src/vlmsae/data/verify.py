@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from vlmsae.core.checksum import CHECKSUMS, checksum_problem
 from vlmsae.core.errors import StoreError, UserError
 from vlmsae.core.io import read_json
@@ -102,15 +104,17 @@ def _verify_store(folder: Path, report: VerifyReport) -> None:
         report.problems.append(f"{folder} is incomplete (an interrupted run; --resume it)")
     n_rows = sum(int(s["rows"]) for s in manifest["shards"])
     try:
-        report.problems += [f"{folder}: {p}" for p in shape_problems(folder, manifest, n_rows)]
+        shapes = shape_problems(folder, manifest, n_rows)
     except StoreError as e:
-        report.problems.append(str(e))
+        shapes = [str(e)]
+    report.problems += [f"{folder}: {p}" for p in shapes]
     if not has_checksums(manifest):
         report.problems.append(f"{folder}: not verified ({NO_CHECKSUMS})")
         return
     files = data_files(folder, manifest)
     extra = [f for f in manifest[CHECKSUMS] if f not in files]  # e.g. rank parts' rows.npy
-    _check(report, folder, manifest[CHECKSUMS], files + extra)
+    said = [f for f in files if any(p.startswith(f"{Path(f).name} ") for p in shapes)]
+    _check(report, folder, manifest[CHECKSUMS], [f for f in files + extra if f not in said])
 
 
 def _verify_sae(folder: Path, report: VerifyReport) -> None:
@@ -123,6 +127,16 @@ def _verify_sae(folder: Path, report: VerifyReport) -> None:
         if not isinstance(meta, dict):
             report.problems.append(f"{unit / json_name} is missing or damaged")
         elif not isinstance(meta.get(CHECKSUMS), dict):
-            report.problems.append(f"{unit / weights}: not verified ({NO_CHECKSUMS})")
+            report.problems.append(_unverified_safetensors(unit / weights))
         else:
             _check(report, unit, meta[CHECKSUMS], [weights])
+
+
+def _unverified_safetensors(path: Path) -> str:
+    """What can be said of a weights file without a checksum: readable or not."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        return f"{path} is truncated or damaged ({e}; it has no checksum to compare)"
+    return f"{path}: not verified ({NO_CHECKSUMS})"
