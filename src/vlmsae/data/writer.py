@@ -16,8 +16,8 @@ import scipy.sparse as sp
 
 from vlmsae.core.checksum import CHECKSUMS
 from vlmsae.core.io import atomic_write, ensure_dir, read_json, remove_stale_temps, write_json
-from vlmsae.data.format import KINDS, MANIFEST, SCHEMA, StoreError, write_image_list
-from vlmsae.data.integrity import data_files, record_checksums, shard_files
+from vlmsae.data.format import IMAGES_FILE, KINDS, MANIFEST, SCHEMA, StoreError, write_image_list
+from vlmsae.data.integrity import ROWS_FILE, record_checksums, shard_files
 from vlmsae.data.provenance import image_fingerprint
 
 if TYPE_CHECKING:
@@ -241,11 +241,12 @@ class StoreWriter:
                 self.meta.update(image_fingerprint(images))
             row_parts = [np.load(self._rows_file(s)) for s in self.shards]
             rows = np.concatenate(row_parts) if row_parts else np.zeros((0, 2), np.int64)
-            atomic_write(self.dir / "rows.npy", lambda p: _np_save(p, rows))
+            atomic_write(self.dir / ROWS_FILE, lambda p: _np_save(p, rows))
             if images is not None:
                 write_image_list(self.dir, images)
                 self.meta["n_images"] = len(images)
-            self.checksums.update(record_checksums(self.dir, data_files(self.dir, self._final())))
+            own = [ROWS_FILE, *([IMAGES_FILE] if images is not None else [])]
+            self.checksums.update(record_checksums(self.dir, own))  # shards': as written
             self._write_manifest(complete=True)
             for s in self.shards:
                 self._rows_file(s).unlink(missing_ok=True)
@@ -256,9 +257,6 @@ class StoreWriter:
 
     def _rows_file(self, shard: dict[str, Any]) -> Path:
         return self.dir / f"{shard['file'].removesuffix('.npy')}.rows.npy"
-
-    def _final(self) -> dict[str, Any]:
-        return {"kind": self.kind, "shards": self.shards, "complete": True}
 
     def _write_manifest(self, complete: bool) -> None:
         manifest = {
