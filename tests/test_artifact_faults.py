@@ -44,6 +44,11 @@ def test_non_finite_sae_weights_are_refused(tmp_path, tensor, index, value, foun
     tensors = load_file(path / WEIGHTS_FILE)
     tensors[tensor][index] = value
     save_file(tensors, path / WEIGHTS_FILE)
+    with pytest.raises(CheckpointError, match="sae.safetensors is damaged"):  # its checksum
+        load_sae(path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    del config["checksums"]  # as an older vlmsae wrote it, or a run that diverged
+    (path / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=f"non-finite weights \\({found}\\)"):
         load_sae(path)
 
@@ -115,6 +120,11 @@ def test_one_non_finite_embedding_row_is_refused_with_its_image(tmp_path):
     shard[1, 2], shard[5, 0] = np.nan, np.inf  # rows 33 and 37: images 34 and 38
     shard.flush()
     del shard
+    with pytest.raises(UserError, match=r"shard-00002\.npy is damaged"):  # by its checksum
+        monosemanticity(acts, ActivationStore(tmp_path / "emb"), chunk_rows=8)
+    manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    del manifest["checksums"]  # as an older vlmsae wrote it: the NaN check still holds
+    (tmp_path / "emb" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError) as e:
         monosemanticity(acts, ActivationStore(tmp_path / "emb"), chunk_rows=8)
     assert "2 of the embeddings" in str(e.value)

@@ -19,7 +19,9 @@ from image_files import BAD, make_mixed_folder
 from ranks import run_ranks
 from tiny_models import clip_processor, make_clip
 from vlmsae.core import dist
+from vlmsae.data.integrity import shard_files
 from vlmsae.data.store import ActivationStore
+from vlmsae.data.verify import verify_path
 from vlmsae.data.writer import StoreWriter
 from vlmsae.encoders import Encoder
 from vlmsae.encoders.cache import CacheConfig, cache_activations, embed_images
@@ -63,8 +65,11 @@ def _cache_and_die(folder: str, out: str) -> None:
 
 
 def _manifest(path: Path) -> dict:
+    """The manifest without what names shard files (their checksums: only their paths
+    differ, the bytes of ``rows.npy`` and ``images.jsonl`` are the same)."""
     m = json.loads((path / "manifest.json").read_text())
-    return {k: v for k, v in m.items() if k not in ("shards", "n_ranks")}
+    own = {k: v for k, v in m["checksums"].items() if "/" not in k and "shard-" not in k}
+    return {**{k: v for k, v in m.items() if k not in ("shards", "n_ranks")}, "checksums": own}
 
 
 def _assert_same_stores(a: Path, b: Path) -> None:
@@ -94,6 +99,8 @@ def test_two_rank_cache_equals_one_process(folder, single, tmp_path):
     store = ActivationStore(tmp_path / "layer_1")
     assert store.manifest["n_ranks"] == 2 and len(store.manifest["skipped"]) == len(BAD)
     assert {s["file"].split("/")[1] for s in store.shards} == {"rank-00000", "rank-00001"}
+    files = [f for s in store.shards for f in shard_files(s, False)]  # carried from the parts
+    assert set(files) <= set(store.manifest["checksums"]) and verify_path(tmp_path).ok
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_skipped"] == len(BAD) and summary["stores"]["layer_1"]["rows"] == len(store)
 

@@ -1,4 +1,4 @@
-"""CLI commands of the data stage: ``vlmsae inspect``."""
+"""CLI commands of the data stage: ``vlmsae inspect``, ``vlmsae verify``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,28 @@ import typer
 
 def register(app: typer.Typer) -> None:
     app.command("inspect")(inspect)
+    app.command("verify")(verify)
+
+
+def verify(
+    path: Path = typer.Argument(
+        ..., help="A store, an SAE or training-run folder, or a folder of them."
+    ),
+) -> None:
+    """Check every shard and weight file against the checksum recorded when it was written:
+    one line per problem, then a verdict; exit 0 when all is whole, 2 when not."""
+    from vlmsae.data.verify import verify_path
+
+    report = verify_path(path)
+    for problem in report.problems:
+        typer.echo(problem)
+    n = len(report.artifacts)
+    where = f"{report.n_files} files in {n} artifact{'s' * (n != 1)}"
+    if report.ok:
+        typer.echo(f"OK: {where} match their checksums")
+        return
+    typer.echo(f"NOT WHOLE: {len(report.problems)} problem(s) in {where}")
+    raise typer.Exit(2)
 
 
 def inspect(
@@ -27,16 +49,30 @@ def inspect(
         typer.echo(json.dumps(manifest, indent=2))
         return
     try:
-        lines = _summary_lines(manifest)
+        lines = _summary_lines(manifest, _checked(path, manifest))
     except KeyError as e:
         raise StoreError(f"{manifest_path} lacks the field {e}") from e
     typer.echo("\n".join(lines))
 
 
-def _summary_lines(m: dict) -> list[str]:
+def _checked(path: Path, manifest: dict) -> str:
+    """Check a complete store's files (an ``Error:`` naming the first damaged one)."""
+    from vlmsae.data.integrity import NO_CHECKSUMS, has_checksums
+    from vlmsae.data.store import ActivationStore
+
+    if not manifest.get("complete"):
+        return ""
+    store = ActivationStore(path)  # headers and sizes: a truncated file is an error
+    if not has_checksums(manifest):
+        return f", not verified ({NO_CHECKSUMS})"
+    store.verify()
+    return ", checksums verified"
+
+
+def _summary_lines(m: dict, checked: str = "") -> list[str]:
     fields = [
         ("kind", m["kind"]),
-        ("complete", "yes" if m["complete"] else "NO (interrupted; rerun with --resume)"),
+        ("complete", f"yes{checked}" if m["complete"] else "NO (interrupted; rerun with --resume)"),
         ("model", m.get("model", "-")),
         ("hook point", m.get("hookpoint", "-")),
         ("layer", m.get("layer", "-")),

@@ -3,11 +3,11 @@
 Rank ``r`` writes the images of its share into an ordinary store at
 ``STORE/ranks/rank-0000r`` (its own shards, manifest and resume point). When every rank has
 closed its part, rank 0 writes ``STORE/manifest.json`` listing every part's shards in rank
-order (their files stay where they are), the concatenated ``rows.npy`` and the image list:
-readers see one store, with rows in image order and the same skipped list as a
-single-process store — only the number and paths of the shards differ. The manifest is
-written last, so a crash during the merge leaves an incomplete store that ``--resume``
-finishes.
+order (their files stay where they are, their checksums carried over under their paths),
+the concatenated ``rows.npy`` and the image list: readers see one store, with rows in image
+order and the same skipped list as a single-process store — only the number and paths of
+the shards differ. The manifest is written last, so a crash during the merge leaves an
+incomplete store that ``--resume`` finishes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from vlmsae.core.checksum import CHECKSUMS
 from vlmsae.core.io import atomic_write, read_json, write_json
-from vlmsae.data.format import MANIFEST, StoreError, write_image_list
+from vlmsae.data.format import IMAGES_FILE, MANIFEST, StoreError, write_image_list
+from vlmsae.data.integrity import (
+    ROWS_FILE,
+    has_checksums,
+    record_checksums,
+    verify_store_file,
+)
 from vlmsae.data.provenance import image_fingerprint
 from vlmsae.data.writer import _np_save
 
@@ -56,12 +63,14 @@ def merge_rank_parts(store_dir: str | Path, world: int, images: Sequence[str] | 
         if not manifest.get("complete"):
             raise StoreError(f"{part} is not complete: rank {r} did not finish its share")
         manifests.append((part.relative_to(store_dir).as_posix(), manifest))
-    shards, skipped, rows_parts = [], [], []
+    shards, skipped, rows_parts, checksums = [], [], [], {}
     for prefix, manifest in manifests:
         for shard in manifest["shards"]:
             shards.append({**shard, "file": f"{prefix}/{shard['file']}"})
+        checksums.update({f"{prefix}/{f}": c for f, c in manifest.get(CHECKSUMS, {}).items()})
         skipped.extend(manifest.get("skipped", []))
-        rows_parts.append(np.load(store_dir / prefix / "rows.npy"))
+        verify_store_file(store_dir / prefix, manifest, ROWS_FILE)
+        rows_parts.append(np.load(store_dir / prefix / ROWS_FILE))
     rows = np.concatenate(rows_parts)
     atomic_write(store_dir / "rows.npy", lambda p: _np_save(p, rows))
     first = manifests[0][1]
@@ -70,6 +79,9 @@ def merge_rank_parts(store_dir: str | Path, world: int, images: Sequence[str] | 
         write_image_list(store_dir, images)
         meta["n_images"] = len(images)
         meta.update(image_fingerprint(images))  # as one process's writer records it
+    own = [f for f in (ROWS_FILE, IMAGES_FILE) if (store_dir / f).exists()]
+    checksums.update(record_checksums(store_dir, own))
+    whole = all(has_checksums(m) for _, m in manifests)  # parts by an older vlmsae have none
     manifest = {
         **meta,
         "n_rows": int(rows.shape[0]),
@@ -78,9 +90,19 @@ def merge_rank_parts(store_dir: str | Path, world: int, images: Sequence[str] | 
         "n_skipped": len(skipped),
         "skipped": sorted(skipped, key=lambda s: s["index"]),
         "shards": shards,
+        **({CHECKSUMS: checksums} if whole else {}),
     }
     write_json(store_dir / MANIFEST, manifest)  # last: the store is complete from here on
     return store_dir
 
 
-_PART_FIELDS = ("n_rows", "complete", "n_skipped", "skipped", "shards", "n_images", "image_range")
+_PART_FIELDS = (
+    CHECKSUMS,
+    "n_rows",
+    "complete",
+    "n_skipped",
+    "skipped",
+    "shards",
+    "n_images",
+    "image_range",
+)

@@ -14,7 +14,9 @@ Layout of a store directory::
 
 A shard always ends at an image boundary and records ``images_end``: how many dataset
 images had been consumed (written or skipped) when it was closed. A writer that is
-interrupted resumes from the last shard listed in the manifest.
+interrupted resumes from the last shard listed in the manifest. The manifest's
+``checksums`` cover every file; a reader checks each file before its first read
+(:mod:`vlmsae.data.integrity`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,21 @@ from vlmsae.core.io import read_json
 from vlmsae.data.format import (
     CSR_PARTS,
     DTYPES,
+    IMAGES_FILE,
     KINDS,
     MANIFEST,
     SCHEMA,
     StoreError,
     read_image_list,
+)
+from vlmsae.data.integrity import (
+    ROWS_FILE,
+    data_files,
+    has_checksums,
+    shape_problems,
+    shard_files,
+    verify_store_file,
+    warn_unverified,
 )
 from vlmsae.data.writer import StoreWriter
 
@@ -80,16 +92,16 @@ class ActivationStore:
         self.shards = self.manifest["shards"]
         self._offsets = np.cumsum([0] + [int(s["rows"]) for s in self.shards])
         self._cache: dict[int, Any] = {}
+        self._verified: set[str] = set()  # files checked against their checksums
         self._check_shapes()
+        if self.manifest["complete"] and not has_checksums(self.manifest):
+            warn_unverified(self.dir)
 
     def _check_shapes(self) -> None:
         """Refuse a manifest that does not match its files' headers (rows, width, CSR
-        lengths): reading past a shard's end would silently give short or empty batches."""
-        problems = [p for shard in self.shards for p in self._shard_problems(shard)]
-        if int(self.manifest.get("n_rows", len(self))) != len(self):
-            problems.append(f"n_rows is {self.manifest['n_rows']} but its shards hold {len(self)}")
-        if self.manifest["complete"]:
-            problems += _shape_problems(self.dir, "rows.npy", (len(self), 2))
+        lengths) or sizes (truncation): reading past a shard's end would silently give
+        short or empty batches, or fail in the middle of a computation."""
+        problems = shape_problems(self.dir, self.manifest, len(self))
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise StoreError(
@@ -97,20 +109,17 @@ class ActivationStore:
                 "the store was changed or damaged after it was written: recreate it"
             )
 
-    def _shard_problems(self, shard: dict[str, Any]) -> list[str]:
-        rows, name = int(shard["rows"]), shard["file"]
-        if not self.is_sparse:
-            return _shape_problems(self.dir, name, (rows, self.d))
-        problems = _shape_problems(self.dir, f"{name}.indptr.npy", (rows + 1,))
-        lengths = {p: _npy_shape(self.dir / f"{name}.{p}.npy") for p in ("indices", "values")}
-        problems += [f"{name}.{p}.npy is missing" for p, n in lengths.items() if n is None]
-        nnz = {n[0] for n in lengths.values() if n is not None} | {shard.get("nnz")} - {None}
-        if len(nnz) > 1:
-            problems.append(
-                f"{name}: {lengths['indices']} indices and {lengths['values']} values where "
-                f"the manifest says {shard.get('nnz')} nonzeros"
-            )
-        return problems
+    def verify(self) -> None:
+        """Check every file of the store against its checksum now (a :class:`StoreError`
+        naming the first damaged one); reads otherwise check each file on first use."""
+        for name in data_files(self.dir, self.manifest):
+            self._verify(name)
+
+    def _verify(self, name: str) -> None:
+        """Check ``name`` against its checksum before its first read by this object."""
+        if name not in self._verified:
+            verify_store_file(self.dir, self.manifest, name)
+            self._verified.add(name)
 
     # -- metadata ----------------------------------------------------------------------
     @property
@@ -144,11 +153,14 @@ class ActivationStore:
     @property
     def rows(self) -> np.ndarray:
         """``int64 [n_rows, 2]``: image index and token index (-1 = pooled) of every row."""
+        self._verify(ROWS_FILE)
         return np.load(self.dir / "rows.npy", mmap_mode="r")
 
     @property
     def images(self) -> list[str]:
         """Image path per image index (empty when the store was written without them)."""
+        if (self.dir / IMAGES_FILE).exists():
+            self._verify(IMAGES_FILE)
         return read_image_list(self.dir)
 
     def image_rows(self, image_index: int) -> slice:
@@ -161,6 +173,8 @@ class ActivationStore:
     def _shard(self, i: int) -> Any:
         if i not in self._cache:
             name = self.shards[i]["file"]
+            for file in shard_files(self.shards[i], self.is_sparse):
+                self._verify(file)
             if self.is_sparse:
                 parts = [np.load(self.dir / f"{name}.{p}.npy", mmap_mode="r") for p in CSR_PARTS]
                 self._cache[i] = tuple(parts)
@@ -372,26 +386,3 @@ class ActivationStore:
                 start += n
                 writer.mark(int(img[-1]) + 1)
         return writer.close(images=images)
-
-
-def _npy_shape(path: Path) -> tuple[int, ...] | None:
-    """The shape in an ``.npy`` header (the data is not read), or None if there is no file."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                return tuple(np.lib.format.read_array_header_1_0(f)[0])
-            if version == (2, 0):
-                return tuple(np.lib.format.read_array_header_2_0(f)[0])
-    except FileNotFoundError:
-        return None
-    except ValueError as e:  # not an .npy file
-        raise StoreError(f"{path} is not a NumPy array file ({e}); recreate the store") from e
-    return tuple(np.load(path, mmap_mode="r").shape)
-
-
-def _shape_problems(folder: Path, name: str, want: tuple[int, ...]) -> list[str]:
-    found = _npy_shape(folder / name)
-    if found is None:
-        return [f"{name} is missing"]
-    return [] if found == want else [f"{name} holds {found} where the manifest says {want}"]

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from vlmsae.core.checksum import CHECKSUMS
 from vlmsae.core.io import atomic_write, ensure_dir, read_json, remove_stale_temps, write_json
-from vlmsae.data.format import KINDS, MANIFEST, SCHEMA, StoreError, write_image_list
+from vlmsae.data.format import IMAGES_FILE, KINDS, MANIFEST, SCHEMA, StoreError, write_image_list
+from vlmsae.data.integrity import ROWS_FILE, record_checksums, shard_files
 from vlmsae.data.provenance import image_fingerprint
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ class StoreWriter:
         self.d, self.kind, self.dtype, self.shard_rows = int(d), kind, dtype, int(shard_rows)
         self.meta = dict(meta or {})
         self.shards: list[dict[str, Any]] = []
+        self.checksums: dict[str, str] = {}  # file -> checksum, as written
         self.skipped: list[dict[str, Any]] = []
         self.closed = False
         self._reset_buffer()
@@ -107,6 +110,7 @@ class StoreWriter:
                     f"this run writes {want!r}"
                 )
         self.shards = list(manifest["shards"])
+        self.checksums = dict(manifest.get(CHECKSUMS) or {})
         self.skipped = [s for s in manifest.get("skipped", []) if s["index"] < self.images_done]
         self.closed = bool(manifest.get("complete"))
         self._remove_unlisted_files()
@@ -216,6 +220,8 @@ class StoreWriter:
                 f"resumable after {self.images_done} images — free space and rerun with --resume"
             ) from e
         entry["images_end"] = self._images_end
+        files = shard_files(entry, self.kind == "codes")
+        self.checksums.update(record_checksums(self.dir, files))
         self.shards.append(entry)
         self.skipped.extend(self._pending_skips)
         self._reset_buffer()
@@ -235,10 +241,12 @@ class StoreWriter:
                 self.meta.update(image_fingerprint(images))
             row_parts = [np.load(self._rows_file(s)) for s in self.shards]
             rows = np.concatenate(row_parts) if row_parts else np.zeros((0, 2), np.int64)
-            atomic_write(self.dir / "rows.npy", lambda p: _np_save(p, rows))
+            atomic_write(self.dir / ROWS_FILE, lambda p: _np_save(p, rows))
             if images is not None:
                 write_image_list(self.dir, images)
                 self.meta["n_images"] = len(images)
+            own = [ROWS_FILE, *([IMAGES_FILE] if images is not None else [])]
+            self.checksums.update(record_checksums(self.dir, own))  # shards': as written
             self._write_manifest(complete=True)
             for s in self.shards:
                 self._rows_file(s).unlink(missing_ok=True)
@@ -262,6 +270,7 @@ class StoreWriter:
             "n_skipped": len(self.skipped),
             "skipped": self.skipped,
             "shards": self.shards,
+            CHECKSUMS: self.checksums,
         }
         write_json(self.dir / MANIFEST, manifest)
 

@@ -6,12 +6,15 @@ JumpReLU: ``[d_sae]``), always in the units of the raw activations (a trainer th
 normalised its inputs folds the scale back in and records it as ``norm_factor``). A training
 run adds its trainer state (weights in training units, optimizer moments, counters, RNG) in
 ``checkpoints/step-…/trainer_state.{safetensors,json}``, named by ``checkpoint.json``, so
-loading an SAE never needs it — and nothing here is ever unpickled.
+loading an SAE never needs it — and nothing here is ever unpickled. ``config.json`` and
+``trainer_state.json`` record the checksum of their ``.safetensors`` file (see
+:mod:`vlmsae.core.checksum`); loading checks it before a weight is used.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -20,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save, save_file
 from torch import Tensor
 
+from vlmsae.core.checksum import CHECKSUMS, bytes_checksum, checksum_problem, file_checksum
 from vlmsae.core.errors import CheckpointError
 from vlmsae.core.io import atomic_write, read_json, write_json
 from vlmsae.data.provenance import SOURCE_FIELDS, file_sha256
@@ -31,6 +36,8 @@ from vlmsae.sae.config import CONFIG_SOURCE_FIELDS, SAEConfig
 if TYPE_CHECKING:
     from vlmsae.sae.model import SAE
 
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # files without checksums warned about in this process
 SCHEMA = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -93,9 +100,48 @@ def save_sae(sae: SAE, path: str | Path, *, norm_factor: float | None = None, **
         threshold = None if threshold is None or threshold < 0 else threshold * norm_factor
         extra["norm_factor"] = float(norm_factor)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=_meta()))
+    data = save(tensors, metadata=_meta())
+    extra[CHECKSUMS] = {WEIGHTS_FILE: bytes_checksum(data)}  # of the bytes meant, not read back
+    atomic_write(path / WEIGHTS_FILE, lambda p: _write_bytes(p, data))
     write_json(path / CONFIG_FILE, {**config_dict(sae, **extra), "threshold": threshold})
     return path
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify_file(path: Path, expected: str | None, hint: str) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` matches its recorded checksum;
+    ``expected`` None (written by an older vlmsae): warn once per file and go on."""
+    if expected is None:
+        if str(path) not in _warned:
+            _warned.add(str(path))
+            log.warning("%s has no checksum (written by an older vlmsae): not verified", path)
+        return
+    if problem := checksum_problem(path, expected):
+        raise CheckpointError(f"{problem}; {hint}")
+
+
+def load_weights(path: str | Path, config: dict[str, Any], *, device: str = "cpu") -> dict:
+    """The tensors of ``sae.safetensors`` in checkpoint ``path``, after checking them against
+    the checksum in ``config`` (its ``config.json``): a damaged or truncated file is a
+    :class:`CheckpointError` naming it, before any weight is used."""
+    weights_path = Path(path) / WEIGHTS_FILE
+    if not weights_path.exists():
+        raise CheckpointError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    expected = (config.get(CHECKSUMS) or {}).get(WEIGHTS_FILE)
+    verify_file(weights_path, expected, "restore it, or save or train the SAE again")
+    try:
+        return load_file(str(weights_path), device=device)
+    except SafetensorError as e:  # damaged in a checkpoint without checksums
+        raise CheckpointError(
+            f"{weights_path} is not a readable safetensors file ({e}); it is truncated or "
+            "damaged: restore it, or save or train the SAE again"
+        ) from e
 
 
 def _meta() -> dict[str, str]:
@@ -160,7 +206,8 @@ def save_trainer_state(path: str | Path, tensors: dict[str, torch.Tensor], meta:
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, str(tmp / STATE_TENSORS_FILE), metadata={"step": str(meta["step"])})
-        write_json(tmp / STATE_JSON_FILE, meta)
+        checksum = file_checksum(tmp / STATE_TENSORS_FILE)
+        write_json(tmp / STATE_JSON_FILE, {**meta, CHECKSUMS: {STATE_TENSORS_FILE: checksum}})
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
         os.replace(tmp, root / name)
     except BaseException:
@@ -201,13 +248,21 @@ def load_trainer_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
 
     state_dir = trainer_state_dir(path)
     meta = read_json(state_dir / STATE_JSON_FILE)
-    with safe_open(str(state_dir / STATE_TENSORS_FILE), framework="pt") as f:
-        if f.metadata().get("step") != str(meta["step"]):
-            raise CheckpointError(
-                f"{state_dir}: trainer state files disagree on the step (an interrupted write "
-                "of a checkpoint made by an older vlmsae); restart without --resume"
-            )
-    return load_file(str(state_dir / STATE_TENSORS_FILE)), meta
+    tensors_path = state_dir / STATE_TENSORS_FILE
+    expected = (meta.pop(CHECKSUMS, None) or {}).get(STATE_TENSORS_FILE)
+    verify_file(tensors_path, expected, "restart without --resume")
+    try:
+        with safe_open(str(tensors_path), framework="pt") as f:
+            if f.metadata().get("step") != str(meta["step"]):
+                raise CheckpointError(
+                    f"{state_dir}: trainer state files disagree on the step (an interrupted "
+                    "write of a checkpoint made by an older vlmsae); restart without --resume"
+                )
+        return load_file(str(tensors_path)), meta
+    except SafetensorError as e:  # damaged in a checkpoint without checksums
+        raise CheckpointError(
+            f"{tensors_path} is truncated or damaged ({e}); restart without --resume"
+        ) from e
 
 
 def _umask() -> int:

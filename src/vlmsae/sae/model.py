@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vlmsae.core.errors import CheckpointError
@@ -28,6 +27,7 @@ from vlmsae.sae.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     describe_nonfinite,
+    load_weights,
     read_config,
     save_sae,
     scale_biases_,
@@ -376,9 +376,7 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
             f"({type(e).__name__}: {e}); restore the file or save the SAE again"
         ) from e
     weights_path = path / WEIGHTS_FILE
-    if not weights_path.exists():
-        raise CheckpointError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    tensors = load_file(str(weights_path), device=str(device))
+    tensors = load_weights(path, config, device=str(device))  # checked against its checksum
     with torch.device("meta"):
         sae = SAE(cfg)  # shapes only: the weights come from the file
     expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
