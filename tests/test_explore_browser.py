@@ -158,13 +158,15 @@ def _free_port() -> int:
 
 
 def test_served_site_opens_on_localhost(page, site):
-    """A site that links its images (no --copy-images) is served with them."""
+    """A site that links its images (no --copy-images), built deeper in the tree than its
+    images, is served at the root of http://127.0.0.1:PORT/ with exactly those images (under
+    /_images/); the same site opened from file:// loads them by their relative paths."""
     from typer.testing import CliRunner
 
     from vlmsae.cli import app
 
     root = site[0].parent
-    site_dir = root / "site-linked"
+    site_dir = root / "runs" / "linked" / "site"
     args = ["explore", "--sae", root / "sae", "--activations", root / "acts", "--out", site_dir,
             "--scores", root / "scores"]  # fmt: skip
     assert CliRunner().invoke(app, [str(a) for a in args]).exit_code == 0
@@ -176,15 +178,45 @@ def test_served_site_opens_on_localhost(page, site):
     )  # fmt: skip
     try:
         line = server.stdout.readline()
-        assert "serving" in line
-        url = line.split(" on ")[-1].split()[0]  # the site links images outside its folder:
-        assert url.startswith(f"http://127.0.0.1:{port}/")  # served from their common parent
+        assert line == f"serving {site_dir} on http://127.0.0.1:{port}/ (Ctrl-C stops)\n"
+        url = f"http://127.0.0.1:{port}/"
         page.get(f"{url}#/neuron/7")
         assert wait_for(page, "section#neuron").get_attribute("data-neuron") == "7"
         sizes = _top_image_widths(page)
         assert sizes and min(sizes) > 0, sizes  # the images load over HTTP too
+        srcs = page.execute_script(
+            "return [...document.querySelectorAll('figure.top-image img')].map(i => i.src)"
+        )
+        assert all(s.startswith(f"{url}_images/") for s in srcs), srcs
         page.get(url)
         assert len(row_ids(page)) == 100
+        open_index(page, site_dir, "#/neuron/7")  # the same site from file://
+        sizes = _top_image_widths(page)
+        assert sizes and min(sizes) > 0, sizes
+        srcs = page.execute_script(
+            "return [...document.querySelectorAll('figure.top-image img')].map(i => i.src)"
+        )
+        assert all(s.startswith("file:///") and "_images" not in s for s in srcs), srcs
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_served_copied_site_opens_with_its_thumbnails(page, site):
+    """A site built with --copy-images is served too: its thumbnails are its own files."""
+    site_dir, _ = site
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vlmsae", "explore", "--serve", "--out", str(site_dir),
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert "serving" in server.stdout.readline()
+        page.get(f"http://127.0.0.1:{port}/#/neuron/3")
+        assert wait_for(page, "section#neuron").get_attribute("data-neuron") == "3"
+        sizes = _top_image_widths(page)
+        assert sizes and min(sizes) > 0, sizes
     finally:
         server.terminate()
         server.wait(10)

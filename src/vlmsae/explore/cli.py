@@ -15,36 +15,12 @@ def register(app: typer.Typer) -> None:
     app.command("label")(label_cmd)
 
 
-def serve(site_dir: Path, port: int) -> None:
-    """Serve ``site_dir`` on http://127.0.0.1:PORT until interrupted. A site that links
-    images outside its folder (built without --copy-images) is served from the folder
-    that holds them too, and its index is at ``/<site path from there>/``."""
-    import functools
-    import http.server
-    import json
+def serve(site_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    """Serve the site on http://HOST:PORT/ until interrupted: its own files and the images
+    it lists, nothing else (:mod:`vlmsae.explore.serve`)."""
+    from vlmsae.explore.serve import serve_site
 
-    site_dir = site_dir.resolve()
-    text = (site_dir / "data" / "index.js").read_text(encoding="utf-8")
-    meta = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))["meta"]
-    root = site_dir.parents[meta["serve_up"] - 1] if meta.get("serve_up") else site_dir
-    url_path = site_dir.relative_to(root).as_posix()
-    url_path = "/" if url_path == "." else f"/{url_path}/"
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    except OSError as e:
-        from vlmsae.core.errors import UserError
-
-        raise UserError(f"cannot listen on 127.0.0.1:{port} ({e}); choose another --port") from e
-    typer.echo(
-        f"serving {site_dir} on http://127.0.0.1:{server.server_port}{url_path} (Ctrl-C stops)"
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_site(site_dir, port, host, echo=typer.echo)
 
 
 def explore_cmd(
@@ -90,6 +66,9 @@ def explore_cmd(
     ),
     serve_site: bool = typer.Option(False, "--serve", help="Serve the site on localhost."),
     port: int = typer.Option(8000, help="Port of --serve."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address --serve listens on (another than loopback: a warning)."
+    ),
 ) -> None:
     """Build the neuron browser: a static site that opens from the file system
     (OUT/index.html) or, with --serve, on http://127.0.0.1:PORT/."""
@@ -106,7 +85,7 @@ def explore_cmd(
             if card_ids:
                 _echo_cards(write_cards(out, card_ids, out / "cards"))
             if serve_site:
-                serve(out, port)
+                serve(out, port, host)
             return
         raise UserError(
             "give --sae SAE (or --raw) and --activations STORE to build the site (or only "
@@ -143,7 +122,7 @@ def explore_cmd(
     if card_ids:
         _echo_cards(write_cards(out, card_ids, out / "cards"))
     if serve_site:
-        serve(out, port)
+        serve(out, port, host)
 
 
 def _store_world(activations: Path) -> object:

@@ -6,9 +6,18 @@ Layout of ``out_dir``::
     data/index.js                          window.VLMSAE_INDEX = {meta, columns, images}
     data/neurons/00000.js ...              vlmsaeShard(i, [...]): SHARD_SIZE neurons each
     images/0000123.png                     (with copy_images: thumbnails, portable site)
+    data/images.json                       {"schema": 1, "images": {"/_images/0000123.png":
+                                           "/abs/path/of/the/image.png", ...}}: the linked
+                                           images a server may answer (explore/serve.py);
+                                           empty with copy_images
     data/thumbs/0000123.js                 vlmsaeThumb(name, JPEG data URL) of each thumbnail,
                                            loaded by the card export (file:// pages may not
                                            export the PNG files drawn on a canvas)
+
+Linked images (no copy_images) are referenced twice in the index: ``images`` holds URLs
+relative to ``out_dir`` (``../../imgs/a.png``) for a page opened from ``file://``, ``served``
+the URL paths (``_images/0000123.png``) under which ``vlmsae explore --serve`` answers exactly
+those files, listed in ``data/images.json``; the page picks by its protocol.
 
 Data travel as JavaScript files that call a global, loaded by ``<script>`` tags, because
 Chromium blocks ``fetch()`` of ``file://`` URLs. The index is columnar (one array per
@@ -23,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +48,8 @@ from vlmsae.explore.neurons import NeuronData
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = ("index.html", "app.js", "card.js", "style.css")
+IMAGES_SCHEMA = 1
+"""Version of ``data/images.json``, the allow-list of linked images a server answers."""
 
 
 @dataclass(frozen=True)
@@ -149,18 +161,6 @@ def _thumb_js(name: str, im: Any) -> str:
     return f"vlmsaeThumb({json.dumps(name)}, {json.dumps(url)});\n"
 
 
-def _levels_above(out_dir: Path, urls: list[str | None]) -> int:
-    """How many folders above ``out_dir`` a server must start so that every linked image
-    (a relative URL) is inside what it serves (0 with copied thumbnails)."""
-    deepest = 0
-    for url in filter(None, urls):
-        n = 0
-        while url.startswith("../", 3 * n):
-            n += 1
-        deepest = max(deepest, n)
-    return deepest
-
-
 def _image_sources(
     paths: list[str], used: np.ndarray, out_dir: Path, cfg: ExploreConfig
 ) -> dict[int, str | None]:
@@ -189,6 +189,25 @@ def _image_sources(
             log.warning("cannot read %s: %s", path, e)
             src[i] = None
     return src
+
+
+def _served_images(
+    paths: list[str], used: np.ndarray, src: dict[int, str | None], cfg: ExploreConfig
+) -> list[str | None]:
+    """URL path (``/_images/0000123.png``) a server answers for each linked image of
+    ``used`` (None: unreadable, or copied into the site, whose own files are served)."""
+    if cfg.copy_images:
+        return [None] * len(used)
+    return [
+        f"/_images/{i:07d}{_suffix(paths[i])}" if src[i] is not None else None
+        for i in used.tolist()
+    ]
+
+
+def _suffix(path: str) -> str:
+    """The file's extension, lower case, for a served URL ('' when it is not plain)."""
+    suffix = Path(path).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
 
 
 def _heat_quantised(heat: np.ndarray) -> np.ndarray:
@@ -273,9 +292,17 @@ def write_site(
         "heat_side": data.heatmaps.side if data.heatmaps is not None else None,
         "heat_source": data.heatmaps.source if data.heatmaps is not None else None,
         "thumbs": cfg.copy_images,
-        "serve_up": _levels_above(out_dir, [src[i] for i in used.tolist()]),
     }
     index = {"meta": meta, "columns": columns, "images": [src[i] for i in used.tolist()]}
+    served = _served_images(image_paths, used, src, cfg)
+    if not cfg.copy_images:
+        index["served"] = [url[1:] if url else None for url in served]
+    pairs = zip(used.tolist(), served, strict=True)
+    listing = {
+        "schema": IMAGES_SCHEMA,
+        "images": {url: str(Path(image_paths[i]).resolve()) for i, url in pairs if url},
+    }
+    _write_js(out_dir / "data" / "images.json", json.dumps(listing, indent=1) + "\n")
     _write_js(out_dir / "data" / "index.js", f"window.VLMSAE_INDEX = {site_json(index)};\n")
     n_shards = 0
     for lo in range(0, n_s, cfg.shard_size):

@@ -216,6 +216,14 @@
     return svg;
   }
 
+  // A linked image (a site built without --copy-images) has two URLs: relative to the site
+  // (../../imgs/a.png) for a page opened from file://, and the path under which
+  // `vlmsae explore --serve` answers exactly that file (_images/0000123.png) over http.
+  function imageURL(img) {
+    const served = location.protocol === "file:" ? null : INDEX.served;
+    return served ? served[img] : INDEX.images[img];
+  }
+
   function drawHeat(canvas, heat) {
     const side = meta.heat_side;
     canvas.width = side;
@@ -303,7 +311,7 @@
       });
       const images = el("div", { class: "images" });
       rec.top.forEach(([img, act], t) => {
-        const src = INDEX.images[img];
+        const src = imageURL(img);
         const wrap = el("div", { class: "wrap" }, src ? el("img", { src, alt: `image ${img}` })
           : el("span", { class: "error" }, "unreadable"));
         if (rec.heat && meta.heat_side) {
