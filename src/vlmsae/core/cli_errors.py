@@ -20,7 +20,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from vlmsae.core.errors import NonFiniteError, UserError
+from vlmsae.core.errors import Interrupted, NonFiniteError, UserError
 
 DEBUG_ENV = "VLMSAE_DEBUG"
 EXIT_USER_ERROR = 2
@@ -78,6 +78,9 @@ class ErrorReportingGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort):
             raise
+        except Interrupted as e:  # saved and stopped at a signal: say how to go on
+            typer.echo(str(e), err=True)
+            raise typer.Exit(e.exit_code) from None
         except _ClickException as e:  # usage errors: one line instead of a panel
             if type(e).__name__ == "NoArgsIsHelpError":  # prints the help, as it should
                 raise

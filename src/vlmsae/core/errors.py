@@ -46,3 +46,17 @@ class NonFiniteError(RuntimeError):
 
 class RankFailed(RuntimeError):
     """Another rank failed in a step that all ranks check together."""
+
+
+class Interrupted(Exception):
+    """A long job stopped at SIGINT / SIGTERM after saving its progress (see
+    :mod:`vlmsae.core.interrupt`); the CLI prints the message and exits ``128 + signum``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT, 143 for SIGTERM (the shell's convention)."""
+        return 128 + self.signum

@@ -187,6 +187,11 @@ class StoreWriter:
         if self._buffered >= self.shard_rows:
             self._flush()
 
+    def flush(self) -> None:
+        """Write the rows buffered so far as a shard now (they end at the last
+        :meth:`mark`): an interrupted job keeps them, and ``--resume`` continues after them."""
+        self._flush()
+
     def _flush(self) -> None:
         if self._buffered == 0 and not self._pending_skips:
             return

@@ -29,6 +29,7 @@ import torch
 
 from vlmsae.core import dist
 from vlmsae.core.cpu import default_workers
+from vlmsae.core.interrupt import graceful_stop
 from vlmsae.core.io import read_json, remove_stale_temps, write_json
 from vlmsae.core.lock import output_lock
 from vlmsae.core.progress import model_label, progress_bar
@@ -309,14 +310,28 @@ def _run(
     )
     position = start
     first_wait = None  # worker start-up and the first batch's decoding
-    try:
-        for batch in loader:
-            first_wait = time.perf_counter() - t0 if first_wait is None else first_wait
-            _write_batch(enc, batch, targets, layers, want_projection, selection)
-            bar.update(batch.end - position)
-            position = batch.end
-    finally:
-        bar.close()
+    with graceful_stop() as stop:
+        batches = iter(loader)
+        try:
+            while not stop.requested:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except RuntimeError:  # a signal also stops the loader's worker processes
+                    if stop.requested:
+                        break
+                    raise
+                first_wait = time.perf_counter() - t0 if first_wait is None else first_wait
+                _write_batch(enc, batch, targets, layers, want_projection, selection)
+                bar.update(batch.end - position)
+                position = batch.end
+        finally:
+            bar.close()
+    if stop.requested:  # keep every image done: the current shard closes here
+        for t in targets:
+            t.writer.flush()
+        raise stop.interrupted(f"image {position} of {n} ({share.stop - position} left)")
     seconds = time.perf_counter() - t0
     if dist.is_distributed():
         stores = _merge_parts(targets, data)
