@@ -312,7 +312,7 @@ def test_toy_accuracy_counts_labels_whose_every_word_is_a_shared_concept():
     from vlmsae.explore.labels import NeuronLabels, toy_accuracy
     from vlmsae.explore.truth import truth_from_records
     from vlmsae.toyworld import iter_world
-    from vlmsae.toyworld.world import FAMILY_OF
+    from vlmsae.toyworld.shapes import FAMILY_OF
 
     star = dict(family=FAMILY_OF["star"], shape="star", color="red")
     records = [replace(r, **star) for r in iter_world("test", 10)]
