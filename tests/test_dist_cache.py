@@ -19,8 +19,7 @@ from image_files import BAD, make_mixed_folder
 from ranks import run_ranks
 from tiny_models import clip_processor, make_clip
 from vlmsae.core import dist
-from vlmsae.data.store import ActivationStore
-from vlmsae.data.writer import StoreWriter
+from vlmsae.data.store import ActivationStore, StoreWriter
 from vlmsae.encoders import Encoder
 from vlmsae.encoders.cache import CacheConfig, cache_activations, embed_images
 

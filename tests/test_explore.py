@@ -263,8 +263,7 @@ def test_toy_world_site_shows_the_truth_and_labels_are_scored(toy):
 
 
 def test_a_code_store_gives_the_same_neurons_as_its_activations(built, tmp_path):
-    from vlmsae.data.store import ActivationStore
-    from vlmsae.data.writer import StoreWriter
+    from vlmsae.data.store import ActivationStore, StoreWriter
     from vlmsae.explore.neurons import compute_neuron_data, encode_rows
     from vlmsae.sae import SAE
 

@@ -1,11 +1,13 @@
-"""Constants of the store format shared by its writer and reader (see ``store.py``), and the
-image list file."""
+"""Constants of the store format shared by its writer and reader (see ``store.py``), the
+image list file, and the ``.npy`` header checks of the reader."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from vlmsae.core.errors import StoreError
 from vlmsae.core.io import atomic_write_text
@@ -58,3 +60,27 @@ def _lines(text: str) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return lines
+
+
+def npy_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape in an ``.npy`` header (the data is not read), or None if there is no file."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                return tuple(np.lib.format.read_array_header_1_0(f)[0])
+            if version == (2, 0):
+                return tuple(np.lib.format.read_array_header_2_0(f)[0])
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # not an .npy file
+        raise StoreError(f"{path} is not a NumPy array file ({e}); recreate the store") from e
+    return tuple(np.load(path, mmap_mode="r").shape)
+
+
+def shape_problems(folder: Path, name: str, want: tuple[int, ...]) -> list[str]:
+    """What is wrong with ``folder/name`` where the manifest says it holds ``want``."""
+    found = npy_shape(folder / name)
+    if found is None:
+        return [f"{name} is missing"]
+    return [] if found == want else [f"{name} holds {found} where the manifest says {want}"]

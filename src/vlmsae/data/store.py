@@ -35,9 +35,11 @@ from vlmsae.data.format import (
     MANIFEST,
     SCHEMA,
     StoreError,
+    npy_shape,
     read_image_list,
+    shape_problems,
 )
-from vlmsae.data.writer import StoreWriter
+from vlmsae.data.writer import ShardWriter, write_rows
 
 __all__ = [
     "CSR_PARTS",
@@ -89,7 +91,7 @@ class ActivationStore:
         if int(self.manifest.get("n_rows", len(self))) != len(self):
             problems.append(f"n_rows is {self.manifest['n_rows']} but its shards hold {len(self)}")
         if self.manifest["complete"]:
-            problems += _shape_problems(self.dir, "rows.npy", (len(self), 2))
+            problems += shape_problems(self.dir, "rows.npy", (len(self), 2))
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise StoreError(
@@ -100,9 +102,9 @@ class ActivationStore:
     def _shard_problems(self, shard: dict[str, Any]) -> list[str]:
         rows, name = int(shard["rows"]), shard["file"]
         if not self.is_sparse:
-            return _shape_problems(self.dir, name, (rows, self.d))
-        problems = _shape_problems(self.dir, f"{name}.indptr.npy", (rows + 1,))
-        lengths = {p: _npy_shape(self.dir / f"{name}.{p}.npy") for p in ("indices", "values")}
+            return shape_problems(self.dir, name, (rows, self.d))
+        problems = shape_problems(self.dir, f"{name}.indptr.npy", (rows + 1,))
+        lengths = {p: npy_shape(self.dir / f"{name}.{p}.npy") for p in ("indices", "values")}
         problems += [f"{name}.{p}.npy is missing" for p, n in lengths.items() if n is None]
         nnz = {n[0] for n in lengths.values() if n is not None} | {shard.get("nnz")} - {None}
         if len(nnz) > 1:
@@ -350,48 +352,29 @@ class ActivationStore:
         (by image index; recorded with their fingerprint). For small arrays and tests;
         long jobs use :class:`StoreWriter` directly.
         """
-        blocks = [data] if hasattr(data, "shape") else list(data)
-        if not blocks:
-            raise ValueError("nothing to write: data is empty")
-        d = int(blocks[0].shape[1])
-        kind = kind or ("codes" if sp.issparse(blocks[0]) else "activations")
-        dtype = dtype or ("float16" if blocks[0].dtype == np.float16 else "float32")
-        writer = StoreWriter(path, d, kind=kind, dtype=dtype, shard_rows=shard_rows, meta=meta)
-        start = 0
-        for block in blocks:
-            for lo in range(0, block.shape[0], shard_rows):
-                piece = block[lo : lo + shard_rows]
-                n = piece.shape[0]
-                img = (
-                    np.arange(start, start + n)
-                    if image_index is None
-                    else image_index[start : start + n]
-                )
-                tok = None if token_index is None else token_index[start : start + n]
-                writer.add(piece, img, tok)
-                start += n
-                writer.mark(int(img[-1]) + 1)
-        return writer.close(images=images)
+        write_rows(
+            path,
+            data,
+            meta,
+            kind=kind,
+            dtype=dtype,
+            shard_rows=shard_rows,
+            image_index=image_index,
+            token_index=token_index,
+            images=images,
+        )
+        return cls(path)
 
 
-def _npy_shape(path: Path) -> tuple[int, ...] | None:
-    """The shape in an ``.npy`` header (the data is not read), or None if there is no file."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                return tuple(np.lib.format.read_array_header_1_0(f)[0])
-            if version == (2, 0):
-                return tuple(np.lib.format.read_array_header_2_0(f)[0])
-    except FileNotFoundError:
-        return None
-    except ValueError as e:  # not an .npy file
-        raise StoreError(f"{path} is not a NumPy array file ({e}); recreate the store") from e
-    return tuple(np.load(path, mmap_mode="r").shape)
+class StoreWriter(ShardWriter):
+    """Append rows to a store, one image batch at a time; resumable.
 
+    Call :meth:`add` with the rows of some images, then :meth:`mark` once those images
+    are fully written (a safe resume point); :meth:`close` finalises the store and opens it.
+    The writing is :class:`~vlmsae.data.writer.ShardWriter`'s (arguments there).
+    """
 
-def _shape_problems(folder: Path, name: str, want: tuple[int, ...]) -> list[str]:
-    found = _npy_shape(folder / name)
-    if found is None:
-        return [f"{name} is missing"]
-    return [] if found == want else [f"{name} holds {found} where the manifest says {want}"]
+    def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
+        """:meth:`~vlmsae.data.writer.ShardWriter.finish` the store, then open it."""
+        self.finish(images, **meta)
+        return ActivationStore(self.dir)
