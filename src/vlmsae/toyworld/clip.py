@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from vlmsae.toyworld.batches import MODEL_IMAGE_SIZE, WorldBatch, make_image_processor
-from vlmsae.toyworld.shapes import ATTRIBUTES, SIZES
 from vlmsae.toyworld.tokenizer import EOS, PAD, make_tokenizer
 from vlmsae.toyworld.worlds import World, get_world
 
@@ -166,8 +165,11 @@ def _batch_sampler(data: WorldBatch, cfg: ClipTrainConfig):
     n = len(data.caption_ids_N)
     if not cfg.group_size:
         return lambda: torch.randint(n, (cfg.batch_size,), generator=gen)
-    color_col, size_col = list(ATTRIBUTES).index("color"), list(ATTRIBUTES).index("size")
-    key_N = data.labels_NA[:, color_col] * len(SIZES) + data.labels_NA[:, size_col]
+    attrs = get_world(data.world).attributes
+    if not {"color", "size"} <= set(attrs):
+        raise ValueError(f"group_size needs a world with colours and sizes, not {data.world!r}")
+    color_col, size_col = list(attrs).index("color"), list(attrs).index("size")
+    key_N = data.labels_NA[:, color_col] * len(attrs["size"]) + data.labels_NA[:, size_col]
     pools = [torch.from_numpy(np.flatnonzero(key_N == k)) for k in np.unique(key_N)]
 
     def sample():
