@@ -28,8 +28,8 @@ def n_concept_values(world_name: str) -> int:
 
     world = get_world(world_name)
     levels = world.taxonomy_levels
-    skip = {*levels[: levels.index(world.object_attribute)], "second"}
-    return sum(len(v) for a, v in world.attributes.items() if a not in skip)
+    skip = set(levels[: levels.index(world.object_attribute)])
+    return sum(len(world.attributes[a]) for a in world.oracle_attributes if a not in skip)
 
 
 def _concept_parts(world_name: str) -> str:

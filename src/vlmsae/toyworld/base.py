@@ -154,8 +154,9 @@ class World(ABC):
 
     @property
     def oracle_attributes(self) -> tuple[str, ...]:
-        """The attributes of the oracle embedding (``second`` is in ``emoji`` already)."""
-        return tuple(a for a in self.attributes if a != "second")
+        """The concept attributes: those of the oracle embedding, label purity and the
+        browser's concepts (every attribute unless a world leaves one out)."""
+        return tuple(self.attributes)
 
     def leaf(self, record: Any) -> tuple[str, ...]:
         return tuple(getattr(record, a) for a in self.taxonomy_levels)

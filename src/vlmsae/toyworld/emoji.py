@@ -18,7 +18,6 @@ Images are a pure function of ``(seed, split, index)``, as in the shapes world;
 from __future__ import annotations
 
 import colorsys
-import logging
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,8 +30,6 @@ from vlmsae.toyworld import emoji_data
 from vlmsae.toyworld.base import SPLITS as SPLITS
 from vlmsae.toyworld.base import KeptConcept, World, split_id
 from vlmsae.toyworld.emoji_data import Emoji, load_emoji
-
-log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 64
 """Side of every image, in pixels."""
@@ -302,6 +299,11 @@ class EmojiWorld(World):
     def attributes(self) -> dict[str, tuple[str, ...]]:
         return attributes()
 
+    @property
+    def oracle_attributes(self) -> tuple[str, ...]:
+        """Every attribute but ``second``: its emoji are in ``emoji`` already."""
+        return tuple(a for a in self.attributes if a != "second")
+
     def sample(self, split: str, index: int, seed: int = 0) -> EmojiImage:
         return sample_attributes(split, index, seed)
 
@@ -336,27 +338,8 @@ class EmojiWorld(World):
         return words + [p for ps in self.concept_prompts().values() for p in ps]
 
     def build_notes(self, out_dir: Path) -> dict[str, Any]:
-        """Re-render the emoji data from the font when it is installed and compare it with
-        the shipped files; a different rendering is written to ``out_dir/emoji-data``."""
-        sources = emoji_data.find_sources()
-        if sources is None:
-            return {"glyphs": "shipped atlas (Noto Color Emoji / emoji-test.txt not installed)"}
-        table, sprites = emoji_data.select_emoji(*sources)
-        shipped_table, shipped_sprites = emoji_data.load_emoji()
-        same = tuple(table) == shipped_table and np.array_equal(
-            np.stack([np.asarray(s) for s in sprites]), shipped_sprites
-        )
-        if same:
-            return {"glyphs": "re-rendered from the font: identical to the shipped atlas"}
-        emoji_data.write_emoji_data(table, sprites, out_dir / "emoji-data")
-        log.warning(
-            "the installed font renders other glyphs than the shipped atlas; wrote them to %s "
-            "(the build uses the shipped atlas)",
-            out_dir / "emoji-data",
-        )
-        return {
-            "glyphs": f"re-rendered glyphs differ from the shipped atlas: {out_dir / 'emoji-data'}"
-        }
+        """The glyphs re-rendered from the font, compared with the shipped atlas."""
+        return emoji_data.check_glyphs(out_dir)
 
     def concept_summary(self) -> str:
         a = self.attributes

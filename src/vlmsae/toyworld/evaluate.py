@@ -88,7 +88,7 @@ def clip_zero_shot(
     for name, values in predicted.items():
         hit = np.array([v in c[name] for v, c in zip(values, concepts, strict=True)])
         out[f"clip_{name}"] = float(hit.mean())
-        if w.several_objects and name != "background":  # one-object images only
+        if w.several_objects and name in w.taxonomy_levels:  # one-object images only
             out[f"clip_{name}_single"] = float(hit[single].mean())
     if txt_CE is not None:
         retrieved = (img_NE @ txt_CE.T).argmax(1)
