@@ -36,7 +36,7 @@ def make_images(root: Path, n: int, seed: int = 0) -> list[str]:
 
 def make_token_store(path: Path, image_paths: list[str], d: int, seed: int = 0):
     """An activation store with every token (CLS + SIDE² patches) of each image."""
-    from vlmsae.data.writer import StoreWriter
+    from vlmsae.data.store import StoreWriter
 
     rng = np.random.default_rng(seed)
     n_tok = 1 + SIDE * SIDE
@@ -68,7 +68,7 @@ def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int) -> Path:
     from typer.testing import CliRunner
 
     from vlmsae.cli import app
-    from vlmsae.data.writer import StoreWriter
+    from vlmsae.data.store import StoreWriter
 
     paths = make_images(root / "imgs", n_images)
     make_token_store(root / "acts", paths, d)

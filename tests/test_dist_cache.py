@@ -20,9 +20,8 @@ from ranks import run_ranks
 from tiny_models import clip_processor, make_clip
 from vlmsae.core import dist
 from vlmsae.data.integrity import shard_files
-from vlmsae.data.store import ActivationStore
+from vlmsae.data.store import ActivationStore, StoreWriter
 from vlmsae.data.verify import verify_path
-from vlmsae.data.writer import StoreWriter
 from vlmsae.encoders import Encoder
 from vlmsae.encoders.cache import CacheConfig, cache_activations, embed_images
 

@@ -284,8 +284,7 @@ def test_toy_world_site_shows_the_truth_and_labels_are_scored(toy):
 
 
 def test_a_code_store_gives_the_same_neurons_as_its_activations(built, tmp_path):
-    from vlmsae.data.store import ActivationStore
-    from vlmsae.data.writer import StoreWriter
+    from vlmsae.data.store import ActivationStore, StoreWriter
     from vlmsae.explore.neurons import compute_neuron_data, encode_rows
     from vlmsae.sae import SAE
 
@@ -333,7 +332,7 @@ def test_toy_accuracy_counts_labels_whose_every_word_is_a_shared_concept():
     from vlmsae.explore.labels import NeuronLabels, toy_accuracy
     from vlmsae.explore.truth import truth_from_records
     from vlmsae.toyworld import iter_world
-    from vlmsae.toyworld.world import FAMILY_OF
+    from vlmsae.toyworld.shapes import FAMILY_OF
 
     star = dict(family=FAMILY_OF["star"], shape="star", color="red")
     records = [replace(r, **star) for r in iter_world("test", 10)]

@@ -21,7 +21,7 @@ CARD_SIZE = (1200, 1380)  # 4.0 × 4.6 inches at 300 dpi
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from vlmsae.data.writer import StoreWriter
+    from vlmsae.data.store import StoreWriter
     from vlmsae.steer.llava import load_llava
     from vlmsae.steer.neurons import block_outputs
     from vlmsae.steer.toy import ToySteeringConfig, train_toy_sae

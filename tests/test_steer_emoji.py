@@ -24,6 +24,7 @@ from vlmsae.steer.toy_tasks import (
     toy_probes,
     train_set,
 )
+from vlmsae.toyworld.emoji import emoji_of
 from vlmsae.toyworld.worlds import get_world
 
 N_TARGETS, N_PER_TARGET, N_VAL, N_TEST = 3, 16, 6, 9
@@ -59,7 +60,7 @@ def run(tmp_path_factory):
 
 def test_targets_spread_over_the_unicode_groups_and_follow_the_seed():
     targets = steering_targets("emoji", 8, seed=0)
-    groups = [EMOJI.module.emoji_of(t).group for t in targets]
+    groups = [emoji_of(t).group for t in targets]
     assert len(set(groups)) == 8  # one per group
     assert targets == steering_targets("emoji", 8, seed=0)
     assert targets != steering_targets("emoji", 8, seed=1)

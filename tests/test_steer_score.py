@@ -21,8 +21,8 @@ from vlmsae.steer.score import (
     steering_scores,
 )
 from vlmsae.toyworld import MODELS_DIR
-from vlmsae.toyworld.data import concept_prompts, pixel_values
-from vlmsae.toyworld.world import ATTRIBUTES, make_world
+from vlmsae.toyworld.batches import pixel_values
+from vlmsae.toyworld.shapes import ATTRIBUTES, concept_prompts, make_world
 
 
 @pytest.fixture(scope="module")

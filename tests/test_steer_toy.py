@@ -12,7 +12,7 @@ import pytest
 
 from vlmsae.steer.compare import SteerEvalConfig
 from vlmsae.steer.toy import ToySteeringConfig, toyworld_steering
-from vlmsae.toyworld.world import SHAPES
+from vlmsae.toyworld.shapes import SHAPES
 
 N_TEST = 48
 

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from vlmsae.toyworld import emoji_data
-from vlmsae.toyworld.emoji_world import (
+from vlmsae.toyworld.emoji import (
     BACKGROUNDS,
     NONE,
     attributes,
     emoji_table,
     leaf_classes,
-    make_world,
     render,
     sample_attributes,
 )
@@ -75,7 +74,7 @@ def test_ground_truth_is_a_pure_function_and_splits_differ():
     assert a == sample_attributes("train", 7, seed=3)
     assert a != sample_attributes("val", 7, seed=3)
     assert np.array_equal(np.asarray(render(a, 3)), np.asarray(render(a, 3)))
-    images, records = make_world("test", 300)
+    images, records = get_world("emoji").make_world("test", 300)
     assert all(im.size == (64, 64) for im in images)
     seconds = [r.second != NONE for r in records]
     assert 0.35 < np.mean(seconds) < 0.65
@@ -94,7 +93,7 @@ def test_captions_and_answers_use_the_names_and_the_tokenizer_knows_every_word()
     from vlmsae.toyworld.tokenizer import make_tokenizer
 
     world = get_world("emoji")
-    _, records = make_world("val", 200)
+    _, records = get_world("emoji").make_world("val", 200)
     tok = make_tokenizer(add_eos=False, world="emoji")
     unk = tok.convert_tokens_to_ids(tok.unk_token)
     for r in records:

@@ -16,7 +16,7 @@ from transformers import (
 
 from vlmsae.data.store import ActivationStore
 from vlmsae.toyworld import MODELS_DIR, clip_path, llava_path
-from vlmsae.toyworld.data import all_captions, make_batch
+from vlmsae.toyworld.batches import make_batch
 from vlmsae.toyworld.embeddings import write_clip_embeddings
 from vlmsae.toyworld.evaluate import BARS, clip_zero_shot, llava_accuracy
 from vlmsae.toyworld.export import export_imagefolder, read_exported
@@ -26,8 +26,8 @@ from vlmsae.toyworld.llava import (
     sequence_loss,
     vision_features,
 )
+from vlmsae.toyworld.shapes import QUESTIONS, all_captions, make_world
 from vlmsae.toyworld.tokenizer import llava_prompt
-from vlmsae.toyworld.world import QUESTIONS, make_world
 
 N_CLIP, N_LLAVA = 300, 100  # fixed held-out sample (test split, seed 0)
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vlmsae.data.store import ActivationStore
-from vlmsae.toyworld import world
+from vlmsae.toyworld import shapes as world
 from vlmsae.toyworld.embeddings import oracle_dims, oracle_embedding, write_oracle_embeddings
 from vlmsae.toyworld.export import class_dir_name, export_imagefolder, read_exported
 

@@ -1,5 +1,5 @@
-"""Constants of the store format shared by its writer and reader (see ``store.py``), and the
-image list file."""
+"""Constants of the store format shared by its writer and reader (see ``store.py``), the
+image list file, and the ``.npy`` header checks of the reader."""
 
 from __future__ import annotations
 

@@ -17,9 +17,12 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmsae.core.errors import UserError
+
+if TYPE_CHECKING:
+    from vlmsae.data.store import ActivationStore
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def store_provenance(store: Any) -> dict[str, Any]:
+def store_provenance(store: ActivationStore) -> dict[str, Any]:
     """The provenance fields of an :class:`~vlmsae.data.store.ActivationStore`.
 
     A store written before fingerprints existed gets one computed from its image list

@@ -49,7 +49,7 @@ from vlmsae.data.integrity import (
     verify_store_file,
     warn_unverified,
 )
-from vlmsae.data.writer import StoreWriter
+from vlmsae.data.writer import ShardWriter, write_rows
 
 __all__ = [
     "CSR_PARTS",
@@ -364,25 +364,29 @@ class ActivationStore:
         (by image index; recorded with their fingerprint). For small arrays and tests;
         long jobs use :class:`StoreWriter` directly.
         """
-        blocks = [data] if hasattr(data, "shape") else list(data)
-        if not blocks:
-            raise ValueError("nothing to write: data is empty")
-        d = int(blocks[0].shape[1])
-        kind = kind or ("codes" if sp.issparse(blocks[0]) else "activations")
-        dtype = dtype or ("float16" if blocks[0].dtype == np.float16 else "float32")
-        writer = StoreWriter(path, d, kind=kind, dtype=dtype, shard_rows=shard_rows, meta=meta)
-        start = 0
-        for block in blocks:
-            for lo in range(0, block.shape[0], shard_rows):
-                piece = block[lo : lo + shard_rows]
-                n = piece.shape[0]
-                img = (
-                    np.arange(start, start + n)
-                    if image_index is None
-                    else image_index[start : start + n]
-                )
-                tok = None if token_index is None else token_index[start : start + n]
-                writer.add(piece, img, tok)
-                start += n
-                writer.mark(int(img[-1]) + 1)
-        return writer.close(images=images)
+        write_rows(
+            path,
+            data,
+            meta,
+            kind=kind,
+            dtype=dtype,
+            shard_rows=shard_rows,
+            image_index=image_index,
+            token_index=token_index,
+            images=images,
+        )
+        return cls(path)
+
+
+class StoreWriter(ShardWriter):
+    """Append rows to a store, one image batch at a time; resumable.
+
+    Call :meth:`add` with the rows of some images, then :meth:`mark` once those images
+    are fully written (a safe resume point); :meth:`close` finalises the store and opens it.
+    The writing is :class:`~vlmsae.data.writer.ShardWriter`'s (arguments there).
+    """
+
+    def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
+        """:meth:`~vlmsae.data.writer.ShardWriter.finish` the store, then open it."""
+        self.finish(images, **meta)
+        return ActivationStore(self.dir)

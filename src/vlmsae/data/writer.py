@@ -1,15 +1,18 @@
-"""Writing an activation store: :class:`StoreWriter` (sharded, atomic, resumable).
+"""Writing an activation store: :class:`ShardWriter` (sharded, atomic, resumable) and
+:func:`write_rows` (a whole array at once).
 
-The format is described in :mod:`vlmsae.data.store`.
+The format is described in :mod:`vlmsae.data.store`. This module knows nothing of the
+reader: :class:`vlmsae.data.store.StoreWriter` is a :class:`ShardWriter` whose ``close()``
+also opens the store it wrote (so the store imports the writer, never the reverse).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,9 +23,6 @@ from vlmsae.data.format import IMAGES_FILE, KINDS, MANIFEST, SCHEMA, StoreError,
 from vlmsae.data.integrity import ROWS_FILE, record_checksums, shard_files
 from vlmsae.data.provenance import image_fingerprint
 
-if TYPE_CHECKING:
-    from vlmsae.data.store import ActivationStore
-
 log = logging.getLogger(__name__)
 
 
@@ -30,11 +30,12 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
 
-class StoreWriter:
+class ShardWriter:
     """Append rows to a store, one image batch at a time; resumable.
 
     Call :meth:`add` with the rows of some images, then :meth:`mark` once those images
-    are fully written (a safe resume point); :meth:`close` finalises the store.
+    are fully written (a safe resume point); :meth:`finish` finalises the store
+    (``StoreWriter.close`` finishes it and opens it).
 
     Args:
         out_dir: store directory (created).
@@ -235,9 +236,10 @@ class StoreWriter:
     def _empty_csr(self) -> sp.csr_matrix:
         return sp.csr_matrix((0, self.d), dtype=np.float32)
 
-    def close(self, images: Sequence[str] | None = None, **meta: Any) -> ActivationStore:
+    def finish(self, images: Sequence[str] | None = None, **meta: Any) -> None:
         """Write the last shard, ``rows.npy``, ``images.jsonl`` and the final manifest (with
-        the fingerprint of ``images``, see :func:`vlmsae.data.provenance.image_fingerprint`)."""
+        the fingerprint of ``images``, see :func:`vlmsae.data.provenance.image_fingerprint`).
+        A finished writer does nothing more."""
         if not self.closed:
             if self._buffered or self._pending_skips:
                 self._flush()
@@ -256,9 +258,6 @@ class StoreWriter:
             for s in self.shards:
                 self._rows_file(s).unlink(missing_ok=True)
             self.closed = True
-        from vlmsae.data.store import ActivationStore  # the reader imports this module
-
-        return ActivationStore(self.dir)
 
     def _rows_file(self, shard: dict[str, Any]) -> Path:
         return self.dir / f"{shard['file'].removesuffix('.npy')}.rows.npy"
@@ -278,6 +277,44 @@ class StoreWriter:
             CHECKSUMS: self.checksums,
         }
         write_json(self.dir / MANIFEST, manifest)
+
+
+def write_rows(
+    path: str | Path,
+    data: np.ndarray | sp.spmatrix | Iterable[np.ndarray],
+    meta: dict[str, Any] | None = None,
+    *,
+    kind: str | None = None,
+    dtype: str | None = None,
+    shard_rows: int = 1 << 16,
+    image_index: np.ndarray | None = None,
+    token_index: np.ndarray | None = None,
+    images: Sequence[str] | None = None,
+) -> None:
+    """Write an array (or CSR matrix, or an iterable of row blocks) as a complete store;
+    the body of ``ActivationStore.write`` (see there)."""
+    blocks = [data] if hasattr(data, "shape") else list(data)
+    if not blocks:
+        raise ValueError("nothing to write: data is empty")
+    d = int(blocks[0].shape[1])
+    kind = kind or ("codes" if sp.issparse(blocks[0]) else "activations")
+    dtype = dtype or ("float16" if blocks[0].dtype == np.float16 else "float32")
+    writer = ShardWriter(path, d, kind=kind, dtype=dtype, shard_rows=shard_rows, meta=meta)
+    start = 0
+    for block in blocks:
+        for lo in range(0, block.shape[0], shard_rows):
+            piece = block[lo : lo + shard_rows]
+            n = piece.shape[0]
+            img = (
+                np.arange(start, start + n)
+                if image_index is None
+                else image_index[start : start + n]
+            )
+            tok = None if token_index is None else token_index[start : start + n]
+            writer.add(piece, img, tok)
+            start += n
+            writer.mark(int(img[-1]) + 1)
+    writer.finish(images=images)
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:

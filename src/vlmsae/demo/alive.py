@@ -28,52 +28,28 @@ def n_concept_values(world_name: str) -> int:
 
     world = get_world(world_name)
     levels = world.taxonomy_levels
-    skip = {*levels[: levels.index(world.object_attribute)], "second"}
-    return sum(len(v) for a, v in world.attributes.items() if a not in skip)
+    skip = set(levels[: levels.index(world.object_attribute)])
+    return sum(len(world.attributes[a]) for a in world.oracle_attributes if a not in skip)
 
 
 def _concept_parts(world_name: str) -> str:
     from vlmsae.toyworld.worlds import get_world
 
-    attrs = get_world(world_name).attributes
-    if world_name == "emoji":
-        return f"{len(attrs['emoji'])} emoji, {len(attrs['background'])} backgrounds"
-    return (
-        f"{len(attrs['shape'])} shapes, {len(attrs['color'])} colours, {len(attrs['size'])} "
-        f"sizes, {len(attrs['background'])} backgrounds"
-    )
+    return get_world(world_name).concept_summary()
 
 
 def describe_world(world_name: str) -> str:
     """One sentence naming the world, its concepts and its taxonomy."""
     from vlmsae.toyworld.worlds import get_world
 
-    attrs = get_world(world_name).attributes
-    if world_name == "emoji":
-        return (
-            f"The emoji world: {len(attrs['emoji'])} emoji from {len(attrs['subgroup'])} "
-            f"Unicode subgroups of {len(attrs['group'])} groups, one or two per image, on "
-            f"{len(attrs['background'])} kinds of background; the taxonomy is Unicode's "
-            "group → subgroup → emoji, at each image's main emoji."
-        )
-    return (
-        f"The shapes world: {_concept_parts(world_name)}; the taxonomy is family → shape → colour."
-    )
+    return get_world(world_name).description()
 
 
 def purity_note(world_name: str) -> str:
     """What the label purity of a neuron's top images is measured against."""
-    if world_name == "emoji":
-        return (
-            "Label purity (the labels checked against the truth) is, over group, subgroup, "
-            "emoji and background, the largest share of a neuron's top images that hold one "
-            "value, where an image holds the group, subgroup and emoji of both its emoji "
-            "(main and second); the hierarchy uses the main emoji only (the image's class)."
-        )
-    return (
-        "Label purity (the labels checked against the truth) is, over family, shape, colour, "
-        "size and background, the largest share of a neuron's top images that share one value."
-    )
+    from vlmsae.toyworld.worlds import get_world
+
+    return get_world(world_name).purity_note()
 
 
 def _config_runs(cfg: DemoConfig, nums: Numbers) -> list[tuple[str, Any]]:

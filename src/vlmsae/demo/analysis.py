@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +26,9 @@ from vlmsae.data.store import ActivationStore
 from vlmsae.demo.config import DemoConfig
 from vlmsae.demo.stages import Embeddings, SAERun, sae_config, test_activations
 from vlmsae.demo.truth import label_purity
+
+if TYPE_CHECKING:
+    from vlmsae.toyworld.worlds import World
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +98,11 @@ class Scores:
     """Untrained SAEs of every configuration (``kind`` init and random)."""
 
 
-def purity_attributes(world) -> tuple[str, ...]:
-    """The attributes label purity checks: every concept of the world but the emoji
-    world's ``second`` (its values are in ``emoji`` already, and ``none`` is no concept)."""
-    return tuple(a for a in world.attributes if a != "second")
+def purity_attributes(world: World) -> tuple[str, ...]:
+    """The attributes label purity checks: the world's concept attributes
+    (``oracle_attributes``: every attribute but the emoji world's ``second``, whose values
+    are in ``emoji`` already, and ``none`` is no concept)."""
+    return world.oracle_attributes
 
 
 def world_labels(world_dir: Path, images: list[str]) -> WorldLabels:

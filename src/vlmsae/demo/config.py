@@ -7,11 +7,6 @@ from dataclasses import dataclass
 
 HOOK_PROJECTION = "proj"
 """Name of the toy CLIP's final image embedding (``post_projection``) among the hooks."""
-WORLD_IMAGES = {"shapes": (8_000, 2_000), "emoji": (16_000, 6_000)}
-"""Default ``(n_train, n_test)`` per world. The emoji world has 341 classes: 6,000 held-out
-images show each emoji about 18 times as the main one (26 times in all), so a neuron of one
-emoji can pass the paper's 16-image rule (2,000 would show it 6 times); 16,000 training
-images show each about 47 times. SAE training time does not depend on them (fixed steps)."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +18,11 @@ class DemoConfig:
     """Where everything is written (``README.md`` and ``index.html`` at the top)."""
     n_train: int | None = None
     """Toy-world training images whose CLS activations train the SAEs (None: the world's
-    default in :data:`WORLD_IMAGES`, 16,000 emoji / 8,000 shapes)."""
+    default, ``World.demo_images``: 16,000 emoji / 8,000 shapes). The emoji world has 341
+    classes: 6,000 held-out images show each emoji about 18 times as the main one (26 times
+    in all), so a neuron of one emoji can pass the paper's 16-image rule (2,000 would show it
+    6 times); 16,000 training images show each about 47 times. SAE training time does not
+    depend on them (fixed steps)."""
     n_test: int | None = None
     """Held-out images: MS, top images, hierarchy and R² are measured on them (None: the
     world's default, 6,000 emoji / 2,000 shapes)."""
@@ -76,11 +75,11 @@ class DemoConfig:
     """Toy-world models to use (a ``vlmsae toyworld build`` output); default the shipped ones."""
 
     def __post_init__(self) -> None:
-        from vlmsae.toyworld.worlds import WORLDS
+        from vlmsae.toyworld.worlds import WORLDS, get_world
 
         if self.world not in WORLDS:
             raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}")
-        n_train, n_test = WORLD_IMAGES[self.world]
+        n_train, n_test = get_world(self.world).demo_images
         if self.n_train is None:  # resolved once, at construction: the config stays frozen
             object.__setattr__(self, "n_train", n_train)
         if self.n_test is None:

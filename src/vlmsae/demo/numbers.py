@@ -94,12 +94,6 @@ class Numbers:
         runs = by_config(self.scores.saes)[config]
         return [self.trained[s.run.name].get(key, float("nan")) for s in runs]
 
-    def baseline_value(self, config: str, key: str) -> float:
-        """The larger of the untrained baselines' values (NaN where none has it)."""
-        vals = [b.get(key, float("nan")) for b in self.baseline.get(config, {}).values()]
-        vals = [v for v in vals if np.isfinite(v)]
-        return max(vals) if vals else float("nan")
-
     def summary(self) -> dict[str, Any]:
         """JSON-ready: per-seed numbers, per-configuration mean/std/n, baselines."""
         return {

@@ -84,23 +84,4 @@ def _method_text(world: str, layer: int, targets: list[str]) -> str:
         "activations with and without the {what}. α is chosen on validation images for "
         "each method; the rates are on test images. "
     )
-    if world == "shapes":
-        return common.format(what="shape") + (
-            "Insertion: the one-word answer names the target shape (concept), the colour "
-            "answer is still right (prompt followed). Suppression: the true shape disappears "
-            "from the answer (concept), the colour answer is still right (prompt followed). "
-            "Examples and α sweeps are in steering/."
-        )
-    n_emoji = len(get_world(world).attributes["emoji"])
-    return common.format(what="target emoji") + (
-        f"The {world} world has {n_emoji} emoji; {len(targets)} targets "
-        f"({', '.join(targets)}) are "
-        "drawn by the seed, one per Unicode group in turn, and each adds its first training "
-        "images to the SAE's so that its neuron and direction have data. Insertion (images "
-        'showing no target): the one-word answer to "What is shown in this image?" '
-        "names the target emoji (concept). Suppression (images whose main emoji is a "
-        "target): that name disappears from the answer (concept). The emoji world has no "
-        'second one-word question, so "prompt followed" asks for the caption ("Describe '
-        f'the image.", up to {CAPTION_TOKENS} tokens) and checks that it still names the '
-        "image's true background. Examples and α sweeps are in steering/."
-    )
+    return get_world(world).steering_method(common, targets, CAPTION_TOKENS)

@@ -62,17 +62,3 @@ class Finding(NamedTuple):
 
 def finding_rows(findings: Sequence[Finding]) -> list[list[Any]]:
     return [[f.claim, "reproduced" if f.holds else "NOT reproduced", f.evidence] for f in findings]
-
-
-def increasing_share(values_by_x: Mapping[Any, Sequence[float]]) -> tuple[int, int]:
-    """How many series grow from their first to their last point: ``(growing, total)``.
-
-    ``values_by_x`` maps a series name to its values ordered by x (e.g. expansion).
-    """
-    growing = total = 0
-    for series in values_by_x.values():
-        finite = [v for v in series if np.isfinite(v)]
-        if len(finite) >= 2:
-            total += 1
-            growing += finite[-1] > finite[0]
-    return growing, total

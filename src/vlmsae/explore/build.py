@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,10 +18,15 @@ from vlmsae.explore.neurons import RawNeurons, compute_neuron_data
 from vlmsae.explore.site import ExploreConfig, SiteResult, read_labels, read_scores, write_site
 from vlmsae.explore.truth import ToyTruth, dominant_concepts, toy_truth
 
+if TYPE_CHECKING:
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.encoders import Encoder
+    from vlmsae.sae import SAE
+
 log = logging.getLogger(__name__)
 
 
-def check_fits(sae: Any, store: Any) -> None:
+def check_fits(sae: SAE, store: ActivationStore) -> None:
     """Refuse a store the SAE was not trained for: another width, model, hook point or
     layer (where both record it; the token selection may differ)."""
     if store.is_sparse and store.d != sae.cfg.d_sae:
@@ -43,7 +48,7 @@ def check_fits(sae: Any, store: Any) -> None:
             )
 
 
-def _load_encoder(model: str | Path | None, store: Any) -> Any:
+def _load_encoder(model: str | Path | None, store: ActivationStore) -> Encoder | None:
     """The encoder for heatmaps: ``model`` if given, else none (recomputing needs the
     weights, which may be remote; the user asks for it with ``--model``)."""
     if model is None:
@@ -60,7 +65,7 @@ def _load_encoder(model: str | Path | None, store: Any) -> Any:
     return Encoder.from_pretrained(model)
 
 
-def _ms_columns(codes_NS: Any, embeddings: Path, store: Any) -> dict[str, np.ndarray]:
+def _ms_columns(codes_NS: Any, embeddings: Path, store: ActivationStore) -> dict[str, np.ndarray]:
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics.ms import monosemanticity
 
@@ -79,7 +84,7 @@ def _ms_columns(codes_NS: Any, embeddings: Path, store: Any) -> dict[str, np.nda
     return {"ms": res.ms, "ms_n_active": res.n_active.astype(float)}
 
 
-def taxonomy_of(store: Any, truth: ToyTruth | None) -> np.ndarray | None:
+def taxonomy_of(store: ActivationStore, truth: ToyTruth | None) -> np.ndarray | None:
     """Taxonomy ids per image (``encode_taxonomy``): the toy world's levels (family → shape
     → colour; group → subgroup → emoji), or the levels of iNaturalist class folders; None
     for flat labels."""

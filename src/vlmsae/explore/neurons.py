@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
 from vlmsae.metrics._source import aggregate_rows, iter_rows
+
+if TYPE_CHECKING:
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.encoders import Encoder
+    from vlmsae.sae import SAE
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +91,7 @@ class RawNeurons:
         return self
 
 
-def encode_rows(sae: Any, store: Any, chunk_rows: int = 8192) -> sp.csr_matrix:
+def encode_rows(sae: SAE, store: ActivationStore, chunk_rows: int = 8192) -> sp.csr_matrix:
     """SAE codes of every row of ``store`` as a CSR matrix ``[R, S]`` (a code store of the
     SAE, ``kind="codes"``, is read as it is)."""
     import torch
@@ -221,7 +226,7 @@ def store_heatmaps(
 
 
 def model_heatmaps(
-    sae: Any, encoder: Any, layer: int, image_paths: list[str], top_SK: np.ndarray
+    sae: SAE, encoder: Encoder, layer: int, image_paths: list[str], top_SK: np.ndarray
 ) -> Heatmaps | None:
     """Heatmaps recomputed with the model for the top images only: the block output at
     ``layer`` for every token, encoded by the SAE."""
@@ -253,13 +258,13 @@ def model_heatmaps(
 
 
 def compute_neuron_data(
-    sae: Any,
-    store: Any,
+    sae: SAE,
+    store: ActivationStore,
     *,
     top_k: int = 16,
     n_bins: int = 20,
     n_neighbours: int = 5,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
     heatmaps: bool = True,
     chunk_rows: int = 8192,
 ) -> tuple[NeuronData, sp.csr_matrix]:

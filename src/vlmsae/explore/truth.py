@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from vlmsae.toyworld.worlds import World, get_world
+
+if TYPE_CHECKING:
+    from vlmsae.data.store import ActivationStore
 
 
 class ToyTruth(NamedTuple):
@@ -49,7 +52,7 @@ def truth_from_records(world: str | World, records: Sequence[Any]) -> ToyTruth:
     return ToyTruth(w, list(records), labels, members)
 
 
-def split_folder(store: Any) -> Path | None:
+def split_folder(store: ActivationStore) -> Path | None:
     """The exported toy-world split folder the store's images come from, or None."""
     from vlmsae.toyworld.export import ATTRIBUTES_CSV
 
@@ -60,7 +63,7 @@ def split_folder(store: Any) -> Path | None:
     return folder if (folder / ATTRIBUTES_CSV).is_file() else None
 
 
-def toy_world(store: Any) -> World | None:
+def toy_world(store: ActivationStore) -> World | None:
     """The toy world of the store's images (its split's ``world.json``), or None."""
     from vlmsae.toyworld.worlds import world_of_split
 
@@ -68,7 +71,7 @@ def toy_world(store: Any) -> World | None:
     return None if folder is None else world_of_split(folder)
 
 
-def toy_truth(store: Any) -> ToyTruth | None:
+def toy_truth(store: ActivationStore) -> ToyTruth | None:
     """The ground truth of every image of ``store``, or None when the store's images are
     not (all) an exported toy-world split."""
     from vlmsae.toyworld.export import read_exported
@@ -83,7 +86,7 @@ def toy_truth(store: Any) -> ToyTruth | None:
     return truth_from_records(toy_world(store), records)
 
 
-def toy_labels(store: Any) -> dict[str, np.ndarray] | None:
+def toy_labels(store: ActivationStore) -> dict[str, np.ndarray] | None:
     """Integer value per attribute for every image of ``store`` (``{attribute: [N]}``), or
     None when the store's images are not an exported toy-world split."""
     truth = toy_truth(store)

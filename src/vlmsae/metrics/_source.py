@@ -9,12 +9,15 @@ row per image when a store holds more than one row per image.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from vlmsae.core import dist
+
+if TYPE_CHECKING:
+    from vlmsae.data.store import ActivationStore
 
 Rows = Any  # np.ndarray | sp.csr_matrix | torch.Tensor | ActivationStore
 
@@ -139,7 +142,7 @@ def iter_images(
         start = stop
 
 
-def image_index_of(store: Any) -> np.ndarray | None:
+def image_index_of(store: ActivationStore) -> np.ndarray | None:
     """Image index per row of a store, or None when every row is its own image."""
     if not hasattr(store, "rows"):
         return None

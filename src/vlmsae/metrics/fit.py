@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from vlmsae.data.provenance import (
 )
 from vlmsae.sae.checkpoint import sae_provenance
 
+if TYPE_CHECKING:
+    from vlmsae.data.store import ActivationStore
+
 SUMMARY = "summary.json"
 log = logging.getLogger(__name__)
 
@@ -36,18 +39,18 @@ def images_block(prov: dict[str, Any]) -> dict[str, Any]:
     return {k: prov.get(k) for k in ("store", *DATA_FIELDS, *IMAGE_FIELDS)}
 
 
-def n_images_of(store: Any, image_R: np.ndarray | None) -> int:
+def n_images_of(store: ActivationStore, image_R: np.ndarray | None) -> int:
     """Images (rows after aggregation per image) of a store."""
     return len(store) if image_R is None else len(np.unique(image_R))
 
 
 def check_score_inputs(
-    acts_store: Any,
-    emb_store: Any,
+    acts_store: ActivationStore,
+    emb_store: ActivationStore,
     image_R: np.ndarray | None,
     *,
     sae_dir: Path | None = None,
-    raw_store: Any = None,
+    raw_store: ActivationStore | None = None,
     allow_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Refuse activations and embeddings of other images (or counts), and an SAE of
@@ -77,14 +80,14 @@ def check_score_inputs(
     return {"images": images_block(acts), "neurons": neurons}
 
 
-def _image_index(store: Any) -> np.ndarray | None:
+def _image_index(store: ActivationStore) -> np.ndarray | None:
     from vlmsae.metrics._source import image_index_of
 
     return image_index_of(store)
 
 
 def check_top_inputs(
-    store: Any, sae_dir: Path | None, *, allow_mismatch: bool = False
+    store: ActivationStore, sae_dir: Path | None, *, allow_mismatch: bool = False
 ) -> dict[str, Any]:
     """Refuse an SAE of another source than ``store``; the provenance the top images
     record (``neurons`` without ``n_neurons``)."""

@@ -1,8 +1,8 @@
 """DiffMean: the steering baseline the paper compares SAE neurons with.
 
 The direction of a concept is the mean activation at the steering hook point over
-images that show it minus the mean over images that do not (labels from a store, or a
-neuron's top images vs random images). Insertion adds ``α · direction`` to every token of
+images that show it minus the mean over images that do not (one direction per label:
+``directions_from_labels``). Insertion adds ``α · direction`` to every token of
 the block output; suppression removes ``α`` times the component of every token along the
 direction (``α = 1`` projects it out; ``α > 1`` pushes past zero).
 
@@ -57,39 +57,6 @@ def directions_from_labels(
         raise ValueError(f"{len(acts)} activation rows but {len(labels)} labels")
     values = np.unique(labels) if values is None else [str(v) for v in values]
     return {str(v): diffmean_direction(acts[labels == v], acts[labels != v]) for v in values}
-
-
-def directions_from_store(store: Any, labels_by_image: Any) -> dict[str, torch.Tensor]:
-    """DiffMean directions from an :class:`~vlmsae.data.store.ActivationStore`.
-
-    ``labels_by_image[i]`` is the label of image ``i`` of the store (``store.rows[:, 0]``
-    maps every row, token rows included, to its image).
-    """
-    labels = np.asarray(labels_by_image)
-    image_R = np.asarray(store.rows[:, 0])
-    if image_R.max(initial=-1) >= len(labels):
-        raise ValueError(f"the store has image {image_R.max()} but only {len(labels)} labels")
-    return directions_from_labels(store.to_numpy(), labels[image_R])
-
-
-def directions_from_top_images(
-    image_acts_ND: Any, neuron_acts_N: Any, *, top_n: int = 16, seed: int = 0
-) -> torch.Tensor:
-    """DiffMean direction for a neuron: its ``top_n`` images vs ``top_n`` random others.
-
-    Args:
-        image_acts_ND: per-image activations at the hook point (e.g. mean over tokens).
-        neuron_acts_N: the neuron's activation per image.
-    """
-    acts = np.asarray(image_acts_ND, dtype=np.float32)
-    neuron = np.asarray(neuron_acts_N, dtype=np.float64)
-    if len(acts) != len(neuron) or len(acts) < 2 * top_n:
-        raise ValueError(f"need >= {2 * top_n} images with one neuron activation each")
-    order = np.argsort(-neuron, kind="stable")
-    top, rest = order[:top_n], order[top_n:]
-    rng = np.random.default_rng(seed)
-    random = rng.choice(rest, size=min(top_n, len(rest)), replace=False)
-    return diffmean_direction(acts[top], acts[random])
 
 
 class DiffMeanHook(BlockEdit):

@@ -34,7 +34,7 @@ from vlmsae.steer.toy_tasks import (
     toy_probes,
     train_set,
 )
-from vlmsae.toyworld.worlds import get_world
+from vlmsae.toyworld.worlds import DEFAULT_WORLD, get_world
 
 __all__ = [
     "ToySteeringConfig",
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 class ToySteeringConfig:
     """The toy-world steering experiment."""
 
-    world: str = "shapes"
+    world: str = DEFAULT_WORLD
     """Toy world: ``shapes`` (every shape is a target) or ``emoji``."""
     n_targets: int = 8
     """Emoji world: target emoji, drawn by ``seed`` one per Unicode group in turn."""
@@ -95,7 +95,7 @@ class ToySteeringConfig:
             )
         world = get_world(self.world)  # an unknown world is refused here
         n_values = len(world.attributes[world.object_attribute])
-        if world.name != "shapes" and not 2 <= self.n_targets <= n_values:
+        if not world.steer_every_object and not 2 <= self.n_targets <= n_values:
             raise ValueError(
                 f"n_targets must be in [2, {n_values}] (insertion needs another target), "
                 f"got {self.n_targets}"

@@ -1,6 +1,10 @@
 """What steering asks of each toy world: target concepts, probe questions, candidate
 answers, and the labelled images behind neuron choice, DiffMean and the test items.
 
+Each world says it (:class:`~vlmsae.toyworld.base.World`): its object question and
+attribute, ``steer_every_object`` (every object value a target, or a seeded draw of them
+with images added per target) and ``kept_concept`` (what steering must leave alone):
+
 - ``shapes``: the targets are the 8 shapes. The one-word answer to "What is shown in this
   image?" must (not) be the target shape, and "What color is the object?" must still be
   answered with the object's true colour (prompt followed / unrelated concept kept).
@@ -35,38 +39,43 @@ MAX_SCAN = 1_000_000
 """Images of a split looked at, at most, to find the images a target needs."""
 
 
-def toy_probes(world: str | World = "shapes") -> list[Probe]:
+def toy_probes(world: str | World | None = None) -> list[Probe]:
     """The target question and the "prompt still followed" question of ``world``."""
     w = get_world(world)
-    if w.name == "shapes":
-        from vlmsae.toyworld.world import QUESTION_COLOR, QUESTION_SHAPE
-
-        return [Probe(QUESTION_SHAPE, "shape", one_word=True), Probe(QUESTION_COLOR, "color", True)]
+    kept = w.kept_concept
     return [
         Probe(w.object_question, w.object_attribute, one_word=True),
-        Probe(w.caption_question, "background", max_new_tokens=CAPTION_TOKENS),
+        Probe(kept.question, kept.attribute, one_word=True)
+        if kept.one_word
+        else Probe(kept.question, kept.attribute, max_new_tokens=CAPTION_TOKENS),
     ]
 
 
-def toy_candidates(world: str | World = "shapes") -> dict[str, tuple[str, ...]]:
+def toy_candidates(world: str | World | None = None) -> dict[str, tuple[str, ...]]:
     """The values a judge may read in each probe's answer. Emoji backgrounds are read as
     ``"dotted background"``: the CLDR name "dotted line face" holds a background word."""
     w = get_world(world)
-    attrs = w.attributes
-    if w.name == "shapes":
-        return {"shape": attrs["shape"], "color": attrs["color"]}
+    attrs, kept = w.attributes, w.kept_concept
     return {
         w.object_attribute: attrs[w.object_attribute],
-        "background": tuple(f"{b} background" for b in attrs["background"]),
+        kept.attribute: tuple(f"{v}{kept.suffix}" for v in attrs[kept.attribute]),
     }
 
 
 def facts_of(world: str | World, record: Any) -> dict[str, str]:
     """The true value of every probed attribute of one image (as the judge names it)."""
     w = get_world(world)
-    if w.name == "shapes":
-        return {"shape": record.shape, "color": record.color}
-    return {w.object_attribute: record.emoji, "background": f"{record.background} background"}
+    kept = w.kept_concept
+    return {
+        w.object_attribute: getattr(record, w.object_attribute),
+        kept.attribute: f"{getattr(record, kept.attribute)}{kept.suffix}",
+    }
+
+
+def _objects(world: World, record: Any) -> tuple[str, ...]:
+    """The object values an image shows (the main one, ``record.<object_attribute>``,
+    first)."""
+    return world.concepts(record)[world.object_attribute]
 
 
 def steering_targets(world: str | World, n_targets: int, seed: int = 0) -> tuple[str, ...]:
@@ -74,7 +83,7 @@ def steering_targets(world: str | World, n_targets: int, seed: int = 0) -> tuple
     Unicode group in turn (each group's emoji in a seeded random order), in class order."""
     w = get_world(world)
     values = w.attributes[w.object_attribute]
-    if w.name == "shapes":
+    if w.steer_every_object:
         return tuple(values)
     if not 1 <= n_targets <= len(values):
         raise ValueError(f"n_targets must be in [1, {len(values)}], got {n_targets}")
@@ -111,21 +120,23 @@ def toy_items(
     n: int,
     kind: str,
     seed: int = 0,
-    world: str | World = "shapes",
+    world: str | World | None = None,
     targets: Sequence[str] | None = None,
 ) -> list[Item]:
     """``n`` items of ``split``: suppression targets the concept shown, insertion a random
     other target (see the module docstring for the emoji world)."""
     w = get_world(world)
     targets = tuple(targets or steering_targets(w, 8, seed))
-    if w.name == "shapes":
+    if w.steer_every_object:
         images, records = w.make_world(split, n, seed=seed)
     else:
         chosen = set(targets)
-        if kind == "suppress":
-            records = find_records(w, split, n, lambda r: r.emoji in chosen, seed)
-        else:
-            records = find_records(w, split, n, lambda r: not chosen & set(r.present), seed)
+        if kind == "suppress":  # the main object is a target
+            records = find_records(
+                w, split, n, lambda r: getattr(r, w.object_attribute) in chosen, seed
+            )
+        else:  # no target anywhere in the image
+            records = find_records(w, split, n, lambda r: not chosen & set(_objects(w, r)), seed)
         images = [w.render(r, seed) for r in records]
     facts = [facts_of(w, r) for r in records]
     return make_items(images, facts, w.object_attribute, targets, kind, seed)
@@ -139,10 +150,12 @@ def train_set(
     images of each target (as the main emoji), in index order."""
     w = get_world(world)
     records = list(w.iter_world("train", n_train, seed))
-    if w.name != "shapes":
+    if not w.steer_every_object:
         have = {r.index for r in records}
         for t in targets:
-            extra = find_records(w, "train", n_per_target, lambda r, t=t: r.emoji == t, seed)
+            extra = find_records(
+                w, "train", n_per_target, lambda r, t=t: getattr(r, w.object_attribute) == t, seed
+            )
             records += [r for r in extra if r.index not in have]
             have.update(r.index for r in extra)
         records.sort(key=lambda r: r.index)

@@ -11,29 +11,32 @@ with the package::
     images, records = toyworld.make_world("test", n=16)
     toyworld.export_imagefolder("data/toy", split="test", n=1000)
 
+Two worlds, one class each: ``shapes`` (:mod:`.shapes`, the default) and ``emoji``
+(:mod:`.emoji`), both :class:`~vlmsae.toyworld.base.World`; ``get_world(name)``
+(:mod:`.worlds`, the registry) gives one. The module-level names above (``make_world``,
+``ATTRIBUTES``, ...) are the shapes world's. :mod:`.batches` turns records into training
+tensors; :mod:`.clip`, :mod:`.llava` and :mod:`.build` train the models.
+
 Heavy imports (torch, transformers) happen only inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Any
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-"""Folder of the shipped models: the shapes world's ``clip/`` and ``llava/``, and the emoji
-world's ``emoji/clip/`` and ``emoji/llava/``."""
+from vlmsae.toyworld.base import MODELS_DIR
 
 _EXPORTS = {
-    "make_world": "vlmsae.toyworld.world",
-    "iter_world": "vlmsae.toyworld.world",
-    "render": "vlmsae.toyworld.world",
-    "caption": "vlmsae.toyworld.world",
-    "leaf_classes": "vlmsae.toyworld.world",
-    "ToyImage": "vlmsae.toyworld.world",
-    "ATTRIBUTES": "vlmsae.toyworld.world",
-    "SHAPE_FAMILIES": "vlmsae.toyworld.world",
-    "QUESTIONS": "vlmsae.toyworld.world",
+    "make_world": "vlmsae.toyworld.shapes",
+    "iter_world": "vlmsae.toyworld.shapes",
+    "render": "vlmsae.toyworld.shapes",
+    "caption": "vlmsae.toyworld.shapes",
+    "leaf_classes": "vlmsae.toyworld.shapes",
+    "ToyImage": "vlmsae.toyworld.shapes",
+    "ATTRIBUTES": "vlmsae.toyworld.shapes",
+    "SHAPE_FAMILIES": "vlmsae.toyworld.shapes",
+    "QUESTIONS": "vlmsae.toyworld.shapes",
     "export_imagefolder": "vlmsae.toyworld.export",
     "read_exported": "vlmsae.toyworld.export",
     "oracle_embedding": "vlmsae.toyworld.embeddings",
@@ -42,35 +45,14 @@ _EXPORTS = {
     "build_toyworld": "vlmsae.toyworld.build",
     "BuildConfig": "vlmsae.toyworld.build",
     "evaluate_toyworld": "vlmsae.toyworld.evaluate",
+    "World": "vlmsae.toyworld.worlds",
     "get_world": "vlmsae.toyworld.worlds",
     "WORLDS": "vlmsae.toyworld.worlds",
+    "clip_path": "vlmsae.toyworld.worlds",
+    "llava_path": "vlmsae.toyworld.worlds",
 }
 
-__all__ = ["MODELS_DIR", "clip_path", "llava_path", *_EXPORTS]
-
-
-def _model_path(name: str, models_dir: str | Path | None, world: str) -> Path:
-    from vlmsae.toyworld.worlds import get_world
-
-    base = Path(models_dir) if models_dir is not None else get_world(world).models_dir
-    path = base / name
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no toy {name} model in {path}; rebuild it with "
-            f"`vlmsae toyworld build --world {world}`"
-        )
-    return path
-
-
-def clip_path(models_dir: str | Path | None = None, world: str = "shapes") -> Path:
-    """Folder of the toy ``CLIPModel`` (+ ``CLIPProcessor``) of ``world`` (``shapes`` or
-    ``emoji``); loads with ``from_pretrained``."""
-    return _model_path("clip", models_dir, world)
-
-
-def llava_path(models_dir: str | Path | None = None, world: str = "shapes") -> Path:
-    """Folder of the toy ``LlavaForConditionalGeneration`` (+ ``LlavaProcessor``)."""
-    return _model_path("llava", models_dir, world)
+__all__ = ["MODELS_DIR", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

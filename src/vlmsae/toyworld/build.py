@@ -16,9 +16,10 @@ from typing import Any
 
 from vlmsae import __version__
 from vlmsae.core.io import write_json
+from vlmsae.toyworld.batches import make_batch
 from vlmsae.toyworld.clip import ClipTrainConfig, make_clip_processor, train_clip
-from vlmsae.toyworld.data import make_batch
 from vlmsae.toyworld.llava import LlavaTrainConfig, make_llava_processor, train_llava
+from vlmsae.toyworld.worlds import DEFAULT_WORLD, WORLDS, get_world
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +30,23 @@ class BuildConfig:
 
     seed: int = 0
     """World seed (images) and model seed (weights, batch order)."""
-    n_train: int = 30_000
+    n_train: int = get_world().build_n_train
     """Training images, rendered once and shared by both models."""
-    clip: ClipTrainConfig = field(
-        default_factory=lambda: ClipTrainConfig(steps=5000, batch_size=64, lr=1e-3)
-    )
+    clip: ClipTrainConfig = field(default_factory=lambda: ClipTrainConfig(**get_world().build_clip))
     """The toy CLIP's size and first schedule (its ``seed`` is replaced by ``seed``)."""
     clip_more: tuple[tuple[int, float], ...] = ()
     """Further CLIP phases, each ``(steps, peak lr)``: training continues from the previous
     phase's weights with a fresh optimizer, warmup and cosine decay, and batches drawn with
     seed ``seed + phase``. None by default."""
     llava: LlavaTrainConfig = field(
-        default_factory=lambda: LlavaTrainConfig(
-            lm_layers=2, text_steps=200, align_steps=300, tune_steps=1500, batch_size=64
-        )
+        default_factory=lambda: LlavaTrainConfig(**get_world().build_llava)
     )
     """The toy LLaVA's size and schedule (its ``seed`` is replaced by ``seed``)."""
     threads: int = 1
     """torch CPU threads; part of the recipe, since reductions depend on it."""
-    world: str = "shapes"
-    """The toy world (``shapes`` or ``emoji``)."""
+    world: str = DEFAULT_WORLD
+    """The toy world (one of ``WORLDS``: ``shapes`` or ``emoji``). The defaults above are
+    the default world's recipe; :func:`default_config` gives any world's."""
 
     def __post_init__(self) -> None:
         if self.n_train < 64:
@@ -59,50 +57,16 @@ class BuildConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
-def default_config(world: str = "shapes", seed: int = 0) -> BuildConfig:
-    """The recipe of the shipped models of ``world``."""
-    if world == "shapes":
-        return BuildConfig(seed=seed)
+def default_config(world: str | None = None, seed: int = 0) -> BuildConfig:
+    """The recipe of the shipped models of ``world`` (default: the default world)."""
+    w = get_world(world)
     return BuildConfig(
         seed=seed,
-        world=world,
-        n_train=EMOJI_N_TRAIN,
-        clip=EMOJI_CLIP,
-        llava=EMOJI_LLAVA,
+        world=w.name,
+        n_train=w.build_n_train,
+        clip=ClipTrainConfig(**w.build_clip),
+        llava=LlavaTrainConfig(**w.build_llava),
     )
-
-
-EMOJI_N_TRAIN = 40_000
-EMOJI_CLIP = ClipTrainConfig(steps=8000, batch_size=64, lr=1e-3)
-EMOJI_LLAVA = LlavaTrainConfig(
-    lm_layers=2, text_steps=300, align_steps=300, tune_steps=3000, batch_size=64
-)
-
-
-def _check_glyphs(out: Path) -> dict[str, Any]:
-    """Re-render the emoji data from the font when it is installed and compare it with
-    the shipped files; a different rendering is written to ``out/emoji-data``."""
-    from vlmsae.toyworld import emoji_data
-
-    sources = emoji_data.find_sources()
-    if sources is None:
-        return {"glyphs": "shipped atlas (Noto Color Emoji / emoji-test.txt not installed)"}
-    table, sprites = emoji_data.select_emoji(*sources)
-    import numpy as np
-
-    shipped_table, shipped_sprites = emoji_data.load_emoji()
-    same = tuple(table) == shipped_table and np.array_equal(
-        np.stack([np.asarray(s) for s in sprites]), shipped_sprites
-    )
-    if same:
-        return {"glyphs": "re-rendered from the font: identical to the shipped atlas"}
-    emoji_data.write_emoji_data(table, sprites, out / "emoji-data")
-    log.warning(
-        "the installed font renders other glyphs than the shipped atlas; wrote them to %s "
-        "(the build uses the shipped atlas)",
-        out / "emoji-data",
-    )
-    return {"glyphs": f"re-rendered glyphs differ from the shipped atlas: {out / 'emoji-data'}"}
 
 
 def _save(model: Any, processor: Any, out_dir: Path) -> None:
@@ -120,11 +84,10 @@ STAGES = ("clip", "llava")
 
 def _check_overwrite(out: Path, stages: tuple[str, ...], overwrite: bool) -> None:
     from vlmsae.core.errors import UserError
-    from vlmsae.toyworld import MODELS_DIR
 
     there = [s for s in stages if (out / s).exists()]
     if there and not overwrite:
-        shipped = out.resolve() in (MODELS_DIR.resolve(), (MODELS_DIR / "emoji").resolve())
+        shipped = out.resolve() in {get_world(w).models_dir.resolve() for w in WORLDS}
         what = "the shipped toy models" if shipped else "models"
         raise UserError(
             f"{out} already holds {what} ({', '.join(there)}); pass --overwrite "
@@ -158,9 +121,7 @@ def build_toyworld(
         raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {stages}")
     import torch
 
-    from vlmsae.toyworld.worlds import get_world
-
-    cfg = config or default_config("shapes", seed)
+    cfg = config or default_config(None, seed)
     world = get_world(cfg.world)
     out = Path(out_dir) if out_dir is not None else world.models_dir
     _check_overwrite(out, stages, overwrite)
@@ -168,11 +129,11 @@ def build_toyworld(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     timings: dict[str, float] = {}
-    glyphs = _check_glyphs(out) if world.name == "emoji" else {}
+    notes = world.build_notes(out)
     try:
         t0 = time.perf_counter()
         records = list(world.iter_world("train", cfg.n_train, cfg.seed))
-        data = make_batch(records, cfg.seed, world=world.name)
+        data = make_batch(records, cfg.seed, world=world)
         timings["render_s"] = time.perf_counter() - t0
         clip_cfg = ClipTrainConfig(**{**asdict(cfg.clip), "seed": cfg.seed})
         if "clip" in stages:
@@ -182,7 +143,7 @@ def build_toyworld(
                 more = replace(clip_cfg, steps=steps, lr=lr, seed=cfg.seed + phase)
                 clip = train_clip(data, more, model=clip)
             timings["clip_s"] = time.perf_counter() - t0
-            _save(clip, make_clip_processor(world.name), out / "clip")
+            _save(clip, make_clip_processor(world), out / "clip")
         if "llava" in stages:
             from transformers import CLIPModel
 
@@ -191,7 +152,7 @@ def build_toyworld(
             llava_cfg = LlavaTrainConfig(**{**asdict(cfg.llava), "seed": cfg.seed})
             llava = train_llava(data, clip, llava_cfg)
             timings["llava_s"] = time.perf_counter() - t0
-            _save(llava, make_llava_processor(clip_cfg.patch_size, world.name), out / "llava")
+            _save(llava, make_llava_processor(clip_cfg.patch_size, world), out / "llava")
     finally:
         torch.set_num_threads(threads)
     record = {
@@ -200,7 +161,7 @@ def build_toyworld(
         "config": asdict(cfg),
         "stages": list(stages),
         "timings": timings,
-        **glyphs,
+        **notes,
     }
     write_json(out / f"build-{'-'.join(stages)}.json", record)
     log.info("built the toy models in %s (%s)", out, timings)

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.toyworld.data import MODEL_IMAGE_SIZE, WorldBatch, make_image_processor
+from vlmsae.toyworld.batches import MODEL_IMAGE_SIZE, WorldBatch, make_image_processor
 from vlmsae.toyworld.tokenizer import EOS, PAD, make_tokenizer
-from vlmsae.toyworld.world import ATTRIBUTES, SIZES
+from vlmsae.toyworld.worlds import World, get_world
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class ClipTrainConfig:
     """Image-caption pairs per step."""
     group_size: int = 0
     """Hard negatives: a batch is made of groups of this many images that share colour
-    and size, so that only shape and background tell their captions apart (0 = plain
+    and size, so that only shape and background tell their captions apart (shapes world
+    only; 0 = plain
     random batches; the concept captions already give shape and background a direct
     signal, and grouping did not speed training up in our runs)."""
     lr: float = 2e-3
@@ -62,8 +63,8 @@ class ClipTrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
 
 
-def make_clip(cfg: ClipTrainConfig, world: str = "shapes") -> Any:
-    """A randomly initialised tiny ``CLIPModel`` for ``world``."""
+def make_clip(cfg: ClipTrainConfig, world: str | World | None = None) -> Any:
+    """A randomly initialised tiny ``CLIPModel`` for ``world`` (default: the default world)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -76,7 +77,7 @@ def make_clip(cfg: ClipTrainConfig, world: str = "shapes") -> Any:
             intermediate_size=2 * cfg.width,
             num_hidden_layers=cfg.text_layers,
             num_attention_heads=heads,
-            max_position_embeddings=16 if world == "shapes" else 32,
+            max_position_embeddings=get_world(world).text_positions,
             pad_token_id=tok.convert_tokens_to_ids(PAD),
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.convert_tokens_to_ids(EOS),
@@ -97,7 +98,7 @@ def make_clip(cfg: ClipTrainConfig, world: str = "shapes") -> Any:
     return CLIPModel(config)
 
 
-def make_clip_processor(world: str = "shapes") -> Any:
+def make_clip_processor(world: str | World | None = None) -> Any:
     """The ``CLIPProcessor`` of the toy CLIP (PIL image processor; no torchvision)."""
     from transformers import CLIPProcessor
 
@@ -107,7 +108,7 @@ def make_clip_processor(world: str = "shapes") -> Any:
     )
 
 
-def caption_tokens(captions: list[str], world: str = "shapes") -> tuple[Any, Any]:
+def caption_tokens(captions: list[str], world: str | World | None = None) -> tuple[Any, Any]:
     """``(input_ids, attention_mask)`` of captions for the toy CLIP text tower."""
     tok = make_tokenizer(add_eos=True, world=world)
     enc = tok(captions, padding=True, return_tensors="pt")
@@ -120,13 +121,11 @@ def _concept_targets(data: WorldBatch) -> list[tuple[str, int, Any]]:
     show several objects, probabilities spread over the values present ``[N, V]``."""
     import torch
 
-    from vlmsae.toyworld.worlds import get_world
-
     world = get_world(data.world)
     prompts, attrs = world.concept_prompts(), list(world.attributes)
     out = []
     for name, ps in prompts.items():
-        if data.world == "shapes":
+        if not world.several_objects:
             out.append((name, len(ps), torch.from_numpy(data.labels_NA[:, attrs.index(name)])))
             continue
         values = {v: i for i, v in enumerate(world.attributes[name])}
@@ -166,8 +165,11 @@ def _batch_sampler(data: WorldBatch, cfg: ClipTrainConfig):
     n = len(data.caption_ids_N)
     if not cfg.group_size:
         return lambda: torch.randint(n, (cfg.batch_size,), generator=gen)
-    color_col, size_col = list(ATTRIBUTES).index("color"), list(ATTRIBUTES).index("size")
-    key_N = data.labels_NA[:, color_col] * len(SIZES) + data.labels_NA[:, size_col]
+    attrs = get_world(data.world).attributes
+    if not {"color", "size"} <= set(attrs):
+        raise ValueError(f"group_size needs a world with colours and sizes, not {data.world!r}")
+    color_col, size_col = list(attrs).index("color"), list(attrs).index("size")
+    key_N = data.labels_NA[:, color_col] * len(attrs["size"]) + data.labels_NA[:, size_col]
     pools = [torch.from_numpy(np.flatnonzero(key_N == k)) for k in np.unique(key_N)]
 
     def sample():
@@ -195,14 +197,15 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
     import torch.nn.functional as F
 
     from vlmsae.core.progress import tqdm
-    from vlmsae.toyworld.worlds import get_world
 
-    model = make_clip(cfg, data.world) if model is None else model
+    world = get_world(data.world)
+    model = make_clip(cfg, world) if model is None else model
     model.train()
-    captions, prompts = data.captions, get_world(data.world).concept_prompts()
+    captions, prompts = data.captions, world.concept_prompts()
     prompt_texts = [p for ps in prompts.values() for p in ps]
-    if data.world == "shapes":  # one table: captions, then prompts
-        ids_TL, mask_TL = caption_tokens(captions + prompt_texts)
+    one_table = world.all_captions() is not None
+    if one_table:  # few captions (every one listed): one table, captions then prompts
+        ids_TL, mask_TL = caption_tokens(captions + prompt_texts, world)
         prompt_ids = torch.arange(len(captions), len(ids_TL))
     else:  # many long captions: prompts get their own, shorter, padding
         ids_TL, mask_TL = caption_tokens(captions, data.world)
@@ -225,7 +228,7 @@ def train_clip(data: WorldBatch, cfg: ClipTrainConfig, model: Any = None) -> Any
         img_BE = F.normalize(
             _features(model.get_image_features(pixel_values=data.pixel_values_NCHW[idx]))
         )
-        if data.world == "shapes":
+        if one_table:
             texts = torch.cat([uniq, prompt_ids])
             txt_TE = _text_features(model, ids_TL[texts], mask_TL[texts])
         else:

@@ -23,7 +23,7 @@ import numpy as np
 
 from vlmsae.data.store import ActivationStore, StoreWriter
 from vlmsae.toyworld.export import ExportedImage, read_exported
-from vlmsae.toyworld.worlds import World, get_world, world_of_split
+from vlmsae.toyworld.worlds import World, clip_path, get_world, world_of_split
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,13 @@ ORACLE_MODEL = "vlmsae/toyworld-oracle"
 """``model`` field of an oracle embedding store's manifest."""
 
 
-def oracle_dims(world: str | World = "shapes") -> list[str]:
+def oracle_dims(world: str | World | None = None) -> list[str]:
     """Names of the oracle embedding's coordinates, ``attribute=value``."""
     w = get_world(world)
     return [f"{name}={v}" for name in w.oracle_attributes for v in w.attributes[name]]
 
 
-def oracle_embedding(records: Sequence, world: str | World = "shapes") -> np.ndarray:
+def oracle_embedding(records: Sequence, world: str | World | None = None) -> np.ndarray:
     """Unit-norm ground-truth embeddings ``[N, E]`` (E = every concept value).
 
     One block per attribute (shapes: family, shape, colour, size, background; emoji:
@@ -118,7 +118,6 @@ def write_clip_embeddings(
     so they are stored as the model returns them.
     """
     from vlmsae.encoders.cache import embed_images
-    from vlmsae.toyworld import clip_path
 
     model = Path(model_path) if model_path is not None else clip_path()
     embed_images(model, folder, out_dir, batch_size=batch_size, workers=0, progress=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 EMOJI_DIR = Path(__file__).resolve().parent / "emoji"
 """Folder of the shipped emoji data (``emoji.tsv``, ``atlas.png``, ``NOTICE``)."""
@@ -264,3 +267,26 @@ def load_emoji(data_dir: str | None = None) -> tuple[tuple[Emoji, ...], np.ndarr
         ]
     )
     return table, sprites
+
+
+def check_glyphs(out_dir: Path) -> dict[str, str]:
+    """Re-render the emoji data from the font when it is installed and compare it with
+    the shipped files; a different rendering is written to ``out_dir/emoji-data``. Returns
+    the note a build records."""
+    sources = find_sources()
+    if sources is None:
+        return {"glyphs": "shipped atlas (Noto Color Emoji / emoji-test.txt not installed)"}
+    table, sprites = select_emoji(*sources)
+    shipped_table, shipped_sprites = load_emoji()
+    same = tuple(table) == shipped_table and np.array_equal(
+        np.stack([np.asarray(s) for s in sprites]), shipped_sprites
+    )
+    if same:
+        return {"glyphs": "re-rendered from the font: identical to the shipped atlas"}
+    write_emoji_data(table, sprites, out_dir / "emoji-data")
+    log.warning(
+        "the installed font renders other glyphs than the shipped atlas; wrote them to %s "
+        "(the build uses the shipped atlas)",
+        out_dir / "emoji-data",
+    )
+    return {"glyphs": f"re-rendered glyphs differ from the shipped atlas: {out_dir / 'emoji-data'}"}

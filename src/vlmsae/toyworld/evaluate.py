@@ -27,34 +27,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlmsae.toyworld.data import all_captions, caption_index, concept_prompts
+from vlmsae.toyworld.emoji import BARS as EMOJI_BARS
+from vlmsae.toyworld.shapes import BARS
 from vlmsae.toyworld.tokenizer import llava_prompt
-from vlmsae.toyworld.world import (
-    ATTRIBUTES,
-    QUESTION_CAPTION,
-    QUESTION_COLOR,
-    QUESTION_SHAPE,
-    ToyImage,
-)
+from vlmsae.toyworld.worlds import World, get_world
+
+__all__ = ["BARS", "EMOJI_BARS", "clip_zero_shot", "evaluate_toyworld", "llava_accuracy"]
 
 log = logging.getLogger(__name__)
-
-BARS: dict[str, float] = {
-    "clip_shape": 0.95,
-    "clip_color": 0.95,
-    "clip_background": 0.90,
-    "llava_shape": 0.90,
-    "llava_color": 0.90,
-    "llava_caption": 0.80,
-}
-"""Accuracy each metric must reach on held-out images (shapes world)."""
-EMOJI_BARS: dict[str, float] = {
-    "clip_emoji": 0.70,
-    "clip_subgroup": 0.85,
-    "clip_group": 0.90,
-    "llava_emoji": 0.70,
-}
-"""Accuracy each metric must reach on held-out images (emoji world)."""
 
 
 def _unit(out: Any) -> np.ndarray:
@@ -66,50 +46,31 @@ def _unit(out: Any) -> np.ndarray:
 
 
 def clip_zero_shot(
-    model: Any, processor: Any, images: list[Image.Image], records: list[ToyImage]
+    model: Any,
+    processor: Any,
+    images: list[Image.Image],
+    records: list,
+    world: str | World | None = None,
 ) -> dict[str, float]:
-    """Zero-shot accuracy per attribute, and exact caption retrieval, of a CLIP model."""
+    """Zero-shot accuracy of a CLIP model per attribute of ``world.clip_eval_attributes``
+    (a prediction counts when the image holds the value it names), and exact caption
+    retrieval where the world lists every caption. In a world whose images show several
+    objects, also the accuracy on one-object images (``clip_NAME_single``) and the upper
+    taxonomy levels read off the predicted object (``clip_LEVEL_from_OBJECT``)."""
     import torch
 
-    captions, prompts = all_captions(), concept_prompts()
+    w = get_world(world)
+    prompts, captions = w.concept_prompts(), w.all_captions()
 
     def embed_texts(texts: list[str]) -> np.ndarray:
         enc = processor(text=texts, return_tensors="pt", padding=True)
         return _unit(model.get_text_features(**enc))
 
-    with torch.no_grad():
-        txt_CE = embed_texts(captions)
-        img = []
-        for lo in range(0, len(images), 256):
-            pix = processor(images=images[lo : lo + 256], return_tensors="pt")["pixel_values"]
-            img.append(_unit(model.get_image_features(pixel_values=pix)))
-        img_NE = np.concatenate(img)
-        out = {}
-        for name in ("shape", "color", "size", "background"):
-            pred = (img_NE @ embed_texts(prompts[name]).T).argmax(1)
-            truth = np.array([ATTRIBUTES[name].index(getattr(r, name)) for r in records])
-            out[f"clip_{name}"] = float((pred == truth).mean())
-    retrieved = (img_NE @ txt_CE.T).argmax(1)
-    out["clip_caption"] = float((retrieved == [caption_index(r) for r in records]).mean())
-    return out
-
-
-def clip_zero_shot_emoji(
-    model: Any, processor: Any, images: list[Image.Image], records: list
-) -> dict[str, float]:
-    """Zero-shot accuracy of a CLIP over the emoji world's concepts (see the module doc)."""
-    import torch
-
-    from vlmsae.toyworld.emoji_world import emoji_table
-    from vlmsae.toyworld.worlds import get_world
-
-    world = get_world("emoji")
-    prompts = world.concept_prompts()
-
     def pixels(lo: int) -> Any:
         return processor(images=images[lo : lo + 256], return_tensors="pt")["pixel_values"]
 
     with torch.no_grad():
+        txt_CE = embed_texts(captions) if captions is not None else None
         img_NE = np.concatenate(
             [
                 _unit(model.get_image_features(pixel_values=pixels(lo)))
@@ -117,26 +78,32 @@ def clip_zero_shot_emoji(
             ]
         )
         predicted = {}
-        for name in ("emoji", "subgroup", "group", "background"):
-            enc = processor(text=prompts[name], return_tensors="pt", padding=True)
-            pred = (img_NE @ _unit(model.get_text_features(**enc)).T).argmax(1)
-            predicted[name] = [world.attributes[name][p] for p in pred]
+        for name in w.clip_eval_attributes:
+            pred = (img_NE @ embed_texts(prompts[name]).T).argmax(1)
+            predicted[name] = [w.attributes[name][p] for p in pred]
+    concepts = [w.concepts(r) for r in records]
+    obj = w.object_attribute
+    single = np.array([len(c[obj]) == 1 for c in concepts])
     out = {}
-    single = np.array([r.second == "none" for r in records])
     for name, values in predicted.items():
-        hit = np.array([v in world.concepts(r)[name] for v, r in zip(values, records, strict=True)])
+        hit = np.array([v in c[name] for v, c in zip(values, concepts, strict=True)])
         out[f"clip_{name}"] = float(hit.mean())
-        if name != "background":  # diagnostics: one-emoji images only
+        if w.several_objects and name in w.taxonomy_levels:  # one-object images only
             out[f"clip_{name}_single"] = float(hit[single].mean())
-    # diagnostics: subgroup and group read off the predicted emoji (the taxonomy as a
-    # hierarchical classifier) rather than from their own prompts
-    by_word = {e.word: e for e in emoji_table()}
-    for level in ("subgroup", "group"):
-        hit = [
-            getattr(by_word[v], level) in world.concepts(r)[level]
-            for v, r in zip(predicted["emoji"], records, strict=True)
-        ]
-        out[f"clip_{level}_from_emoji"] = float(np.mean(hit))
+    if txt_CE is not None:
+        retrieved = (img_NE @ txt_CE.T).argmax(1)
+        truth = [captions.index(r.caption) for r in records]
+        out["clip_caption"] = float((retrieved == truth).mean())
+    if w.several_objects and obj in predicted:
+        # the upper taxonomy levels read off the predicted object (the taxonomy as a
+        # hierarchical classifier) rather than from their own prompts
+        levels = w.taxonomy_levels
+        upper = {leaf[-1]: leaf for leaf in w.leaf_classes()}
+        for i in reversed(range(levels.index(obj))):
+            hit = [
+                upper[v][i] in c[levels[i]] for v, c in zip(predicted[obj], concepts, strict=True)
+            ]
+            out[f"clip_{levels[i]}_from_{obj}"] = float(np.mean(hit))
     return out
 
 
@@ -159,17 +126,20 @@ def llava_answers(
 
 
 def llava_accuracy(
-    model: Any, processor: Any, images: list[Image.Image], records: list[ToyImage]
+    model: Any,
+    processor: Any,
+    images: list[Image.Image],
+    records: list,
+    world: str | World | None = None,
 ) -> dict[str, float]:
-    """One-word shape and colour answers and exact captions of a LLaVA model."""
+    """Exact answers of a LLaVA model to each question of ``world.llava_eval`` (shapes:
+    one-word shape and colour, and the caption)."""
+    w = get_world(world)
     out = {}
-    for key, question, truth in (
-        ("llava_shape", QUESTION_SHAPE, [r.shape for r in records]),
-        ("llava_color", QUESTION_COLOR, [r.color for r in records]),
-        ("llava_caption", QUESTION_CAPTION, [r.caption for r in records]),
-    ):
+    for key, question in w.llava_eval.items():
+        truth = [dict(r.qa_pairs())[question] for r in records]
         answers = llava_answers(model, processor, images, question)
-        out[key] = float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
+        out[f"llava_{key}"] = float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
     return out
 
 
@@ -179,7 +149,7 @@ def evaluate_toyworld(
     seed: int = 0,
     split: str = "test",
     which: tuple[str, ...] = ("clip", "llava"),
-    world: str = "shapes",
+    world: str | World | None = None,
 ) -> dict[str, Any]:
     """Evaluate the toy models of ``world`` on ``n`` held-out images; returns the summary.
 
@@ -193,31 +163,21 @@ def evaluate_toyworld(
         LlavaProcessor,
     )
 
-    from vlmsae.toyworld import clip_path, llava_path
-    from vlmsae.toyworld.worlds import get_world
+    from vlmsae.toyworld.worlds import clip_path, llava_path
 
     w = get_world(world)
     images, records = w.make_world(split, n, seed)
     metrics: dict[str, float] = {}
     if "clip" in which:
-        path = clip_path(models_dir, w.name)
+        path = clip_path(models_dir, w)
         model = CLIPModel.from_pretrained(path).eval()
-        score = clip_zero_shot if w.name == "shapes" else clip_zero_shot_emoji
-        metrics |= score(model, CLIPProcessor.from_pretrained(path), images, records)
+        metrics |= clip_zero_shot(model, CLIPProcessor.from_pretrained(path), images, records, w)
     if "llava" in which:
-        path = llava_path(models_dir, w.name)
+        path = llava_path(models_dir, w)
         model = LlavaForConditionalGeneration.from_pretrained(path).eval()
         processor = LlavaProcessor.from_pretrained(path)
-        if w.name == "shapes":
-            metrics |= llava_accuracy(model, processor, images, records)
-        else:
-            for key, question, truth in (
-                ("llava_emoji", w.object_question, [r.emoji for r in records]),
-                ("llava_caption", w.caption_question, [r.caption for r in records]),
-            ):
-                answers = llava_answers(model, processor, images, question)
-                metrics[key] = float(np.mean([a == t for a, t in zip(answers, truth, strict=True)]))
-    bars = BARS if w.name == "shapes" else EMOJI_BARS
+        metrics |= llava_accuracy(model, processor, images, records, w)
+    bars = w.bars
     passed = {k: metrics[k] >= bar for k, bar in bars.items() if k in metrics}
     return {
         "world": w.name,

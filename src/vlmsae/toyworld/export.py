@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from vlmsae.core.io import atomic_write, atomic_write_text, write_json
 from vlmsae.core.progress import tqdm
-from vlmsae.toyworld.world import ToyImage
+from vlmsae.toyworld.shapes import ToyImage
 from vlmsae.toyworld.worlds import World, get_world, world_of_split
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ CSV_COLUMNS = ("path", *(f.name for f in fields(ToyImage)), "caption")
 folder. Other worlds: :func:`csv_columns`."""
 
 
-def csv_columns(world: str | World = "shapes") -> tuple[str, ...]:
+def csv_columns(world: str | World | None = None) -> tuple[str, ...]:
     """Columns of ``attributes.csv`` of ``world``: ``path``, the record's fields, ``caption``."""
     return ("path", *(f.name for f in fields(get_world(world).record_type)), "caption")
 
@@ -50,7 +50,7 @@ class ExportedImage(NamedTuple):
     """Its ground truth (an ``EmojiImage`` in the emoji world)."""
 
 
-def class_dir_name(*leaf: str, world: str | World = "shapes") -> str:
+def class_dir_name(*leaf: str, world: str | World | None = None) -> str:
     """``NNNNN_level1_level2_level3`` of a taxonomy leaf (``NNNNN_family_shape_color``
     in the shapes world, ``NNNNN_group_subgroup_emoji`` in the emoji world)."""
     w = get_world(world)
@@ -66,7 +66,7 @@ def export_imagefolder(
     split: str = "test",
     n: int = 1000,
     seed: int = 0,
-    world: str | World = "shapes",
+    world: str | World | None = None,
 ) -> Path:
     """Render ``n`` images of ``split`` of ``world`` into ``out_dir/split``; returns it.
 

@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from vlmsae.toyworld.data import WorldBatch, make_image_processor
+from vlmsae.toyworld.batches import WorldBatch, make_image_processor
 from vlmsae.toyworld.tokenizer import EOS, IMAGE, LLAVA_CHAT_TEMPLATE, PAD, llava_prompt
 from vlmsae.toyworld.tokenizer import make_tokenizer as _make_tokenizer
-from vlmsae.toyworld.worlds import get_world
+from vlmsae.toyworld.worlds import World, get_world
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class LlavaTrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
 
 
-def make_llava_processor(patch_size: int, world: str = "shapes") -> Any:
+def make_llava_processor(patch_size: int, world: str | World | None = None) -> Any:
     """The real ``LlavaProcessor`` of the toy LLaVA (PIL image processor, word tokenizer)."""
     from transformers import LlavaProcessor
 
@@ -78,7 +78,7 @@ def make_llava_processor(patch_size: int, world: str = "shapes") -> Any:
     )
 
 
-def make_llava(clip: Any, cfg: LlavaTrainConfig, world: str = "shapes") -> Any:
+def make_llava(clip: Any, cfg: LlavaTrainConfig, world: str | World | None = None) -> Any:
     """A ``LlavaForConditionalGeneration`` around ``clip.vision_model``; random decoder."""
     import torch
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -146,7 +146,7 @@ def make_sequences(
     questions: list[str],
     n_image_tokens: int,
     with_image: bool = True,
-    world: str = "shapes",
+    world: str | World | None = None,
 ) -> Sequences:
     """Tokenise ``USER: <image>\\n{q} ASSISTANT: {a}</s>`` with the image token expanded."""
     import torch

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vlmsae.core.progress import progress
-from vlmsae.toyworld.data import MODEL_IMAGE_SIZE
+from vlmsae.toyworld.batches import MODEL_IMAGE_SIZE
 
 if TYPE_CHECKING:
     import torch

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmsae.toyworld.world import ATTRIBUTES, QUESTIONS
+from vlmsae.toyworld.worlds import World, get_world
 
 PAD, BOS, UNK, EOS, IMAGE = "<pad>", "<s>", "<unk>", "</s>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, UNK, EOS, IMAGE)
 """Special tokens, ids 0..4. CLIP pools its text at ``EOS`` (id 3: CLIP treats
 ``eos_token_id == 2`` as a legacy value, so id 2 is avoided)."""
-PROMPT_WORDS = ("user", "assistant", ":", "a", "an", "on", "background", "object", "photo", "of")
-"""Words of the chat template and caption templates besides the concept names."""
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
@@ -37,25 +35,20 @@ def llava_prompt(question: str) -> str:
     return f"USER: <image>\n{question} ASSISTANT:"
 
 
-def vocabulary(world: str = "shapes") -> list[str]:
-    """All tokens of ``world``'s tokenizer, specials first, in a fixed order."""
+def vocabulary(world: str | World | None = None) -> list[str]:
+    """All tokens of ``world``'s tokenizer, specials first, in a fixed order (the words of
+    ``world.vocabulary_texts()``; default: the default world)."""
     import re
 
-    if world == "shapes":
-        texts = [*QUESTIONS, *PROMPT_WORDS, *(v for vals in ATTRIBUTES.values() for v in vals)]
-    else:
-        from vlmsae.toyworld.worlds import get_world
-
-        texts = get_world(world).vocabulary_texts()
     words: list[str] = []
-    for text in texts:
+    for text in get_world(world).vocabulary_texts():
         for w in re.findall(r"\w+|[^\w\s]", text.lower()):
             if w not in words:
                 words.append(w)
     return [*SPECIAL_TOKENS, *words]
 
 
-def make_tokenizer(add_eos: bool = True, world: str = "shapes") -> Any:
+def make_tokenizer(add_eos: bool = True, world: str | World | None = None) -> Any:
     """A ``PreTrainedTokenizerFast`` over :func:`vocabulary`.
 
     Args:

@@ -1,4 +1,4 @@
-"""The toy world: procedural images whose concepts are known.
+"""The shapes world: procedural images whose concepts are known (:class:`ShapesWorld`).
 
 Every image shows one object on a patterned background. Its concepts are the object's
 shape (8, grouped into 3 shape families), colour (8), size (2) and the background
@@ -16,9 +16,13 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from vlmsae.toyworld.base import SPLITS as SPLITS
+from vlmsae.toyworld.base import KeptConcept, World, iter_records, split_id
 
 IMAGE_SIZE = 64
 """Side of every image, in pixels."""
@@ -51,7 +55,6 @@ ViT learning shape in minutes: under full 360-degree rotation the toy CLIP reach
 ~37 % zero-shot shape in its whole CPU budget (a square turned 45 degrees is a diamond)."""
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
 """Background patterns, drawn in grey so that they never compete with object colours."""
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "family": tuple(SHAPE_FAMILIES),
@@ -66,6 +69,25 @@ QUESTION_SHAPE = "What is shown in this image? Use exactly one word!"
 QUESTION_COLOR = "What color is the object?"
 QUESTION_CAPTION = "Describe the image."
 QUESTIONS: tuple[str, ...] = (QUESTION_SHAPE, QUESTION_COLOR, QUESTION_CAPTION)
+PROMPT_WORDS = ("user", "assistant", ":", "a", "an", "on", "background", "object", "photo", "of")
+"""Words of the chat template and caption templates besides the concept names."""
+CONCEPT_TEMPLATES: dict[str, str] = {
+    "shape": "a {}",
+    "color": "a {} object",
+    "size": "a {} object",
+    "background": "a {} background",
+}
+"""Short texts naming one concept value: extra captions in CLIP training, and the class
+prompts of zero-shot classification."""
+BARS: dict[str, float] = {
+    "clip_shape": 0.95,
+    "clip_color": 0.95,
+    "clip_background": 0.90,
+    "llava_shape": 0.90,
+    "llava_color": 0.90,
+    "llava_caption": 0.80,
+}
+"""Accuracy each metric of ``toyworld evaluate`` must reach on held-out images."""
 
 
 @dataclass(frozen=True)
@@ -122,20 +144,37 @@ def caption(attrs: ToyImage | dict[str, str]) -> str:
     return f"a {a['size']} {a['color']} {a['shape']} on a {a['background']} background"
 
 
+def all_captions() -> list[str]:
+    """Every caption of the world (one per shape x colour x size x background)."""
+    return [
+        f"a {z} {c} {s} on a {b} background"
+        for s in SHAPES
+        for c in COLORS
+        for z in SIZES
+        for b in BACKGROUNDS
+    ]
+
+
+def caption_index(r: ToyImage) -> int:
+    """Position of ``r.caption`` in :func:`all_captions`."""
+    s, c = SHAPES.index(r.shape), tuple(COLORS).index(r.color)
+    z, b = tuple(SIZES).index(r.size), BACKGROUNDS.index(r.background)
+    return ((s * len(COLORS) + c) * len(SIZES) + z) * len(BACKGROUNDS) + b
+
+
+def concept_prompts() -> dict[str, list[str]]:
+    """Attribute -> one prompt per value (in ``ATTRIBUTES`` order)."""
+    return {a: [t.format(v) for v in ATTRIBUTES[a]] for a, t in CONCEPT_TEMPLATES.items()}
+
+
 def leaf_classes() -> list[tuple[str, str, str]]:
     """All taxonomy leaves ``(family, shape, color)`` in their fixed class order."""
     return [(FAMILY_OF[s], s, c) for s in SHAPES for c in COLORS]
 
 
-def _split_id(split: str) -> int:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return SPLITS.index(split)
-
-
 def sample_attributes(split: str, index: int, seed: int = 0) -> ToyImage:
     """Draw the ground truth of image ``index`` of ``split`` (a pure function)."""
-    rng = np.random.default_rng([seed, _split_id(split), index, 0])
+    rng = np.random.default_rng([seed, split_id(split), index, 0])
     shape = SHAPES[rng.integers(len(SHAPES))]
     size = tuple(SIZES)[rng.integers(len(SIZES))]
     radius = float(rng.uniform(*SIZES[size]))
@@ -219,7 +258,7 @@ def _object_rgb(color: str, rng: np.random.Generator) -> tuple[int, int, int]:
 
 def render(attrs: ToyImage, seed: int = 0) -> Image.Image:
     """Draw the image of ``attrs`` (deterministic: the nuisance draws are seeded too)."""
-    rng = np.random.default_rng([seed, _split_id(attrs.split), attrs.index, 1])
+    rng = np.random.default_rng([seed, split_id(attrs.split), attrs.index, 1])
     grey_HW = _background(attrs.background, rng)
     canvas = np.repeat(grey_HW[:, :, None], 3, axis=2)
     k = _SUPERSAMPLE
@@ -240,14 +279,6 @@ def iter_world(split: str, n: int, seed: int = 0, start: int = 0) -> Iterator[To
     return iter_records(sample_attributes, split, n, seed, start)
 
 
-def iter_records(sample, split: str, n: int, seed: int = 0, start: int = 0) -> Iterator:
-    """``sample(split, i, seed)`` for ``i`` in ``start .. start + n - 1`` (any world)."""
-    if n < 0 or start < 0:
-        raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
-    for i in range(start, start + n):
-        yield sample(split, i, seed)
-
-
 def make_world(
     split: str, n: int, seed: int = 0, start: int = 0
 ) -> tuple[list[Image.Image], list[ToyImage]]:
@@ -263,3 +294,85 @@ def make_world(
 def images_array(images: list[Image.Image]) -> np.ndarray:
     """Stack PIL images as ``uint8 [N, H, W, 3]``."""
     return np.stack([np.asarray(im.convert("RGB")) for im in images])
+
+
+class ShapesWorld(World):
+    """The shapes world: one object per image; 22 concept values, 64 taxonomy leaves."""
+
+    name = "shapes"
+    record_type = ToyImage
+    taxonomy_levels = ("family", "shape", "color")
+    object_question = QUESTION_SHAPE
+    object_attribute = "shape"
+    caption_question = QUESTION_CAPTION
+    questions = QUESTIONS
+    models_subdir = ""
+    several_objects = False
+    text_positions = 16
+    clip_eval_attributes = ("shape", "color", "size", "background")
+    llava_eval = {"shape": QUESTION_SHAPE, "color": QUESTION_COLOR, "caption": QUESTION_CAPTION}
+    bars = BARS
+    build_n_train = 30_000
+    build_clip = {"steps": 5000, "batch_size": 64, "lr": 1e-3}
+    build_llava = {
+        "lm_layers": 2,
+        "text_steps": 200,
+        "align_steps": 300,
+        "tune_steps": 1500,
+        "batch_size": 64,
+    }
+    steer_every_object = True
+    kept_concept = KeptConcept(QUESTION_COLOR, "color", one_word=True)
+    demo_images = (8_000, 2_000)
+
+    @property
+    def attributes(self) -> dict[str, tuple[str, ...]]:
+        return ATTRIBUTES
+
+    def sample(self, split: str, index: int, seed: int = 0) -> ToyImage:
+        return sample_attributes(split, index, seed)
+
+    def render(self, record: Any, seed: int = 0) -> Image.Image:
+        return render(record, seed)
+
+    def leaf_classes(self) -> list[tuple[str, ...]]:
+        return leaf_classes()
+
+    def concepts(self, record: Any) -> dict[str, tuple[str, ...]]:
+        return {a: (getattr(record, a),) for a in ATTRIBUTES}
+
+    def concept_prompts(self) -> dict[str, list[str]]:
+        return concept_prompts()
+
+    def vocabulary_texts(self) -> list[str]:
+        return [*QUESTIONS, *PROMPT_WORDS, *(v for vals in ATTRIBUTES.values() for v in vals)]
+
+    def all_captions(self) -> list[str]:
+        return all_captions()
+
+    def concept_summary(self) -> str:
+        a = ATTRIBUTES
+        return (
+            f"{len(a['shape'])} shapes, {len(a['color'])} colours, {len(a['size'])} "
+            f"sizes, {len(a['background'])} backgrounds"
+        )
+
+    def description(self) -> str:
+        return (
+            f"The shapes world: {self.concept_summary()}; the taxonomy is family → shape → colour."
+        )
+
+    def purity_note(self) -> str:
+        return (
+            "Label purity (the labels checked against the truth) is, over family, shape, "
+            "colour, size and background, the largest share of a neuron's top images that "
+            "share one value."
+        )
+
+    def steering_method(self, common: str, targets: list[str], caption_tokens: int) -> str:
+        return common.format(what="shape") + (
+            "Insertion: the one-word answer names the target shape (concept), the colour "
+            "answer is still right (prompt followed). Suppression: the true shape disappears "
+            "from the answer (concept), the colour answer is still right (prompt followed). "
+            "Examples and α sweeps are in steering/."
+        )

@@ -1,4 +1,4 @@
-"""The emoji world: scenes of real emoji under Unicode's own taxonomy.
+"""The emoji world: scenes of real emoji under Unicode's own taxonomy (:class:`EmojiWorld`).
 
 Every 64x64 image shows one emoji (the *main* one, drawn large) and, half of the time, a
 second, smaller one, at random positions, sizes and slight rotations, on one of five
@@ -11,21 +11,25 @@ iNaturalist's is. The main emoji is the image's class (its folder in the iNatura
 layout); the second one composes with it in the caption ("a dog face and a red apple on a
 dotted background") and in the oracle embedding.
 
-Images are a pure function of ``(seed, split, index)``, as in the shapes world.
+Images are a pure function of ``(seed, split, index)``, as in the shapes world;
+:class:`EmojiWorld` samples and draws them (``make_world``, ``iter_world``).
 """
 
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from vlmsae.toyworld import emoji_data
+from vlmsae.toyworld.base import SPLITS as SPLITS
+from vlmsae.toyworld.base import KeptConcept, World, split_id
 from vlmsae.toyworld.emoji_data import Emoji, load_emoji
-from vlmsae.toyworld.world import iter_records
 
 IMAGE_SIZE = 64
 """Side of every image, in pixels."""
@@ -39,13 +43,19 @@ MAX_ROTATION = 12.0
 """Emoji are rotated by up to this many degrees either way."""
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "noisy", "colored")
 """Background kinds: grey, grey stripes, grey dots, smooth grey noise, one colour."""
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 NONE = "none"
 """``second`` of an image with one emoji."""
 
 QUESTION_OBJECT = "What is shown in this image? Use exactly one word!"
 QUESTION_CAPTION = "Describe the image."
 QUESTIONS: tuple[str, ...] = (QUESTION_OBJECT, QUESTION_CAPTION)
+BARS: dict[str, float] = {
+    "clip_emoji": 0.70,
+    "clip_subgroup": 0.85,
+    "clip_group": 0.90,
+    "llava_emoji": 0.70,
+}
+"""Accuracy each metric of ``toyworld evaluate`` must reach on held-out images."""
 
 
 @lru_cache(maxsize=1)
@@ -145,12 +155,6 @@ def leaf_classes() -> list[tuple[str, str, str]]:
     return [(e.group, e.subgroup, e.word) for e in emoji_table()]
 
 
-def _split_id(split: str) -> int:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return SPLITS.index(split)
-
-
 def _place(rng: np.random.Generator, size: float) -> tuple[float, float]:
     half = size / 2
     return float(rng.uniform(half, IMAGE_SIZE - half)), float(rng.uniform(half, IMAGE_SIZE - half))
@@ -162,7 +166,7 @@ def sample_attributes(split: str, index: int, seed: int = 0) -> EmojiImage:
     Main emoji are drawn uniformly over the emoji (every class is equally common); the
     second emoji is another one, placed so that it covers at most a quarter of the main.
     """
-    rng = np.random.default_rng([seed, _split_id(split), index, 0, 17])
+    rng = np.random.default_rng([seed, split_id(split), index, 0, 17])
     table = emoji_table()
     main = table[int(rng.integers(len(table)))]
     size = float(rng.uniform(*MAIN_SIZE))
@@ -247,7 +251,7 @@ def _paste(canvas: Image.Image, word: str, x: float, y: float, size: float, angl
 
 def render(attrs: EmojiImage, seed: int = 0) -> Image.Image:
     """Draw the image of ``attrs`` (deterministic: the nuisance draws are seeded too)."""
-    rng = np.random.default_rng([seed, _split_id(attrs.split), attrs.index, 1, 17])
+    rng = np.random.default_rng([seed, split_id(attrs.split), attrs.index, 1, 17])
     bg = np.clip(_background(attrs.background, rng), 0, 255).astype(np.uint8)
     # the canvas has a margin so that emoji at the edge are cropped, not shifted
     pad = IMAGE_SIZE // 2
@@ -262,14 +266,112 @@ def render(attrs: EmojiImage, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8), "RGB")
 
 
-def iter_world(split: str, n: int, seed: int = 0, start: int = 0) -> Iterator[EmojiImage]:
-    """Ground truth of images ``start .. start + n - 1`` of ``split``."""
-    return iter_records(sample_attributes, split, n, seed, start)
+class EmojiWorld(World):
+    """The emoji world: one or two emoji per image, 341 emoji under Unicode's taxonomy."""
 
+    name = "emoji"
+    record_type = EmojiImage
+    taxonomy_levels = ("group", "subgroup", "emoji")
+    object_question = QUESTION_OBJECT
+    object_attribute = "emoji"
+    caption_question = QUESTION_CAPTION
+    questions = QUESTIONS
+    models_subdir = "emoji"
+    several_objects = True
+    text_positions = 32
+    clip_eval_attributes = ("emoji", "subgroup", "group", "background")
+    llava_eval = {"emoji": QUESTION_OBJECT, "caption": QUESTION_CAPTION}
+    bars = BARS
+    build_n_train = 40_000
+    build_clip = {"steps": 8000, "batch_size": 64, "lr": 1e-3}
+    build_llava = {
+        "lm_layers": 2,
+        "text_steps": 300,
+        "align_steps": 300,
+        "tune_steps": 3000,
+        "batch_size": 64,
+    }
+    steer_every_object = False
+    kept_concept = KeptConcept(QUESTION_CAPTION, "background", False, " background")
+    demo_images = (16_000, 6_000)
 
-def make_world(
-    split: str, n: int, seed: int = 0, start: int = 0
-) -> tuple[list[Image.Image], list[EmojiImage]]:
-    """Render ``n`` images of ``split``: ``(PIL images, ground-truth records)``."""
-    records = list(iter_world(split, n, seed, start))
-    return [render(r, seed) for r in records], records
+    @property
+    def attributes(self) -> dict[str, tuple[str, ...]]:
+        return attributes()
+
+    @property
+    def oracle_attributes(self) -> tuple[str, ...]:
+        """Every attribute but ``second``: its emoji are in ``emoji`` already."""
+        return tuple(a for a in self.attributes if a != "second")
+
+    def sample(self, split: str, index: int, seed: int = 0) -> EmojiImage:
+        return sample_attributes(split, index, seed)
+
+    def render(self, record: Any, seed: int = 0) -> Image.Image:
+        return render(record, seed)
+
+    def leaf_classes(self) -> list[tuple[str, ...]]:
+        return leaf_classes()
+
+    def concepts(self, record: Any) -> dict[str, tuple[str, ...]]:
+        present = [emoji_of(w) for w in record.present]
+        return {
+            "group": tuple(dict.fromkeys(e.group for e in present)),
+            "subgroup": tuple(dict.fromkeys(e.subgroup for e in present)),
+            "emoji": record.present,
+            "second": (record.second,),
+            "background": (record.background,),
+        }
+
+    def concept_prompts(self) -> dict[str, list[str]]:
+        attrs = self.attributes
+        return {
+            "group": [f"a {g} emoji" for g in attrs["group"]],
+            "subgroup": [f"a {s.replace('-', ' ')} emoji" for s in attrs["subgroup"]],
+            "emoji": [f"a {e.name}" for e in emoji_table()],
+            "background": [f"a {b} background" for b in attrs["background"]],
+        }
+
+    def vocabulary_texts(self) -> list[str]:
+        words = [*self.questions, "user assistant : a and on background emoji"]
+        words += [e.name for e in emoji_table()] + [e.word for e in emoji_table()]
+        return words + [p for ps in self.concept_prompts().values() for p in ps]
+
+    def build_notes(self, out_dir: Path) -> dict[str, Any]:
+        """The glyphs re-rendered from the font, compared with the shipped atlas."""
+        return emoji_data.check_glyphs(out_dir)
+
+    def concept_summary(self) -> str:
+        a = self.attributes
+        return f"{len(a['emoji'])} emoji, {len(a['background'])} backgrounds"
+
+    def description(self) -> str:
+        a = self.attributes
+        return (
+            f"The emoji world: {len(a['emoji'])} emoji from {len(a['subgroup'])} "
+            f"Unicode subgroups of {len(a['group'])} groups, one or two per image, on "
+            f"{len(a['background'])} kinds of background; the taxonomy is Unicode's "
+            "group → subgroup → emoji, at each image's main emoji."
+        )
+
+    def purity_note(self) -> str:
+        return (
+            "Label purity (the labels checked against the truth) is, over group, subgroup, "
+            "emoji and background, the largest share of a neuron's top images that hold one "
+            "value, where an image holds the group, subgroup and emoji of both its emoji "
+            "(main and second); the hierarchy uses the main emoji only (the image's class)."
+        )
+
+    def steering_method(self, common: str, targets: list[str], caption_tokens: int) -> str:
+        return common.format(what="target emoji") + (
+            f"The {self.name} world has {len(self.attributes['emoji'])} emoji; {len(targets)} "
+            f"targets ({', '.join(targets)}) are "
+            "drawn by the seed, one per Unicode group in turn, and each adds its first training "
+            "images to the SAE's so that its neuron and direction have data. Insertion (images "
+            'showing no target): the one-word answer to "What is shown in this image?" '
+            "names the target emoji (concept). Suppression (images whose main emoji is a "
+            "target): that name disappears from the answer (concept). The emoji world has no "
+            'second one-word question, so "prompt followed" asks for the caption ("Describe '
+            f'the image.", up to {caption_tokens} tokens) and checks that it still names the '
+            "image's true background. Examples and α sweeps are in steering/."
+        )
