@@ -1,0 +1,198 @@
+"""Substitution in an image encoder (CLIP, SigLIP, DINOv2): final embeddings per variant and
+the metrics computed from them (cosine to the original, k-NN and zero-shot accuracy).
+
+Each rank runs its share of the images (:func:`vlmsae.core.dist.shard`); sums are
+all-reduced and k-NN gathers every rank's embeddings, so every rank ends with the numbers of
+the whole dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlmsae.core import dist
+from vlmsae.evaluate.substitution_hooks import (
+    VARIANTS,
+    TokenSubstitution,
+    dataset_mean,
+    substitute_rows,
+)
+
+if TYPE_CHECKING:
+    from vlmsae.encoders.adapters import Encoder
+    from vlmsae.encoders.tokens import TokenSelection
+    from vlmsae.sae import SAE
+
+Batches = Callable[[], Iterable[Any]]
+"""A fresh iterator over this rank's :class:`vlmsae.encoders.loader.ImageBatch` es."""
+SCORED = ("original", "sae", "zero", "mean")
+
+
+class Outputs(NamedTuple):
+    """What the variants of this rank's images computed."""
+
+    out_VN: dict[str, torch.Tensor]
+    """Per variant, ``[N_local, ...]`` float32 final outputs (embeddings or logits) on CPU."""
+    index_N: np.ndarray
+    """``int64 [N_local]`` dataset index of each row."""
+    n_skipped: int
+    """Images of this rank's share that could not be read."""
+
+
+class Identity(NamedTuple):
+    """The identity check: reconstruction + error against the untouched model."""
+
+    max_abs_error: float
+    """Largest absolute difference of any final output."""
+    max_abs_output: float
+    """Largest absolute final output of the untouched model (the scale of the error)."""
+
+
+@torch.inference_mode()
+def encoder_outputs(
+    sae: SAE,
+    encoder: Encoder,
+    batches: Batches,
+    layer: int | None,
+    selection: TokenSelection | None,
+) -> Outputs:
+    """Final embeddings of every variant (:data:`VARIANTS`) for this rank's images.
+
+    ``layer`` None substitutes the final embedding itself (``post_projection``): one pass,
+    and the variants are functions of the original embedding."""
+    out: dict[str, list[torch.Tensor]] = {v: [] for v in VARIANTS}
+    index: list[np.ndarray] = []
+    n_skipped = 0
+    if layer is None:
+        for batch in batches():
+            n_skipped += len(batch.skipped)
+            if batch.pixel_values is not None:
+                out["original"].append(encoder.embed(batch.pixel_values).float().cpu())
+                index.append(batch.index)
+        orig_NE = _cat(out["original"], encoder.d_embed).to(encoder.device)
+        mean_E = _global_mean(orig_NE.cpu()).to(orig_NE)
+        for v in VARIANTS[1:]:
+            out[v] = [substitute_rows(orig_NE, v, sae, mean_E).float().cpu()]
+    else:
+        mean_D = dataset_mean(encoder, batches(), layer, selection).to(encoder.device)
+        assert selection is not None
+        with TokenSubstitution(encoder, layer, selection, sae, mean_D) as hook:
+            for batch in batches():
+                n_skipped += len(batch.skipped)
+                if batch.pixel_values is None:
+                    continue
+                index.append(batch.index)
+                for v in VARIANTS:
+                    hook.variant = v
+                    out[v].append(encoder.embed(batch.pixel_values).float().cpu())
+    outs = {v: _cat(rows, encoder.d_embed) for v, rows in out.items()}
+    index_N = np.concatenate(index) if index else np.zeros(0, np.int64)
+    return Outputs(outs, index_N, n_skipped)
+
+
+def _cat(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    return torch.cat(rows) if rows else torch.zeros(0, width)
+
+
+def _global_mean(x_ND: torch.Tensor) -> torch.Tensor:
+    total = torch.cat([x_ND.double().sum(0), torch.tensor([float(x_ND.shape[0])])])
+    dist.all_reduce(total)
+    if total[-1] == 0:
+        raise ValueError("no image of the dataset could be read: no dataset mean")
+    return (total[:-1] / total[-1]).float()
+
+
+def identity_check(out_VN: dict[str, torch.Tensor]) -> Identity:
+    """Max |identity − original| and max |original| over every rank's outputs."""
+    orig = out_VN["original"]
+    err = (out_VN["identity"] - orig).abs().max() if orig.numel() else torch.tensor(0.0)
+    scale = orig.abs().max() if orig.numel() else torch.tensor(0.0)
+    both = dist.all_reduce(torch.stack([err, scale]).double(), op="max")
+    return Identity(float(both[0]), float(both[1]))
+
+
+def sum_over_ranks(*values: float) -> list[float]:
+    """``values`` summed over ranks (float64)."""
+    return dist.all_reduce(torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def mean_cosine(out_VN: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean over images of the cosine between each variant's embedding and the original's
+    (a zero embedding has cosine 0 to everything)."""
+    unit = {v: F.normalize(out_VN[v], dim=-1) for v in SCORED}
+    sums = [float((unit[v] * unit["original"]).sum(-1).double().sum()) for v in SCORED]
+    *totals, n = sum_over_ranks(*sums, float(out_VN["original"].shape[0]))
+    return {v: total / n for v, total in zip(SCORED, totals, strict=True)}
+
+
+def zero_shot_accuracy(
+    out_VN: dict[str, torch.Tensor], labels_N: np.ndarray, text_CE: torch.Tensor
+) -> tuple[dict[str, float], int]:
+    """Accuracy of classifying each embedding as the class whose text embedding is the most
+    similar (labels outside ``0..C-1`` are left out); also the number of images scored."""
+    valid_N = torch.as_tensor((labels_N >= 0) & (labels_N < text_CE.shape[0]))
+    target_N = torch.as_tensor(labels_N)[valid_N]
+    text_CE = F.normalize(text_CE.float(), dim=-1)
+    hits = [
+        float((F.normalize(out_VN[v][valid_N], dim=-1) @ text_CE.T).argmax(1).eq(target_N).sum())
+        for v in SCORED
+    ]
+    *hits, n = sum_over_ranks(*hits, float(valid_N.sum()))
+    accuracy = {v: h / n if n else float("nan") for v, h in zip(SCORED, hits, strict=True)}
+    return accuracy, int(n)
+
+
+def knn_accuracy(
+    out_VN: dict[str, torch.Tensor], labels_N: np.ndarray, k: int
+) -> tuple[dict[str, float], int]:
+    """Leave-one-out k-NN accuracy of each variant's embeddings among themselves (cosine;
+    majority vote, ties to the class with the larger summed similarity), over the images
+    with a label (>= 0); also the number of such images."""
+    accuracy: dict[str, float] = {}
+    n = 0
+    for v in SCORED:
+        unit_NE = dist.all_gather_rows(F.normalize(out_VN[v], dim=-1))
+        label_N = dist.all_gather_rows(torch.as_tensor(labels_N, dtype=torch.int64))
+        keep = label_N >= 0
+        hits, n = _knn_hits(unit_NE[keep], label_N[keep], k)
+        accuracy[v] = hits / n if n >= 2 else float("nan")
+    return accuracy, n
+
+
+def _knn_hits(unit_NE: torch.Tensor, label_N: torch.Tensor, k: int) -> tuple[float, int]:
+    """Correct leave-one-out predictions over every rank (each rank scores its share of the
+    queries against all images) and the number of images."""
+    n = unit_NE.shape[0]
+    if n < 2:
+        return 0.0, n
+    k = min(k, n - 1)
+    n_classes = int(label_N.max()) + 1
+    hits = 0
+    queries = dist.shard(n)
+    for lo in range(queries.start, queries.stop, 1024):
+        hi = min(lo + 1024, queries.stop)
+        sim_QN = unit_NE[lo:hi] @ unit_NE.T
+        sim_QN[torch.arange(hi - lo), torch.arange(lo, hi)] = -float("inf")  # leave one out
+        top = sim_QN.topk(k, dim=1)
+        # one vote per neighbour; its similarity (< 1/k in all) breaks ties between classes
+        weight_QK = 1 + (1 + top.values) / (2 * (k + 1))
+        votes_QC = torch.zeros(hi - lo, n_classes).scatter_add_(1, label_N[top.indices], weight_QK)
+        hits += int(votes_QC.argmax(1).eq(label_N[lo:hi]).sum())
+    return sum_over_ranks(float(hits))[0], n
+
+
+def text_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], family: str) -> torch.Tensor:
+    """``[C, E]`` text embeddings of a CLIP or SigLIP model (SigLIP pads to its fixed
+    length, as it was trained)."""
+    padding = "max_length" if family == "siglip" else True
+    enc = tokenizer(list(texts), padding=padding, truncation=True, return_tensors="pt")
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.get_text_features(**{k: v.to(device) for k, v in enc.items()})
+    emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return emb.float().cpu()
