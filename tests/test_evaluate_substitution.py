@@ -294,3 +294,45 @@ def test_toy_llava_through_the_path_entry_point(toy_folder):
     )
     assert zero.recovered["kl_divergence"]["zero"] == pytest.approx(0.0, abs=TOL)
     assert zero.values["kl_divergence"]["sae"] > 0.01
+
+
+def _rank_result(folder: str, out: str | None, family: str) -> dict:
+    """Substitution of a tiny model (built alike on every rank) over ``folder``."""
+    from vlmsae.core import dist
+
+    dist.init_from_env()
+    if family == "llava":
+        model = wrap_llava(*make_llava(), "tiny-llava")
+    else:
+        model = Encoder(make_clip(), clip_processor())
+    sae = _noisy_sae(32, **_source(1, "all"))
+    result = _run(model, folder, sae).to_dict()
+    if out is not None:
+        with open(f"{out}/rank{dist.rank()}.json", "w") as f:
+            json.dump(result, f)
+    return result
+
+
+@pytest.mark.parametrize("family", ["clip", "llava"])
+def test_two_ranks_give_the_one_process_result(folder, tmp_path, family):
+    """Each rank substitutes its share of the images (one unreadable); every rank returns the
+    whole dataset's numbers, equal to one process's (k-NN gathers every rank's embeddings)."""
+    import shutil
+
+    from ranks import run_ranks
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    (data / "red" / "broken.png").write_text("not an image")
+    run_ranks(_rank_result, 2, str(data), str(tmp_path), family, timeout=300)
+    one = _rank_result(str(data), None, family)
+    assert one["n_images"] == 12 and one["n_skipped"] == 1
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for key in ("n_images", "n_skipped", "undefined"):
+            assert got[key] == one[key], key
+        for section in ("metrics", "fraction_recovered"):
+            for metric, row in one[section].items():
+                for col, want in row.items():
+                    # a rank's batches differ from one process's: float rounding differs
+                    assert got[section][metric][col] == pytest.approx(want, rel=1e-5, abs=1e-7)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 Batches = Callable[[], Iterable[Any]]
 """A fresh iterator over this rank's :class:`vlmsae.encoders.loader.ImageBatch` es."""
 SCORED = ("original", "sae", "zero", "mean")
+SIM_DIGITS = 1e5
+"""k-NN similarities are rounded to 1e-5 (float noise is not a neighbour's distance)."""
 
 
 class Outputs(NamedTuple):
@@ -124,8 +126,8 @@ def sum_over_ranks(*values: float) -> list[float]:
 def mean_cosine(out_VN: dict[str, torch.Tensor]) -> dict[str, float]:
     """Mean over images of the cosine between each variant's embedding and the original's
     (a zero embedding has cosine 0 to everything)."""
-    unit = {v: F.normalize(out_VN[v], dim=-1) for v in SCORED}
-    sums = [float((unit[v] * unit["original"]).sum(-1).double().sum()) for v in SCORED]
+    unit = {v: F.normalize(out_VN[v].double(), dim=-1) for v in SCORED}
+    sums = [float((unit[v] * unit["original"]).sum(-1).sum()) for v in SCORED]
     *totals, n = sum_over_ranks(*sums, float(out_VN["original"].shape[0]))
     return {v: total / n for v, total in zip(SCORED, totals, strict=True)}
 
@@ -151,8 +153,9 @@ def knn_accuracy(
     out_VN: dict[str, torch.Tensor], labels_N: np.ndarray, k: int
 ) -> tuple[dict[str, float], int]:
     """Leave-one-out k-NN accuracy of each variant's embeddings among themselves (cosine;
-    majority vote, ties to the class with the larger summed similarity), over the images
-    with a label (>= 0); also the number of such images."""
+    majority vote, ties to the class with the larger summed similarity; similarities rounded
+    to 1e-5, equal ones in dataset order), over the images with a label (>= 0); also the
+    number of such images."""
     accuracy: dict[str, float] = {}
     n = 0
     for v in SCORED:
@@ -176,12 +179,15 @@ def _knn_hits(unit_NE: torch.Tensor, label_N: torch.Tensor, k: int) -> tuple[flo
     queries = dist.shard(n)
     for lo in range(queries.start, queries.stop, 1024):
         hi = min(lo + 1024, queries.stop)
-        sim_QN = unit_NE[lo:hi] @ unit_NE.T
+        # rounded: neighbours whose similarities differ by float noise only are ties, broken
+        # by dataset order (a stable sort), so the batch sizes and the ranks do not matter
+        sim_QN = torch.round((unit_NE[lo:hi] @ unit_NE.T).double() * SIM_DIGITS) / SIM_DIGITS
         sim_QN[torch.arange(hi - lo), torch.arange(lo, hi)] = -float("inf")  # leave one out
-        top = sim_QN.topk(k, dim=1)
+        top_sim_QK, top_QK = (t[:, :k] for t in sim_QN.sort(dim=1, descending=True, stable=True))
         # one vote per neighbour; its similarity (< 1/k in all) breaks ties between classes
-        weight_QK = 1 + (1 + top.values) / (2 * (k + 1))
-        votes_QC = torch.zeros(hi - lo, n_classes).scatter_add_(1, label_N[top.indices], weight_QK)
+        weight_QK = 1 + (1 + top_sim_QK) / (2 * (k + 1))
+        votes_QC = torch.zeros(hi - lo, n_classes, dtype=torch.float64)
+        votes_QC.scatter_add_(1, label_N[top_QK], weight_QK)
         hits += int(votes_QC.argmax(1).eq(label_N[lo:hi]).sum())
     return sum_over_ranks(float(hits))[0], n
 
