@@ -35,17 +35,6 @@ SIM_DIGITS = 1e5
 """k-NN similarities are rounded to 1e-5 (float noise is not a neighbour's distance)."""
 
 
-class Outputs(NamedTuple):
-    """What the variants of this rank's images computed."""
-
-    out_VN: dict[str, torch.Tensor]
-    """Per variant, ``[N_local, ...]`` float32 final outputs (embeddings or logits) on CPU."""
-    index_N: np.ndarray
-    """``int64 [N_local]`` dataset index of each row."""
-    n_skipped: int
-    """Images of this rank's share that could not be read."""
-
-
 class Identity(NamedTuple):
     """The identity check: reconstruction + error against the untouched model."""
 
@@ -53,6 +42,32 @@ class Identity(NamedTuple):
     """Largest absolute difference of any final output."""
     max_abs_output: float
     """Largest absolute final output of the untouched model (the scale of the error)."""
+
+    def update(self, identity_BO: torch.Tensor, original_BO: torch.Tensor) -> Identity:
+        """This check with one more batch of outputs."""
+        if not original_BO.numel():
+            return self
+        err = float((identity_BO.float() - original_BO.float()).abs().max())
+        scale = float(original_BO.float().abs().max())
+        return Identity(max(self.max_abs_error, err), max(self.max_abs_output, scale))
+
+    def over_ranks(self) -> Identity:
+        """The maxima over every rank."""
+        both = dist.all_reduce(torch.tensor(self, dtype=torch.float64), op="max")
+        return Identity(float(both[0]), float(both[1]))
+
+
+class Outputs(NamedTuple):
+    """What the variants of this rank's images computed."""
+
+    out_VN: dict[str, torch.Tensor]
+    """Per scored variant (:data:`SCORED`), ``[N_local, E]`` float32 embeddings on CPU."""
+    index_N: np.ndarray
+    """``int64 [N_local]`` dataset index of each row."""
+    n_skipped: int
+    """Images of this rank's share that could not be read."""
+    identity: Identity
+    """The identity check over this rank's images."""
 
 
 @torch.inference_mode()
@@ -63,13 +78,14 @@ def encoder_outputs(
     layer: int | None,
     selection: TokenSelection | None,
 ) -> Outputs:
-    """Final embeddings of every variant (:data:`VARIANTS`) for this rank's images.
+    """Final embeddings of every scored variant for this rank's images, and the identity
+    check (:data:`~vlmsae.evaluate.substitution_hooks.VARIANTS`).
 
     ``layer`` None substitutes the final embedding itself (``post_projection``): one pass,
     and the variants are functions of the original embedding."""
-    out: dict[str, list[torch.Tensor]] = {v: [] for v in VARIANTS}
+    out: dict[str, list[torch.Tensor]] = {v: [] for v in SCORED}
     index: list[np.ndarray] = []
-    n_skipped = 0
+    n_skipped, identity = 0, Identity(0.0, 0.0)
     if layer is None:
         for batch in batches():
             n_skipped += len(batch.skipped)
@@ -78,8 +94,9 @@ def encoder_outputs(
                 index.append(batch.index)
         orig_NE = _cat(out["original"], encoder.d_embed).to(encoder.device)
         mean_E = _global_mean(orig_NE.cpu()).to(orig_NE)
-        for v in VARIANTS[1:]:
+        for v in SCORED[1:]:
             out[v] = [substitute_rows(orig_NE, v, sae, mean_E).float().cpu()]
+        identity = identity.update(substitute_rows(orig_NE, "identity", sae, mean_E), orig_NE)
     else:
         mean_D = dataset_mean(encoder, batches(), layer, selection).to(encoder.device)
         assert selection is not None
@@ -89,12 +106,16 @@ def encoder_outputs(
                 if batch.pixel_values is None:
                     continue
                 index.append(batch.index)
+                emb = {}
                 for v in VARIANTS:
                     hook.variant = v
-                    out[v].append(encoder.embed(batch.pixel_values).float().cpu())
+                    emb[v] = encoder.embed(batch.pixel_values).float().cpu()
+                identity = identity.update(emb.pop("identity"), emb["original"])
+                for v in SCORED:
+                    out[v].append(emb[v])
     outs = {v: _cat(rows, encoder.d_embed) for v, rows in out.items()}
     index_N = np.concatenate(index) if index else np.zeros(0, np.int64)
-    return Outputs(outs, index_N, n_skipped)
+    return Outputs(outs, index_N, n_skipped, identity)
 
 
 def _cat(rows: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -107,15 +128,6 @@ def _global_mean(x_ND: torch.Tensor) -> torch.Tensor:
     if total[-1] == 0:
         raise ValueError("no image of the dataset could be read: no dataset mean")
     return (total[:-1] / total[-1]).float()
-
-
-def identity_check(out_VN: dict[str, torch.Tensor]) -> Identity:
-    """Max |identity − original| and max |original| over every rank's outputs."""
-    orig = out_VN["original"]
-    err = (out_VN["identity"] - orig).abs().max() if orig.numel() else torch.tensor(0.0)
-    scale = orig.abs().max() if orig.numel() else torch.tensor(0.0)
-    both = dist.all_reduce(torch.stack([err, scale]).double(), op="max")
-    return Identity(float(both[0]), float(both[1]))
 
 
 def sum_over_ranks(*values: float) -> list[float]:

@@ -9,12 +9,11 @@ answer (for agreement).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
 import torch
 
-from vlmsae.evaluate.substitution_encoder import SCORED, Batches, Outputs, sum_over_ranks
+from vlmsae.evaluate.substitution_encoder import SCORED, Batches, Identity, sum_over_ranks
 from vlmsae.evaluate.substitution_hooks import VARIANTS, TokenSubstitution, dataset_mean
 from vlmsae.steer.llava import prepare_inputs
 
@@ -45,6 +44,22 @@ def _stop_ids(llava: Llava) -> tuple[set[int], int]:
     return eos_ids, pad if pad is not None else next(iter(eos_ids))
 
 
+class LlavaOutputs(NamedTuple):
+    """What the variants of this rank's images computed."""
+
+    kl_sum: dict[str, float]
+    """Per scored variant, the sum over images of KL(original ‖ variant), nats."""
+    answers: dict[str, list[tuple[int, ...]]]
+    """Per scored variant, each image's greedy answer (token ids, cut after the end of
+    sequence)."""
+    n_images: int
+    """Images of this rank's share that were read."""
+    n_skipped: int
+    """Images of this rank's share that could not be read."""
+    identity: Identity
+    """The identity check on the first-step logits."""
+
+
 @torch.inference_mode()
 def llava_outputs(
     sae: SAE,
@@ -53,26 +68,27 @@ def llava_outputs(
     layer: int,
     selection: TokenSelection,
     question: str,
-) -> tuple[Outputs, dict[str, list[tuple[int, ...]]]]:
-    """First-step logits and greedy answers (token ids, cut after the end of sequence) of
-    every variant for this rank's images."""
+) -> LlavaOutputs:
+    """KL sums and greedy answers of every scored variant for this rank's images (the
+    vocabulary-wide logits are reduced batch by batch, never kept)."""
     encoder = llava.encoder
     mean_D = dataset_mean(encoder, batches(), layer, selection).to(encoder.device)
     prompt = _prompt_ids(llava, question)
     eos_ids, pad_id = _stop_ids(llava)
-    logits: dict[str, list[torch.Tensor]] = {v: [] for v in VARIANTS}
-    answers: dict[str, list[tuple[int, ...]]] = {v: [] for v in VARIANTS}
-    index: list[np.ndarray] = []
-    n_skipped = 0
+    kl_sum = dict.fromkeys(SCORED, 0.0)
+    answers: dict[str, list[tuple[int, ...]]] = {v: [] for v in SCORED}
+    n_images = n_skipped = 0
+    identity = Identity(0.0, 0.0)
     with TokenSubstitution(encoder, layer, selection, sae, mean_D) as hook:
         for batch in batches():
             n_skipped += len(batch.skipped)
             if batch.pixel_values is None:
                 continue
-            index.append(batch.index)
             b = len(batch.index)
+            n_images += b
             inputs = {k: v.to(llava.device).expand(b, -1) for k, v in prompt.items()}
             pixels = batch.pixel_values.to(device=llava.device, dtype=llava.dtype)
+            logits_VBV = {}
             for v in VARIANTS:
                 hook.variant = v
                 out = llava.model.generate(
@@ -85,13 +101,16 @@ def llava_outputs(
                     output_logits=True,
                     return_dict_in_generate=True,
                 )
-                logits[v].append(out.logits[0].float().cpu())
+                logits_VBV[v] = out.logits[0].double().cpu()  # the first answer token's
                 new_BT = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
-                answers[v] += [_cut(row, eos_ids) for row in new_BT]
-    width = llava.model.config.text_config.vocab_size
-    outs = {v: torch.cat(x) if x else torch.zeros(0, width) for v, x in logits.items()}
-    index_N = np.concatenate(index) if index else np.zeros(0, np.int64)
-    return Outputs(outs, index_N, n_skipped), answers
+                if v != "identity":
+                    answers[v] += [_cut(row, eos_ids) for row in new_BT]
+            identity = identity.update(logits_VBV.pop("identity"), logits_VBV["original"])
+            logp = {v: torch.log_softmax(x, dim=-1) for v, x in logits_VBV.items()}
+            p_BV = logp["original"].exp()
+            for v in SCORED:
+                kl_sum[v] += float((p_BV * (logp["original"] - logp[v])).sum())
+    return LlavaOutputs(kl_sum, answers, n_images, n_skipped, identity)
 
 
 def _cut(row: list[int], eos_ids: set[int]) -> tuple[int, ...]:
@@ -99,22 +118,19 @@ def _cut(row: list[int], eos_ids: set[int]) -> tuple[int, ...]:
     return tuple(row[:end])
 
 
-def kl_divergence(logits_VN: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean over images of KL(original ‖ variant) of the next-token distributions (nats)."""
-    logp = {v: torch.log_softmax(logits_VN[v].double(), dim=-1) for v in SCORED}
-    p_NV = logp["original"].exp()
-    sums = [float((p_NV * (logp["original"] - logp[v])).sum()) for v in SCORED]
-    *totals, n = sum_over_ranks(*sums, float(p_NV.shape[0]))
+def kl_divergence(out: LlavaOutputs) -> dict[str, float]:
+    """Mean over every rank's images of KL(original ‖ variant) of the next-token
+    distribution (nats)."""
+    *totals, n = sum_over_ranks(*(out.kl_sum[v] for v in SCORED), float(out.n_images))
     return {v: t / n if n else float("nan") for v, t in zip(SCORED, totals, strict=True)}
 
 
-def answer_agreement(answers: dict[str, list[tuple[int, ...]]]) -> dict[str, float]:
-    """Fraction of images whose greedy answer equals the untouched model's, token for token."""
-    same = [
-        float(sum(a == o for a, o in zip(answers[v], answers["original"], strict=True)))
-        for v in SCORED
-    ]
-    *totals, n = sum_over_ranks(*same, float(len(answers["original"])))
+def answer_agreement(out: LlavaOutputs) -> dict[str, float]:
+    """Fraction of every rank's images whose greedy answer equals the untouched model's,
+    token for token."""
+    orig = out.answers["original"]
+    same = [float(sum(a == o for a, o in zip(out.answers[v], orig, strict=True))) for v in SCORED]
+    *totals, n = sum_over_ranks(*same, float(len(orig)))
     return {v: t / n if n else float("nan") for v, t in zip(SCORED, totals, strict=True)}
 
 

@@ -157,31 +157,31 @@ def measure(
     if site.family == "llava":
         llava_metrics.check_reads(model, site.layer)
         question = prompt or llava_metrics.DEFAULT_QUESTION
-        out, answers = llava_metrics.llava_outputs(
-            sae, model, batches, site.layer, site.selection, question
-        )
+        out = llava_metrics.llava_outputs(sae, model, batches, site.layer, site.selection, question)
         values = {
-            "kl_divergence": llava_metrics.kl_divergence(out.out_VN),
-            "answer_agreement": llava_metrics.answer_agreement(answers),
+            "kl_divergence": llava_metrics.kl_divergence(out),
+            "answer_agreement": llava_metrics.answer_agreement(out),
         }
         used_prompt: str | None = question
+        n_local = out.n_images
     else:
-        out = enc_metrics.encoder_outputs(sae, enc, batches, site.layer, site.selection)
-        values = {"cosine": enc_metrics.mean_cosine(out.out_VN)}
-        labels_local = labels_N[out.index_N]
-        knn, n_labelled = enc_metrics.knn_accuracy(out.out_VN, labels_local, k_nn)
+        enc_out = enc_metrics.encoder_outputs(sae, enc, batches, site.layer, site.selection)
+        values = {"cosine": enc_metrics.mean_cosine(enc_out.out_VN)}
+        labels_local = labels_N[enc_out.index_N]
+        knn, n_labelled = enc_metrics.knn_accuracy(enc_out.out_VN, labels_local, k_nn)
         values["knn_accuracy"] = knn
         if n_labelled < 2:
             undefined.update({f"knn_accuracy/{v}": "fewer than 2 labelled images" for v in knn})
         used_prompt = _zero_shot(
-            values, undefined, not_measured, out, labels_local, class_names, prompt,
+            values, undefined, not_measured, enc_out, labels_local, class_names, prompt,
             model=enc, tokenizer=tokenizer,
         )  # fmt: skip
-    counts = enc_metrics.sum_over_ranks(float(len(out.index_N)), float(out.n_skipped))
+        out, n_local = enc_out, len(enc_out.index_N)
+    counts = enc_metrics.sum_over_ranks(float(n_local), float(out.n_skipped))
     n, n_skipped = (int(c) for c in counts)
     if n == 0:
         raise UserError(f"none of the {len(paths)} images could be read")
-    identity = enc_metrics.identity_check(out.out_VN)
+    identity = out.identity.over_ranks()
     return Measured(values, undefined, not_measured, identity, n, n_skipped, used_prompt)
 
 
