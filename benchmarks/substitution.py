@@ -2,14 +2,16 @@
 
 A randomly initialised CLIP vision tower of ViT-B/16 width (768, 12 heads, MLP 3072, 224 px,
 197 tokens) with ``--layers`` blocks embeds PNG files in a temporary folder; a TopK SAE
-(expansion 8, k 32) is substituted at the middle block with ``--tokens``. Figures, measured
-in one run with torch pinned to ``--threads`` threads:
+(expansion 8, k 32) is substituted at block ``layers - 2`` with ``--tokens``. Figures,
+measured in one run with torch pinned to ``--threads`` threads:
 
 - plain: one pass of decoding + ``Encoder.embed`` over the images (images/s);
-- substitution: ``run_substitution`` over the same images, which runs the dataset-mean pass
-  (up to the hooked block) and 5 forwards per batch (original, SAE, zero, mean, identity);
-- the ratio substitution / plain, next to its floor ``5 + (layer + 1) / layers`` forwards:
-  what is above the floor is the SAE, the hook and the metrics (k-NN, cosine).
+- substitution: ``run_substitution`` over the same images: the dataset-mean pass (up to the
+  hooked block, a fraction ``f = (layer + 1) / layers`` of a forward) and 5 forwards per batch
+  (original, SAE, zero, mean, identity), with ``replay`` (the 4 variants after the original
+  reuse its blocks up to the hook: ``1 + f + 4 (1 - f)`` forwards) and without (``5 + f``);
+- each ratio to plain next to its floor in forwards: what is above the floor is decoding
+  twice, the SAE, the hook and the metrics (k-NN, cosine).
 
     python benchmarks/substitution.py [--images 32] [--batch-size 16] [--layers 4]
                                       [--tokens all] [--threads 2] [--json out.json]
@@ -84,28 +86,34 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     encoder = make_encoder(args.layers)
-    layer = args.layers // 2 - 1
+    layer = args.layers - 2
     cfg = SAEConfig(d_in=768, expansion=8, sparsity="topk", k=32, hookpoint="post_mlp_residual",
                     layer=layer, tokens=args.tokens)  # fmt: skip
     sae = SAE(cfg, generator=torch.Generator().manual_seed(0)).eval()
+    seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         write_images(Path(tmp), args.images)
         dataset = load_dataset(tmp)
         plain_pass(encoder, list(dataset.paths[: args.batch_size]), args.batch_size)  # warm-up
-        plain_s = plain_pass(encoder, list(dataset.paths), args.batch_size)
-        start = time.perf_counter()
-        result = run_substitution(sae, encoder, dataset, batch_size=args.batch_size)
-        subst_s = time.perf_counter() - start
-    floor = 5 + (layer + 1) / args.layers
+        seconds["plain"] = plain_pass(encoder, list(dataset.paths), args.batch_size)
+        for replay in (True, False):
+            start = time.perf_counter()
+            result = run_substitution(sae, encoder, dataset, batch_size=args.batch_size,
+                                      replay=replay)  # fmt: skip
+            seconds["replay" if replay else "full"] = time.perf_counter() - start
+    f = (layer + 1) / args.layers
     figures = {
         "images": args.images,
         "threads": args.threads,
+        "layer": f"{layer} of {args.layers}",
         "tokens": args.tokens,
-        "plain_images_per_s": args.images / plain_s,
-        "substitution_images_per_s": args.images / subst_s,
-        "ratio_substitution_to_plain": subst_s / plain_s,
-        "floor_forwards": floor,
-        "ratio_to_floor": subst_s / plain_s / floor,
+        "plain_images_per_s": args.images / seconds["plain"],
+        "replay_images_per_s": args.images / seconds["replay"],
+        "ratio_replay_to_plain": seconds["replay"] / seconds["plain"],
+        "floor_replay_forwards": 1 + f + 4 * (1 - f),
+        "ratio_full_to_plain": seconds["full"] / seconds["plain"],
+        "floor_full_forwards": 5 + f,
+        "speedup_of_replay": seconds["full"] / seconds["replay"],
         "cosine_recovered_vs_zero": result.recovered["cosine"]["zero"],
     }
     for key, value in figures.items():

@@ -223,6 +223,30 @@ def test_substitution_semantics_per_token_selection():
     assert torch.equal(shifted[:, 1:3], h[:, 1:3])
 
 
+@pytest.mark.parametrize(
+    ("family", "layer", "tokens"),
+    [c for c in CASES if c[0] != "llava" and c[1] is not None],
+    ids=lambda x: str(x),
+)
+def test_replaying_the_blocks_before_the_hook_changes_nothing(
+    models, folder, family, layer, tokens
+):
+    """Variants after the original reuse its output of blocks 0..layer: the embeddings are
+    those of full forwards, and the blocks before the hook are back to normal afterwards."""
+    from vlmsae.evaluate.substitution_encoder import encoder_outputs
+    from vlmsae.evaluate.substitution_run import _rank_batches
+
+    enc = models[family]
+    batches = _rank_batches(load_dataset(folder).paths, enc.processor, 5, 0)
+    sae, selection = _noisy_sae(32), TokenSelection.parse(tokens)
+    fast = encoder_outputs(sae, enc, batches, layer, selection, replay=True)
+    full = encoder_outputs(sae, enc, batches, layer, selection, replay=False)
+    for v, emb in full.out_VN.items():
+        torch.testing.assert_close(fast.out_VN[v], emb, rtol=1e-5, atol=1e-6, msg=v)
+    assert not torch.equal(full.out_VN["sae"], full.out_VN["original"])
+    assert all("forward" not in block.__dict__ for block in enc.blocks)
+
+
 def test_fraction_recovered():
     assert fraction_recovered(1.0, 0.75, 0.5) == 0.5
     assert fraction_recovered(0.0, 0.1, 0.4) == pytest.approx(0.75)  # KL: lower is better

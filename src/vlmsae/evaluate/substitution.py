@@ -204,12 +204,15 @@ def run_substitution(
     k_nn: int = 5,
     tokenizer: Any = None,
     workers: int = 0,
+    replay: bool = True,
 ) -> SubstitutionResult:
     """:func:`evaluate_substitution` on a loaded model (an :class:`Encoder`, or a
     :class:`~vlmsae.steer.llava.Llava`) and a listed dataset.
 
     ``tokenizer``: the text tokenizer of a CLIP / SigLIP model with a text tower, for the
-    zero-shot accuracy (None: not measured). ``workers``: image-decoding processes."""
+    zero-shot accuracy (None: not measured). ``workers``: image-decoding processes.
+    ``replay`` (image encoders): the variants after the original reuse its blocks up to the
+    hook instead of recomputing them (same numbers, fewer forwards; False: for checking)."""
     start = time.perf_counter()
     if batch_size < 1 or k_nn < 1:
         raise UserError(f"batch_size and k_nn must be >= 1, got {batch_size} and {k_nn}")
@@ -219,7 +222,8 @@ def run_substitution(
         raise UserError(f"got {len(labels_N)} labels for {len(dataset)} images; give one per image")
     names = list(dataset.classes if class_names is None else class_names)
     m = measure(sae, model, site, list(dataset.paths), labels_N, names, prompt,
-                batch_size=batch_size, k_nn=k_nn, tokenizer=tokenizer, workers=workers)  # fmt: skip
+                batch_size=batch_size, k_nn=k_nn, tokenizer=tokenizer, workers=workers,
+                replay=replay)  # fmt: skip
     recovered, undefined = {}, dict(m.undefined)
     for metric, row in m.values.items():
         recovered[metric] = {}

@@ -77,12 +77,15 @@ def encoder_outputs(
     batches: Batches,
     layer: int | None,
     selection: TokenSelection | None,
+    *,
+    replay: bool = True,
 ) -> Outputs:
     """Final embeddings of every scored variant for this rank's images, and the identity
     check (:data:`~vlmsae.evaluate.substitution_hooks.VARIANTS`).
 
     ``layer`` None substitutes the final embedding itself (``post_projection``): one pass,
-    and the variants are functions of the original embedding."""
+    and the variants are functions of the original embedding. ``replay``: the variants after
+    the original compute only the blocks after the hook (see :class:`TokenSubstitution`)."""
     out: dict[str, list[torch.Tensor]] = {v: [] for v in SCORED}
     index: list[np.ndarray] = []
     n_skipped, identity = 0, Identity(0.0, 0.0)
@@ -100,16 +103,17 @@ def encoder_outputs(
     else:
         mean_D = dataset_mean(encoder, batches(), layer, selection).to(encoder.device)
         assert selection is not None
-        with TokenSubstitution(encoder, layer, selection, sae, mean_D) as hook:
+        hook = TokenSubstitution(encoder, layer, selection, sae, mean_D, replay=replay)
+        with hook:
             for batch in batches():
                 n_skipped += len(batch.skipped)
                 if batch.pixel_values is None:
                     continue
                 index.append(batch.index)
                 emb = {}
-                for v in VARIANTS:
-                    hook.variant = v
-                    emb[v] = encoder.embed(batch.pixel_values).float().cpu()
+                for v in VARIANTS:  # "original" first: the others replay its prefix
+                    with hook.running(v):
+                        emb[v] = encoder.embed(batch.pixel_values).float().cpu()
                 identity = identity.update(emb.pop("identity"), emb["original"])
                 for v in SCORED:
                     out[v].append(emb[v])

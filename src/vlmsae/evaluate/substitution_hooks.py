@@ -22,9 +22,12 @@ reconstruction plus the SAE error, which must give back the original outputs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from vlmsae.core import dist
 from vlmsae.encoders.intervene import BlockEdit
@@ -107,8 +110,15 @@ def substitute_block(
 
 
 class TokenSubstitution(BlockEdit):
-    """A forward hook on block ``layer`` that substitutes the SAE's tokens; set
-    :attr:`variant` before each forward (``"original"`` leaves the block alone)."""
+    """A forward hook on block ``layer`` that substitutes the SAE's tokens in the variant
+    set by :meth:`running` (``"original"`` leaves the block alone).
+
+    ``replay``: a variant's forward after the batch's ``original`` one does not recompute
+    blocks ``0 .. layer`` (their outputs are the original's): while it runs, those blocks
+    return the output block ``layer`` gave in the original forward, and the hook substitutes
+    into it, so only the blocks after the hook are computed. Blocks before the hook then
+    return a stand-in, so replay is only for a model that reads nothing but its last block
+    (a standalone encoder, not LLaVA, which may read earlier hidden states)."""
 
     def __init__(
         self,
@@ -117,11 +127,48 @@ class TokenSubstitution(BlockEdit):
         selection: TokenSelection,
         sae: SAE,
         mean_D: torch.Tensor | None,
+        *,
+        replay: bool = False,
     ) -> None:
         self.selection, self.sae, self.mean_D = selection, sae, mean_D
         self.n_registers = encoder.n_registers
         self.variant = "original"
-        self._register(encoder.blocks[encoder.layer_index(layer)])
+        self.layer = encoder.layer_index(layer)
+        self.prefix = list(encoder.blocks[: self.layer + 1])
+        self.replay = replay
+        self._cached: Any = None
+        self._register(encoder.blocks[self.layer])
+
+    @contextmanager
+    def running(self, variant: str) -> Iterator[None]:
+        """Run one forward in ``variant``; ``original`` first for every batch."""
+        self.variant = variant
+        if variant == "original":
+            self._cached = None
+        skip = self.replay and variant != "original" and self._cached is not None
+        saved = [block.__dict__.get("forward") for block in self.prefix]
+        if skip:
+            for block in self.prefix:
+                block.forward = self._replayed  # an instance attribute: hooks still run
+        try:
+            yield
+        finally:
+            if skip:
+                for block, forward in zip(self.prefix, saved, strict=True):
+                    del block.forward
+                    if forward is not None:
+                        block.forward = forward
+
+    def _replayed(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._cached
+        if isinstance(out, (tuple, list)):
+            return type(out)([out[0].clone(), *out[1:]])
+        return out.clone()
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if self.variant == "original" and self.replay:
+            self._cached = output
+        return super()._hook(module, args, output)
 
     def apply(self, h_BTD: torch.Tensor) -> torch.Tensor:
         return substitute_block(

@@ -90,17 +90,17 @@ def llava_outputs(
             pixels = batch.pixel_values.to(device=llava.device, dtype=llava.dtype)
             logits_VBV = {}
             for v in VARIANTS:
-                hook.variant = v
-                out = llava.model.generate(
-                    **inputs,
-                    pixel_values=pixels,
-                    do_sample=False,
-                    num_beams=1,
-                    max_new_tokens=ANSWER_TOKENS,
-                    pad_token_id=pad_id,
-                    output_logits=True,
-                    return_dict_in_generate=True,
-                )
+                with hook.running(v):
+                    out = llava.model.generate(
+                        **inputs,
+                        pixel_values=pixels,
+                        do_sample=False,
+                        num_beams=1,
+                        max_new_tokens=ANSWER_TOKENS,
+                        pad_token_id=pad_id,
+                        output_logits=True,
+                        return_dict_in_generate=True,
+                    )
                 logits_VBV[v] = out.logits[0].double().cpu()  # the first answer token's
                 new_BT = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
                 if v != "identity":

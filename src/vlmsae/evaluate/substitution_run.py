@@ -144,6 +144,7 @@ def measure(
     k_nn: int,
     tokenizer: Any,
     workers: int,
+    replay: bool = True,
 ) -> Measured:
     """Run every variant over this rank's images and compute the metrics of the family."""
     enc = _encoder_of(model)
@@ -165,7 +166,9 @@ def measure(
         used_prompt: str | None = question
         n_local = out.n_images
     else:
-        enc_out = enc_metrics.encoder_outputs(sae, enc, batches, site.layer, site.selection)
+        enc_out = enc_metrics.encoder_outputs(
+            sae, enc, batches, site.layer, site.selection, replay=replay
+        )
         values = {"cosine": enc_metrics.mean_cosine(enc_out.out_VN)}
         labels_local = labels_N[enc_out.index_N]
         knn, n_labelled = enc_metrics.knn_accuracy(enc_out.out_VN, labels_local, k_nn)
