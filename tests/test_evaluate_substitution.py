@@ -269,6 +269,18 @@ def test_sae_that_does_not_fit_is_a_user_error(models, folder):
         _run(models["clip"], folder, make_sae(32, **_source(1, "all")), labels=[0, 1])
 
 
+@pytest.mark.parametrize("layer", [1, None])
+def test_no_readable_image_is_a_user_error(models, tmp_path, layer):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "broken.png").write_text("not an image")
+    with pytest.raises(UserError, match="none of the images"):
+        _run(
+            models["clip"],
+            tmp_path,
+            make_sae(_width(models["clip"], layer), **_source(layer, "all")),
+        )
+
+
 @pytest.fixture(scope="module")
 def toy_folder(tmp_path_factory):
     from vlmsae import toyworld

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmsae.core import dist
+from vlmsae.core.errors import UserError
 from vlmsae.evaluate.substitution_hooks import (
     VARIANTS,
     TokenSubstitution,
@@ -130,7 +131,7 @@ def _global_mean(x_ND: torch.Tensor) -> torch.Tensor:
     total = torch.cat([x_ND.double().sum(0), torch.tensor([float(x_ND.shape[0])])])
     dist.all_reduce(total)
     if total[-1] == 0:
-        raise ValueError("no image of the dataset could be read: no dataset mean")
+        raise UserError("none of the images could be read: no dataset mean")
     return (total[:-1] / total[-1]).float()
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from vlmsae.core import dist
+from vlmsae.core.errors import UserError
 from vlmsae.encoders.intervene import BlockEdit
 from vlmsae.encoders.tokens import TokenSelection
 
@@ -208,5 +209,5 @@ def dataset_mean(
     total[-1] = count
     dist.all_reduce(total)
     if total[-1] == 0:
-        raise ValueError("no image of the dataset could be read: no dataset mean")
+        raise UserError("none of the images could be read: no dataset mean")
     return (total[:-1] / total[-1]).float()

@@ -148,6 +148,11 @@ def measure(
 ) -> Measured:
     """Run every variant over this rank's images and compute the metrics of the family."""
     enc = _encoder_of(model)
+    if site.family != "llava" and prompt is not None and "{}" not in prompt:
+        raise UserError(
+            f"the zero-shot prompt {prompt!r} has no '{{}}' for the class name; "
+            "e.g. 'a photo of a {}.'"
+        )
     if hasattr(sae, "eval"):
         sae.eval()  # BatchTopK encodes per example (its threshold) outside training
     if hasattr(sae, "to"):
@@ -211,11 +216,6 @@ def _zero_shot(
         not_measured["zero_shot_accuracy"] = "no class names (the folder has no classes)"
         return None
     template = prompt or DEFAULT_TEMPLATE
-    if "{}" not in template:
-        raise UserError(
-            f"the zero-shot prompt {template!r} has no '{{}}' for the class name; "
-            "e.g. 'a photo of a {}.'"
-        )
     texts = [template.format(c) for c in class_names]
     text_CE = enc_metrics.text_embeddings(model.model, tokenizer, texts, model.family)
     acc, n = enc_metrics.zero_shot_accuracy(out.out_VN, labels_local, text_CE)
