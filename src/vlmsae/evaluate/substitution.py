@@ -327,7 +327,7 @@ def _load_model(name: str, device: str) -> tuple[Any, Any]:
         from transformers import AutoTokenizer
 
         return encoder, AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         log.warning("%s: no tokenizer (%s); zero-shot accuracy is not measured", name, e)
         return encoder, None
 
