@@ -239,8 +239,17 @@ def test_replaying_the_blocks_before_the_hook_changes_nothing(
     enc = models[family]
     batches = _rank_batches(load_dataset(folder).paths, enc.processor, 5, 0)
     sae, selection = _noisy_sae(32), TokenSelection.parse(tokens)
-    fast = encoder_outputs(sae, enc, batches, layer, selection, replay=True)
-    full = encoder_outputs(sae, enc, batches, layer, selection, replay=False)
+    calls = []  # forwards of a module inside block 0: fewer when the prefix is replayed
+    inner = next(iter(enc.blocks[0].children()))
+    handle = inner.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        fast = encoder_outputs(sae, enc, batches, layer, selection, replay=True)
+        n_fast = len(calls)
+        full = encoder_outputs(sae, enc, batches, layer, selection, replay=False)
+    finally:
+        handle.remove()
+    # 3 batches of 5, 5, 2 images: the mean pass, then 1 forward (replay) or 5 through block 0
+    assert (n_fast, len(calls) - n_fast) == (2 * 3, 6 * 3)
     for v, emb in full.out_VN.items():
         torch.testing.assert_close(fast.out_VN[v], emb, rtol=1e-5, atol=1e-6, msg=v)
     assert not torch.equal(full.out_VN["sae"], full.out_VN["original"])

@@ -161,15 +161,18 @@ class TokenSubstitution(BlockEdit):
                         block.forward = forward
 
     def _replayed(self, *args: Any, **kwargs: Any) -> Any:
-        out = self._cached
-        if isinstance(out, (tuple, list)):
-            return type(out)([out[0].clone(), *out[1:]])
-        return out.clone()
+        return self._copy(self._cached)
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         if self.variant == "original" and self.replay:
-            self._cached = output
+            self._cached = self._copy(output)  # a copy: later blocks may work in place
         return super()._hook(module, args, output)
+
+    @staticmethod
+    def _copy(out: Any) -> Any:
+        if isinstance(out, (tuple, list)):
+            return type(out)([out[0].clone(), *out[1:]])
+        return out.clone()
 
     def apply(self, h_BTD: torch.Tensor) -> torch.Tensor:
         return substitute_block(
