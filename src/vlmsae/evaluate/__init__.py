@@ -1,0 +1,1 @@
+"""Evaluating an SAE: substitution, concept detection, sparse probing."""
