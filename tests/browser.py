@@ -10,7 +10,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 MISSING = (
     "browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium "
-    "chromium-driver) and selenium (pip install -e '.[browser]')"
+    "chromium-driver) and selenium (in the dev extra: make test installs it)"
 )
 
 

@@ -5,6 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Tests that need system packages skip without them; the summary says how to get them.
+APT_PACKAGES = "chromium chromium-driver fonts-noto-color-emoji unicode-data"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One closing line on skipped tests: how many, and the one command that enables them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    needs_apt = sum(
+        1 for r in skipped if any(w in str(r.longrepr) for w in ("chromium", "Noto", "emoji-test"))
+    )
+    line = f"{len(skipped)} tests skipped"
+    if needs_apt:
+        line += (
+            f"; {needs_apt} of them need Debian packages: sudo apt-get install -y "
+            f"--no-install-recommends {APT_PACKAGES} (bash .ci/run installs them, then runs "
+            "make test)"
+        )
+    terminalreporter.write_line(line, yellow=True)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
