@@ -20,13 +20,11 @@ from torch import Tensor
 from vlmsae.core.io import atomic_write_text, read_json, to_json
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.model import SAE
-from vlmsae.train.config import TrainConfig, lr_factor
+from vlmsae.train.config import TrainConfig, lr_factor, recipe_of
 from vlmsae.train.losses import variance_metrics
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
-# Fields that may differ between an interrupted run and its resumption (``steps`` may grow).
-RESUMABLE_CHANGES = ("progress", "device", "log_every", "checkpoint_every", "val_rows", "steps")
 
 
 class MetricsLog:
@@ -146,12 +144,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path, step: int) -> None:
-    saved = _flat(json.loads(json.dumps(saved)))  # tuples became lists on disk
-    now = _flat(json.loads(json.dumps(cfg.to_dict())))
+    """The resumed run must have the interrupted run's recipe; run options may change, and
+    ``steps`` may grow (the run is extended)."""
+    saved = _flat(json.loads(json.dumps(recipe_of(saved))))  # tuples became lists on disk
+    now = _flat(json.loads(json.dumps(cfg.recipe())))
     diff = [
         k
         for k in sorted(set(saved) | set(now))
-        if k not in RESUMABLE_CHANGES and saved.get(k, "(absent)") != now.get(k, "(absent)")
+        if k != "steps" and saved.get(k, "(absent)") != now.get(k, "(absent)")
     ]
     if diff:
         detail = "; ".join(
