@@ -11,11 +11,14 @@ change them. :meth:`TrainConfig.recipe` is the recipe's view, :data:`RUN_OPTIONS
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from vlmsae.sae.config import DTYPES, SAEConfig
+
+log = logging.getLogger(__name__)
 
 
 def _run_option(default: Any) -> Any:
@@ -166,3 +169,21 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         if step >= start and cfg.steps > start:
             factor *= (cfg.steps - step) / (cfg.steps - start)
     return factor
+
+
+def warn_schedule(cfg: TrainConfig) -> None:
+    """Say up front when a short run cannot follow its schedule."""
+    if cfg.warmup_steps >= cfg.steps:
+        log.warning(
+            "warmup_steps=%d >= steps=%d: the lr never reaches its base value; lower "
+            "--warmup-steps",
+            cfg.warmup_steps,
+            cfg.steps,
+        )
+    if cfg.sae.sparsity == "batchtopk" and cfg.threshold_start_step >= cfg.steps - 1:
+        log.warning(
+            "threshold_start_step=%d >= steps - 1: the BatchTopK inference threshold will never "
+            "be set and the SAE will encode with per-example top-k; lower "
+            "--threshold-start-step",
+            cfg.threshold_start_step,
+        )
