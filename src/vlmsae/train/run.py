@@ -179,7 +179,7 @@ def _feed(runs: list[Run], source: BatchSource, show: bool) -> None:
             bar.update(1)
 
 
-@dataclass
+@dataclass(eq=False)  # a run is itself, not its fields
 class Run:
     """One SAE in training, what each step needs besides the batch: ``Run.prepare``, then
     ``step`` once per batch until ``done``, then ``finish``."""
