@@ -2,10 +2,11 @@
 
 A frozen dataclass validated in ``__post_init__``; the same object serves the library, the
 CLI and the saved ``config.json``. Its fields are of two kinds. The *recipe* (every field
-but the run options) defines the SAE you get: two runs with the same recipe and data train
-the same weights. The *run options* (fields declared with ``_run_option``: device, progress,
-log and checkpoint cadence, validation rows) say how one run executes; a resumed run may
-change them. :meth:`TrainConfig.recipe` is the recipe's view, :data:`RUN_OPTIONS` the names.
+but the run options) defines the SAE you get: the same recipe and data train the same
+weights on one kind of device. The *run options* (fields declared with ``_run_option``:
+device, progress, log and checkpoint cadence, validation rows) say how one run executes; a
+resumed run may change them (and raise ``steps``, which extends it).
+:meth:`TrainConfig.recipe` is the recipe's view, :data:`RUN_OPTIONS` the names.
 """
 
 from __future__ import annotations
