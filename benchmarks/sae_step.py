@@ -25,7 +25,8 @@ from torch import Tensor
 
 from vlmsae.sae import SAE, SAEConfig
 from vlmsae.train import TrainConfig
-from vlmsae.train.run import TrainState, make_optimizer, train_step
+from vlmsae.train.state import TrainState
+from vlmsae.train.step import make_optimizer, train_step
 
 
 def dense_step(sae: SAE, opt: torch.optim.Optimizer, x_BD: Tensor, cfg: TrainConfig) -> Tensor:

@@ -24,7 +24,7 @@ from vlmsae.sae.checkpoint import load_trainer_state
 from vlmsae.train import TrainConfig
 from vlmsae.train import sweep as sweep_module
 from vlmsae.train.placement import choose_placement, n_params, partition
-from vlmsae.train.run import train_sae
+from vlmsae.train.run import Run, train_sae
 from vlmsae.train.sweep import load_sweep, sweep_file_options, train_sweep
 
 STEPS = 8
@@ -66,7 +66,7 @@ def _cfg(name: str) -> TrainConfig:
 
 def _record_prepared(root: str) -> None:
     """Record, in ``root/prepared-<rank>``, the run directories this rank builds SAEs for."""
-    prepare = sweep_module._prepare
+    prepare = Run.prepare
     rank = int(os.environ.get("RANK", 0))
 
     def recording(source, cfg, out_path, *args, **kwargs):
@@ -74,7 +74,7 @@ def _record_prepared(root: str) -> None:
             f.write(f"{Path(out_path).name}\n")
         return prepare(source, cfg, out_path, *args, **kwargs)
 
-    sweep_module._prepare = recording  # this (forked) rank only
+    Run.prepare = staticmethod(recording)  # this (forked) rank only
 
 
 def _prepared(root: Path, rank: int) -> set[str]:

@@ -25,7 +25,8 @@ import torch
 
 from vlmsae.sae import SAE, SAEConfig
 from vlmsae.train import TrainConfig
-from vlmsae.train.run import geometric_median, train_sae
+from vlmsae.train.run import train_sae
+from vlmsae.train.step import geometric_median
 
 D, S, K, B, STEPS = 12, 48, 3, 64, 7
 

@@ -12,7 +12,8 @@ import torch
 from vlmsae.sae import SAE, SAEConfig, scratch, sparse
 from vlmsae.train import TrainConfig, losses
 from vlmsae.train.optim import LayoutAdam
-from vlmsae.train.run import TrainState, make_optimizer, train_step
+from vlmsae.train.state import TrainState
+from vlmsae.train.step import make_optimizer, train_step
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:

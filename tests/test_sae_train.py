@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 import vlmsae
+from vlmsae.core.errors import NonFiniteError
 from vlmsae.data.store import ActivationStore
 from vlmsae.sae import SAE, SAEConfig
 from vlmsae.sae.checkpoint import load_trainer_state
 from vlmsae.train import TrainConfig
+from vlmsae.train.config import RUN_OPTIONS, lr_factor
 from vlmsae.train.planted import dictionary_recovery, make_planted
-from vlmsae.train.run import NonFiniteError, geometric_median, lr_factor, train_sae
+from vlmsae.train.run import train_sae
 from vlmsae.train.state import evaluate_sae
+from vlmsae.train.step import geometric_median
 
 K = 5
 
@@ -203,6 +207,20 @@ def test_resume_refuses_a_different_config(tmp_path):
         train_sae(x, small_config(steps=10, lr=0.5), tmp_path, resume=True)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train_sae(x, small_config(steps=10), tmp_path / "empty", resume=True)
+    options = dict(log_every=1, checkpoint_every=3, val_rows=7, progress=True)
+    train_sae(x, small_config(steps=12, **options), tmp_path, resume=True)  # run options: free
+    assert load_trainer_state(tmp_path)[1]["step"] == 12  # and steps may grow
+
+
+def test_the_recipe_is_every_field_but_the_run_options():
+    runtime = ["checkpoint_every", "device", "log_every", "progress", "val_rows"]
+    assert sorted(RUN_OPTIONS) == runtime
+    cfg = small_config()
+    assert set(cfg.recipe()) == set(cfg.to_dict()) - RUN_OPTIONS
+    assert replace(cfg, device="cuda", log_every=1, progress=True).recipe() == cfg.recipe()
+    for change in (dict(dtype="bfloat16"), dict(norm_batches=3), dict(steps=31)):
+        assert replace(cfg, **change).recipe() != cfg.recipe(), change
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # config.json round trip unchanged
 
 
 def test_nan_batch_stops_and_keeps_last_checkpoint(tmp_path):

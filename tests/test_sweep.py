@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from ranks import run_ranks
+from vlmsae.cli import app
 from vlmsae.core.errors import UserError
+from vlmsae.data.store import ActivationStore
 from vlmsae.sae import SAE, SAEConfig
 from vlmsae.sae.checkpoint import load_trainer_state
 from vlmsae.train import TrainConfig
@@ -76,6 +81,40 @@ def test_sweep_equals_separate_runs_and_reads_each_batch_once(tmp_path):
     for i, cfg in enumerate(cfgs):
         train_sae(data, cfg, tmp_path / f"alone{i}")
         _assert_same(sweep_dirs[i], tmp_path / f"alone{i}")
+
+
+def test_a_sweep_of_one_sae_is_train_sae(tmp_path):
+    cfg = _base(group_fractions=(0.25, 0.75))
+    data = CountingBatches(STEPS)
+    (swept,) = train_sweep(data, [cfg], [tmp_path / "sweep"])
+    alone = train_sae(data, cfg, tmp_path / "alone")
+    _assert_same(tmp_path / "sweep", tmp_path / "alone")
+    (in_memory,) = train_sweep(data, [cfg])
+    for name, value in alone.state_dict().items():  # the returned SAEs too (raw units)
+        assert torch.equal(value, swept.state_dict()[name]), name
+        assert torch.equal(value, in_memory.state_dict()[name]), name
+
+
+def test_train_sweep_cli_shows_progress_in_the_chosen_mode(tmp_path, caplog, monkeypatch):
+    """``vlmsae train --sweep`` reports progress as every command does: ``--progress none``
+    prints nothing, ``log`` plain lines, neither a bar's carriage-return frames."""
+    monkeypatch.setenv("VLMSAE_PROGRESS_MIN_INTERVAL", "0")  # a line at every 10 %
+    caplog.set_level(logging.INFO, logger="vlmsae.progress")
+    rows = np.random.default_rng(0).normal(size=(256, 16)).astype(np.float32)
+    ActivationStore.write(tmp_path / "acts", rows)
+    (tmp_path / "sweep.toml").write_text("[grid]\nexpansion = [1, 2]\n")
+    args = ["train", "--activations", str(tmp_path / "acts"), "--arch", "topk", "--k", "2"]
+    args += ["--steps", "10", "--batch-size", "32", "--warmup-steps", "2"]
+    args += ["--sweep", str(tmp_path / "sweep.toml")]
+    lines = {}
+    for mode in ("none", "log"):
+        caplog.clear()
+        res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / mode), "--progress", mode])
+        assert res.exit_code == 0, res.output
+        assert "\r" not in res.output and "train 2 saes" not in res.output, res.output
+        lines[mode] = [r.getMessage() for r in caplog.records if r.name == "vlmsae.progress"]
+    assert lines["none"] == []
+    assert lines["log"] and all(line.startswith("train 2 saes: ") for line in lines["log"])
 
 
 def _sweep_two(root: str) -> None:

@@ -23,7 +23,7 @@ def untrained_sae(
 ) -> SAE:
     """An untrained SAE (eval mode) of ``kind`` in :data:`KINDS`, seeded like training."""
     from vlmsae.train.data import make_source
-    from vlmsae.train.run import geometric_median
+    from vlmsae.train.step import geometric_median
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -1,17 +1,30 @@
-"""Configuration of a training run (the recipe and its run options).
+"""Configuration of a training run: the recipe and the run options.
 
 A frozen dataclass validated in ``__post_init__``; the same object serves the library, the
-CLI and the saved ``config.json``.
+CLI and the saved ``config.json``. Its fields are of two kinds. The *recipe* (every field
+but the run options) defines the SAE you get: the same recipe and data train the same
+weights on one kind of device. The *run options* (fields declared with ``_run_option``:
+device, progress, log and checkpoint cadence, validation rows) say how one run executes; a
+resumed run may change them (and raise ``steps``, which extends it).
+:meth:`TrainConfig.recipe` is the recipe's view, :data:`RUN_OPTIONS` the names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from vlmsae.sae.config import DTYPES, SAEConfig
+
+log = logging.getLogger(__name__)
+
+
+def _run_option(default: Any) -> Any:
+    """A field that says how a run executes, not which SAE it trains (not in the recipe)."""
+    return dataclasses.field(default=default, metadata={"run_option": True})
 
 
 @dataclass(frozen=True)
@@ -63,15 +76,16 @@ class TrainConfig:
     """Batches of the training data read to estimate that scale."""
     dtype: str = "float32"
     """Compute dtype of the encoder product: ``float32`` or ``bfloat16`` (autocast)."""
-    device: str = "cpu"
+    # -- run options: how this run executes, not which SAE it trains -----------------------
+    device: str = _run_option("cpu")
     """Torch device (``cpu``, ``cuda``, ``cuda:1``...)."""
-    log_every: int = 100
+    log_every: int = _run_option(100)
     """Log training (and validation) metrics every this many steps, and at the end."""
-    checkpoint_every: int = 1000
+    checkpoint_every: int = _run_option(1000)
     """Write a resumable checkpoint every this many steps, and at the end."""
-    val_rows: int = 8192
+    val_rows: int = _run_option(8192)
     """Held-out rows evaluated at each log point (when a validation set is given)."""
-    progress: bool = True
+    progress: bool = _run_option(True)
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
@@ -117,9 +131,15 @@ class TrainConfig:
         return self.aux_k if self.aux_k is not None else max(1, self.sae.d_in // 2)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field (``config.json``'s ``train`` block)."""
         d = dataclasses.asdict(self)
         d["sae"] = self.sae.to_dict()
         return d
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that define the SAE this config trains: :meth:`to_dict` without the
+        run options (:data:`RUN_OPTIONS`)."""
+        return recipe_of(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -127,6 +147,17 @@ class TrainConfig:
         d["sae"] = SAEConfig.from_dict(d["sae"])
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
+
+
+RUN_OPTIONS = frozenset(
+    f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("run_option")
+)
+"""Names of the run options: how a run executes (a resumed run may change them)."""
+
+
+def recipe_of(train: dict[str, Any]) -> dict[str, Any]:
+    """The recipe of a ``TrainConfig.to_dict()`` (also one read back from disk)."""
+    return {k: v for k, v in train.items() if k not in RUN_OPTIONS}
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -139,3 +170,21 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         if step >= start and cfg.steps > start:
             factor *= (cfg.steps - step) / (cfg.steps - start)
     return factor
+
+
+def warn_schedule(cfg: TrainConfig) -> None:
+    """Say up front when a short run cannot follow its schedule."""
+    if cfg.warmup_steps >= cfg.steps:
+        log.warning(
+            "warmup_steps=%d >= steps=%d: the lr never reaches its base value; lower "
+            "--warmup-steps",
+            cfg.warmup_steps,
+            cfg.steps,
+        )
+    if cfg.sae.sparsity == "batchtopk" and cfg.threshold_start_step >= cfg.steps - 1:
+        log.warning(
+            "threshold_start_step=%d >= steps - 1: the BatchTopK inference threshold will never "
+            "be set and the SAE will encode with per-example top-k; lower "
+            "--threshold-start-step",
+            cfg.threshold_start_step,
+        )

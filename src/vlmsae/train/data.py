@@ -23,6 +23,7 @@ from vlmsae.core import dist
 from vlmsae.data.provenance import PROVENANCE_FIELDS, store_provenance
 from vlmsae.data.store import ActivationStore
 from vlmsae.sae.config import CONFIG_SOURCE_FIELDS
+from vlmsae.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 Data = Tensor | np.ndarray | str | Path | ActivationStore | Iterable[Any]
@@ -130,6 +131,34 @@ def make_source(data: Data) -> BatchSource:
     )
 
 
+def fit_config(cfg: TrainConfig, source: BatchSource) -> TrainConfig:
+    """``cfg`` with the SAE's provenance fields (hook point, layer, ...) that it leaves
+    unset filled from the data's manifest.
+
+    Raises:
+        ValueError: the data's rows are not ``d_in`` wide.
+    """
+    if source.d is not None and source.d != cfg.sae.d_in:
+        raise ValueError(
+            f"the data ({source.description}) has width {source.d} but the SAE config has "
+            f"d_in={cfg.sae.d_in}; set d_in={source.d}"
+        )
+    meta = {k: v for k, v in source.meta.items() if getattr(cfg.sae, k) is None}
+    return replace(cfg, sae=replace(cfg.sae, **meta)) if meta else cfg
+
+
+def check_batch_size(batch_size: int, source: BatchSource) -> None:
+    """Raises ``ValueError`` when ``source`` has fewer rows than a batch, or a batch has fewer
+    rows than there are ranks (every rank needs at least one row of each batch)."""
+    if source.n_rows is not None and batch_size > source.n_rows:
+        raise ValueError(f"batch_size {batch_size} exceeds the {source.n_rows} rows of data")
+    if batch_size < dist.world_size():
+        raise ValueError(
+            f"batch_size {batch_size} is smaller than the {dist.world_size()} ranks; give "
+            "every rank at least one row of each batch"
+        )
+
+
 def shard_source(source: BatchSource) -> BatchSource:
     """This rank's contiguous slice of every global batch of ``source`` (data parallel: the
     slices of all ranks, in rank order, are the batch one process would train on); the
@@ -179,10 +208,21 @@ def estimate_norm_factor(source: BatchSource, batch_size: int, seed: int, n_batc
     return scale
 
 
-def load_rows(data: Data, n_rows: int) -> Tensor:
+def load_rows(data: Data, n_rows: int, d: int | None = None) -> Tensor:
     """Up to ``n_rows`` rows of ``data`` as one float32 tensor (a held-out set).
 
-    A store contributes rows spread evenly over its length (not just its first shard)."""
+    A store contributes rows spread evenly over its length (not just its first shard).
+
+    Raises:
+        ValueError: the rows are not ``d`` wide (when ``d`` is given).
+    """
+    rows = _load_rows(data, n_rows)
+    if d is not None and rows.shape[1] != d:
+        raise ValueError(f"validation rows have width {rows.shape[1]}, d_in is {d}")
+    return rows
+
+
+def _load_rows(data: Data, n_rows: int) -> Tensor:
     if isinstance(data, (str, Path)):
         data = ActivationStore(data)
     if isinstance(data, ActivationStore):

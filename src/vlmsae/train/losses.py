@@ -215,3 +215,29 @@ def global_reconstruction_metrics(x_BD: Tensor, out: SAEOutput) -> dict[str, Any
         metrics["group_nmse"] = [e / var for e in group_err]
     metrics["l0"] = nonzero / n
     return metrics
+
+
+class BatchFigures(NamedTuple):
+    """A training step's loss parts and its batch's reconstruction metrics, of the global
+    batch."""
+
+    recon: float
+    aux: float
+    group_losses: list[float]
+    metrics: dict[str, Any]
+    """:func:`reconstruction_metrics` of the batch."""
+
+
+@torch.no_grad()
+def batch_figures(x_BD: Tensor, loss: LossOutput, out: SAEOutput) -> BatchFigures:
+    """The figures of a step's log point; data parallel, of the global batch (the ranks'
+    shares summed), not of this rank's slice."""
+    recon, aux, groups = loss.recon.detach(), loss.aux.detach(), loss.group_losses.detach()
+    if dist.is_distributed():
+        share = dist.batch_share(x_BD.shape[0])[0]
+        summed = dist.all_reduce(torch.cat([recon[None], aux[None], groups]).float() * share)
+        recon, aux, groups = summed[0], summed[1], summed[2:]
+        metrics = global_reconstruction_metrics(x_BD, out)
+    else:
+        metrics = reconstruction_metrics(x_BD, out)
+    return BatchFigures(float(recon), float(aux), [float(v) for v in groups], metrics)

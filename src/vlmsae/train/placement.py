@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from vlmsae.core import dist
 from vlmsae.core.errors import UserError
@@ -118,3 +120,25 @@ def choose_placement(
                 budget / 2**30,
             )
     return choice
+
+
+def owned(cfgs: Sequence[TrainConfig], placement: str) -> list[int]:
+    """The indices of ``cfgs`` this rank trains: every one (``replicate``, or one process),
+    or its part of :func:`partition` (``spread``)."""
+    if placement != "spread":
+        return list(range(len(cfgs)))
+    mine = partition(cfgs, dist.world_size())[dist.rank()]
+    log.info("rank %d trains SAEs %s of the sweep", dist.rank(), mine)
+    return mine
+
+
+@contextmanager
+def each_rank(what: str, spread: bool, group: Any = None) -> Iterator[None]:
+    """Spread: run the block on each rank as one process would (whole batches, no
+    collectives: :func:`vlmsae.core.dist.alone`), then fail every rank if it failed on any
+    (agreeing in ``group``). Replicated: the block as it is (data parallel, in step)."""
+    if not spread:
+        yield
+        return
+    with dist.together(what, group), dist.alone():
+        yield

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,26 @@ from torch import Tensor
 from vlmsae.core.io import atomic_write_text, read_json, to_json
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.model import SAE
-from vlmsae.train.config import TrainConfig, lr_factor
+from vlmsae.train.config import TrainConfig, lr_factor, recipe_of
+from vlmsae.train.data import BatchSource
 from vlmsae.train.losses import variance_metrics
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
-# Fields that may differ between an interrupted run and its resumption (``steps`` may grow).
-RESUMABLE_CHANGES = ("progress", "device", "log_every", "checkpoint_every", "val_rows", "steps")
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that a resumed run must restore."""
+
+    step: int
+    """Completed optimizer steps (= batches consumed)."""
+    examples_since_fired_S: Tensor
+    """int64 [S]: training examples since each latent last fired (dead-latent detection)."""
+    last_checkpoint: int | None = None
+    """Step of the last checkpoint written, if any."""
+    norm_factor: float = 1.0
+    """The training data is divided by this (1 without ``normalize_activations``)."""
 
 
 class MetricsLog:
@@ -101,9 +115,9 @@ def save_training_checkpoint(
     out_dir: Path,
     sae: SAE,
     optimizer: torch.optim.Optimizer,
-    state: Any,
+    state: TrainState,
     cfg: TrainConfig,
-    source: Any,
+    source: BatchSource,
 ) -> None:
     """Trainer state first (self-contained), then the SAE checkpoint, both atomic."""
     optim_tensors, param_groups = _optimizer_tensors(optimizer)
@@ -123,11 +137,12 @@ def save_training_checkpoint(
     }
     ckpt.save_trainer_state(out_dir, tensors, meta)
     publish_sae(out_dir, sae, state, cfg, source)
-    state.last_checkpoint = state.step
     log.debug("checkpoint at step %d in %s", state.step, out_dir)
 
 
-def publish_sae(out_dir: Path, sae: SAE, state: Any, cfg: TrainConfig, source: Any) -> None:
+def publish_sae(
+    out_dir: Path, sae: SAE, state: TrainState, cfg: TrainConfig, source: BatchSource
+) -> None:
     """Write the SAE files of the run (raw units) for the trainer state's step, with the
     provenance of the training data (``source``) where the data was a store."""
     norm_factor = state.norm_factor if cfg.normalize_activations else None
@@ -146,12 +161,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path, step: int) -> None:
-    saved = _flat(json.loads(json.dumps(saved)))  # tuples became lists on disk
-    now = _flat(json.loads(json.dumps(cfg.to_dict())))
+    """The resumed run must have the interrupted run's recipe; run options may change, and
+    ``steps`` may grow (the run is extended)."""
+    saved = _flat(json.loads(json.dumps(recipe_of(saved))))  # tuples became lists on disk
+    now = _flat(json.loads(json.dumps(cfg.recipe())))
     diff = [
         k
         for k in sorted(set(saved) | set(now))
-        if k not in RESUMABLE_CHANGES and saved.get(k, "(absent)") != now.get(k, "(absent)")
+        if k != "steps" and saved.get(k, "(absent)") != now.get(k, "(absent)")
     ]
     if diff:
         detail = "; ".join(
@@ -172,9 +189,9 @@ def load_resume_state(
     out_dir: Path,
     sae: SAE,
     optimizer: torch.optim.Optimizer,
-    state: Any,
+    state: TrainState,
     cfg: TrainConfig,
-    source: Any,
+    source: BatchSource,
     *,
     publish: bool = True,
 ) -> None:

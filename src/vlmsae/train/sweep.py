@@ -2,10 +2,13 @@
 
 Every SAE of a sweep trains on the same batches (one ``batch_size`` and ``seed``): each batch
 is read once and handed to every SAE in turn, so reading the store is paid once per step,
-not once per SAE. Each SAE's run directory is exactly what :func:`train_sae` writes, and a
-sweep's SAE equals the one :func:`train_sae` trains from the same config (bit for bit on
-CPU). Under ``torchrun`` every SAE trains data parallel, as :func:`train_sae` does, or the
-SAEs are spread over the ranks when they do not fit one (:mod:`vlmsae.train.placement`).
+not once per SAE. :func:`train_sae` is the sweep of one SAE (both run
+:func:`~vlmsae.train.run.train_runs`), so each SAE's run directory is exactly what
+``train_sae`` writes and its weights are the ones ``train_sae`` trains from the same config
+(bit for bit on CPU). This module adds what only a sweep has: checks that its SAEs can share
+the batches, the choice of placement, and sweep files. Under ``torchrun`` every SAE trains
+data parallel, as ``train_sae`` does, or the SAEs are spread over the ranks when they do
+not fit one (:mod:`vlmsae.train.placement`).
 
 A sweep file (``vlmsae train --sweep sweep.toml``) lists the SAEs; every key not given falls
 back to the command's options::
@@ -28,25 +31,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import tomllib
-from tqdm.auto import tqdm
 
 from vlmsae.core import dist
 from vlmsae.core.errors import UserError
-from vlmsae.core.io import remove_stale_temps
-from vlmsae.core.lock import output_lock
 from vlmsae.sae.config import SAEConfig
 from vlmsae.sae.model import SAE
 from vlmsae.train.config import TrainConfig
-from vlmsae.train.data import Data, make_source, shard_source
-from vlmsae.train.placement import check_placement, choose_placement, partition
-from vlmsae.train.run import _advance, _check_width, _conclude, _prepare
+from vlmsae.train.data import Data
+from vlmsae.train.placement import check_placement, choose_placement
+from vlmsae.train.run import train_runs
 
 log = logging.getLogger(__name__)
 PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
@@ -85,51 +84,11 @@ def train_sweep(
     _check_sweep(cfgs, out_dirs)
     check_placement(placement)  # on every rank: rank 0 alone decides (one log line, one choice)
     placement = dist.broadcast_object(choose_placement(cfgs, placement) if dist.is_main() else None)
-    paths = [Path(p) for p in out_dirs] if out_dirs is not None else [None] * len(cfgs)
-    mine = list(range(len(cfgs)))
-    if placement == "spread":
-        mine = partition(cfgs, dist.world_size())[dist.rank()]
-        log.info("rank %d trains SAEs %s of the sweep", dist.rank(), mine)
-    spread = placement == "spread" and dist.is_distributed()
-    saes: list[SAE | None] = [None] * len(cfgs)
-    with ExitStack() as stack:
-        with dist.together("locking the run directories of the sweep"):
-            for i in mine:  # one writer per run directory: its owner (rank 0 replicated)
-                if paths[i] is not None and (spread or dist.is_main()):
-                    stack.enter_context(output_lock(paths[i], "vlmsae train --sweep"))
-                    remove_stale_temps(paths[i])  # debris of a killed writer (we hold the lock)
-        with _each_rank("preparing the SAEs of the sweep", spread):
-            source = shard_source(make_source(data))
-            own = [_check_width(cfgs[i], source) for i in mine]
-            norm_factors: dict[Any, float] = {}  # one estimate of the scale per sweep
-            runs = [
-                _prepare(source, c, paths[i], val, resume, None, norm_factors, bar=False)
-                for c, i in zip(own, mine, strict=True)
-            ]
-        show = dist.is_main()  # one progress bar per job
-        # spread, a rank may finish hours before another: it waits without a timeout
-        patient = stack.enter_context(dist.patient_group()) if spread else None
-        with _each_rank("training the SAEs of the sweep", spread, patient):
-            _run_together(runs, source, show)
-            for i, run in zip(mine, runs, strict=True):
-                saes[i] = _conclude(run)
-        dist.barrier()
-    return saes
+    dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
+    return train_runs(data, cfgs, dirs, val=val, resume=resume, placement=placement)
 
 
-@contextmanager
-def _each_rank(what: str, spread: bool, group: Any = None) -> Iterator[None]:
-    """Spread: run the block on each rank as one process would (whole batches, no
-    collectives: :func:`vlmsae.core.dist.alone`), then fail every rank if it failed on any
-    (agreeing in ``group``). Replicated: the block as it is (data parallel, in step)."""
-    if not spread:
-        yield
-        return
-    with dist.together(what, group), dist.alone():
-        yield
-
-
-def _check_sweep(cfgs: Sequence[TrainConfig], out_dirs: Sequence[Any] | None) -> None:
+def _check_sweep(cfgs: Sequence[TrainConfig], out_dirs: Sequence[str | Path] | None) -> None:
     if not cfgs:
         raise UserError("a sweep needs at least one SAE config")
     for name in SHARED:
@@ -145,36 +104,6 @@ def _check_sweep(cfgs: Sequence[TrainConfig], out_dirs: Sequence[Any] | None) ->
         resolved = [Path(p).resolve() for p in out_dirs]
         if len(set(resolved)) != len(resolved):
             raise UserError("two SAEs of the sweep have the same run directory; name them apart")
-
-
-def _run_together(runs: list, source: Any, show: bool) -> None:
-    """Read each batch once and step every SAE that has steps left on it: batch ``i`` (a
-    pure function of ``seed`` and ``i``) goes to the runs that stand at step ``i``, so runs
-    resumed from different checkpoints each continue exactly."""
-    try:
-        todo = [r for r in runs if r.state.step < r.cfg.steps]
-        if not todo:
-            return
-        first, total = todo[0].cfg, max(r.cfg.steps for r in todo)
-        step = min(r.state.step for r in todo)
-        batches = source.batches(first.batch_size, first.seed, step)
-        desc = f"train {len(runs)} saes"
-        with tqdm(
-            total=total, initial=step, disable=not (show and first.progress), desc=desc
-        ) as bar:
-            while any(r.state.step < r.cfg.steps for r in todo):
-                x_BD = next(batches, None)
-                if x_BD is None:
-                    log.warning("the data ran out after %d steps (of %d)", step, total)
-                    break
-                for run in todo:
-                    if run.state.step == step and run.state.step < run.cfg.steps:
-                        _advance(run, x_BD)
-                step += 1
-                bar.update(1)
-    finally:
-        for run in runs:
-            run.bar.close()
 
 
 # -- sweep files ----------------------------------------------------------------------
