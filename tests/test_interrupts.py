@@ -102,3 +102,77 @@ def test_a_second_signal_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def _store(path: Path, seed: int, n: int = 2048, d: int = 16) -> Path:
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    meta = {"model": "m", "hookpoint": "post_mlp_residual", "layer": 1, "tokens": "cls"}
+    ActivationStore.write(path, x, meta=meta, images=[f"/img/{seed}/{i}.png" for i in range(n)])
+    return path
+
+
+def _train_args(store: Path, out: Path, steps: int = 4000) -> list[str]:
+    return [sys.executable, "-m", "vlmsae", "train", "--activations", str(store), "--out",
+            str(out), "--expansion", "4", "--k", "4", "--steps", str(steps), "--batch-size", "64",
+            "--log-every", "50", "--checkpoint-every", "100000", "--warmup-steps", "10",
+            "--threshold-start-step", "10"]  # fmt: skip
+
+
+def test_sigterm_checkpoints_training_and_resume_ends_bit_identical(tmp_path):
+    from safetensors.numpy import load_file
+
+    store = _store(tmp_path / "acts", 0)
+    ref = subprocess.run(_train_args(store, tmp_path / "ref"), env=_env(), capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train_args(store, out), env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            log = out / "metrics.jsonl"
+            if log.exists() and len(log.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    line = [x for x in stderr.splitlines() if "interrupted at step" in x]
+    assert len(line) == 1 and line[0].startswith("SIGTERM: interrupted at step ")
+    assert line[0].endswith(" of 4000; continue with --resume") and "Traceback" not in stderr
+    step = int(line[0].split("interrupted at step ")[1].split()[0])
+    pointer = json.loads((out / "checkpoint.json").read_text())
+    state = json.loads((out / pointer["dir"] / "trainer_state.json").read_text())
+    assert 0 < state["step"] == step < 4000  # the step it stopped at is saved: nothing lost
+    resumed = subprocess.run([*_train_args(store, out), "--resume"], env=_env(),
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(out / "sae.safetensors"), load_file(tmp_path / "ref" / "sae.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_on_a_store_cached_again_is_refused(tmp_path, caplog):
+    import logging
+
+    from vlmsae.core.errors import UserError
+    from vlmsae.sae import SAEConfig
+    from vlmsae.train import TrainConfig, train_sae
+
+    store = _store(tmp_path / "acts", 0)
+    cfg = TrainConfig(sae=SAEConfig(d_in=16, d_sae=32, sparsity="topk", k=2), steps=8,
+                      batch_size=64, checkpoint_every=4, progress=False)  # fmt: skip
+    train_sae(store, cfg, tmp_path / "run")
+    longer = TrainConfig(**{**cfg.__dict__, "steps": 12})
+    import shutil
+
+    shutil.rmtree(store)
+    _store(store, 1)  # the same path, other rows and images
+    with pytest.raises(UserError, match="is not the data the run in .* was trained on"):
+        train_sae(store, longer, tmp_path / "run", resume=True)
+    with caplog.at_level(logging.WARNING):
+        train_sae(store, longer, tmp_path / "run", resume=True, allow_mismatch=True)
+    assert "resuming anyway (--allow-mismatch)" in caplog.text

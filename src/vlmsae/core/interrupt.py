@@ -34,12 +34,23 @@ class Stop:
         """A signal asked the job to stop after its current step."""
         return self.signum is not None
 
+    def agreed(self) -> bool:
+        """Whether a signal reached any rank (every rank must call it at the same point:
+        under ``torchrun`` it is a collective, so the ranks stop at the same step)."""
+        from vlmsae.core import dist
+
+        if not dist.is_distributed():
+            return self.requested
+        import torch
+
+        return bool(dist.all_reduce(torch.tensor(int(self.requested))))
+
     def interrupted(self, where: str) -> Interrupted:
         """The exception to raise once the job has saved: ``interrupted at WHERE; continue
         with --resume`` with the signal's exit code."""
-        assert self.signum is not None, "no signal was received"
-        name = signal.Signals(self.signum).name
-        return Interrupted(f"{name}: interrupted at {where}; continue with --resume", self.signum)
+        signum = self.signum if self.signum is not None else signal.SIGTERM  # another rank's
+        name = signal.Signals(signum).name
+        return Interrupted(f"{name}: interrupted at {where}; continue with --resume", signum)
 
 
 @contextmanager

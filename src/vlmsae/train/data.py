@@ -7,7 +7,9 @@ Every source yields ``[batch_size, d]`` float32 tensors as a pure function of
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -106,7 +108,10 @@ def make_source(data: Data) -> BatchSource:
             store_batches,
             meta,
             f"store {store.dir}",
-            provenance={k: prov.get(k) for k in (*PROVENANCE_FIELDS, "store")},
+            provenance={
+                **{k: prov.get(k) for k in (*PROVENANCE_FIELDS, "store")},
+                **content_fingerprint(store.manifest),
+            },
             part_batches=store_batches,
         )
     if isinstance(data, (Tensor, np.ndarray)):
@@ -237,3 +242,31 @@ def _load_rows(data: Data, n_rows: int) -> Tensor:
         if total >= n_rows:
             break
     return torch.cat(parts)[:n_rows]
+
+
+def content_fingerprint(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``{"rows_sha256": ...}``: a hash of a store's rows (the checksums its manifest records
+    for every file), so that a store cached again under the same path with other images or
+    activations is told apart from the one a run was trained on; ``{}`` for an older store
+    without checksums."""
+    checksums = manifest.get("checksums")
+    if not checksums:
+        return {}
+    text = json.dumps(sorted(checksums.items()))
+    return {
+        "rows_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "n_rows": manifest.get("n_rows"),
+    }
+
+
+def cached_norm_factor(
+    source: BatchSource, cfg: TrainConfig, cache: dict[tuple[int, int, int], float] | None
+) -> float:
+    """The input scale (unit mean squared norm), estimated once per ``(batch_size, seed,
+    norm_batches)`` of a read of the data."""
+    cache = {} if cache is None else cache
+    key = (cfg.batch_size, cfg.seed, cfg.norm_batches)
+    if key not in cache:
+        cache[key] = estimate_norm_factor(source, *key)
+    log.info("inputs are divided by %.6g (unit mean squared norm)", cache[key])
+    return cache[key]

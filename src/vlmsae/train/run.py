@@ -5,14 +5,9 @@ at that step; :func:`train_sae` is its one-SAE case, :func:`~vlmsae.train.sweep.
 its many-SAE case. A ``Run``: ``prepare`` (build or restore), ``step`` (one batch, then
 ``log_point`` and ``checkpoint`` when due), ``finish`` (last checkpoint, summary, the SAE).
 
-The recipe is the paper's (its scripts through the dictionary_learning trainers): inputs
-scaled to unit mean squared norm (the scale folded back into the saved weights), Adam at lr
-``2e-4/sqrt(d_sae/2^14)`` with the warm-up ``lr·s/W`` and no decay, gradient clipping,
-unit-norm decoder rows with the decoder-parallel gradient removed, ``W_enc = W_decᵀ`` and
-``b_dec`` = geometric median of the first batch at initialisation, AuxK (α 0.03) on the
-latents dead after this batch, Matryoshka prefix losses weighted ``Σ_g L_g / G²``, and an
-EMA inference threshold for BatchTopK (the step: :mod:`vlmsae.train.step`).
-``docs/fidelity.md`` lists every detail.
+The recipe is the paper's (its scripts through the dictionary_learning trainers); the step
+is :mod:`vlmsae.train.step` and ``docs/fidelity.md`` lists every detail. SIGINT / SIGTERM
+finish the current step, checkpoint and stop (:mod:`vlmsae.core.interrupt`).
 """
 
 from __future__ import annotations
@@ -31,6 +26,7 @@ from torch import Tensor
 
 from vlmsae.core import dist
 from vlmsae.core.errors import NonFiniteError
+from vlmsae.core.interrupt import graceful_stop
 from vlmsae.core.io import read_json, remove_stale_temps, write_json
 from vlmsae.core.lock import output_lock
 from vlmsae.core.progress import progress
@@ -40,8 +36,8 @@ from vlmsae.train.config import TrainConfig, lr_factor, warn_schedule
 from vlmsae.train.data import (
     BatchSource,
     Data,
+    cached_norm_factor,
     check_batch_size,
-    estimate_norm_factor,
     fit_config,
     load_rows,
     make_source,
@@ -71,6 +67,7 @@ def train_sae(
     val: Data | None = None,
     resume: bool = False,
     on_step: OnStep | None = None,
+    allow_mismatch: bool = False,
 ) -> SAE:
     """Train an SAE on ``data`` and return it (in eval mode, applying to raw activations:
     with ``cfg.normalize_activations`` it trains on ``x / norm_factor`` and folds the
@@ -88,6 +85,7 @@ def train_sae(
             (``cfg.steps`` may be larger than the run's: it is extended).
         on_step: called as ``on_step(step, metrics)`` after every step (``metrics`` is
             filled at log points only).
+        allow_mismatch: resume on other data than the run's store (a warning, not an error).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) training is data parallel: every rank calls
     this with the same data and config, reads its slice of each global batch of
@@ -98,7 +96,8 @@ def train_sae(
         NonFiniteError: a batch or the loss holds NaN / Inf; the message names the step,
             and the last checkpoint in ``out_dir`` is left untouched.
     """
-    (sae,) = train_runs(data, [cfg], [out_dir], val=val, resume=resume, on_step=on_step)
+    kw = dict(val=val, resume=resume, on_step=on_step, allow_mismatch=allow_mismatch)
+    (sae,) = train_runs(data, [cfg], [out_dir], **kw)
     assert sae is not None  # replicated: every rank holds every SAE
     return sae
 
@@ -112,6 +111,7 @@ def train_runs(
     resume: bool = False,
     placement: str = "replicate",
     on_step: OnStep | None = None,
+    allow_mismatch: bool = False,
 ) -> list[SAE | None]:
     """Train one SAE per config (same ``batch_size`` and ``seed``) on one read of each
     batch: lock the run directories, prepare a :class:`Run` each, feed them, finish them.
@@ -139,7 +139,7 @@ def train_runs(
             source, norm_factors = shard_source(whole), {}  # one scale estimate per read
             runs = [
                 Run.prepare(source, cfgs[i], paths[i], val=val, resume=resume, on_step=on_step,
-                            norm_factors=norm_factors)
+                            norm_factors=norm_factors, allow_mismatch=allow_mismatch)
                 for i in mine
             ]  # fmt: skip
         # spread, a rank may finish hours before another: it waits without a timeout
@@ -164,8 +164,9 @@ def _feed(runs: list[Run], source: BatchSource, show: bool) -> None:
     batches = source.batches(first.batch_size, first.seed, step)
     desc = "train sae" if len(runs) == 1 else f"train {len(runs)} saes"
     off = not (show and first.progress)
-    with progress(total=total, initial=step, desc=desc, unit="step", disable=off) as bar:
-        while any(not run.done for run in todo):
+    bar = progress(total=total, initial=step, desc=desc, unit="step", disable=off)
+    with bar, graceful_stop() as stop:  # SIGINT / SIGTERM: finish the step, then save
+        while any(not run.done for run in todo) and not stop.agreed():  # ranks in step
             x_BD = next(batches, None)
             if x_BD is None:
                 log.warning("the data ran out after %d steps (of %d)", step, total)
@@ -177,6 +178,12 @@ def _feed(runs: list[Run], source: BatchSource, show: bool) -> None:
                 bar.set_postfix(loss=f"{m['loss']:.4g}", l0=f"{m['l0']:.1f}", r2=f"{m['r2']:.3f}")
             step += 1
             bar.update(1)
+        stopped = stop.agreed()  # every rank asks: they agree
+    if stopped:
+        for run in todo:
+            if run.out_path is not None and run.state.last_checkpoint != run.state.step:
+                run.checkpoint()
+        raise stop.interrupted(f"step {step} of {total}")
 
 
 @dataclass(eq=False)  # a run is itself, not its fields
@@ -221,6 +228,7 @@ class Run:
         resume: bool = False,
         on_step: OnStep | None = None,
         norm_factors: dict[tuple[int, int, int], float] | None = None,
+        allow_mismatch: bool = False,
     ) -> Run:
         """Build the SAE, its optimizer and state, or restore them from ``out_path``
         (``resume``). ``norm_factors`` caches the input scale by ``(batch_size, seed,
@@ -233,7 +241,8 @@ class Run:
         if resume:
             if out_path is None:
                 raise ValueError("resume=True needs the out_dir of the interrupted run")
-            load_resume_state(out_path, sae, optimizer, state, cfg, source, publish=dist.is_main())
+            load_resume_state(out_path, sae, optimizer, state, cfg, source,
+                              publish=dist.is_main(), allow_mismatch=allow_mismatch)  # fmt: skip
         elif out_path is not None and ckpt.has_trainer_state(out_path):
             raise FileExistsError(
                 f"{out_path} already holds a training run; pass --resume to continue it or "
@@ -245,7 +254,7 @@ class Run:
             val_x = load_rows(val, cfg.val_rows, cfg.sae.d_in).to(device)
         warn_schedule(cfg)
         if cfg.normalize_activations and not resume:
-            state.norm_factor = _norm_factor(source, cfg, norm_factors)
+            state.norm_factor = cached_norm_factor(source, cfg, norm_factors)
         if val_x is not None and cfg.normalize_activations:
             val_x = val_x / state.norm_factor  # metrics in training units (R², L0 are scale-free)
         writes = out_path is not None and dist.is_main()
@@ -383,16 +392,3 @@ class Run:
             "data": self.source.description,
         }
         write_json(out_path / SUMMARY_FILE, summary)
-
-
-def _norm_factor(
-    source: BatchSource, cfg: TrainConfig, cache: dict[tuple[int, int, int], float] | None
-) -> float:
-    """The input scale (unit mean squared norm), estimated once per ``(batch_size, seed,
-    norm_batches)`` of a read of the data."""
-    cache = {} if cache is None else cache
-    key = (cfg.batch_size, cfg.seed, cfg.norm_batches)
-    if key not in cache:
-        cache[key] = estimate_norm_factor(source, *key)
-    log.info("inputs are divided by %.6g (unit mean squared norm)", cache[key])
-    return cache[key]

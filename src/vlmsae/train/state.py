@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlmsae.core.errors import UserError
 from vlmsae.core.io import atomic_write_text, read_json, to_json
+from vlmsae.data.provenance import check_same_images, source_differences
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.model import SAE
 from vlmsae.train.config import TrainConfig, lr_factor, recipe_of
@@ -185,6 +187,36 @@ def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out_dir: Path, step
         )
 
 
+def check_same_data(out_dir: Path, source: BatchSource, allow_mismatch: bool = False) -> None:
+    """Refuse to resume ``out_dir`` on other data than it was trained on: the store's model,
+    hook point, layer and tokens, its images (fingerprint) and its rows (checksums) are
+    compared with the ``source`` its ``config.json`` records. ``allow_mismatch`` (the CLI's
+    ``--allow-mismatch``) turns a difference into a warning."""
+    config_path = out_dir / ckpt.CONFIG_FILE
+    recorded = (read_json(config_path).get("source") or {}) if config_path.exists() else {}
+    current = source.provenance or {}
+    if not recorded or not current:
+        return  # trained on a tensor or an iterable: nothing recorded to compare
+    what_run, what_now = f"the run in {out_dir}", f"--activations {current.get('store')}"
+    diffs = source_differences(recorded, current)
+    same_rows = recorded.get("rows_sha256") in (None, current.get("rows_sha256"))
+    if not diffs and same_rows:
+        check_same_images(recorded, current, what_run, what_now, allow_mismatch=allow_mismatch)
+        return
+    what = ", ".join([*diffs, *([] if same_rows else ["its rows (checksums)"])])
+    message = (
+        f"{what_now} is not the data {what_run} was trained on ({what} differ: the store was "
+        "cached again since)"
+    )
+    if allow_mismatch:
+        log.warning("%s; resuming anyway (--allow-mismatch)", message)
+        return
+    raise UserError(
+        f"{message}; resume with the store it was trained on, start a new run, or pass "
+        "--allow-mismatch to continue on this data"
+    )
+
+
 def load_resume_state(
     out_dir: Path,
     sae: SAE,
@@ -194,9 +226,11 @@ def load_resume_state(
     source: BatchSource,
     *,
     publish: bool = True,
+    allow_mismatch: bool = False,
 ) -> None:
     """Restore weights, optimizer, counters, RNG and step from ``out_dir`` (``publish``:
-    this process may rewrite the SAE files when a crash left them behind the state)."""
+    this process may rewrite the SAE files when a crash left them behind the state), after
+    checking that ``source`` is the data the run was trained on (:func:`check_same_data`)."""
     if not ckpt.has_trainer_state(out_dir):
         raise FileNotFoundError(
             f"nothing to resume in {out_dir}: no {ckpt.POINTER_FILE} (the run wrote no "
@@ -204,6 +238,7 @@ def load_resume_state(
         )
     tensors, meta = ckpt.load_trainer_state(out_dir)
     _check_same_run(meta["train"], cfg, out_dir, int(meta["step"]))
+    check_same_data(out_dir, source, allow_mismatch)
     device = next(sae.parameters()).device
     weights = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("sae.")}
     sae.load_state_dict(weights)
