@@ -62,8 +62,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def plain_help(doc: str) -> str:
-    """A docstring as one line of CLI help: whitespace collapsed, ````x```` shown as ``x``."""
-    return " ".join(re.sub(r"``(.+?)``", r"\1", inspect.cleandoc(doc)).split())
+    """A docstring as one line of CLI help: whitespace collapsed, ````x```` and
+    ``:data:`x``` shown as ``x``."""
+    text = re.sub(r"``(.+?)``", r"\1", inspect.cleandoc(doc))
+    return " ".join(re.sub(r":\w+:`~?(.+?)`", r"\1", text).split())
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class ConfigOptions:
     """Allowed values of ``str`` fields (shown as ``<a|b>`` and checked by typer)."""
     help: Mapping[str, str] = field(default_factory=dict)
     """Help of a field whose docstring does not read right on the command line."""
+    prefix: str = ""
+    """Put before every flag and parameter name (``eval``: ``--eval-top-n``), for a nested
+    config whose field names repeat the outer one's."""
 
     def fields(self) -> list[dataclasses.Field]:
         """The fields that become options, in declaration order."""
@@ -125,13 +130,17 @@ class ConfigOptions:
             return f.default_factory()
         raise TypeError(f"{self.cls.__name__}.{f.name} has no default: skip it or give one")
 
+    def name(self, field_name: str) -> str:
+        """The parameter name of a field (its flag without ``--``, with ``_``)."""
+        return f"{self.prefix}_{field_name}" if self.prefix else field_name
+
     def parameters(self) -> list[inspect.Parameter]:
         """One keyword-only typer parameter per field."""
         hints = typing.get_type_hints(self.cls)
         docs = field_docs(self.cls)
         return [
             inspect.Parameter(
-                f.name,
+                self.name(f.name),
                 inspect.Parameter.KEYWORD_ONLY,
                 **self._option(f, hints[f.name], self.help.get(f.name, docs.get(f.name, ""))),
             )
@@ -143,7 +152,7 @@ class ConfigOptions:
         args = typing.get_args(hint)
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), hint) if optional else hint
-        flag = self.flags.get(f.name, "--" + f.name.replace("_", "-"))
+        flag = self.flags.get(f.name, "--" + self.name(f.name).replace("_", "-"))
         kw: dict[str, Any] = {"help": help_}
         if typing.get_origin(base) is tuple:  # numbers separated by spaces or commas
             elem = next(a for a in typing.get_args(base) if a is not Ellipsis)
@@ -188,26 +197,28 @@ def config_options(**groups: ConfigOptions) -> Callable[[Callable[..., Any]], Ca
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(command, eval_str=True)
         own = [p for name, p in signature.parameters.items() if name not in groups]
-        owner: dict[str, str] = {}
+        owner: dict[str, tuple[str, str]] = {}  # parameter -> (group, field)
         extra = []
         for group, opts in groups.items():
             if group not in signature.parameters:
                 raise TypeError(f"{command.__name__} has no parameter {group!r}")
-            for param in opts.parameters():
+            for f, param in zip(opts.fields(), opts.parameters(), strict=True):
                 if param.name in owner or param.name in signature.parameters:
                     raise TypeError(f"option {param.name!r} of {group!r} is defined twice")
-                owner[param.name] = group
+                owner[param.name] = (group, f.name)
                 extra.append(param)
 
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
             ctx = kwargs.pop(_CTX)
             values: dict[str, dict[str, Any]] = {g: {} for g in groups}
-            for name, group in owner.items():
-                values[group][name] = kwargs.pop(name)
+            given: dict[str, set[str]] = {g: set() for g in groups}
+            for name, (group, field_name) in owner.items():
+                values[group][field_name] = kwargs.pop(name)
+                if _given(ctx, name):
+                    given[group].add(field_name)
             for group, vals in values.items():
-                given = frozenset(n for n in vals if _given(ctx, n))
-                kwargs[group] = ConfigArgs(groups[group].cls, vals, given)
+                kwargs[group] = ConfigArgs(groups[group].cls, vals, frozenset(given[group]))
             return command(*args, **kwargs)
 
         ctx_param = inspect.Parameter(
