@@ -15,6 +15,9 @@ field has none that fits the command line). Tuple fields take numbers separated 
 commas; booleans that default to true get ``--x/--no-x``. The command receives a
 :class:`ConfigArgs` per config: the values, which of them the user gave, and ``build``.
 
+Built on typer, as every command is (not on a dataclass-to-argparse library such as tyro):
+the options sit beside hand-written ones in one command, keep their flag names, and go
+through the root group's error handling (:mod:`vlmsae.core.cli_errors`).
 """
 
 from __future__ import annotations
@@ -159,8 +162,7 @@ class ConfigOptions:
             n = None if Ellipsis in typing.get_args(base) else len(typing.get_args(base))
             kw["parser"] = functools.partial(_parse_tuple, elem=elem, n=n, flag=flag.split("/")[0])
             kw["metavar"] = f"<{elem.__name__} ...>"
-            if default is not None:
-                kw["show_default"] = " ".join(str(v) for v in default)
+            kw["show_default"] = " ".join(str(v) for v in default) if default else False
             annotation: Any = str | None if optional else str
         elif base is bool:
             if default and "/" not in flag:

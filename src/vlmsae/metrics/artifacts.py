@@ -7,6 +7,7 @@ files and returns what the command prints (the JSON it wrote, or a named result)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -159,7 +160,7 @@ def write_hierarchy(
 
 
 def write_agreement(
-    pairs: Path, scores: list[str] = (), json_path: Path | None = None
+    pairs: Path, scores: Sequence[str] = (), json_path: Path | None = None
 ) -> dict[str, dict[str, Any]]:
     """How often the neuron of higher MS is the one users preferred, per scoring: those in
     the benchmark CSV ``pairs`` and each ``NAME=PATH`` of ``scores`` (``.npy`` or
