@@ -22,7 +22,6 @@ from vlmsae.core.errors import UserError
 from vlmsae.sae import SAE, SAEConfig
 from vlmsae.sae.checkpoint import load_trainer_state
 from vlmsae.train import TrainConfig
-from vlmsae.train import sweep as sweep_module
 from vlmsae.train.placement import choose_placement, n_params, partition
 from vlmsae.train.run import Run, train_sae
 from vlmsae.train.sweep import load_sweep, sweep_file_options, train_sweep

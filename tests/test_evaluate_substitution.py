@@ -320,8 +320,9 @@ def test_toy_clip_through_the_path_entry_point(toy_folder):
 
 
 def test_toy_llava_through_the_path_entry_point(toy_folder):
-    from vlmsae import toyworld
     from vlmsae.toyworld.world import QUESTION_SHAPE
+
+    from vlmsae import toyworld
 
     sae = make_sae(128, **_source(2, "all"))
     result = evaluate_substitution(

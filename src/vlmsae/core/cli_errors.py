@@ -20,6 +20,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from vlmsae.core.cli_options import escape_help_markup
 from vlmsae.core.errors import Interrupted, NonFiniteError, UserError
 
 DEBUG_ENV = "VLMSAE_DEBUG"
@@ -71,7 +72,12 @@ def _report(message: str) -> typer.Exit:
 
 
 class ErrorReportingGroup(TyperGroup):
-    """The root command group: turns user errors into one ``Error:`` line and exit code 2."""
+    """The root command group: turns user errors into one ``Error:`` line and exit code 2,
+    and shows every command's help text as written (no rich markup read from it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        escape_help_markup(self)
 
     def invoke(self, ctx: Any) -> Any:
         try:

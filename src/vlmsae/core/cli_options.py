@@ -1,13 +1,16 @@
-"""Options shared by the long CLI commands: ``--progress`` and ``--quiet``.
+"""Options shared by the long CLI commands: ``--progress`` and ``--quiet``; help text.
 
 ``@progress_options`` (or ``app.command("x")(progress_options(x))``) adds both options to a
 command without touching its signature, and runs the command under the chosen mode.
+:func:`escape_help_markup` keeps rich from reading bracketed help text (``[grid]``,
+``ORG/NAME[/SUBFOLDER]``) as markup; the root command group applies it to every command.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import inspect
 import logging
 import os
@@ -103,3 +106,20 @@ def _hf_bars() -> Iterator[None]:
             os.environ[env_key] = env_old
         if was_on:
             hf_logging.enable_progress_bar()
+
+
+def escape_help_markup(command: Any) -> None:
+    """Escape what rich would read as markup in the help of ``command`` and every command
+    under it (``[grid]``, ``[/SUBFOLDER]``), so that help shows its text as written."""
+    if importlib.util.find_spec("rich") is None:  # typer prints plain help then
+        return
+    from rich.markup import escape
+
+    for attr in ("help", "short_help", "epilog"):
+        if getattr(command, attr, None):
+            setattr(command, attr, escape(getattr(command, attr)))
+    for param in getattr(command, "params", ()):
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        escape_help_markup(sub)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from vlmsae.sae.config import PAPER_GROUP_FRACTIONS
+
 HOOK_PROJECTION = "proj"
 """Name of the toy CLIP's final image embedding (``post_projection``) among the hooks."""
 
@@ -37,7 +39,7 @@ class DemoConfig:
     k_sweep: tuple[int, ...] = (1, 4, 16)
     """K values of the sparsity / reconstruction trade-off (BatchTopK, largest expansion
     below 16, last layer)."""
-    group_fractions: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5625)
+    group_fractions: tuple[float, ...] = PAPER_GROUP_FRACTIONS
     """Matryoshka groups (the paper's)."""
     steps: int = 800
     """SAE training steps (at batch 256: 25 epochs of 8,000 shapes images, 12.8 of 16,000

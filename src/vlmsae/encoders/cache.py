@@ -57,9 +57,9 @@ class CacheConfig:
     layers: tuple[int, ...] = ()
     """Blocks for ``post_mlp_residual`` (negative counts from the end)."""
     hookpoints: tuple[str, ...] = ("post_mlp_residual",)
-    """Hook points to cache: ``post_mlp_residual`` (needs ``layers``) and/or ``post_projection``."""
+    """Hook points: ``post_mlp_residual | post_projection`` (both: comma-separated)."""
     tokens: str = "cls"
-    """Token selection at block outputs: ``cls``, ``mean``, ``all`` or ``random:N``."""
+    """Token selection at block outputs: ``cls | mean | all | random:N`` (N tokens per image)."""
     dtype: str = "float16"
     """On-disk dtype: ``float16`` or ``float32``."""
     batch_size: int = 64

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import typer
 
 from vlmsae.core.cli_errors import user_errors
 from vlmsae.core.cli_options import progress_options
-from vlmsae.core.cpu import default_workers
+from vlmsae.core.config_cli import ConfigArgs, ConfigOptions, config_options
 from vlmsae.core.numbers import fmt
+from vlmsae.encoders.cache import CacheConfig
 
 StoredDtype = Literal["float16", "float32"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _MODEL_DTYPE_HELP = "Compute dtype; auto: float32 on CPU, float16 on GPU."
-_WORKERS_HELP = "Image decoding worker processes (default: the CPUs available, at most 8)."
 _DATA_HELP = (
     "Dataset folder: ImageNet, iNaturalist 2021, CUB-200-2011, any ImageFolder or a flat "
     "folder of images (layout detected)."
 )
+
+CACHE_OPTIONS = ConfigOptions(
+    CacheConfig,
+    skip=("progress",),  # --progress / --quiet
+    flags={"layers": "--layer", "hookpoints": "--hookpoint"},
+    choices={"dtype": get_args(StoredDtype)},
+    help={"layers": "Block(s) L[,L...] of post_mlp_residual; negative from the end."},
+)
+EMBED_OPTIONS = ConfigOptions(CacheConfig, only=("batch_size", "workers", "resume"))
 
 
 def register(app: typer.Typer) -> None:
@@ -62,23 +71,12 @@ def _load(model: str, device: str, model_dtype: str, revision: str | None):
     )
 
 
+@config_options(cfg=CACHE_OPTIONS)
 def cache(
     model: str = typer.Option(..., "--model", help="Hub id or local model folder."),
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output directory (one store per hook point)."),
     split: str = typer.Option(None, "--split", help="Split folder (train, val; CUB: train|test)."),
-    layer: str = typer.Option(None, "--layer", help="Block(s) L[,L...]; negative from the end."),
-    hookpoint: str = typer.Option(
-        "post_mlp_residual",
-        "--hookpoint",
-        help="Hook point: post_mlp_residual | post_projection (comma-separate for both).",
-    ),
-    tokens: str = typer.Option(
-        "cls", "--tokens", help="Token selection: cls | mean | all | random:N (N tokens per image)."
-    ),
-    dtype: StoredDtype = typer.Option("float16", "--dtype", help="Stored dtype."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(default_workers(), "--workers", help=_WORKERS_HELP),
     limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
     every: int = typer.Option(1, "--every", help="Use every N-th image."),
     sae: Path = typer.Option(None, "--sae", help="SAE checkpoint: also store its codes (CSR)."),
@@ -90,14 +88,13 @@ def cache(
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if any)."),
     model_dtype: ModelDtype = typer.Option("auto", "--model-dtype", help=_MODEL_DTYPE_HELP),
     revision: str = typer.Option(None, "--revision", help="Hub revision of the model."),
-    shard_rows: int = typer.Option(1 << 16, "--shard-rows", help="Rows per shard."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random:N token draw."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     allow_mismatch: bool = typer.Option(
         False,
         "--allow-mismatch",
         help="Apply --sae even where it was trained on another model, layer or tokens.",
     ),
+    *,
+    cfg: ConfigArgs[CacheConfig],
 ) -> None:
     """Cache activations of a vision model at hook points (one store per layer).
 
@@ -105,22 +102,9 @@ def cache(
     OUT/codes_layer_L/ (sparse), and OUT/summary.json; --resume continues a killed run.
     """
     from vlmsae.data.images import load_dataset
-    from vlmsae.encoders.cache import CacheConfig, cache_activations
+    from vlmsae.encoders.cache import cache_activations
 
-    try:
-        cfg = CacheConfig(
-            layers=_parse_layers(layer),
-            hookpoints=tuple(h.strip() for h in hookpoint.split(",") if h.strip()),
-            tokens=tokens,
-            dtype=dtype,
-            batch_size=batch_size,
-            workers=workers,
-            shard_rows=shard_rows,
-            seed=seed,
-            resume=resume,
-        )
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+    config = cfg.build()
     sae_hook = None if sae_layer in (None, "") else sae_layer
     if sae_hook is not None and sae_hook != "post_projection":
         sae_hook = int(_parse_layers(sae_hook)[0])
@@ -129,7 +113,7 @@ def cache(
         dev = _device(device)
         encoder = _load(model, dev, model_dtype, revision)
         result = cache_activations(
-            encoder, dataset, out, cfg, sae=sae, sae_hookpoint=sae_hook, device=dev,
+            encoder, dataset, out, config, sae=sae, sae_hookpoint=sae_hook, device=dev,
             allow_mismatch=allow_mismatch,
         )  # fmt: skip
     for name, path in result.stores.items():
@@ -140,20 +124,20 @@ def cache(
     )
 
 
+@config_options(cfg=EMBED_OPTIONS)
 def embed(
     model: str = typer.Option(..., "--model", help="Hub id or local model folder."),
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output embedding store directory."),
     split: str = typer.Option(None, "--split", help="Split folder (train, val; CUB: train|test)."),
     dtype: StoredDtype = typer.Option("float32", "--dtype", help="Stored dtype."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(default_workers(), "--workers", help=_WORKERS_HELP),
     limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
     every: int = typer.Option(1, "--every", help="Use every N-th image."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if any)."),
     model_dtype: ModelDtype = typer.Option("auto", "--model-dtype", help=_MODEL_DTYPE_HELP),
     revision: str = typer.Option(None, "--revision", help="Hub revision of the model."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    *,
+    cfg: ConfigArgs[CacheConfig],
 ) -> None:
     """Write an embedding store (post_projection, one row per image) for the MS score.
 
@@ -171,10 +155,8 @@ def embed(
             dataset,
             out,
             dtype=dtype,
-            batch_size=batch_size,
-            workers=workers,
-            resume=resume,
             device=dev,
+            **cfg.values,  # batch_size, workers, resume
         )
     typer.echo(
         f"{out}: {result.n_images:,} images ({result.n_skipped:,} skipped), "

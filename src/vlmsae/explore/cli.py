@@ -7,7 +7,20 @@ from pathlib import Path
 
 import typer
 
+from vlmsae.core.config_cli import ConfigArgs, ConfigOptions, config_options
+from vlmsae.explore.probe import ProbeConfig
+from vlmsae.explore.site import ExploreConfig
+
 log = logging.getLogger(__name__)
+SITE_OPTIONS = ConfigOptions(ExploreConfig, flags={"n_neighbours": "--neighbours"})
+PROBE_OPTIONS = ConfigOptions(
+    ProbeConfig,
+    skip=("neurons",),  # --steer-neurons: ids checked by parse_ids
+    prefix="steer",
+    flags={"n_neurons": "--steer-top", "prompt": "--steer-prompt"},
+    choices={"mode": ("replace", "preserve")},
+    help={"n_neurons": "Probe the K most monosemantic neurons (--llava)."},
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +36,7 @@ def serve(site_dir: Path, port: int, host: str = "127.0.0.1") -> None:
     serve_site(site_dir, port, host, echo=typer.echo)
 
 
+@config_options(site=SITE_OPTIONS, probe_args=PROBE_OPTIONS)
 def explore_cmd(
     out: Path = typer.Option(..., help="Directory of the site (index.html)."),
     sae: Path | None = typer.Option(None, help="SAE checkpoint directory."),
@@ -38,12 +52,6 @@ def explore_cmd(
     model: str | None = typer.Option(
         None, help="Vision model of the store: heatmaps for stores without patch tokens."
     ),
-    copy_images: bool = typer.Option(
-        False, "--copy-images", help="Copy thumbnails into the site (portable)."
-    ),
-    heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Patch heatmaps."),
-    top_k: int = typer.Option(16, help="Top images per neuron."),
-    neighbours: int = typer.Option(5, help="Nearest neurons listed per neuron."),
     cards: str | None = typer.Option(
         None,
         help="Neuron ids (3,17): write their cards as PNG (+SVG, PDF) to OUT/cards/; "
@@ -55,20 +63,17 @@ def explore_cmd(
         "'toyworld:emoji' of that world) whose vision "
         "tower the SAE reads: the steering probe on the neuron pages.",
     ),
-    steer_top: int = typer.Option(
-        4, min=1, help="Probe the K most monosemantic neurons (--llava)."
-    ),
     steer_neurons: str | None = typer.Option(
         None, help="Probe these neuron ids (3,17) instead of the most monosemantic (--llava)."
-    ),
-    steer_prompt: str = typer.Option(
-        "What is shown in this image?", help="Question of the steering probe."
     ),
     serve_site: bool = typer.Option(False, "--serve", help="Serve the site on localhost."),
     port: int = typer.Option(8000, help="Port of --serve."),
     host: str = typer.Option(
         "127.0.0.1", help="Address --serve listens on (another than loopback: a warning)."
     ),
+    *,
+    site: ConfigArgs[ExploreConfig],
+    probe_args: ConfigArgs[ProbeConfig],
 ) -> None:
     """Build the neuron browser: a static site that opens from the file system
     (OUT/index.html) or, with --serve, on http://127.0.0.1:PORT/."""
@@ -93,8 +98,6 @@ def explore_cmd(
         )
     from vlmsae.core.lock import lock_until_exit
     from vlmsae.explore.build import build_site
-    from vlmsae.explore.probe import ProbeConfig
-    from vlmsae.explore.site import ExploreConfig
 
     probe = None
     if llava is not None:
@@ -106,11 +109,8 @@ def explore_cmd(
 
             llava = str(llava_path(world=toy.name))
         ids = parse_ids(steer_neurons, "--steer-neurons") if steer_neurons else None
-        probe = ProbeConfig(n_neurons=steer_top, neurons=tuple(ids) if ids else None,
-                            prompt=steer_prompt)  # fmt: skip
-    cfg = ExploreConfig(
-        top_k=top_k, n_neighbours=neighbours, copy_images=copy_images, heatmaps=heatmaps
-    )
+        probe = probe_args.build(neurons=tuple(ids) if ids else None)
+    cfg = site.build()
     lock_until_exit(out, "vlmsae explore")  # one writer per output directory
     res = build_site(
         sae, activations, out, scores=scores, embeddings=embeddings, labels=labels,

@@ -36,11 +36,13 @@ class ProbeConfig:
     factors: tuple[float, ...] = (2.0, 8.0, 32.0)
     """Clamp values α as multiples of the neuron's largest activation."""
     prompt: str = PAPER_PROMPT
+    """Question of the steering probe (the paper's)."""
     mode: str = "replace"
     """``replace`` (the paper) or ``preserve`` (error-preserving)."""
     image_size: int = 224
     """Side of the white image, pixels (the processor resizes it)."""
     max_new_tokens: int = 16
+    """Answer length limit."""
 
     def __post_init__(self) -> None:
         if self.n_neurons < 1 or self.max_new_tokens < 1 or self.image_size < 1:

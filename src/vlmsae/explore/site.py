@@ -71,6 +71,7 @@ class ExploreConfig:
     heatmaps: bool = True
     """Draw patch heatmaps where the store has patch tokens or the model is given."""
     title: str = "vlmsae neurons"
+    """Title of the site's pages."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "n_bins", "shard_size", "thumb_size"):

@@ -16,6 +16,8 @@ DTYPES = ("float32", "bfloat16")
 CONFIG_SOURCE_FIELDS = ("model", "hookpoint", "layer", "tokens")
 """The SAEConfig fields that say which activations the SAE reads (a store's
 :data:`~vlmsae.data.provenance.SOURCE_FIELDS` add the model revision)."""
+PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
+"""The paper's Matryoshka group fractions of ``d_sae`` (``vlmsae train --arch matryoshka``)."""
 
 
 def group_sizes_from_fractions(fractions: tuple[float, ...], d_sae: int) -> tuple[int, ...]:
@@ -40,7 +42,7 @@ class SAEConfig:
     """Active latents per example for ``topk``; average per example for ``batchtopk``."""
     group_fractions: tuple[float, ...] | None = None
     """Matryoshka group fractions of ``d_sae`` (sum to 1), e.g. the paper's
-    ``(0.0625, 0.125, 0.25, 0.5625)``."""
+    :data:`PAPER_GROUP_FRACTIONS` ``(0.0625, 0.125, 0.25, 0.5625)``."""
     group_sizes: tuple[int, ...] | None = None
     """Matryoshka group sizes (sum to ``d_sae``). Derived from ``group_fractions`` when not
     given; ``(d_sae,)`` for a plain SAE. Always set after construction."""

@@ -8,6 +8,19 @@ from typing import Literal
 import typer
 
 from vlmsae.core.cli_options import progress_options
+from vlmsae.core.config_cli import ConfigArgs, ConfigOptions, config_options
+from vlmsae.steer.compare import SteerEvalConfig
+from vlmsae.steer.toy import ToySteeringConfig
+
+TOY_OPTIONS = ConfigOptions(
+    ToySteeringConfig,
+    skip=("eval",),  # its fields: --eval-*
+    defaults={"n_val": None},  # the CLI's: a quarter of --n-test
+    help={"n_val": "val images per kind (α selection); default: a quarter of --n-test, >= 4."},
+)
+EVAL_OPTIONS = ConfigOptions(
+    SteerEvalConfig, prefix="eval", choices={"mode": ("replace", "preserve")}
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -70,40 +83,23 @@ def steer(
     typer.echo(f"with {clamp} at block {block}: {steered}")
 
 
+@config_options(cfg=TOY_OPTIONS, ev=EVAL_OPTIONS)
 def steer_eval(
     out: Path = typer.Option(Path("runs/steer-eval"), "--out", help="Output directory."),
-    n_train: int = typer.Option(1024, "--n-train", help="Images for the SAE, neurons, DiffMean."),
-    n_test: int = typer.Option(96, "--n-test", help="Test images per protocol."),
-    steps: int = typer.Option(1500, "--steps", help="Steering SAE training steps."),
-    seed: int = typer.Option(0, "--seed"),
-    world: str = typer.Option("shapes", "--world", help="Toy world: shapes or emoji."),
-    n_targets: int = typer.Option(
-        8, "--n-targets", help="Emoji world: target emoji (one per Unicode group in turn)."
-    ),
-    models_dir: Path = typer.Option(
-        None, "--models-dir", help="Toy models folder (with llava/) [the world's shipped ones]."
-    ),
+    *,
+    cfg: ConfigArgs[ToySteeringConfig],
+    ev: ConfigArgs[SteerEvalConfig],
 ) -> None:
     """Insertion / suppression, SAE neurons vs DiffMean, on a toy world's LLaVA (ground-
     truth judge). Writes steering_table.{md,csv}, alpha_sweep.csv, examples.jsonl and
     summary.json. On real models use ``vlmsae.steer.compare.compare_steering``."""
-    from vlmsae.core.cli_errors import user_errors
     from vlmsae.steer.table import table_markdown
-    from vlmsae.steer.toy import ToySteeringConfig, toyworld_steering
+    from vlmsae.steer.toy import toyworld_steering
     from vlmsae.toyworld import llava_path
 
-    with user_errors():  # an unknown world, n_targets out of range
-        cfg = ToySteeringConfig(
-            world=world,
-            n_targets=n_targets,
-            models_dir=None if models_dir is None else str(models_dir),
-            n_train=n_train,
-            n_val=max(4, n_test // 4),
-            n_test=n_test,
-            steps=steps,
-            seed=seed,
-        )
-    llava_path(cfg.models_dir, world=cfg.world)  # no model: one Error line, before any work
-    result = toyworld_steering(out, cfg)
+    n_val = cfg.values["n_val"] or max(4, cfg.values["n_test"] // 4)
+    config = cfg.build(eval=ev.build(), n_val=n_val)  # an unknown world, n_targets out of range
+    llava_path(config.models_dir, world=config.world)  # no model: one Error line, before work
+    result = toyworld_steering(out, config)
     typer.echo(table_markdown(result.comparison.table))
     typer.echo(f"wrote {out}")

@@ -40,7 +40,7 @@ import tomllib
 
 from vlmsae.core import dist
 from vlmsae.core.errors import UserError
-from vlmsae.sae.config import SAEConfig
+from vlmsae.sae.config import PAPER_GROUP_FRACTIONS, SAEConfig
 from vlmsae.sae.model import SAE
 from vlmsae.train.config import TrainConfig
 from vlmsae.train.data import Data
@@ -48,7 +48,6 @@ from vlmsae.train.placement import check_placement, choose_placement
 from vlmsae.train.run import train_runs
 
 log = logging.getLogger(__name__)
-PAPER_GROUP_FRACTIONS = (0.0625, 0.125, 0.25, 0.5625)
 SHARED = ("batch_size", "seed")  # one data order for the whole sweep
 
 
