@@ -1,0 +1,327 @@
+"""``vlmsae evaluate`` concepts: detection and probing against brute-force definitions, a
+planted SAE, label sources, and the command end to end (with its refusals)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from explore_fixtures import make_images, make_sae, make_token_store
+from vlmsae.cli import app
+from vlmsae.data.store import ActivationStore
+from vlmsae.evaluate.concepts import concept_detection
+from vlmsae.evaluate.config import EvaluateConfig, ProbingConfig
+from vlmsae.evaluate.labels import ConceptLabels
+from vlmsae.evaluate.probing import rank_by_mean_difference, sparse_probing, train_test_split
+from vlmsae.evaluate.run import evaluate_sae_concepts
+
+# -- brute-force references -------------------------------------------------------------
+
+
+def brute_f1(codes_NS: np.ndarray, y_NC: np.ndarray) -> np.ndarray:
+    """``[C, S]`` F1 of "latent > 0" as a prediction of each concept, pair by pair."""
+    out = np.zeros((y_NC.shape[1], codes_NS.shape[1]))
+    for c in range(y_NC.shape[1]):
+        for s in range(codes_NS.shape[1]):
+            pred, true = codes_NS[:, s] > 0, y_NC[:, c]
+            tp, fp, fn = (pred & true).sum(), (pred & ~true).sum(), (~pred & true).sum()
+            out[c, s] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return out
+
+
+def brute_auroc(score: np.ndarray, true: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) + ½ P(equal), over every pair."""
+    pos, neg = score[true], score[~true]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def _codes(draw, n: int, s: int, negative: bool) -> np.ndarray:
+    values = st.sampled_from([0.0, 0.0, 0.0, 0.5, 1.0, 2.0] + ([-1.0] if negative else []))
+    return np.array(draw(st.lists(values, min_size=n * s, max_size=n * s))).reshape(n, s)
+
+
+@st.composite
+def codes_and_labels(draw, negative: bool = False):
+    n, s, c = draw(st.integers(4, 30)), draw(st.integers(1, 9)), draw(st.integers(1, 5))
+    codes = _codes(draw, n, s, negative)
+    y = np.array(draw(st.lists(st.booleans(), min_size=n * c, max_size=n * c))).reshape(n, c)
+    return codes, y, draw(st.integers(1, n + 3))
+
+
+# -- detection --------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=codes_and_labels(), sparse=st.booleans())
+def test_detection_equals_brute_force(data, sparse):
+    codes, y, chunk = data
+    det = concept_detection(sp.csr_matrix(codes) if sparse else codes, sp.csr_matrix(y),
+                            chunk_rows=chunk)  # fmt: skip
+    f1 = brute_f1(codes, y)
+    for c in range(y.shape[1]):
+        assert det.best_f1[c] == pytest.approx(f1[c].max())
+        if f1[c].max() == 0:
+            assert det.best_latent[c] == -1 and np.isnan(det.auroc[c])
+            continue
+        assert det.best_latent[c] == int(np.argmax(f1[c]))  # ties: lowest id
+        s = det.best_latent[c]
+        assert det.precision[c] == pytest.approx(
+            (codes[y[:, c], s] > 0).sum() / (codes[:, s] > 0).sum()
+        )
+        if y[:, c].all():
+            assert np.isnan(det.auroc[c])
+        else:
+            assert det.auroc[c] == pytest.approx(brute_auroc(codes[:, s], y[:, c]))
+    for s in range(codes.shape[1]):
+        best = f1[:, s].max()
+        assert det.latent_f1[s] == pytest.approx(best)
+        assert det.latent_concept[s] == (int(np.argmax(f1[:, s])) if best > 0 else -1)
+    assert (det.n_active == (codes > 0).sum(0)).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=codes_and_labels(negative=True))
+def test_detection_of_signed_neurons_ranks_negative_values_below_zero(data):
+    """Raw neurons can be negative: "active" is > 0, and AUROC ranks every value."""
+    codes, y, chunk = data
+    det = concept_detection(codes, y, chunk_rows=chunk)
+    f1 = brute_f1(codes, y)
+    for c in np.flatnonzero((f1.max(1) > 0) & ~y.all(0)):
+        s = det.best_latent[c]
+        assert det.best_f1[c] == pytest.approx(f1[c].max())
+        assert det.auroc[c] == pytest.approx(brute_auroc(codes[:, s], y[:, c]))
+
+
+# -- probing ----------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=codes_and_labels(), k=st.integers(1, 12))
+def test_probe_latents_have_the_largest_mean_difference(data, k):
+    codes, y, _ = data
+    chosen = rank_by_mean_difference(sp.csr_matrix(codes), sp.csr_matrix(y), k)
+    for c in range(y.shape[1]):
+        pos, neg = y[:, c], ~y[:, c]
+        mp = codes[pos].mean(0) if pos.any() else np.zeros(codes.shape[1])
+        mn = codes[neg].mean(0) if neg.any() else np.zeros(codes.shape[1])
+        gap = np.abs(mp - mn)
+        want = np.sort(gap)[::-1][: min(k, codes.shape[1])]
+        np.testing.assert_allclose(gap[chosen[c]], want, atol=1e-9)  # best first
+
+
+def test_probes_equal_scikit_learn():
+    """Each batched Newton fit is sklearn's balanced L2 logistic regression (C = 1/(n·l2))."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(0)
+    n, s, c = 300, 40, 4
+    y = rng.random((n, c)) < 0.3
+    x = sp.random(n, s, density=0.2, random_state=1, format="csr").toarray()
+    x[:, 3] += y[:, 0]  # one informative latent
+    cfg = ProbingConfig(k_values=(1, 3, 7), l2=1e-2)
+    res = sparse_probing(sp.csr_matrix(x), sp.csr_matrix(y), cfg)
+    train, test = train_test_split(n, cfg.test_fraction, cfg.seed)
+    assert res.latents[0, 0] == 3
+    for ci in range(c):
+        for j, k in enumerate(cfg.k_values):
+            cols = res.latents[ci, :k]
+            a, b = x[train][:, cols], x[test][:, cols]
+            mean, std = a.mean(0), np.where(a.std(0) > 0, a.std(0), 1)
+            lr = sklearn.LogisticRegression(C=1 / (len(train) * cfg.l2), class_weight="balanced",
+                                            tol=1e-12, max_iter=10_000)  # fmt: skip
+            lr.fit((a - mean) / std, y[train, ci])
+            pred = lr.predict((b - mean) / std)
+            assert res.accuracy[ci, j] == pytest.approx((pred == y[test, ci]).mean())
+    assert res.balanced_accuracy[0, 0] > 0.9
+
+
+# -- a planted SAE ----------------------------------------------------------------------
+
+
+def _planted(tmp_path: Path, n: int = 120, c: int = 6):
+    """A store whose rows are the concept indicators and a ReLU SAE with one latent per
+    concept (``relu(y_c − ½)``) plus two latents that never fire."""
+    from vlmsae import SAE, SAEConfig
+    from vlmsae.data.store import ActivationStore
+
+    rng = np.random.default_rng(0)
+    y = rng.random((n, c)) < 0.3
+    y[0], y[1] = True, False  # every concept has present and absent images
+    meta = {"model": "m", "hookpoint": "post_mlp_residual", "layer": 0, "tokens": "cls"}
+    images = [str(tmp_path / f"{i}.png") for i in range(n)]
+    store = ActivationStore.write(tmp_path / "acts", y.astype(np.float32), meta, images=images)
+    sae = SAE(SAEConfig(d_in=c, d_sae=c + 2, sparsity="relu", k=None)).eval()
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[:, :c] = torch.eye(c)
+        sae.b_enc[:] = -0.5
+        sae.b_dec.zero_()
+    names = tuple(f"c{i}" for i in range(c))
+    labels = ConceptLabels(("planted",) * c, names, sp.csr_matrix(y), "planted")
+    return sae, store, labels
+
+
+def test_a_planted_sae_recovers_every_concept(tmp_path):
+    sae, store, labels = _planted(tmp_path)
+    cfg = EvaluateConfig(probing=ProbingConfig(k_values=(1, 2)))
+    ev = evaluate_sae_concepts(sae, store, labels, cfg)
+    det = ev.detection["sae"]
+    c = len(labels.values)
+    np.testing.assert_array_equal(det.best_latent, np.arange(c))
+    np.testing.assert_array_equal(det.best_f1, np.ones(c))
+    np.testing.assert_array_equal(det.auroc, np.ones(c))
+    np.testing.assert_array_equal(det.latent_concept, [*range(c), -1, -1])
+    np.testing.assert_array_equal(ev.claims(), np.ones(c))  # no concept split
+    np.testing.assert_array_equal(ev.probing["sae"].accuracy, np.ones((c, 2)))
+    s = ev.summary()["detection"]["sae"]
+    assert s["share_detected"] == 1.0 and s["mean_best_f1"] == 1.0 and s["n_concepts_split"] == 0
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def _run(*args) -> object:
+    return CliRunner().invoke(app, ["evaluate", *map(str, args), "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Images in two class folders, every token of each in a store, a TopK SAE."""
+    root = tmp_path_factory.mktemp("evaluate")
+    paths = make_images(root / "imgs", 24)
+    make_token_store(root / "acts", paths, d=8)
+    make_sae(root / "sae", 8, 32, k=4)
+    return root
+
+
+def test_cli_end_to_end_on_folder_classes(tiny):
+    out = tiny / "out"
+    result = _run("--sae", tiny / "sae", "--activations", tiny / "acts", "--labels",
+                  tiny / "imgs", "--out", out, "--k", "1,2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    det = summary["concepts"]["detection"]
+    assert set(det) == {"sae", "raw", "untrained"} and det["sae"]["n_concepts"] == 2
+    assert summary["neurons"]["n_neurons"] == 32 and summary["images"]["n_images"] == 24
+    rows = list(csv.DictReader((out / "concepts.csv").open()))
+    assert [r["concept"] for r in rows] == ["class:blue", "class:red"]
+    assert {r["n_images"] for r in rows} == {"12"}
+    assert len(list(csv.DictReader((out / "latents.csv").open()))) == 32
+    for name in ("f1_hist.png", "probing.png", "summary.txt"):
+        assert (out / name).is_file()
+    assert "concept detection" in result.output and "k-sparse probing" in result.output
+
+
+def test_cli_labels_from_a_csv_escape_formulas(tiny):
+    csv_path = tiny / "labels.csv"
+    lines = ["path,striped,tags"]
+    for i, p in enumerate(sorted((tiny / "imgs").rglob("*.png"))):
+        lines.append(
+            f"{p.relative_to(tiny)},{i % 3 == 0},=HYPERLINK(1);{'odd' if i % 2 else 'even'}"
+        )
+    csv_path.write_text("\n".join(lines) + "\n")
+    out = tiny / "out_csv"
+    result = _run("--sae", tiny / "sae", "--activations", tiny / "acts", "--labels", csv_path,
+                  "--out", out, "--no-baselines", "--k", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "concepts.csv").open()))
+    names = {r["concept"] for r in rows}
+    assert names == {"label:striped", "tags:even", "tags:odd"}  # =HYPERLINK is on every image
+    assert json.loads((out / "summary.json").read_text())["concepts"]["n_concepts_dropped"] == 1
+    # a concept value that reads as a formula is written as text
+    csv_path.write_text("path,tag\n" + "\n".join(
+        f"{p.relative_to(tiny)},{'=cmd' if i % 2 else '@x'}"
+        for i, p in enumerate(sorted((tiny / "imgs").rglob("*.png")))) + "\n")  # fmt: skip
+    result = _run("--sae", tiny / "sae", "--activations", tiny / "acts", "--labels", csv_path,
+                  "--out", out, "--no-baselines", "--k", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader((out / "concepts.csv").open()))
+    assert sorted(r[2] for r in rows[1:]) == ["'=cmd", "'@x"]  # the value column
+    assert not any(cell.startswith(("=", "@", "+", "-")) for row in rows for cell in row)
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("width", "reads 16-wide activations"),
+        ("layer", "does not fit"),
+        ("missing_labels", "does not label"),
+        ("no_image_column", "no image column"),
+        ("bad_labels_path", "expected 'toy', an image folder or a .csv file"),
+        ("toy_without_world", "needs an exported toy-world split"),
+        ("k", "--k"),
+    ],
+)
+def test_cli_refuses_with_one_error_line(tiny, tmp_path, case, expect):
+    acts, sae, labels = tiny / "acts", tiny / "sae", str(tiny / "imgs")
+    extra: list = []
+    if case == "width":
+        make_sae(tmp_path / "sae16", 16, 32)
+        sae = tmp_path / "sae16"
+    elif case == "layer":
+        paths = ActivationStore(acts).images
+        store = make_token_store(tmp_path / "acts", paths, d=8)
+        manifest = json.loads((store.dir / "manifest.json").read_text())
+        manifest["layer"] = 3
+        (store.dir / "manifest.json").write_text(json.dumps(manifest))
+        acts = tmp_path / "acts"
+    elif case == "missing_labels":
+        make_images(tmp_path / "other", 4)
+        labels = str(tmp_path / "other")
+    elif case == "no_image_column":
+        (tmp_path / "l.csv").write_text("name,tag\na,b\n")
+        labels = str(tmp_path / "l.csv")
+    elif case == "bad_labels_path":
+        labels = str(tmp_path / "nowhere")
+    elif case == "toy_without_world":
+        labels = "toy"
+    elif case == "k":
+        extra = ["--k", "1,x"]
+    result = _run("--sae", sae, "--activations", acts, "--labels", labels,
+                  "--out", tmp_path / "out", *extra)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert lines[-1].startswith("Error:") and expect in lines[-1], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_cli_substitution_needs_model_and_data(tiny, tmp_path):
+    result = _run("--sae", tiny / "sae", "--activations", tiny / "acts", "--labels",
+                  tiny / "imgs", "--out", tmp_path / "o", "--model", "x")  # fmt: skip
+    assert result.exit_code == 2 and "--model and --data go together" in result.output
+
+
+def test_cli_on_the_toy_world_truth(tmp_path):
+    """The toy world through the real toy CLIP: its truth is the labels (--labels toy)."""
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.encoders.cache import CacheConfig, cache_activations
+    from vlmsae.toyworld import MODELS_DIR, export_imagefolder
+
+    export_imagefolder(tmp_path / "world", split="test", n=48)
+    cfg = CacheConfig(layers=(1,), tokens="cls", dtype="float32", workers=0, progress=False)
+    cache_activations(MODELS_DIR / "clip", tmp_path / "world", tmp_path / "acts", cfg, split="test")
+    acts = tmp_path / "acts" / "layer_1"
+    make_sae(tmp_path / "sae", ActivationStore(acts).d, 64, k=4)
+    result = _run("--sae", tmp_path / "sae", "--activations", acts, "--labels", "toy",
+                  "--out", tmp_path / "out", "--k", "1,5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "out" / "concepts.csv").open()))
+    sets = {r["set"] for r in rows}
+    assert {"family", "shape", "color"} <= sets
+    for r in rows:  # counts are the truth's
+        assert 0 < int(r["n_images"]) < 48
+    # without --labels the store's own split is found to be a toy-world export
+    again = _run("--sae", tmp_path / "sae", "--activations", acts, "--out", tmp_path / "o2",
+                 "--k", "1", "--no-baselines")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "o2" / "concepts.csv").read_text().splitlines()[1:] != []
