@@ -24,7 +24,7 @@ _EXPORTS = {
     "ConceptEvaluation": "vlmsae.evaluate.run",
     "evaluate_sae_concepts": "vlmsae.evaluate.run",
     "ConceptLabels": "vlmsae.evaluate.labels",
-    "load_labels": "vlmsae.evaluate.labels",
+    "load_labels": "vlmsae.evaluate.label_sources",
 }
 __all__ = list(_EXPORTS)
 

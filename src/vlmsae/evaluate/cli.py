@@ -72,7 +72,7 @@ def evaluate_cmd(
     from vlmsae.core.lock import output_lock
     from vlmsae.data.store import ActivationStore
     from vlmsae.evaluate import report
-    from vlmsae.evaluate.labels import load_labels
+    from vlmsae.evaluate.label_sources import load_labels
     from vlmsae.evaluate.run import evaluate_sae_concepts
     from vlmsae.metrics.fit import check_top_inputs, with_neuron_count
     from vlmsae.sae import SAE

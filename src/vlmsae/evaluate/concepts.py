@@ -52,7 +52,7 @@ class ConceptDetection(NamedTuple):
 
 
 class _Counts(NamedTuple):
-    tp: sp.csr_matrix  # [C, S] int64: images where concept c is present and latent s active
+    tp: sp.csr_matrix  # [C, S] int32: images where concept c is present and latent s active
     n_active: np.ndarray  # [S]
     n_positive: np.ndarray  # [C]
     n_images: int
@@ -82,39 +82,33 @@ def count_overlaps(codes: Any, labels: Any, chunk_rows: int = 1 << 16) -> _Count
     n, s = n_rows(codes), n_cols(codes)
     if y_NC.shape[0] != n:
         raise ValueError(f"{y_NC.shape[0]} label rows for {n} images of codes")
-    parts: list[sp.coo_matrix] = []
+    parts: list[sp.csr_matrix] = []
     n_active = np.zeros(s, np.int64)
     for start, block in iter_rows(codes, chunk_rows, np.float32):
         b_BS = _active(block)
         n_active += np.bincount(b_BS.indices, minlength=s)
-        parts.append((y_NC[start : start + b_BS.shape[0]].T.tocsr() @ b_BS).tocoo())
-    if len(parts) == 1:
-        tp = parts[0].tocsr().astype(np.int64)
-    else:  # one sum at the end: the constructor adds duplicate entries
-        rows = np.concatenate([p.row for p in parts])
-        cols = np.concatenate([p.col for p in parts])
-        vals = np.concatenate([p.data.astype(np.int64) for p in parts])
-        tp = sp.csr_matrix((vals, (rows, cols)), shape=(y_NC.shape[1], s))
-    tp.sum_duplicates()
-    tp.eliminate_zeros()
+        parts.append(y_NC[start : start + b_BS.shape[0]].T.tocsr() @ b_BS)
+    tp = parts[0] if len(parts) == 1 else sp.csr_matrix(sum(parts[1:], parts[0]))
     n_pos = np.bincount(y_NC.indices, minlength=y_NC.shape[1]).astype(np.int64)
     return _Counts(tp, n_active, n_pos, n)
 
 
 def _row_argmax(m: sp.csr_matrix, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``m`` (canonical CSR; ``values`` aligned with ``m.data``): the column of the
-    largest value (ties: the lowest column) and that value; -1 / 0 for an empty row."""
+    """Per row of ``m`` (CSR without duplicates, columns in any order; ``values`` aligned with
+    ``m.data``): the column of the largest value (ties: the lowest column) and that value;
+    -1 / 0 for an empty row."""
     n = m.shape[0]
     best_col, best_val = np.full(n, -1, np.int64), np.zeros(n)
     counts = np.diff(m.indptr)
     rows_nz = np.flatnonzero(counts)
     if not rows_nz.size:
         return best_col, best_val
-    row_max = np.maximum.reduceat(values, m.indptr[rows_nz])
-    row_of = np.repeat(np.arange(n), counts)
-    hit = np.flatnonzero(values == np.repeat(row_max, counts[rows_nz]))
-    first = hit[np.unique(row_of[hit], return_index=True)[1]]  # columns sorted within rows
-    best_col[rows_nz], best_val[rows_nz] = m.indices[first], row_max
+    starts = m.indptr[rows_nz]
+    row_max = np.maximum.reduceat(values, starts)
+    at_max = values == np.repeat(row_max, counts[rows_nz])
+    cols = np.where(at_max, m.indices, np.iinfo(m.indices.dtype).max)
+    best_col[rows_nz] = np.minimum.reduceat(cols, starts)  # no sort: any column order
+    best_val[rows_nz] = row_max
     return best_col, best_val
 
 
