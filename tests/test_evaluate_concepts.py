@@ -325,3 +325,77 @@ def test_cli_on_the_toy_world_truth(tmp_path):
                  "--k", "1", "--no-baselines")  # fmt: skip
     assert again.exit_code == 0, again.output
     assert (tmp_path / "o2" / "concepts.csv").read_text().splitlines()[1:] != []
+
+
+# -- label sources ----------------------------------------------------------------------
+
+
+def _store_of(tmp_path: Path, paths: list[str]) -> ActivationStore:
+    rows = np.zeros((len(paths), 2), np.float32)
+    return ActivationStore.write(tmp_path / "acts", rows, {"model": "m"}, images=paths)
+
+
+def _png(path: Path) -> str:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path)
+    return str(path)
+
+
+def test_inaturalist_levels_are_concept_sets(tmp_path):
+    from vlmsae.data.images import TAXONOMY_LEVELS
+    from vlmsae.evaluate.label_sources import load_labels
+
+    classes = ["00000_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+               "00001_Animalia_Chordata_Aves_Passeriformes_Corvidae_Pica_pica",
+               "00002_Plantae_Tracheophyta_Magnoliopsida_Rosales_Rosaceae_Rosa_canina"]  # fmt: skip
+    paths = [_png(tmp_path / "inat" / c / f"{i}.png") for c in classes for i in range(2)]
+    labels = load_labels(_store_of(tmp_path, paths[::-1]), str(tmp_path / "inat"))
+    names = labels.names
+    assert "kingdom:Animalia" in names and "species:Corvus corax" in names
+    present = labels.present.toarray()
+    # image 0 of the store is the last path: a Rosa canina
+    held = {names[c] for c in np.flatnonzero(present[0])}
+    taxa = ["Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa"]
+    taxa.append("Rosa canina")
+    assert held == {f"{level}:{t}" for level, t in zip(TAXONOMY_LEVELS, taxa, strict=True)}
+    assert present[:, names.index("family:Corvidae")].sum() == 4
+
+
+def test_cub_classes_and_attributes(tmp_path):
+    from vlmsae.evaluate.label_sources import load_labels
+
+    root = tmp_path / "CUB_200_2011"
+    rels = ["001.Albatross/a.jpg", "001.Albatross/b.jpg", "002.Auklet/c.jpg"]
+    paths = [_png(root / "images" / r) for r in rels]
+    (root / "images.txt").write_text("".join(f"{i + 1} {r}\n" for i, r in enumerate(rels)))
+    (root / "train_test_split.txt").write_text("1 1\n2 0\n3 1\n")
+    (root / "attributes").mkdir()
+    (root / "attributes.txt").write_text("1 has_bill_shape::curved\n2 has_bill_shape::hooked\n")
+    (root / "attributes" / "image_attribute_labels.txt").write_text(
+        "1 1 1 3 1.0\n1 2 0 3 1.0\n2 1 0 3 1.0\n2 2 1 3 1.0 extra\n3 1 1 4 2.0\n3 2 1 4 2.0\n"
+    )
+    labels = load_labels(_store_of(tmp_path, paths), str(root))
+    present = labels.present.toarray()
+    col = {n: present[:, i].tolist() for i, n in enumerate(labels.names)}
+    assert col["class:001.Albatross"] == [True, True, False]
+    assert col["has_bill_shape:curved"] == [True, False, True]
+    assert col["has_bill_shape:hooked"] == [False, True, True]
+
+
+def test_csv_by_image_index_and_refusals(tmp_path):
+    from vlmsae.core.errors import UserError
+    from vlmsae.evaluate.label_sources import load_labels
+
+    store = _store_of(tmp_path, [str(tmp_path / f"{i}.png") for i in range(3)])
+    (tmp_path / "ok.csv").write_text("index,animal\n2,cat|dog\n0,cat\n1,dog\n")
+    labels = load_labels(store, str(tmp_path / "ok.csv"))
+    assert labels.names == ["animal:cat", "animal:dog"]
+    assert labels.present.toarray().tolist() == [[True, False], [False, True], [True, True]]
+    (tmp_path / "bad.csv").write_text("index,animal\n0,cat\n5,dog\n")
+    with pytest.raises(UserError, match="names image 5"):
+        load_labels(store, str(tmp_path / "bad.csv"))
+    (tmp_path / "short.csv").write_text("index,animal\n0,cat\n1\n")
+    with pytest.raises(UserError, match="row 3 has another number of cells"):
+        load_labels(store, str(tmp_path / "short.csv"))

@@ -86,7 +86,8 @@ def load_labels(store: ActivationStore, spec: str | None) -> ConceptLabels:
     """The labels ``--labels`` names for the store's images.
 
     ``spec``: ``toy`` (the toy world's truth of the store's split), an exported toy-world
-    split folder, an image folder (ImageFolder / iNaturalist 2021 / CUB), a ``.csv`` file,
+    split folder, an image folder (ImageFolder / iNaturalist 2021 / CUB; a dataset root
+    holding the store's split folder means that folder), a ``.csv`` file,
     or None: the store's own dataset folder (its truth when it is a toy-world split, else
     its classes).
     """
@@ -106,6 +107,9 @@ def load_labels(store: ActivationStore, spec: str | None) -> ConceptLabels:
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
         return csv_labels(store, path)
     if path.is_dir():
+        split = store.manifest.get("split")
+        if split and (path / split).is_dir():  # a dataset root, as given to `vlmsae cache`
+            path = path / split
         loader: Callable[..., ConceptLabels] = folder_labels
         if (path / ATTRIBUTES_CSV).is_file():
             loader = toy_labels

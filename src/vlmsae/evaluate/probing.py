@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from vlmsae.core.progress import progress
 from vlmsae.evaluate.concepts import _as_labels
 from vlmsae.evaluate.config import ProbingConfig
 
@@ -114,10 +115,11 @@ def fit_logistic(
     penalty = torch.full((k + 1,), l2, dtype=x.dtype)
     penalty[-1] = 1e-12  # the intercept is free; a tiny ridge keeps H invertible
     w = torch.zeros(b, k + 1, dtype=x.dtype)
+    xt = x.transpose(1, 2)  # [B, K + 1, N]
     for _ in range(max_iter):
-        p_BN = torch.sigmoid(torch.einsum("bnk,bk->bn", x, w))
-        grad = torch.einsum("bnk,bn->bk", x, sw_BN * (p_BN - y_BN)) / n + penalty * w
-        h = torch.einsum("bnk,bn,bnj->bkj", x, sw_BN * p_BN * (1 - p_BN), x) / n
+        p_BN = torch.sigmoid(torch.bmm(x, w.unsqueeze(2)).squeeze(2))
+        grad = torch.bmm(xt, (sw_BN * (p_BN - y_BN)).unsqueeze(2)).squeeze(2) / n + penalty * w
+        h = torch.bmm(xt * (sw_BN * p_BN * (1 - p_BN)).unsqueeze(1), x) / n
         step = torch.linalg.solve(h + torch.diag(penalty), grad)
         w = w - step
         if float(step.abs().max()) < 1e-9:
@@ -170,6 +172,7 @@ def sparse_probing(x_NS: Any, labels: Any, cfg: ProbingConfig = ProbingConfig())
         [(0 < r.sum() < len(r)) for r in yte_CN]
     )
     concepts = np.flatnonzero(defined)
+    bar = progress(total=len(concepts), desc="probe", unit="concept")
     for lo in range(0, len(concepts), cfg.concepts_per_block):
         block = concepts[lo : lo + cfg.concepts_per_block]
         f_tr = np.stack([_columns(x_tr, latents[c]).T for c in block])  # [B, k_max, N]
@@ -182,4 +185,6 @@ def sparse_probing(x_NS: Any, labels: Any, cfg: ProbingConfig = ProbingConfig())
                              cfg.max_iter).numpy()  # fmt: skip
             z = np.einsum("bkn,bk->bn", f_te[:, :k], w[:, :k]) + w[:, -1:]
             acc[block, j], bal[block, j] = _scores(z > 0, yte_CN[block])
+        bar.update(len(block))
+    bar.close()
     return ProbingResult(ks, acc, bal, latents, len(train), len(test))
