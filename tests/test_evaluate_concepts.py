@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +298,49 @@ def test_cli_substitution_needs_model_and_data(tiny, tmp_path):
     result = _run("--sae", tiny / "sae", "--activations", tiny / "acts", "--labels",
                   tiny / "imgs", "--out", tmp_path / "o", "--model", "x")  # fmt: skip
     assert result.exit_code == 2 and "--model and --data go together" in result.output
+
+
+def test_cli_without_the_substitution_module_says_so(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vlmsae.evaluate.substitution", None)  # import fails
+    result = _run("--sae", tiny / "sae", "--activations", tiny / "acts", "--labels",
+                  tiny / "imgs", "--out", tmp_path / "o", "--model", "m",
+                  "--data", tiny / "imgs")  # fmt: skip
+    assert result.exit_code == 2 and "does not have" in result.output.splitlines()[-1]
+
+
+def test_cli_runs_substitution_through_its_interface(tiny, tmp_path, monkeypatch):
+    """With --model and --data the command calls ``evaluate_substitution`` and writes its
+    result beside the concepts (a stand-in module with the agreed interface)."""
+    calls = {}
+
+    class Result:
+        def to_dict(self):
+            return {"recovered": 0.75}
+
+        def summary_lines(self):
+            return ["substitution: 75% recovered"]
+
+    def evaluate_substitution(sae, model, data, **kw):
+        calls.update(sae=sae, model=model, data=data, **kw)
+        return Result()
+
+    def plot_recovered(result, path):
+        Path(path).write_bytes(b"png")
+
+    fake = types.ModuleType("vlmsae.evaluate.substitution")
+    fake.evaluate_substitution, fake.plot_recovered = evaluate_substitution, plot_recovered
+    monkeypatch.setitem(sys.modules, "vlmsae.evaluate.substitution", fake)
+    import vlmsae.evaluate
+
+    monkeypatch.setattr(vlmsae.evaluate, "substitution", fake, raising=False)
+    out = tmp_path / "o"
+    result = _run("--sae", tiny / "sae", "--activations", tiny / "acts", "--labels",
+                  tiny / "imgs", "--out", out, "--model", "m", "--data", tiny / "imgs",
+                  "--limit", 7, "--k", "1", "--no-baselines")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls["model"] == "m" and calls["limit"] == 7 and calls["sae"].cfg.d_sae == 32
+    assert json.loads((out / "summary.json").read_text())["substitution"] == {"recovered": 0.75}
+    assert (out / "recovered.png").is_file() and "75% recovered" in result.output
 
 
 def test_cli_on_the_toy_world_truth(tmp_path):

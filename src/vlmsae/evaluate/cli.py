@@ -62,6 +62,7 @@ def evaluate_cmd(
     limit: int | None = typer.Option(None, help="Substitution: at most this many images."),
     device: str = typer.Option("cpu", help="Substitution: device of the model."),
     prompt: str | None = typer.Option(None, help="Substitution: prompt of a multimodal LLM."),
+    k_nn: int = typer.Option(5, "--k-nn", help="Substitution: neighbours of the k-NN probe."),
 ) -> None:
     """Concept detection (best single latent per concept: F1, AUROC), k-sparse probing (SAE
     vs raw neurons vs untrained SAE) and, with --model and --data, the fraction of the model's
@@ -102,7 +103,7 @@ def evaluate_cmd(
         if substitution is not None:
             result = substitution.evaluate_substitution(
                 model_sae, model, data, batch_size=batch_size, limit=limit, device=device,
-                prompt=prompt,
+                prompt=prompt, k_nn=k_nn,
             )  # fmt: skip
             summary["substitution"] = result.to_dict()
             substitution.plot_recovered(result, out / "recovered.png")
