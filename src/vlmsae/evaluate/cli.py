@@ -68,6 +68,7 @@ def evaluate_cmd(
     vs raw neurons vs untrained SAE) and, with --model and --data, the fraction of the model's
     performance recovered with the SAE spliced in: summary.json, concepts.csv, latents.csv,
     summary.txt and figures."""
+    from vlmsae.core import dist
     from vlmsae.core.cli_errors import user_errors
     from vlmsae.core.io import atomic_write_text, write_json
     from vlmsae.core.lock import output_lock
@@ -78,6 +79,8 @@ def evaluate_cmd(
     from vlmsae.metrics.fit import check_top_inputs, with_neuron_count
     from vlmsae.sae import SAE
 
+    if dist.init_from_env() and not dist.is_main():
+        return  # under torchrun rank 0 evaluates alone: the work is not split over ranks
     if (model is None) != (data is None):
         raise UserError("--model and --data go together (the substitution evaluation needs both)")
     substitution = None
