@@ -51,10 +51,16 @@ class ConceptDetection(NamedTuple):
     n_images: int
 
 
-class _Counts(NamedTuple):
-    tp: sp.csr_matrix  # [C, S] int32: images where concept c is present and latent s active
-    n_active: np.ndarray  # [S]
-    n_positive: np.ndarray  # [C]
+class OverlapCounts(NamedTuple):
+    """What every F1 is computed from."""
+
+    tp: sp.csr_matrix
+    """``int32 [C, S]`` images where concept ``c`` is present and latent ``s`` active (only
+    pairs that co-occur are stored)."""
+    n_active: np.ndarray
+    """``int64 [S]`` images where each latent is active."""
+    n_positive: np.ndarray
+    """``int64 [C]`` images holding each concept."""
     n_images: int
 
 
@@ -75,7 +81,7 @@ def _as_labels(labels: Any) -> sp.csr_matrix:
     return y
 
 
-def count_overlaps(codes: Any, labels: Any, chunk_rows: int = 1 << 16) -> _Counts:
+def count_overlaps(codes: Any, labels: Any, chunk_rows: int = 1 << 16) -> OverlapCounts:
     """TP of every (concept, latent) pair, latent activity and concept counts, streamed over
     ``codes`` (CSR / dense array / store ``[N, S]``) in chunks of ``chunk_rows`` images."""
     y_NC = _as_labels(labels)
@@ -90,7 +96,7 @@ def count_overlaps(codes: Any, labels: Any, chunk_rows: int = 1 << 16) -> _Count
         parts.append(y_NC[start : start + b_BS.shape[0]].T.tocsr() @ b_BS)
     tp = parts[0] if len(parts) == 1 else sp.csr_matrix(sum(parts[1:], parts[0]))
     n_pos = np.bincount(y_NC.indices, minlength=y_NC.shape[1]).astype(np.int64)
-    return _Counts(tp, n_active, n_pos, n)
+    return OverlapCounts(tp, n_active, n_pos, n)
 
 
 def _row_argmax(m: sp.csr_matrix, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
