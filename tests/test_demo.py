@@ -21,8 +21,20 @@ FIGURES = (
     "r2_ms_vs_k.png",
     "grid_most_monosemantic.png",
     "grid_least_monosemantic.png",
+    "concept_recovery.png",
 )
-TABLES = ("findings", "alive", "paper_table", "saes", "k_sweep", "hierarchy", "uniqueness")
+TABLES = (
+    "findings",
+    "convergence",
+    "concept_recovery",
+    "matryoshka_groups",
+    "alive",
+    "paper_table",
+    "saes",
+    "k_sweep",
+    "hierarchy",
+    "uniqueness",
+)
 
 
 def emoji_models_args() -> list[str]:
@@ -201,3 +213,64 @@ def test_label_purity_counts_every_value_an_image_holds():
     assert label_purity(top_KT, {"emoji": held_NV})[0] == 1.0
     ints = {"a": np.array([0, 0, 1, 2]), "b": np.array([1, 1, 1, 0])}
     np.testing.assert_array_equal(label_purity(top_KT, ints), [1.0, np.nan, 0.5])
+
+
+def test_demo_reports_convergence_per_configuration(demo_run):
+    """Every configuration has its validation R² at 3/4 of training and at the end, read from
+    each seed's metrics.jsonl; "converged" is exactly |change| < tol on every seed."""
+    from vlmsae.train.state import MetricsLog
+
+    out, _ = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    conv = summary["convergence"]
+    steps, tol = summary["config"]["steps"], conv["tol"]
+    assert set(conv["configs"]) == set(summary["configs"])
+    rows = (out / "tables" / "convergence.csv").read_text().splitlines()
+    assert len(rows) - 1 == len(conv["configs"])
+    for name, got in conv["saes"].items():
+        records = MetricsLog.read(out / "saes" / name / "metrics.jsonl")
+        r2 = {m["step"]: m["val"]["r2"] for m in records}
+        assert got["step_end"] == steps and got["step_3q"] == 3 * steps // 4, name
+        assert got["r2_end"] == r2[steps] and got["r2_3q"] == r2[3 * steps // 4], name
+        assert got["converged"] == (abs(r2[steps] - r2[3 * steps // 4]) < tol), name
+    for name, c in conv["configs"].items():
+        seeds = [v for k, v in conv["saes"].items() if k.startswith(f"{name}-s")]
+        assert c["seeds"] == len(seeds) == 2 and c["converged"] == all(
+            s["converged"] for s in seeds
+        )
+    assert conv["all_converged"] == all(c["converged"] for c in conv["configs"].values())
+
+
+def test_demo_concept_recovery_matches_the_library(demo_run):
+    """The concept-recovery numbers of an SAE are those of vlmsae.evaluate on its codes of
+    the held-out images; the table has trained, untrained and raw rows, with intervals."""
+    import scipy.sparse as sp
+    import torch
+
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.demo.recovery import concept_labels
+    from vlmsae.evaluate.concepts import concept_detection
+    from vlmsae.sae import SAE
+
+    out, _ = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    name = next(n for n in summary["saes"] if n.startswith("layer_4-batchtopk-x4-k4"))
+    store = ActivationStore(out / "acts" / "test" / "layer_4")
+    labels = concept_labels(store)
+    assert "second" not in labels.sets and {"emoji", "background"} <= set(labels.sets)
+    with torch.no_grad():
+        codes = SAE.load(out / "saes" / name).encode(torch.from_numpy(store.to_numpy()))
+    det = concept_detection(sp.csr_matrix(codes.numpy()), labels.present)
+    got = summary["saes"][name]
+    assert got["concepts_detected"] == pytest.approx(float((det.best_f1 >= 0.5).mean()))
+    assert got["mean_best_f1"] == pytest.approx(float(det.best_f1.mean()))
+    for key in ("probe1_balanced_accuracy", "probe5_balanced_accuracy"):
+        assert 0 <= got[key] <= 1
+    assert -1 < got["recovered_cosine_mean"] <= 1.0 + 1e-6
+    table = (out / "tables" / "concept_recovery.csv").read_text()
+    assert "untrained (init)" in table and "raw neurons" in table
+    for config, keys in summary["concept_recovery"].items():
+        iv = keys["concepts_detected"]["trained"]
+        assert iv["lo"] <= iv["estimate"] <= iv["hi"], config
+        assert keys["concepts_detected"]["raw"] is not None
+    assert set(summary["raw_recovery"]) == {"layer_4", "proj"}

@@ -1,6 +1,7 @@
 """Scoring of the demo's SAEs and raw neurons on held-out toy-world images.
 
-For every SAE: R², L0, MS under the toy-CLIP and the oracle embedding, top images, their
+For every SAE: R², L0, MS under the independent embedder (the toy DINOv2), the toy CLIP's own
+embedding and the oracle embedding, top images, their
 label purity and (Matryoshka) LCA depth per group; the same for the raw neurons of each
 hook; and the same for untrained SAEs of every configuration (the baselines). Everything
 is computed by the library's metric functions on the codes, with the paper's conventions
@@ -14,6 +15,7 @@ an image holds (both emoji of an emoji scene, and the background).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,12 @@ import scipy.sparse as sp
 
 from vlmsae.data.store import ActivationStore
 from vlmsae.demo.config import DemoConfig
-from vlmsae.demo.stages import Embeddings, SAERun, sae_config, test_activations
+from vlmsae.demo.recovery import GroupContents, group_contents, recover, subst_numbers
+from vlmsae.demo.stages import EMBEDDINGS, Embeddings, SAERun, sae_config, test_activations
 from vlmsae.demo.truth import label_purity
 
 if TYPE_CHECKING:
+    from vlmsae.evaluate.labels import ConceptLabels
     from vlmsae.toyworld.worlds import World
 
 log = logging.getLogger(__name__)
@@ -37,8 +41,10 @@ log = logging.getLogger(__name__)
 class NeuronScores:
     """Per-neuron results of one set of neurons (an SAE, or a hook's raw neurons)."""
 
+    ms_dino: np.ndarray
+    """MS under the independent embedder (the world's toy DINOv2) ``[K]``: the main MS."""
     ms_clip: np.ndarray
-    """MS under the toy-CLIP image embedding ``[K]``."""
+    """MS under the toy-CLIP image embedding ``[K]`` (the decomposed model scoring itself)."""
     ms_oracle: np.ndarray
     """MS under the ground-truth (oracle) embedding ``[K]``."""
     n_active: np.ndarray
@@ -72,6 +78,11 @@ class SAEScores:
     """Pairs of kept neurons above each Jaccard threshold (SAEs at the default k)."""
     kind: str = "trained"
     """``trained``, or the untrained baseline it is (``init``, ``random``)."""
+    recovery: dict[str, float] | None = None
+    """Concept recovery (:func:`vlmsae.demo.recovery.recover`) and, at the default k, the
+    fractions recovered with the SAE spliced into the toy CLIP."""
+    groups: GroupContents | None = None
+    """What each Matryoshka group's kept neurons detect best, and their object depth."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,8 @@ class WorldLabels:
     """Attribute -> the values each image holds ``bool [N, V]`` (label purity reads these:
     shapes: family, shape, colour, size, background, one value each; emoji: group,
     subgroup and emoji of both emoji where there are two, and the background)."""
+    concepts: ConceptLabels | None = None
+    """The same truth as concepts for :mod:`vlmsae.evaluate` (concept recovery)."""
 
 
 @dataclass
@@ -96,6 +109,8 @@ class Scores:
     images: list[str]
     baselines: list[SAEScores]
     """Untrained SAEs of every configuration (``kind`` init and random)."""
+    raw_recovery: dict[str, dict[str, float]] | None = None
+    """Concept recovery of each hook's raw neurons."""
 
 
 def purity_attributes(world: World) -> tuple[str, ...]:
@@ -131,20 +146,20 @@ def world_labels(world_dir: Path, images: list[str]) -> WorldLabels:
 def score_neurons(
     acts: np.ndarray | sp.csr_matrix, emb: Embeddings, labels: WorldLabels, top_n: int
 ) -> NeuronScores:
-    """MS under both embeddings, top images and their purity for ``acts [N, K]``."""
+    """MS under every embedding, top images and their purity for ``acts [N, K]``."""
     from vlmsae.metrics import monosemanticity
     from vlmsae.metrics.top_images import top_images
 
-    clip = monosemanticity(acts, ActivationStore(emb.clip))
-    oracle = monosemanticity(acts, ActivationStore(emb.oracle))
+    ms = {e: monosemanticity(acts, ActivationStore(emb.store(e))) for e in EMBEDDINGS}
     top = top_images(acts, top_n)
     return NeuronScores(
-        clip.ms,
-        oracle.ms,
-        clip.n_active,
-        top.indices,
-        top.values,
-        label_purity(top.indices, labels.present),
+        ms_dino=ms["dino"].ms,
+        ms_clip=ms["clip"].ms,
+        ms_oracle=ms["oracle"].ms,
+        n_active=ms["dino"].n_active,
+        top=top.indices,
+        top_values=top.values,
+        purity=label_purity(top.indices, labels.present),
     )
 
 
@@ -197,6 +212,18 @@ def score_sae(
     codes_csr = sp.csr_matrix(codes.numpy())
     neurons = score_neurons(codes_csr, emb, labels, cfg.top_n)
     sizes = tuple(sae.cfg.group_sizes)
+    recovery, groups = None, None
+    if labels.concepts is not None:
+        rec = recover(codes_csr, labels.concepts, seed=cfg.seed)
+        recovery = dict(rec.numbers)
+        groups = group_contents(rec.latent_set, neurons.n_active, neurons.top_images(),
+                                labels.taxonomy, sizes, cfg.min_active)  # fmt: skip
+        if cfg.subst_images and run.k == cfg.k:
+            from vlmsae.demo.stages import clip_of
+
+            recovery.update(subst_numbers(sae, str(clip_of(cfg)),
+                                          str(Path(cfg.out_dir) / "world" / "test"),
+                                          cfg.subst_images))  # fmt: skip
     return SAEScores(
         run=run,
         d_sae=sae.cfg.d_sae,
@@ -208,6 +235,8 @@ def score_sae(
         depth_by_group=lca_depth_by_group(neurons, labels, sizes, cfg.min_active),
         uniqueness=uniqueness_of(neurons, cfg.min_active) if run.k == cfg.k else None,
         kind=kind,
+        recovery=recovery,
+        groups=groups,
     )
 
 
@@ -218,10 +247,21 @@ def score_baselines(
     from vlmsae.demo.baselines import KINDS, untrained_sae
 
     out = []
+    from vlmsae.sae import SAE
+
     seen = {r.config: r for r in runs_of_seed(cfg, cfg.seed)}
     for run in seen.values():
         store = acts["train"][run.hook]
         sae_cfg = sae_config(cfg, run, x_by_hook[run.hook].shape[1])
+        trained = SAE.load(run.path).cfg if (run.path / "config.json").exists() else None
+        if trained is not None:  # its hook point: the untrained SAE splices in where it does
+            sae_cfg = dataclasses.replace(
+                sae_cfg,
+                model=trained.model,
+                layer=trained.layer,
+                hookpoint=trained.hookpoint,
+                tokens=trained.tokens,
+            )
         for kind in KINDS:
             sae = untrained_sae(sae_cfg, store, kind, seed=run.seed, batch_size=cfg.batch_size)
             out.append(score_sae(run, x_by_hook[run.hook], emb, labels, cfg, sae, kind))
@@ -244,11 +284,17 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
     for hook in cfg.hooks:
         hook_images = ActivationStore(acts["test"][hook]).images
         assert hook_images == images, f"{hook} test store lists other images than the embeddings"
+    from vlmsae.demo.recovery import concept_labels
+
+    concepts = concept_labels(ActivationStore(acts["test"][cfg.hooks[0]]))
+    labels = dataclasses.replace(labels, concepts=concepts)
     x_by_hook = {hook: test_activations(acts, hook) for hook in cfg.hooks}
     raw = {hook: score_neurons(x, emb, labels, cfg.top_n) for hook, x in x_by_hook.items()}
+    raw_rec = {hook: recover(x, labels.concepts, seed=cfg.seed).numbers
+               for hook, x in x_by_hook.items()}  # fmt: skip
     saes = [
         score_sae(run, x_by_hook[run.hook], emb, labels, cfg)
         for run in tqdm(runs, desc="score SAEs", unit="sae")
     ]
     baselines = score_baselines(cfg, acts, x_by_hook, emb, labels)
-    return Scores(saes, raw, labels, images, baselines)
+    return Scores(saes, raw, labels, images, baselines, raw_rec)

@@ -46,6 +46,8 @@ class DemoConfig:
     emoji images)."""
     batch_size: int = 256
     """SAE training batch size."""
+    lr_scale: float = 1.0
+    """The paper's learning rate (``2e-4 / sqrt(d_sae / 2**14)``) times this."""
     n_grid: int = 4
     """Neurons shown in each of the most / least monosemantic grids."""
     top_n: int = 16
@@ -58,6 +60,12 @@ class DemoConfig:
     """Test images per protocol (insertion, suppression); a quarter of it for α choice."""
     steer_steps: int = 1500
     """Training steps of the steering SAE."""
+    converge_tol: float = 0.01
+    """An SAE has converged where its validation R² changed by less than this over the last
+    quarter of training (measured at log points, reported per configuration)."""
+    subst_images: int = 500
+    """Held-out images of the substitution check (the toy CLIP with each SAE at the default
+    k spliced in: fractions recovered); 0 skips it."""
     seed: int = 0
     """Seed of the world; the SAEs are trained with seeds ``seed, seed + 1, …``."""
     seeds: int = 3
@@ -75,6 +83,11 @@ class DemoConfig:
     ``shapes`` (22 concept values; the demo before the emoji world)."""
     models_dir: str | None = None
     """Toy-world models to use (a ``vlmsae toyworld build`` output); default the shipped ones."""
+    embedder: str | None = None
+    """The independent image embedder MS is scored with (the paper's DINOv2): a model
+    folder, hub id or alias (None: the world's toy DINOv2, ``toyworld:WORLD/dino``, or
+    ``dino`` in ``models_dir``). The toy CLIP's own embedding (the model being decomposed)
+    and the oracle are scored beside it."""
 
     def __post_init__(self) -> None:
         from vlmsae.toyworld.worlds import WORLDS, get_world

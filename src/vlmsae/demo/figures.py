@@ -52,7 +52,7 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
     s = showcase_sae(cfg, scores)
     ms_histogram(
         out / "figures" / "ms_histogram.png",
-        {"SAE neurons": s.neurons.ms_clip, "raw neurons": scores.raw[s.run.hook].ms_clip},
+        {"SAE neurons": s.neurons.ms_dino, "raw neurons": scores.raw[s.run.hook].ms_dino},
         title=f"{s.run.name}: SAE vs raw neurons",
     )
     figs.append(
@@ -77,7 +77,7 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
                 ys = [
                     _seed_mean(
                         [
-                            max_ms_stats(x.neurons.ms_clip, x.neurons.n_active, cfg.min_active)[
+                            max_ms_stats(x.neurons.ms_dino, x.neurons.n_active, cfg.min_active)[
                                 stat
                             ].value
                             for x in runs
@@ -131,7 +131,7 @@ def k_sweep_figure(cfg: DemoConfig, scores: Scores) -> tuple[str, str]:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for label, fn, style in (
         ("R² (held out)", lambda s: s.r2, "-o"),
-        ("mean MS", lambda s: float(np.nanmean(s.neurons.ms_clip)), "-s"),
+        ("mean MS", lambda s: float(np.nanmean(s.neurons.ms_dino)), "-s"),
     ):
         per_k = [[fn(s) for s in sweep if s.run.k == k] for k in ks]
         mean = np.array([np.mean(v) for v in per_k])
@@ -153,7 +153,7 @@ def grids(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
 
     out = Path(cfg.out_dir)
     s = showcase_sae(cfg, scores)
-    ms = s.neurons.ms_clip
+    ms = s.neurons.ms_dino
     alive = np.flatnonzero(np.isfinite(ms) & s.neurons.top_images().kept(cfg.min_active))
     rule = f"active on ≥ {cfg.min_active} held-out images"
     if alive.size == 0:  # no neuron passes the rule: rank every scored neuron, and say so

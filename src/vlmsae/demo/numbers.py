@@ -2,7 +2,8 @@
 
 Every trained SAE gives one dict of numbers (R², L0, dead fraction, the share of latents
 alive (active on a held-out image) and kept (active on ``min_active``), the MS statistics under
-both embeddings with the neuron attaining each, depth per group, uniqueness); a
+every embedding (the independent toy DINOv2 first) with the neuron attaining each, the median
+and 90th percentile of MS over the kept neurons, depth per group, uniqueness); a
 configuration's numbers are their mean ± std over seeds; the untrained baselines give the
 same numbers for the same configurations.
 """
@@ -34,22 +35,33 @@ def sae_numbers(s: SAEScores, raw_ms: np.ndarray, min_active: int) -> dict[str, 
     """The numbers of one SAE (trained or untrained); NaN where undefined."""
     n = s.neurons
     out: dict[str, float] = {"r2": s.r2, "l0": s.l0, "dead_fraction": s.dead_fraction}
-    for emb, ms in (("clip", n.ms_clip), ("oracle", n.ms_oracle)):
+    kept = n.n_active >= min_active
+    for emb, ms in (("dino", n.ms_dino), ("clip", n.ms_clip), ("oracle", n.ms_oracle)):
         out[f"mean_ms_{emb}"] = _nan(np.nanmean, ms)
+        for q in (50, 90):  # percentiles over the kept neurons: a statistic width alone
+            got = ms[kept & np.isfinite(ms)]  # does not raise (the max over more draws does)
+            out[f"p{q}_ms_active_{emb}"] = float(np.percentile(got, q)) if got.size else np.nan
         for name, got in max_ms_stats(ms, n.n_active, min_active).items():
             key = {"max": "max_ms", "max_active": "max_ms_active", "p99": "p99_ms"}[name]
             out[f"{key}_{emb}"] = float("nan") if got.value is None else got.value
             out[f"{key}_{emb}_n_active"] = float("nan") if got.n_active is None else got.n_active
-    defined = np.isfinite(n.ms_clip)
+    defined = np.isfinite(n.ms_dino)
     median_raw = _nan(np.nanmedian, raw_ms)
     out["share_above_median_raw"] = (
-        float((n.ms_clip[defined] > median_raw).mean()) if defined.any() else float("nan")
+        float((n.ms_dino[defined] > median_raw).mean()) if defined.any() else float("nan")
     )
     out["alive"] = float((n.n_active > 0).sum())
     out["alive_share"] = float((n.n_active > 0).mean())
     out["kept_share"] = float((n.n_active >= min_active).mean())
     for g, depth in enumerate(s.depth_by_group):
         out[f"depth_group{g + 1}"] = depth
+    out.update(s.recovery or {})
+    if s.groups is not None:
+        for g, (counts, level, depth) in enumerate(zip(*s.groups, strict=True), 1):
+            out[f"object_depth_group{g}"] = depth
+            out[f"object_level_group{g}"] = level
+            for what, c in counts.items():
+                out[f"n_{what}_group{g}"] = float(c)
     if s.uniqueness is not None:
         out["uniqueness_n_pairs"] = s.uniqueness["n_pairs"]
         for t, c in s.uniqueness["pairs_above"].items():
@@ -77,7 +89,7 @@ class Numbers:
     def __init__(self, scores: Scores, min_active: int) -> None:
         self.min_active = min_active
         self.scores = scores
-        raw = {h: r.ms_clip for h, r in scores.raw.items()}
+        raw = {h: r.ms_dino for h, r in scores.raw.items()}
         self.trained = {
             s.run.name: sae_numbers(s, raw[s.run.hook], min_active) for s in scores.saes
         }

@@ -37,7 +37,7 @@ def export_world(cfg: DemoConfig) -> Path:
     for split, _ in splits:
         if (root / split / "attributes.csv").exists():
             check_world(root / split, cfg)
-    clip_of(cfg)
+    clip_of(cfg), embedder_of(cfg)
     for split, n in splits:
         if not (root / split / "attributes.csv").exists():
             export_imagefolder(root, split=split, n=n, seed=cfg.seed, world=cfg.world)
@@ -69,6 +69,27 @@ def clip_of(cfg: DemoConfig) -> Path:
         raise UserError(f"{err}, or give --models-dir with the {cfg.world} world's models") from err
 
 
+def embedder_of(cfg: DemoConfig) -> str:
+    """The independent embedder of ``cfg``: ``cfg.embedder``, else the world's toy DINOv2
+    (``dino`` in ``cfg.models_dir``, or the shipped ``toyworld:WORLD/dino``)."""
+    from vlmsae.core.errors import UserError
+    from vlmsae.encoders.hub import resolve_alias
+
+    if cfg.embedder is not None:
+        return resolve_alias(cfg.embedder, kind="dino")
+    if cfg.models_dir is not None:
+        path = Path(cfg.models_dir) / "dino"
+    else:
+        path = Path(resolve_alias(f"toyworld:{cfg.world}/dino", kind="dino"))
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"no toy dino model (the independent embedder MS is scored with) in {path}; "
+            f"build it with `vlmsae toyworld build --world {cfg.world} --stages dino`, or "
+            "give --embedder or --models-dir"
+        )
+    return str(path)
+
+
 def cache_world(cfg: DemoConfig, world: Path) -> dict[str, dict[str, Path]]:
     """Cache every hook of the toy CLIP (CLS token) for both splits: ``{split: {hook: dir}}``."""
     from vlmsae.encoders.cache import CacheConfig, cache_activations
@@ -95,30 +116,41 @@ def cache_world(cfg: DemoConfig, world: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
+EMBEDDINGS = ("dino", "clip", "oracle")
+"""The embeddings MS is scored with, the main one first."""
+
+
 @dataclass(frozen=True)
 class Embeddings:
-    """The two embedding stores MS is computed with, for the test split."""
+    """The embedding stores MS is computed with, for the test split."""
 
+    dino: Path
+    """The independent embedder's (the world's toy DINOv2, trained self-supervised on images
+    alone: the paper's DINOv2): the main MS of every finding."""
     clip: Path
-    """The toy CLIP's image embedding (the paper's CLIP alternative to DINOv2)."""
+    """The toy CLIP's image embedding: the model being decomposed scores itself."""
     oracle: Path
     """Ground-truth attributes, one-hot per attribute: the truth MS is checked against."""
 
+    def store(self, name: str) -> Path:
+        """The store of embedding ``name`` (one of :data:`EMBEDDINGS`)."""
+        return {"dino": self.dino, "clip": self.clip, "oracle": self.oracle}[name]
+
 
 def embed_world(cfg: DemoConfig, world: Path) -> Embeddings:
-    """Write both embedding stores of the test images and check they align row by row."""
+    """Write the embedding stores of the test images and check they align row by row."""
     from vlmsae.encoders.cache import embed_images
     from vlmsae.toyworld import write_oracle_embeddings
 
     emb_dir = Path(cfg.out_dir) / "embeddings"
-    emb = Embeddings(emb_dir / "clip", emb_dir / "oracle")
-    if not _complete_store(emb.clip):
-        embed_images(clip_of(cfg), world, emb.clip, split="test", workers=0, progress=False)
+    emb = Embeddings(emb_dir / "dino", emb_dir / "clip", emb_dir / "oracle")
+    for path, model in ((emb.dino, embedder_of(cfg)), (emb.clip, str(clip_of(cfg)))):
+        if not _complete_store(path):
+            embed_images(model, world, path, split="test", workers=0, progress=False)
     if not _complete_store(emb.oracle):
         write_oracle_embeddings(world / "test", emb.oracle)
-    clip_images = [Path(p).resolve() for p in ActivationStore(emb.clip).images]
-    oracle_images = [Path(p).resolve() for p in ActivationStore(emb.oracle).images]
-    assert clip_images == oracle_images, "CLIP and oracle embedding stores list different images"
+    lists = [[Path(p).resolve() for p in ActivationStore(emb.store(e)).images] for e in EMBEDDINGS]
+    assert all(x == lists[0] for x in lists), "the embedding stores list different images"
     return emb
 
 
@@ -241,15 +273,18 @@ def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun
         if (run.path / "sae.safetensors").exists() and (run.path / "summary.json").exists():
             continue
         store = ActivationStore(acts["train"][run.hook])
+        sae_cfg = sae_config(cfg, run, store.d)
+        paper_lr = TrainConfig(sae=sae_cfg).learning_rate  # 2e-4 / sqrt(d_sae / 2**14)
         train_cfg = TrainConfig(
-            sae=sae_config(cfg, run, store.d),
+            sae=sae_cfg,
+            lr=paper_lr * cfg.lr_scale,
             steps=cfg.steps,
             batch_size=cfg.batch_size,
             seed=run.seed,
             warmup_steps=max(1, cfg.steps // 20),
             threshold_start_step=cfg.steps // 4,
             dead_after=cfg.batch_size * max(1, cfg.steps // 5),
-            log_every=max(1, cfg.steps // 5),
+            log_every=max(1, cfg.steps // 8),  # a log point at 3/4: the convergence check
             progress=False,
         )
         groups.setdefault((run.hook, run.seed), []).append((run, train_cfg))

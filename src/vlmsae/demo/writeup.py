@@ -19,6 +19,7 @@ from vlmsae.demo.config import DemoConfig
 from vlmsae.demo.findings import findings
 from vlmsae.demo.numbers import Numbers, by_config
 from vlmsae.demo.truth import finding_rows
+from vlmsae.demo.validity import add_validity_sections
 from vlmsae.metrics.maxms import max_ms_stats
 from vlmsae.metrics.stats import MeanStd
 from vlmsae.report.document import Report, Table
@@ -305,6 +306,7 @@ def write_report(
             "Each claim of the paper, measured here, with its interval and untrained baseline",
         )
     )
+    validity = add_validity_sections(report, cfg, nums)
     sec = report.section("Monosemanticity of SAE and raw neurons")
     sec.paragraphs.append(alive.alive_note(cfg, nums))
     sec.tables += [alive.alive_table(cfg, nums), paper_table(cfg, scores, nums)]
@@ -342,6 +344,7 @@ def write_report(
         "seeds": list(cfg.seed_list),
         "steering": steering.summary if steering is not None else None,
         "explore": explorer,
+        **validity,
     }
     lines = [f"[{'ok' if f.holds else '--'}] {f.claim}: {f.evidence}" for f in found]
     return index, summary, lines
