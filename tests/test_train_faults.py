@@ -44,7 +44,8 @@ CHILD = textwrap.dedent(
     shutil.rmtree = hook("rmtree", shutil.rmtree)
     tempfile.mkdtemp = hook("mkdtemp", tempfile.mkdtemp)
     tempfile.mkstemp = hook("mkstemp", tempfile.mkstemp)
-    ck.save_file = hook("save_file", ck.save_file)
+    ck.save_file = hook("save_file", ck.save_file)  # the trainer state's tensors
+    ck._write_bytes = hook("save_file", ck._write_bytes)  # the SAE's weights (checksummed bytes)
     pathlib.Path.unlink = hook("unlink", pathlib.Path.unlink)
     from vlmsae.train.run import train_sae
     train_sae(np.load(sys.argv[4]), config(), sys.argv[1])

@@ -160,6 +160,12 @@ class World(ABC):
         browser's concepts (every attribute unless a world leaves one out)."""
         return tuple(self.attributes)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """What sets this world apart from its name's default (``world.json`` records it;
+        :func:`~vlmsae.toyworld.worlds.get_world` takes it back)."""
+        return {}
+
     def leaf(self, record: Any) -> tuple[str, ...]:
         return tuple(getattr(record, a) for a in self.taxonomy_levels)
 

@@ -110,11 +110,16 @@ def export(
     n: int = typer.Option(1000, help="Number of images."),
     seed: int = typer.Option(0, help="World seed."),
     world: str = typer.Option("shapes", help="Toy world: shapes or emoji."),
+    objects: int = typer.Option(
+        None, help="At most this many objects per image (emoji: 2, the default, or 1)."
+    ),
 ) -> None:
     """Write images of the world as an iNaturalist-style ImageFolder + attributes.csv."""
     from vlmsae.toyworld.export import export_imagefolder
+    from vlmsae.toyworld.worlds import get_world
 
-    typer.echo(str(export_imagefolder(out, split, n, seed, world=world)))
+    chosen = get_world(world, objects=objects)
+    typer.echo(str(export_imagefolder(out, split, n, seed, world=chosen)))
 
 
 @toyworld_app.command("oracle")

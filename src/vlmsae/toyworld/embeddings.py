@@ -41,7 +41,8 @@ def oracle_embedding(records: Sequence, world: str | World | None = None) -> np.
     """Unit-norm ground-truth embeddings ``[N, E]`` (E = every concept value).
 
     One block per attribute (shapes: family, shape, colour, size, background; emoji:
-    group, subgroup, emoji, background), each of weight ``1/sqrt(A)``: one-hot, or, where
+    group, subgroup, emoji, background and how many emoji the image shows, a factor the
+    models see), each of weight ``1/sqrt(A)``: one-hot, or, where
     an image shows two emoji, spread evenly over the values present (unit norm). The
     cosine similarity of two images is then the mean over attributes of what they share
     (in the shapes world, exactly the fraction of attributes they share).

@@ -45,6 +45,9 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "noisy", "colored"
 """Background kinds: grey, grey stripes, grey dots, smooth grey noise, one colour."""
 NONE = "none"
 """``second`` of an image with one emoji."""
+OBJECT_COUNTS: tuple[str, ...] = ("one", "two")
+"""Values of ``objects``: how many emoji an image shows (a factor the models see: the toy
+CLIP decodes it at 86 %, see docs/fidelity.md)."""
 
 QUESTION_OBJECT = "What is shown in this image? Use exactly one word!"
 QUESTION_CAPTION = "Describe the image."
@@ -89,6 +92,7 @@ def attributes() -> dict[str, tuple[str, ...]]:
         "emoji": words,
         "second": (NONE, *words),
         "background": BACKGROUNDS,
+        "objects": OBJECT_COUNTS,
     }
 
 
@@ -129,6 +133,11 @@ class EmojiImage:
         return f"{self.group}_{self.subgroup}_{self.emoji}"
 
     @property
+    def objects(self) -> str:
+        """How many emoji the image shows: ``one`` or ``two``."""
+        return OBJECT_COUNTS[self.second != NONE]
+
+    @property
     def present(self) -> tuple[str, ...]:
         """One-word names of the emoji in the image, main first."""
         return (self.emoji,) if self.second == NONE else (self.emoji, self.second)
@@ -160,11 +169,12 @@ def _place(rng: np.random.Generator, size: float) -> tuple[float, float]:
     return float(rng.uniform(half, IMAGE_SIZE - half)), float(rng.uniform(half, IMAGE_SIZE - half))
 
 
-def sample_attributes(split: str, index: int, seed: int = 0) -> EmojiImage:
+def sample_attributes(split: str, index: int, seed: int = 0, objects: int = 2) -> EmojiImage:
     """Draw the ground truth of image ``index`` of ``split`` (a pure function).
 
-    Main emoji are drawn uniformly over the emoji (every class is equally common); the
-    second emoji is another one, placed so that it covers at most a quarter of the main.
+    Main emoji are drawn uniformly over the emoji (every class is equally common); with
+    ``objects=2`` half the images get a second emoji, another one, placed so that it covers
+    at most a quarter of the main; ``objects=1`` never draws one.
     """
     rng = np.random.default_rng([seed, split_id(split), index, 0, 17])
     table = emoji_table()
@@ -173,7 +183,7 @@ def sample_attributes(split: str, index: int, seed: int = 0) -> EmojiImage:
     x, y = _place(rng, size)
     angle = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
     second, x2, y2, size2, angle2 = NONE, 0.0, 0.0, 0.0, 0.0
-    if rng.random() < P_SECOND:
+    if objects == 2 and rng.random() < P_SECOND:
         other = int(rng.integers(len(table) - 1))
         other += other >= table.index(main)  # any emoji but the main one
         second = table[other].word
@@ -300,13 +310,25 @@ class EmojiWorld(World):
     def attributes(self) -> dict[str, tuple[str, ...]]:
         return attributes()
 
+    def __init__(self, objects: int = 2) -> None:
+        if objects not in (1, 2):
+            raise ValueError(f"objects must be 1 or 2, got {objects}")
+        self.objects = objects
+        """Emoji per image at most: 2 (half the images hold a second one), or 1."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {} if self.objects == 2 else {"objects": self.objects}
+
     @property
     def oracle_attributes(self) -> tuple[str, ...]:
-        """Every attribute but ``second``: its emoji are in ``emoji`` already."""
-        return tuple(a for a in self.attributes if a != "second")
+        """Every attribute but ``second`` (its emoji are in ``emoji`` already), and
+        ``objects`` only where images hold one or two emoji (else it never varies)."""
+        left_out = {"second"} | ({"objects"} if self.objects == 1 else set())
+        return tuple(a for a in self.attributes if a not in left_out)
 
     def sample(self, split: str, index: int, seed: int = 0) -> EmojiImage:
-        return sample_attributes(split, index, seed)
+        return sample_attributes(split, index, seed, self.objects)
 
     def render(self, record: Any, seed: int = 0) -> Image.Image:
         return render(record, seed)
@@ -322,6 +344,7 @@ class EmojiWorld(World):
             "emoji": record.present,
             "second": (record.second,),
             "background": (record.background,),
+            "objects": (record.objects,),
         }
 
     def concept_prompts(self) -> dict[str, list[str]]:

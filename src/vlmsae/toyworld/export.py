@@ -98,6 +98,7 @@ def export_imagefolder(
         folder / "world.json",
         {
             "world": w.name,
+            **w.options,
             "split": split,
             "n_images": n,
             "seed": seed,

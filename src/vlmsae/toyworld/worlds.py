@@ -10,6 +10,7 @@ records its world in ``world.json``.
 
 from __future__ import annotations
 
+import inspect
 import json
 from functools import cache
 from pathlib import Path
@@ -31,12 +32,22 @@ the world of a split folder written before ``world.json`` named its world."""
 
 
 @cache
-def _instance(name: str) -> World:
-    return _CLASSES[name]()
+def _instance(name: str, objects: int | None) -> World:
+    if objects is None:
+        return _CLASSES[name]()
+    if "objects" not in inspect.signature(_CLASSES[name]).parameters:
+        if objects == 1:  # a world of one object per image already
+            return _CLASSES[name]()
+        raise UserError(f"the {name} world shows one object per image: objects={objects}")
+    try:
+        return _CLASSES[name](objects=objects)
+    except ValueError as e:
+        raise UserError(f"{name} world: {e}") from None
 
 
-def get_world(name: str | World | None = None) -> World:
-    """The world called ``name`` (one of :data:`WORLDS`; None: :data:`DEFAULT_WORLD`).
+def get_world(name: str | World | None = None, *, objects: int | None = None) -> World:
+    """The world called ``name`` (one of :data:`WORLDS`; None: :data:`DEFAULT_WORLD`);
+    ``objects``: at most this many objects per image (the emoji world's default is 2).
 
     A world is returned as it is; an unknown name is a :class:`UserError`."""
     if isinstance(name, World):
@@ -44,16 +55,16 @@ def get_world(name: str | World | None = None) -> World:
     name = name or DEFAULT_WORLD
     if name not in _CLASSES:
         raise UserError(f"unknown toy world {name!r}; expected one of {', '.join(WORLDS)}")
-    return _instance(name)
+    return _instance(name, objects)
 
 
 def world_of_split(folder: str | Path) -> World:
     """The world an exported split folder was drawn from (its ``world.json``)."""
     meta_path = Path(folder) / "world.json"
-    name = None
+    meta = {}
     if meta_path.is_file():
-        name = json.loads(meta_path.read_text(encoding="utf-8")).get("world")
-    return get_world(name)
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return get_world(meta.get("world"), objects=meta.get("objects"))
 
 
 def _model_path(kind: str, models_dir: str | Path | None, world: str | World | None) -> Path:
