@@ -217,7 +217,8 @@ def score_sae(
         rec = recover(codes_csr, labels.concepts, seed=cfg.seed)
         recovery = dict(rec.numbers)
         groups = group_contents(rec.latent_set, neurons.n_active, neurons.top_images(),
-                                labels.taxonomy, sizes, cfg.min_active)  # fmt: skip
+                                labels.taxonomy, sizes, cfg.min_active,
+                                labels.concepts.sets)  # fmt: skip
         if cfg.subst_images and run.k == cfg.k:
             from vlmsae.demo.stages import clip_of
 

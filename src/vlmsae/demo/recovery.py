@@ -28,8 +28,6 @@ PROBE_K = (1, 5)
 """Latents per sparse probe."""
 LEFT_OUT_SETS = ("second",)
 """Concept sets that repeat another (the emoji world's second emoji is in ``emoji``)."""
-BACKGROUND = "background"
-"""The set of the scene's background: a concept that is no object of the taxonomy."""
 
 
 def concept_labels(store: ActivationStore) -> ConceptLabels:
@@ -88,13 +86,13 @@ class GroupContents(NamedTuple):
     """What the kept neurons of each Matryoshka group detect best, and their depth."""
 
     counts: list[dict[str, int]]
-    """Per group: kept neurons whose best concept (F1 ≥ 0.5) is of each taxonomy level, of
-    the background, or none (``mixed``)."""
+    """Per group: kept neurons whose best concept (F1 ≥ 0.5) is of each taxonomy level or of
+    another concept set (the background, ...), or of none (``mixed``)."""
     level: list[float]
     """Per group: mean taxonomy level (0 = top) of the neurons detecting an object concept."""
     object_depth: list[float]
-    """Per group: the paper's mean LCA depth over the object neurons alone (background-only
-    and mixed neurons left out)."""
+    """Per group: the paper's mean LCA depth over the object neurons alone (neurons of the
+    other sets and mixed neurons left out)."""
 
 
 def group_contents(
@@ -104,12 +102,14 @@ def group_contents(
     taxonomy: dict[str, np.ndarray],
     group_sizes: tuple[int, ...],
     min_active: int,
+    sets: tuple[str, ...] = (),
 ) -> GroupContents:
-    """Per group of an SAE (one group for a plain SAE): the levels its kept neurons detect
-    best and the LCA depth of the object neurons among them."""
+    """Per group of an SAE (one group for a plain SAE): the levels (and other ``sets``) its
+    kept neurons detect best and the LCA depth of the object neurons among them."""
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy
 
     levels = list(taxonomy)
+    others = [s for s in dict.fromkeys(sets) if s not in levels]
     kept = np.asarray(n_active) >= min_active
     objects = kept & np.isin(latent_set, levels)
     paths = encode_taxonomy(list(zip(*(v.tolist() for v in taxonomy.values()), strict=True)))
@@ -117,9 +117,8 @@ def group_contents(
     counts, level = [], []
     for lo, hi in zip(np.cumsum([0, *group_sizes[:-1]]), np.cumsum(group_sizes), strict=True):
         g_set, g_kept = latent_set[lo:hi], kept[lo:hi]
-        c = {lv: int(np.sum(g_kept & (g_set == lv))) for lv in levels}
-        c[BACKGROUND] = int(np.sum(g_kept & (g_set == BACKGROUND)))
-        c["mixed"] = int(g_kept.sum()) - sum(c.values())
+        c = {name: int(np.sum(g_kept & (g_set == name))) for name in (*levels, *others)}
+        c["mixed"] = int(np.sum(g_kept & (g_set == "")))
         counts.append(c)
         n_obj = sum(c[lv] for lv in levels)
         level.append(sum(i * c[lv] for i, lv in enumerate(levels)) / n_obj if n_obj else np.nan)

@@ -15,7 +15,7 @@ import numpy as np
 from vlmsae.demo.baselines import KINDS
 from vlmsae.demo.config import DemoConfig
 from vlmsae.demo.numbers import Numbers, by_config
-from vlmsae.demo.recovery import BACKGROUND, PROBE_K
+from vlmsae.demo.recovery import PROBE_K
 from vlmsae.metrics.stats import bootstrap
 from vlmsae.report.document import Table
 
@@ -94,10 +94,12 @@ def recovery_table(cfg: DemoConfig, nums: Numbers) -> Table:
 
 def groups_table(cfg: DemoConfig, nums: Numbers) -> Table:
     """Per Matryoshka configuration and group: what its kept neurons detect best (counts per
-    taxonomy level, background, mixed), their mean level and object-neuron depth."""
+    taxonomy level, per other concept set, mixed), their mean level and object depth."""
     from vlmsae.toyworld.worlds import get_world
 
     levels = get_world(cfg.world).taxonomy_levels
+    concepts = nums.scores.labels.concepts
+    others = [s for s in dict.fromkeys(concepts.sets if concepts else ()) if s not in levels]
     kinds = ("trained", *KINDS)
     rows = []
     for c, run in _configs(cfg, nums):
@@ -106,13 +108,14 @@ def groups_table(cfg: DemoConfig, nums: Numbers) -> Table:
         for kind in kinds:
             src = nums.configs[c] if kind == "trained" else nums.baseline.get(c, {}).get(kind, {})
             for g in range(1, len(cfg.group_fractions) + 1):
-                keys = [f"n_{w}" for w in (*levels, BACKGROUND, "mixed")]
+                keys = [f"n_{w}" for w in (*levels, *others, "mixed")]
                 keys += ["object_level", "object_depth", "depth"]
                 vals = [src.get(f"{key}_group{g}") for key in keys]
                 rows.append([run.hook, run.expansion, kind, g,
                              *(_f(getattr(v, "mean", v)) for v in vals)])  # fmt: skip
     cols = ["hook", "expansion", "SAE", "group",
-            *(f"neurons detecting a {lv}" for lv in levels), "background neurons",
+            *(f"neurons detecting a {lv}" for lv in levels),
+            *(f"{s} neurons" for s in others),
             "mixed neurons (no concept at F1 ≥ 0.5)", "mean level detected (0 = top)",
             "LCA depth, object neurons", "LCA depth, all kept (the paper's)"]  # fmt: skip
     return Table(
@@ -120,10 +123,11 @@ def groups_table(cfg: DemoConfig, nums: Numbers) -> Table:
         cols,
         rows,
         f"What each Matryoshka group's neurons (active on ≥ {cfg.min_active} images) detect "
-        "best, counted per taxonomy level, background, or nothing at F1 ≥ 0.5 (mixed); the "
-        "mean taxonomy level of the object neurons; the LCA depth of their top images over "
-        "object neurons alone and, as the paper computes it, over every kept neuron (where "
-        "background-only and mixed neurons count as depth 0); trained: mean over seeds",
+        "best: counted per taxonomy level, per other concept set (background, number of "
+        "objects), or nothing at F1 ≥ 0.5 (mixed); the mean taxonomy level of the object "
+        "neurons; the LCA depth of their top images over object neurons alone and, as the "
+        "paper computes it, over every kept neuron (where background-only and mixed neurons "
+        "count as depth 0); trained: mean over seeds",
     )
 
 
