@@ -18,11 +18,10 @@ import numpy as np
 from vlmsae.evaluate.config import DETECTOR_F1, ProbingConfig
 
 if TYPE_CHECKING:
-    import scipy.sparse as sp
-
     from vlmsae.data.store import ActivationStore
     from vlmsae.evaluate.concepts import ConceptDetection
     from vlmsae.evaluate.labels import ConceptLabels
+    from vlmsae.sae import SAE
 
 PROBE_K = (1, 5)
 """Latents per sparse probe."""
@@ -134,7 +133,7 @@ def _substitution_inputs(clip: str, test_dir: str, limit: int) -> tuple[Any, Any
     return Encoder.from_pretrained(clip), load_dataset(test_dir, limit=limit)
 
 
-def subst_numbers(sae: Any, clip: str, test_dir: str, limit: int) -> dict[str, float]:
+def subst_numbers(sae: SAE, clip: str, test_dir: str, limit: int) -> dict[str, float]:
     """Fractions recovered (against the zero and mean ablations) of the toy CLIP with the
     SAE spliced in at its hook, on the first ``limit`` held-out images: the cosine of the
     final embedding to the original's and the k-NN accuracy of the class (zero-shot accuracy
@@ -148,12 +147,3 @@ def subst_numbers(sae: Any, clip: str, test_dir: str, limit: int) -> dict[str, f
         for ablation, v in by.items():
             out[f"recovered_{metric}_{ablation}"] = float(v)
     return out
-
-
-def codes_of(sae: Any, x_ND: np.ndarray) -> sp.csr_matrix:
-    """The SAE's codes of ``x_ND`` as CSR."""
-    import scipy.sparse as sp
-    import torch
-
-    with torch.no_grad():
-        return sp.csr_matrix(sae.encode(torch.from_numpy(x_ND)).numpy())
