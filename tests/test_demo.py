@@ -28,6 +28,7 @@ TABLES = (
     "convergence",
     "concept_recovery",
     "matryoshka_groups",
+    "ms_embedders",
     "alive",
     "paper_table",
     "saes",
@@ -274,3 +275,30 @@ def test_demo_concept_recovery_matches_the_library(demo_run):
         assert iv["lo"] <= iv["estimate"] <= iv["hi"], config
         assert keys["concepts_detected"]["raw"] is not None
     assert set(summary["raw_recovery"]) == {"layer_4", "proj"}
+
+
+def test_demo_scores_ms_with_the_independent_embedder(demo_run):
+    """Every finding's MS is under the world's toy DINOv2 (not the decomposed toy CLIP): its
+    embedding store is of that model, and an SAE's mean MS is the library's MS of its codes
+    under it; the toy CLIP's and the oracle's MS are reported beside it."""
+    import scipy.sparse as sp
+    import torch
+
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics import monosemanticity
+    from vlmsae.sae import SAE
+
+    out, _ = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    dino = ActivationStore(out / "embeddings" / "dino")
+    assert "dino" in json.dumps(dino.manifest) and "clip" not in str(dino.manifest.get("model"))
+    name = next(n for n in summary["saes"] if n.startswith("layer_4-matryoshka-x4-k4"))
+    store = ActivationStore(out / "acts" / "test" / "layer_4")
+    with torch.no_grad():
+        codes = SAE.load(out / "saes" / name).encode(torch.from_numpy(store.to_numpy()))
+    ms = monosemanticity(sp.csr_matrix(codes.numpy()), dino).ms
+    got = summary["saes"][name]
+    assert got["mean_ms_dino"] == pytest.approx(float(np.nanmean(ms)))
+    assert got["mean_ms_dino"] != pytest.approx(got["mean_ms_clip"])
+    assert {"mean_ms_oracle", "p50_ms_active_dino", "p90_ms_active_dino"} <= set(got)
+    assert "toy DINOv2" in (out / "README.md").read_text()

@@ -171,3 +171,39 @@ def recovery_figure(cfg: DemoConfig, nums: Numbers) -> tuple[str, str]:
         "against expansion: trained SAEs (mean over seeds, bars min–max), untrained SAEs of "
         "the same configuration and the raw neurons of the hook",
     )
+
+
+EMBEDDER_NAMES = {
+    "dino": "toy DINOv2 (independent)",
+    "clip": "toy CLIP (the decomposed model)",
+    "oracle": "oracle (true attributes)",
+}
+"""The embeddings MS is scored with, in the order of the columns."""
+
+
+def ms_embedders_table(cfg: DemoConfig, nums: Numbers) -> Table:
+    """Per configuration: mean MS, and the median and 90th percentile over neurons active on
+    ≥ ``min_active`` images, under each embedder; trained (mean ± std over seeds) beside the
+    untrained ``init`` SAE."""
+    stats = (("mean_ms", "mean"), ("p50_ms_active", "median"), ("p90_ms_active", "p90"))
+    rows = []
+    for c, run in _configs(cfg, nums):
+        agg, init = nums.configs[c], nums.baseline.get(c, {}).get("init", {})
+        cells = []
+        for emb in EMBEDDER_NAMES:
+            for key, _ in stats:
+                got = agg.get(f"{key}_{emb}")
+                cells.append(f"{got.format(3)} (untrained {_f(init.get(f'{key}_{emb}'))})"
+                             if got is not None else "–")  # fmt: skip
+        rows.append([run.hook, run.arch, run.expansion, *cells])
+    cols = ["hook", "arch", "expansion"]
+    cols += [f"{label} MS, {name}" for name in EMBEDDER_NAMES.values() for _, label in stats]
+    return Table(
+        "ms_embedders",
+        cols,
+        rows,
+        "MS of the SAE neurons under each embedder: the independent toy DINOv2 (every "
+        "finding's MS), the toy CLIP's own embedding, the oracle; mean over all neurons, "
+        f"median and 90th percentile over neurons active on ≥ {cfg.min_active} images; "
+        "trained: mean ± std over seeds, the untrained (init) SAE in brackets",
+    )

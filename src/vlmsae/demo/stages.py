@@ -8,6 +8,7 @@ picks up where it stopped.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,6 +262,16 @@ def _run_jobs(jobs: list[tuple], workers: int) -> None:
     bar.close()
 
 
+def log_every(steps: int) -> int:
+    """Steps between validation log points: a divisor of ``3 * steps // 4`` (the
+    convergence check reads R² there and at the end), halved while it leaves fewer than 8
+    log points."""
+    every = math.gcd(steps, 3 * steps // 4) or steps
+    while every % 2 == 0 and steps // every < 8:
+        every //= 2
+    return max(1, every)
+
+
 def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun]:
     """Train every planned SAE (skipping finished ones) on the train split: the SAEs of
     each hook and seed as one sweep (one read of each batch), in ``cfg.workers``
@@ -284,7 +295,7 @@ def train_saes(cfg: DemoConfig, acts: dict[str, dict[str, Path]]) -> list[SAERun
             warmup_steps=max(1, cfg.steps // 20),
             threshold_start_step=cfg.steps // 4,
             dead_after=cfg.batch_size * max(1, cfg.steps // 5),
-            log_every=max(1, cfg.steps // 8),  # a log point at 3/4: the convergence check
+            log_every=log_every(cfg.steps),
             progress=False,
         )
         groups.setdefault((run.hook, run.seed), []).append((run, train_cfg))
