@@ -64,14 +64,15 @@ def testable_claims(cfg: DemoConfig, m: _Measure, growth: Any) -> dict[str, tupl
             f"×{hi_e} − ×{lo_e} {per_run}",
         ),
         "width_median_ms": m.claim(
-            f"Median MS of neurons active on ≥ {cfg.min_active} images grows with expansion",
+            f"Median MS (toy DINOv2) of neurons active on ≥ {cfg.min_active} images grows "
+            "with expansion",
             growth("p50_ms_active_dino"),
             0.0,
             f"×{hi_e} − ×{lo_e} {per_run}",
         ),
         "width_p90_ms": m.claim(
-            f"90th percentile MS of neurons active on ≥ {cfg.min_active} images grows with "
-            "expansion",
+            f"90th percentile MS (toy DINOv2) of neurons active on ≥ {cfg.min_active} images "
+            "grows with expansion",
             growth("p90_ms_active_dino"),
             0.0,
             f"×{hi_e} − ×{lo_e} {per_run}",

@@ -95,7 +95,8 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
     figs.append(
         (
             _save(fig, out, "max_ms_vs_expansion.png"),
-            "Highest MS against the SAE's expansion factor (mean over seeds): solid, over all "
+            "Highest MS (toy DINOv2) against the SAE's expansion factor (mean over seeds): "
+            "solid, over all "
             f"neurons (the paper's); dotted, over neurons active on ≥ {cfg.min_active} images",
         )
     )
@@ -142,7 +143,8 @@ def k_sweep_figure(cfg: DemoConfig, scores: Scores) -> tuple[str, str]:
     ax.legend()
     return (
         _save(fig, Path(cfg.out_dir), "r2_ms_vs_k.png"),
-        "Reconstruction (R²) and mean MS against K: mean over seeds, bars from min to max",
+        "Reconstruction (R²) and mean MS (toy DINOv2) against K: mean over seeds, bars from "
+        "min to max",
     )
 
 
@@ -174,7 +176,8 @@ def grids(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
         figs.append(
             (
                 rel,
-                f"The {cfg.n_grid} {name} monosemantic neurons of {s.run.name} among its "
+                f"The {cfg.n_grid} {name} monosemantic neurons (MS under the toy DINOv2) of "
+                f"{s.run.name} among its "
                 f"{len(alive)} neurons {rule}, each with its {cfg.top_n} highest-activating "
                 "images",
             )
