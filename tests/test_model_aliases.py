@@ -63,3 +63,33 @@ def test_a_name_that_cannot_exist_fails_at_once_without_the_hub(model, tmp_path,
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and "Traceback" not in result.output
     assert "alias" in result.output and not (tmp_path / "a").exists()
+
+
+def test_the_toy_dino_is_an_encoder_of_its_own(tmp_path):
+    """The independent embedder loads through the alias like a real DINOv2 and embeds images."""
+    from vlmsae.encoders.adapters import Encoder
+    from vlmsae.encoders.cache import embed_images
+
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i, im in enumerate(random_images(4)):
+        im.save(data / f"{i}.png")
+    enc = Encoder.from_pretrained("toyworld:emoji/dino")
+    assert type(enc.model).__name__ == "Dinov2Model"
+    embed_images(enc, data, tmp_path / "emb", workers=0, progress=False)
+    store = ActivationStore(tmp_path / "emb")
+    assert len(store) == 4 and store.d == enc.d_embed and store.kind == "embeddings"
+
+
+def test_a_tiny_dino_build_records_how_it_tracks_the_truth(tmp_path):
+    from vlmsae.toyworld.build import BuildConfig, build_toyworld
+    from vlmsae.toyworld.ssl import SslTrainConfig
+
+    cfg = BuildConfig(world="shapes", n_train=64, dino=SslTrainConfig(steps=3, batch_size=8))
+    record = build_toyworld(tmp_path, config=cfg, stages=("dino",))
+    assert (tmp_path / "dino" / "config.json").is_file() and "dino_s" in record["timings"]
+    truth = record["dino_vs_truth"]
+    assert truth["oracle"]["spearman_vs_truth"] == pytest.approx(1.0)
+    assert -1 <= truth["dino"]["spearman_vs_truth"] <= 1 and "clip" not in truth
+    again = build_toyworld(tmp_path, config=cfg, stages=("dino",), overwrite=True)
+    assert again["dino_vs_truth"] == truth  # deterministic: the same weights, the same figures
