@@ -149,6 +149,7 @@ class DemoConfig:
             steer_test=24,
             steer_steps=300,
             seeds=2,
+            subst_images=200,
         )
         return cls(**{**small, **overrides})
 
