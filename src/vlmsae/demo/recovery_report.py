@@ -114,7 +114,7 @@ def groups_table(cfg: DemoConfig, nums: Numbers) -> Table:
                 rows.append([run.hook, run.expansion, kind, g,
                              *(_f(getattr(v, "mean", v)) for v in vals)])  # fmt: skip
     cols = ["hook", "expansion", "SAE", "group",
-            *(f"neurons detecting a {lv}" for lv in levels),
+            *(f"{lv} neurons" for lv in levels),
             *(f"{s} neurons" for s in others),
             "mixed neurons (no concept at F1 ≥ 0.5)", "mean level detected (0 = top)",
             "LCA depth, object neurons", "LCA depth, all kept (the paper's)"]  # fmt: skip
