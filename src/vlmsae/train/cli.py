@@ -138,7 +138,8 @@ def train(
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("val") or summary["final"]
     typer.echo(
-        f"{model}\nwrote {out} — R² {fmt(final.get('r2'))}, L0 {fmt(final.get('l0'))}, "
+        f"{model}\nwrote {out} — R² {fmt(final.get('r2'))} (median per row "
+        f"{fmt(final.get('row_r2_median'))}), L0 {fmt(final.get('l0'))}, "
         f"dead {pct(final.get('dead_fraction', 0))}"
     )
     push(out, push_to_hub)
