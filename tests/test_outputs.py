@@ -210,8 +210,15 @@ def test_explore_refuses_scores_and_labels_of_another_sae(inputs, tmp_path):
     assert not (tmp_path / "site").exists()  # refused before anything was written
     ok(["explore", "--sae", root / "sae_a", "--activations", root / "acts", "--out",
         tmp_path / "site", "--scores", root / "score_a", "--no-heatmaps"])  # fmt: skip
-    manifest = read_manifest(tmp_path / "site")
+    site = tmp_path / "site"
+    manifest = read_manifest(site)
     assert manifest["complete"] and "data/index.js" in manifest["files"]
+    ok(["explore", "--out", site, "--cards", "0"])  # a built site is read back, checked
+    shard = site / "data" / "neurons" / "00000.js"
+    shard.write_text(shard.read_text().replace("[", "[ ", 1))  # changed by hand
+    refused(["explore", "--out", site, "--cards", "0"], "00000.js does not belong")
+    (site / MANIFEST).write_text(json.dumps({**manifest, "complete": False}))
+    refused(["explore", "--out", site, "--serve"], "incomplete", "interrupted")
 
 
 def test_no_command_writes_over_what_it_did_not_write(inputs, tmp_path):

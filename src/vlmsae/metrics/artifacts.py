@@ -204,8 +204,10 @@ def write_agreement(
     for spec in scores:
         name, _, path_text = spec.rpartition("=")
         path = Path(path_text)
-        if path.suffix == ".npy":
-            ms = np.load(path)
+        if path.suffix == ".npy" or path.is_dir():  # checked to be one output's
+            from vlmsae.metrics.fit import read_scores_output
+
+            ms = read_scores_output(path).ms
         else:
             ms = np.genfromtxt(path, delimiter=",", names=True)["ms"]
         if max(p.k_x.max(), p.k_y.max()) >= len(ms):
