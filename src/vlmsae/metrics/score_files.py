@@ -9,35 +9,19 @@ shared with the other metric commands (:mod:`vlmsae.metrics.artifacts`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from vlmsae.core import dist
 from vlmsae.core.errors import UserError
-from vlmsae.core.lock import output_lock
 from vlmsae.core.outputs import OutputUnit, writing_output
-from vlmsae.core.outputs import save_npy as save_npy
 
 if TYPE_CHECKING:
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics.ms import MSResult
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def writing(out: Path, what: str) -> Iterator[Path]:
-    """Hold the lock of the output folder ``out`` while writing it (under ``torchrun``: rank 0
-    holds it for all ranks, which write together)."""
-    if dist.init_from_env() and not dist.is_main():
-        yield out
-        return
-    with output_lock(out, what):
-        yield out
 
 
 FIGURES = ("ms_hist.png", "ms_hist.svg", "ms_hist.pdf")

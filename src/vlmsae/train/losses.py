@@ -183,19 +183,22 @@ def variance_metrics(
 ) -> dict[str, Any]:
     """MSE (per element), normalised MSE (error / variance of ``x`` around its mean), R²
     (``1 - nmse``, the fraction of variance explained), the median over rows of each row's
-    R² (``row_r2_median``), the share of the variance held by the top 1 % of rows
+    R² (``row_r2_median``: its error over its squared distance to the coordinate-wise median
+    row), the share of those squared distances held by the top 1 % of rows
     (``top_rows_var_share``) and, given more than one Matryoshka prefix, the normalised
     MSE of every prefix."""
     x_BD = x_BD.reshape(-1, x_BD.shape[-1]).float()
-    row_var_B = (x_BD - x_BD.mean(0)).pow(2).sum(1)
     row_err_B = (x_BD - x_hat_BD.reshape(x_BD.shape)).pow(2).sum(1)
-    var, sq_err = row_var_B.sum().clamp_min(1e-12), row_err_B.sum()
+    var, sq_err = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12), row_err_B.sum()
     nmse = float(sq_err / var)
     metrics: dict[str, Any] = {"mse": float(sq_err / x_BD.numel()), "nmse": nmse, "r2": 1 - nmse}
-    # R² pools the rows: a few rows of huge norm can hold it all (see dominance_warning)
+    # R² pools the rows: a few rows of huge norm can hold it all (see dominance_warning).
+    # Per row, the spread around the coordinate-wise median (a mean follows the huge rows).
+    row_var_B = (x_BD - x_BD.median(0).values).pow(2).sum(1)
     metrics["row_r2_median"] = float((1 - row_err_B / row_var_B.clamp_min(1e-12)).median())
     n_top = max(1, math.ceil(TOP_ROWS * len(row_var_B)))
-    metrics["top_rows_var_share"] = float(row_var_B.topk(n_top).values.sum() / var)
+    share = row_var_B.topk(n_top).values.sum() / row_var_B.sum().clamp_min(1e-12)
+    metrics["top_rows_var_share"] = float(share)
     if len(prefix_x_hats) > 1:
         metrics["group_nmse"] = [
             float((x_BD - p.reshape(x_BD.shape)).pow(2).sum() / var) for p in prefix_x_hats
