@@ -105,6 +105,13 @@ CHILD = textwrap.dedent(
     elif kind == "top":
         from vlmsae.metrics.artifacts import write_top_images
         write_top_images(Path(args["acts"]), Path(args["out"]), sae=Path(args["sae"]), k=4)
+    elif kind == "explore":
+        from vlmsae.explore.build import build_site
+        from vlmsae.explore.site import ExploreConfig
+        build_site(args["sae"], args["acts"], args["out"], cfg=ExploreConfig(heatmaps=False))
+    elif kind == "label":
+        from vlmsae.explore.labels import label_sae
+        label_sae(args["sae"], args["acts"], args["out"], clip="toyworld", vocab="toyworld")
     elif kind == "export":
         from vlmsae.formats.export import export_output
         from vlmsae.sae import SAE
@@ -169,6 +176,43 @@ def test_a_kill_at_any_file_leaves_the_old_output_the_new_or_an_error(inputs, tm
             assert state(out) == new
             assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert "error" in seen and ("old" in seen or "new" in seen)
+
+
+def _site_state(out: Path):
+    from vlmsae.explore.cards import read_index
+
+    return read_index(out)["meta"]["sae"]
+
+
+def _label_state(out: Path):
+    from vlmsae.explore.site import read_labels
+
+    summary = json.loads((out / "summary.json").read_text())
+    return read_labels(out / "labels.csv", D_SAE)[0], summary["sae"]
+
+
+@pytest.mark.parametrize("kind", ["explore", "label"])
+def test_a_kill_inside_a_site_or_labels_leaves_no_mix(inputs, tmp_path, kind):
+    root = inputs
+    state = _site_state if kind == "explore" else _label_state
+    outs = {}
+    for sae in ("a", "b"):
+        outs[sae] = tmp_path / f"{kind}_{sae}"
+        args = {"sae": str(root / f"sae_{sae}"), "acts": str(root / "acts")}
+        done = run_child(0, kind, out=str(outs[sae]), **args)
+        assert done.returncode == 0, done.stderr
+    old, new = state(outs["a"]), state(outs["b"])
+    assert old != new
+    n_ops = int(done.stdout.split()[-1])
+    seen = set()
+    for n in sorted({1, n_ops // 2, n_ops}):  # before the marker, a file, the manifest
+        out = tmp_path / f"kill{n}"
+        shutil.copytree(outs["a"], out)
+        child = run_child(n, kind, out=str(out), **args)
+        assert child.returncode == -signal.SIGKILL, (n, child.stderr)
+        seen.add(_which(lambda o=out: state(o), old, new))
+    # killed before the marker: the old output; after it, until the manifest: an error
+    assert seen == {"old", "error"}
 
 
 def test_a_file_copied_from_another_output_is_named(inputs, tmp_path):
