@@ -290,6 +290,11 @@ def test_no_command_writes_over_what_it_did_not_write(inputs, tmp_path):
     ok(["export", root / "sae_a", "--format", "dictionary_learning", "--out", ae])
     refused(["convert", ae / "ae.pt", "--out", run], "summary.json")
     refused(["export", root / "sae_a", "--format", "saelens", "--out", run], "summary.json")
+    # train has its own rules (--resume), but never writes into another output or a store
+    refused(["train", "--activations", root / "acts", "--out", root / "score_a", "--steps", "1"],
+            "the output of `vlmsae score`")  # fmt: skip
+    refused(["train", "--activations", root / "acts", "--out", root / "emb", "--steps", "1"],
+            "an activation store")  # fmt: skip
     # the same command into its own output: allowed, and the old files it does not write go
     ok(["export", root / "sae_a", "--format", "saelens", "--out", ae])
     assert sorted(read_manifest(ae)["files"]) == ["cfg.json", "sae_weights.safetensors"]

@@ -43,10 +43,10 @@ from vlmsae.core.checksum import bytes_checksum, file_checksum
 from vlmsae.core.errors import UserError
 from vlmsae.core.io import (
     TEMP_SUFFIX,
-    atomic_write,
     atomic_write_text,
     read_json,
     remove_stale_temps,
+    save_npy,
     write_json,
 )
 from vlmsae.core.lock import LOCK_FILE, output_lock
@@ -127,6 +127,16 @@ def _own_entries(names: Iterable[str]) -> set[str]:
     return {Path(n).parts[0] for n in names if n}
 
 
+def _check_inputs(out_dir: Path, inputs: Iterable[Any]) -> None:
+    """Refuse an ``out_dir`` that is, holds or lies inside one of ``inputs``."""
+    for src in (Path(str(p)) for p in inputs if p is not None):
+        if src.exists() and (_inside(out_dir, src) or _inside(src, out_dir)):
+            raise UserError(
+                f"--out {out_dir} is the input {src} (or holds it, or lies inside "
+                "it): the command reads it while it writes; choose another --out"
+            )
+
+
 def check_out_free(
     out_dir: Path,
     command: str,
@@ -145,14 +155,7 @@ def check_out_free(
         inputs: the command's input paths: ``--out`` may not be one, hold one or lie in one.
         overwrite: ``--overwrite``: write into a folder of something else anyway.
     """
-    for source in inputs:
-        if source is not None and Path(str(source)).exists():
-            src = Path(str(source))
-            if _inside(out_dir, src) or _inside(src, out_dir):
-                raise UserError(
-                    f"--out {out_dir} is the input {src} (or holds it, or lies inside it): "
-                    "the command reads it while it writes; choose another --out"
-                )
+    _check_inputs(out_dir, inputs)
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -179,6 +182,22 @@ def check_out_free(
         shown = ", ".join(foreign[:3]) + more
         _refuse_or_warn(out_dir, command, f"files `vlmsae {command}` does not write ({shown})",
                         overwrite)  # fmt: skip
+
+
+def check_not_other_output(out_dir: Path, command: str, inputs: Iterable[Any] = ()) -> None:
+    """Refuse an ``out_dir`` holding another command's output (an ``output.json`` naming
+    it) or an activation store (``manifest.json``), or one of ``inputs``: for commands with
+    their own rules for what they find there (``train`` and ``--resume``)."""
+    _check_inputs(out_dir, inputs)
+    manifest = read_manifest(out_dir) if out_dir.is_dir() else None
+    if manifest is not None and manifest.get("command") != command:
+        what = f"the output of `vlmsae {manifest.get('command')}`"
+    elif (out_dir / "manifest.json").is_file():
+        what = "an activation store"
+    else:
+        return
+    raise UserError(f"--out {out_dir} holds {what}; `vlmsae {command}` would write over it: "
+                    "choose another --out")  # fmt: skip
 
 
 def _refuse_or_warn(out_dir: Path, command: str, what: str, overwrite: bool) -> None:
@@ -261,25 +280,6 @@ def _commit(unit: OutputUnit, old: dict[str, Any] | None, started: str) -> None:
     manifest = {"schema": SCHEMA, "command": unit.command, "complete": True,
                 "started": started, **unit.meta, "files": files}  # fmt: skip
     write_json(unit.dir / MANIFEST, manifest)
-
-
-class _Writer:
-    """A file object with only ``write``: ``np.save`` then writes in chunks through it,
-    so a full disk raises ``OSError(ENOSPC)`` (``tofile`` raises one without an errno)."""
-
-    def __init__(self, f: Any) -> None:
-        self.write = f.write
-
-
-def save_npy(path: Path, arr: Any) -> None:
-    """Atomic ``np.save`` without pickle (``np.save`` on a path would append ``.npy``)."""
-    import numpy as np
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(_Writer(f), arr, allow_pickle=False)
-
-    atomic_write(path, write)
 
 
 def _listed(manifest: dict[str, Any]) -> set[str]:

@@ -99,6 +99,9 @@ def train(
         if sweep is None:
             raise UserError("--sweep-placement places the SAEs of a --sweep; give --sweep too")
         check_placement(sweep_placement)
+    from vlmsae.core.outputs import check_not_other_output
+
+    check_not_other_output(out, "train", inputs=(activations, val))
     store = ActivationStore(activations)
     if store.is_sparse:
         raise UserError(
