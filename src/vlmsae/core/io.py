@@ -102,6 +102,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+class _Writer:
+    """A file object with only ``write``: ``np.save`` then writes in chunks through it,
+    so a full disk raises ``OSError(ENOSPC)`` (``tofile`` raises one without an errno)."""
+
+    def __init__(self, f: Any) -> None:
+        self.write = f.write
+
+
+def save_npy(path: Path, arr: Any) -> None:
+    """Atomic ``np.save`` without pickle (``np.save`` on a path would append ``.npy``)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(_Writer(f), arr, allow_pickle=False)
+
+    atomic_write(path, write)
+
+
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete the temporary files (``.NAME.*.tmp``) that interrupted atomic writes left in
     ``folder``. Call it only while this process owns ``folder`` (see ``vlmsae.core.lock``)."""

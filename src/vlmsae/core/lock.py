@@ -81,8 +81,9 @@ def _acquire(folder: Path, what: str) -> int:
         "argv": sys.argv,
         "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+    with contextlib.suppress(OSError):  # a full disk: the content only informs
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
     return fd
 
 

@@ -47,7 +47,7 @@ def check_token_count(enc: Encoder, selection: TokenSelection, layer: int) -> No
         )
 
 
-def _load_sae(sae: Any) -> tuple[Any, dict[str, Any]]:
+def _load_sae(sae: SAE | str | Path) -> tuple[Any, dict[str, Any]]:
     """An SAE object and its provenance: ``sae_provenance`` of a vlmsae checkpoint folder
     (local, or the hub snapshot an id resolved to; ``sae`` names it as given), else the
     fields of the SAE's config (an in-memory SAE, or one converted from another format)."""
@@ -109,6 +109,6 @@ def sae_plan(
     return Plan(f"codes_{source.name}", key, d_sae, "codes", meta, sae=sae)
 
 
-def _probe_width(sae: Any, d_in: int, enc: Encoder) -> int:
+def _probe_width(sae: SAE, d_in: int, enc: Encoder) -> int:
     with torch.inference_mode():
         return int(sae.encode(torch.zeros(1, d_in, device=enc.device)).shape[-1])

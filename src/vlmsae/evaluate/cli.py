@@ -14,10 +14,6 @@ from vlmsae.core.errors import UserError
 from vlmsae.evaluate.config import EvaluateConfig, ProbingConfig
 
 _E, _P = EvaluateConfig(), ProbingConfig()
-_SUBSTITUTION_MISSING = (
-    "--model/--data run the substitution evaluation (vlmsae.evaluate.substitution), which "
-    "this build of vlmsae does not have; leave them out to evaluate concepts only"
-)
 
 
 def register(app: typer.Typer) -> None:
@@ -63,6 +59,9 @@ def evaluate_cmd(
     device: str = typer.Option("cpu", help="Substitution: device of the model."),
     prompt: str | None = typer.Option(None, help="Substitution: prompt of a multimodal LLM."),
     k_nn: int = typer.Option(5, "--k-nn", help="Substitution: neighbours of the k-NN probe."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Write into an --out that holds something else."
+    ),
 ) -> None:
     """Concept detection (best single latent per concept: F1, AUROC), k-sparse probing (SAE
     vs raw neurons vs untrained SAE) and, with --model and --data, the fraction of the model's
@@ -70,55 +69,21 @@ def evaluate_cmd(
     summary.txt and figures."""
     from vlmsae.core import dist
     from vlmsae.core.cli_errors import user_errors
-    from vlmsae.core.io import atomic_write_text, write_json
-    from vlmsae.core.lock import output_lock
-    from vlmsae.data.store import ActivationStore
-    from vlmsae.evaluate import report
-    from vlmsae.evaluate.label_sources import load_labels
-    from vlmsae.evaluate.run import evaluate_sae_concepts
-    from vlmsae.metrics.fit import check_top_inputs, with_neuron_count
-    from vlmsae.sae import SAE
+    from vlmsae.evaluate.write import write_evaluation
 
     if dist.init_from_env() and not dist.is_main():
         return  # under torchrun rank 0 evaluates alone: the work is not split over ranks
-    if (model is None) != (data is None):
-        raise UserError("--model and --data go together (the substitution evaluation needs both)")
-    substitution = None
-    if model is not None:
-        try:
-            from vlmsae.evaluate import substitution
-        except ImportError as e:
-            raise UserError(_SUBSTITUTION_MISSING) from e
     with user_errors(ValueError):
         cfg = EvaluateConfig(aggregate=aggregate, chunk_rows=chunk_rows, threshold=threshold,
                              baselines=baselines, untrained_seed=seed,
                              probing=ProbingConfig(k_values=_ks(k), test_fraction=test_fraction,
                                                    seed=seed))  # fmt: skip
-    store = ActivationStore(activations)
-    provenance = check_top_inputs(store, sae, allow_mismatch=allow_mismatch)
-    concept_labels = load_labels(store, labels)
-    model_sae = SAE.load(sae).eval()
-    with output_lock(out, "vlmsae evaluate"):
-        ev = evaluate_sae_concepts(model_sae, store, concept_labels, cfg)
-        summary = {"artifact": "evaluate", "sae": str(sae), "activations": str(activations),
-                   **with_neuron_count(provenance, model_sae.cfg.d_sae),
-                   "concepts": ev.summary()}  # fmt: skip
-        if substitution is not None:
-            result = substitution.evaluate_substitution(
-                model_sae, model, data, batch_size=batch_size, limit=limit, device=device,
-                prompt=prompt, k_nn=k_nn,
-            )  # fmt: skip
-            summary["substitution"] = result.to_dict()
-            substitution.plot_recovered(result, out / "recovered.png")
-        report.write_concepts_csv(out / "concepts.csv", ev)
-        report.write_latents_csv(out / "latents.csv", ev)
-        report.f1_histogram(out / "f1_hist.png", ev)
-        report.probing_figure(out / "probing.png", ev)
-        lines = report.summary_lines(summary)
-        if substitution is not None:
-            lines += list(result.summary_lines())
-        atomic_write_text(out / "summary.txt", "\n".join(lines) + "\n")
-        write_json(out / "summary.json", summary)
+    lines = write_evaluation(
+        sae, activations, out, cfg, labels=labels, model=model, data=data,
+        substitution_args=dict(batch_size=batch_size, limit=limit, device=device,
+                               prompt=prompt, k_nn=k_nn),
+        allow_mismatch=allow_mismatch, overwrite=overwrite,
+    )  # fmt: skip
     for line in lines:
         typer.echo(line)
     typer.echo(f"→ {out}")

@@ -15,7 +15,14 @@ import numpy as np
 
 from vlmsae.core.errors import UserError
 from vlmsae.explore.neurons import RawNeurons, compute_neuron_data
-from vlmsae.explore.site import ExploreConfig, SiteResult, read_labels, read_scores, write_site
+from vlmsae.explore.site import (
+    SITE_ENTRIES,
+    ExploreConfig,
+    SiteResult,
+    read_labels,
+    read_scores,
+    write_site,
+)
 from vlmsae.explore.truth import ToyTruth, dominant_concepts, toy_truth
 
 if TYPE_CHECKING:
@@ -111,6 +118,7 @@ def build_site(
     cfg: ExploreConfig | None = None,
     llava: str | Path | None = None,
     probe: Any = None,
+    overwrite: bool = False,
 ) -> SiteResult:
     """Build the browser of ``sae_dir`` over ``activations`` into ``out_dir``.
 
@@ -123,20 +131,33 @@ def build_site(
             patch tokens are recomputed with it for the top images only.
         llava: a LLaVA whose vision tower the SAE was trained on: the steering probe
             (:mod:`vlmsae.explore.probe`) of the neurons ``probe`` (a ``ProbeConfig``) picks.
+        overwrite: write into ``out_dir`` even where it holds something other than a site
+            (:func:`vlmsae.core.outputs.check_out_free`).
+
+    The site is written as one output (:mod:`vlmsae.core.outputs`).
     """
+    from vlmsae.core.outputs import check_out_free, writing_output
+    from vlmsae.data.provenance import neuron_identity, store_provenance
     from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics.fit import sae_source
+    from vlmsae.metrics.score_files import check_rows
     from vlmsae.sae import SAE
 
     cfg = cfg or ExploreConfig()
+    inputs = (sae_dir, activations, scores, embeddings, labels)
+    check_out_free(Path(out_dir), "explore", owns=SITE_ENTRIES, inputs=inputs, overwrite=overwrite)
     store = ActivationStore(activations)
+    check_rows(store, "--activations")
     if sae_dir is None:
         if store.is_sparse:
             raise UserError(f"{activations} is a code store; raw neurons need an activation store")
         sae = RawNeurons(store.d)
+        neurons = neuron_identity(store_provenance(store), store.d)
     else:
         sae = SAE.load(sae_dir)
         sae.eval()
         check_fits(sae, store)
+        neurons = neuron_identity(sae_source(sae_dir), sae.cfg.d_sae)
     if llava is not None and sae_dir is None:
         raise UserError("--llava steers SAE neurons: give --sae SAE (not --raw)")
     llava_model = None
@@ -149,6 +170,11 @@ def build_site(
         if probe.neurons is not None:
             probe_neurons({}, sae.cfg.d_sae, probe)  # ids in range
         llava_model, steer_layer = load_for_probe(llava, sae)  # fail early, before the work
+    given: dict[str, Any] = {}  # what --scores and --labels give, checked before the work
+    if scores is not None:
+        given.update(read_scores(Path(scores), sae.cfg.d_sae, neurons))
+    if labels is not None:
+        given["label"], given["margin"] = read_labels(Path(labels), sae.cfg.d_sae, neurons)
     encoder = _load_encoder(model, store) if cfg.heatmaps else None
     data, codes_NS = compute_neuron_data(
         sae, store, top_k=cfg.top_k, n_bins=cfg.n_bins, n_neighbours=cfg.n_neighbours,
@@ -161,12 +187,9 @@ def build_site(
         "freq": data.n_active / max(data.n_images, 1),
         "max_act": data.max_activation,
     }
-    if scores is not None:
-        columns.update(read_scores(Path(scores), n_s))
-    elif embeddings is not None:
+    columns.update(given)
+    if scores is None and embeddings is not None:
         columns.update(_ms_columns(codes_NS, Path(embeddings), store))
-    if labels is not None:
-        columns["label"], columns["margin"] = read_labels(Path(labels), n_s)
     truth = toy_truth(store)
     valid_top = np.where(data.top_values > 0, data.top_indices, -1)
     taxonomy = taxonomy_of(store, truth)
@@ -203,9 +226,13 @@ def build_site(
     }
     if steering is not None:
         meta["steering"] = {k: v for k, v in steering.items() if k != "answers"}
-    result = write_site(
-        Path(out_dir), data, columns, store.images, meta, cfg,
-        steering=steering["answers"] if steering else None,
-    )  # fmt: skip
+    with writing_output(out_dir, "explore", owns=SITE_ENTRIES, inputs=inputs,
+                        overwrite=overwrite, meta={"artifact": "site"}) as unit:  # fmt: skip
+        unit.dirty = True  # write_site replaces files itself
+        result = write_site(
+            Path(out_dir), data, columns, store.images, meta, cfg,
+            steering=steering["answers"] if steering else None,
+        )  # fmt: skip
+        unit.add(*result.files)
     log.info("explorer of %d neurons → %s", n_s, result.index_html)
     return result

@@ -22,8 +22,20 @@ from vlmsae.core.errors import UserError
 INDEX_PREFIX = "window.VLMSAE_INDEX = "
 
 
+def _site_text(path: Path) -> str:
+    """The text of a site file, checked against the site's manifest where it has one
+    (:mod:`vlmsae.core.outputs`: not a file of another site, not an interrupted build)."""
+    from vlmsae.core.outputs import MANIFEST, read_output_bytes
+
+    for site in list(path.parents)[:3]:
+        if (site / MANIFEST).is_file():
+            rel = path.relative_to(site).as_posix()
+            return read_output_bytes(site, rel, what=f"the site {site}").decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
 def _js_payload(path: Path, prefix: str) -> Any:
-    text = path.read_text(encoding="utf-8").strip()
+    text = _site_text(path).strip()
     if not text.startswith(prefix) or not text.endswith(";"):
         raise UserError(f"{path} is not a data file of `vlmsae explore`; rebuild the site")
     body = text[len(prefix) : -1]

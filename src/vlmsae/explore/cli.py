@@ -71,6 +71,9 @@ def explore_cmd(
     host: str = typer.Option(
         "127.0.0.1", help="Address --serve listens on (another than loopback: a warning)."
     ),
+    overwrite: bool = typer.Option(
+        False, help="Write into --out even where it holds something other than a site."
+    ),
     *,
     site: ConfigArgs[ExploreConfig],
     probe_args: ConfigArgs[ProbeConfig],
@@ -87,6 +90,9 @@ def explore_cmd(
     if (sae is None and not raw) or activations is None:
         reuse = (serve_site or card_ids) and sae is None and activations is None
         if reuse and (out / "index.html").is_file():
+            from vlmsae.core.outputs import checked_manifest
+
+            checked_manifest(out, f"the site {out}")  # not one an interrupted build left
             if card_ids:
                 _echo_cards(write_cards(out, card_ids, out / "cards"))
             if serve_site:
@@ -111,11 +117,16 @@ def explore_cmd(
         ids = parse_ids(steer_neurons, "--steer-neurons") if steer_neurons else None
         probe = probe_args.build(neurons=tuple(ids) if ids else None)
     cfg = site.build()
-    lock_until_exit(out, "vlmsae explore")  # one writer per output directory
-    res = build_site(
+    from vlmsae.core.outputs import check_out_free
+    from vlmsae.explore.site import SITE_ENTRIES
+
+    inputs = (sae, activations, scores, embeddings, labels)
+    check_out_free(out, "explore", owns=SITE_ENTRIES, inputs=inputs, overwrite=overwrite)
+    res = build_site(  # checks its inputs, computes, then writes the site under its lock
         sae, activations, out, scores=scores, embeddings=embeddings, labels=labels,
-        model=model, cfg=cfg, llava=llava, probe=probe,
+        model=model, cfg=cfg, llava=llava, probe=probe, overwrite=overwrite,
     )  # fmt: skip
+    lock_until_exit(out, "vlmsae explore")  # --cards write into the site
     missing = f", {res.n_images_missing} images unreadable" if res.n_images_missing else ""
     typer.echo(f"explorer of {res.n_neurons} neurons ({res.n_shards} shards{missing}) → "
                f"{res.index_html.resolve().as_uri()}")  # fmt: skip
@@ -138,7 +149,9 @@ def _echo_cards(paths: list[Path]) -> None:
 
 
 def label_cmd(
-    sae: Path = typer.Option(..., help="SAE checkpoint directory."),
+    sae: Path = typer.Option(
+        ..., help="SAE (folder, hub id, SAELens or dictionary_learning folder)."
+    ),
     activations: Path = typer.Option(..., help="Activation store at the SAE's hook."),
     out: Path = typer.Option(..., help="Output directory: labels.csv, summary.json."),
     clip: str | None = typer.Option(
@@ -153,15 +166,16 @@ def label_cmd(
     ),
     template: str = typer.Option("a photo of a {}.", help="Prompt of each word."),
     top_k: int = typer.Option(16, help="Top images per neuron."),
+    overwrite: bool = typer.Option(
+        False, help="Write into --out even where it holds something else (see docs)."
+    ),
 ) -> None:
     """Name every neuron by zero-shot matching of its top images (activation weighted)
     against a vocabulary with a CLIP text tower; on the toy world, also the accuracy."""
-    from vlmsae.core.lock import lock_until_exit
     from vlmsae.explore.labels import label_sae
 
-    lock_until_exit(out, "vlmsae label")  # one writer per output directory
     summary = label_sae(sae, activations, out, clip=clip, vocab=vocab, template=template,
-                        top_k=top_k)  # fmt: skip
+                        top_k=top_k, overwrite=overwrite)  # fmt: skip
     line = f"{summary['n_labelled']} of {summary['n_neurons']} neurons labelled → {out}"
     t = summary.get("toyworld")
     if t is not None:

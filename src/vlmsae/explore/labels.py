@@ -24,6 +24,8 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 VOCABULARIES = ("imagenet", "toyworld", "dataset")
 """Named vocabularies (also ``toyworld:WORLD``); anything else is read as a word-list file."""
 TOYWORLD = "toyworld"
+LABEL_FILES = ("labels.csv", "summary.json")
+"""What ``vlmsae label`` writes."""
 
 
 class Vocabulary(NamedTuple):
@@ -135,10 +137,29 @@ def clip_embeddings(
             pil = [Image.open(p).convert("RGB") for p in image_paths[lo : lo + batch_size]]
             pix = processor(images=pil, return_tensors="pt")["pixel_values"]
             img.append(_unit(model.get_image_features(pixel_values=pix)))
+        n_positions = _text_positions(model, processor, texts)
         for lo in range(0, len(texts), 256):
-            enc = processor(text=texts[lo : lo + 256], return_tensors="pt", padding=True)
+            enc = processor(text=texts[lo : lo + 256], return_tensors="pt", padding=True,
+                            truncation=True, max_length=n_positions)  # fmt: skip
             txt.append(_unit(model.get_text_features(**enc)))
     return np.concatenate(img), np.concatenate(txt)
+
+
+def _text_positions(model: Any, processor: Any, texts: list[str]) -> int:
+    """The text tower's positions; warns (once) when prompts are longer and will be cut."""
+    import logging
+
+    text_cfg = getattr(model.config, "text_config", model.config)
+    n_positions = int(text_cfg.max_position_embeddings)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    lengths = [len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]
+    long = [t for t, n in zip(texts, lengths, strict=True) if n > n_positions]
+    if long:
+        logging.getLogger(__name__).warning(
+            "%d vocabulary prompt(s) are longer than the text tower's %d positions and are "
+            "cut to them (the first: %.60r)", len(long), n_positions, long[0],
+        )  # fmt: skip
+    return n_positions
 
 
 def assign_labels(
@@ -223,7 +244,7 @@ def write_labels_csv(path: Path, labels: NeuronLabels) -> None:
 def label_sae(
     sae_dir: str | Path, activations: str | Path, out_dir: str | Path, *,
     clip: str | None = None, vocab: str = "imagenet", template: str = DEFAULT_TEMPLATE,
-    top_k: int = 16,
+    top_k: int = 16, overwrite: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Label every neuron of an SAE from its top images over ``activations``; write
     ``labels.csv`` and ``summary.json`` into ``out_dir`` and return the summary (with the
@@ -231,21 +252,30 @@ def label_sae(
 
     ``clip``: a CLIP-family model (hub id or folder), ``"toyworld"`` for the shipped toy
     CLIP of the store's world (``"toyworld:WORLD"``: of that world), or None for the model
-    the store was cached from.
+    the store was cached from. Everything is computed (and every input checked) before the
+    first file is written; the two files are one output (:mod:`vlmsae.core.outputs`;
+    ``overwrite``: into a folder of something else).
     """
-    from vlmsae.core.io import write_json
+    from vlmsae.core.outputs import check_out_free, writing_output
+    from vlmsae.data.provenance import neuron_identity
     from vlmsae.data.store import ActivationStore
     from vlmsae.explore.build import check_fits
     from vlmsae.explore.neurons import encode_rows, per_image
     from vlmsae.explore.truth import toy_truth, toy_world
     from vlmsae.metrics._source import image_index_of
+    from vlmsae.metrics.fit import sae_source
     from vlmsae.metrics.top_images import top_images
     from vlmsae.sae import SAE
 
+    out_dir, inputs = Path(out_dir), (sae_dir, activations)
+    check_out_free(out_dir, "label", owns=LABEL_FILES, inputs=inputs, overwrite=overwrite)
     sae, store = SAE.load(sae_dir), ActivationStore(activations)
     check_fits(sae, store)
     if not store.images:
         raise UserError(f"the store {activations} lists no images (images.jsonl): cannot label")
+    if len(store) == 0 or len(store.images) < 2:
+        raise UserError(f"the store {activations} holds {len(store.images)} image(s) and "
+                        f"{len(store)} rows: labels need at least 2 images")  # fmt: skip
     world = toy_world(store)  # None: not an exported toy-world split
     clip_world = toy_world_spec(clip, world) if clip else None
     if clip_world is not None:
@@ -259,14 +289,12 @@ def label_sae(
     codes_NS = per_image(encode_rows(sae, store), image_index_of(store))
     top = top_images(codes_NS, top_k)
     result = label_neurons(clip, store.images, top.indices, top.values, vocabulary)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_labels_csv(out_dir / "labels.csv", result)
     summary: dict[str, Any] = {
         "sae": str(sae_dir), "activations": str(activations), "clip": str(clip),
         "vocab": vocab, "world": None if world is None else world.name,
         "n_words": len(vocabulary.words), "template": template,
         "n_neurons": sae.cfg.d_sae, "n_labelled": int(sum(x is not None for x in result.label)),
+        "neurons": neuron_identity(sae_source(sae_dir), sae.cfg.d_sae),
     }  # fmt: skip
     truth = toy_truth(store)
     if truth is not None:
@@ -276,5 +304,9 @@ def label_sae(
         ms = monosemanticity(codes_NS, oracle_embedding(truth.records, truth.world)).ms
         valid = np.where(top.values > 0, top.indices, -1)
         summary["toyworld"] = toy_accuracy(result, valid, truth, ms)
-    write_json(out_dir / "summary.json", summary)
+    with writing_output(out_dir, "label", owns=LABEL_FILES, inputs=inputs, overwrite=overwrite,
+                        meta={"artifact": "labels"}) as unit:  # fmt: skip
+        write_labels_csv(out_dir / "labels.csv", result)
+        unit.add("labels.csv")
+        unit.write_json("summary.json", summary)
     return summary

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vlmsae.core.errors import UserError
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 log = logging.getLogger(__name__)
 PAPER_PROMPT = "What is shown in this image?"
@@ -80,7 +83,7 @@ def probe_neurons(columns: dict[str, Any], n_neurons: int, cfg: ProbeConfig) -> 
 
 def steering_probe(
     llava: Any,
-    sae: Any,
+    sae: SAE,
     layer: int,
     max_act: dict[int, float],
     cfg: ProbeConfig,
@@ -105,7 +108,7 @@ def steering_probe(
     return base, out
 
 
-def load_for_probe(model: str | Path, sae: Any, device: str = "cpu") -> tuple[Any, int]:
+def load_for_probe(model: str | Path, sae: SAE, device: str = "cpu") -> tuple[Any, int]:
     """LLaVA ``model`` and the vision block to steer at (the SAE's layer), checked to fit."""
     from vlmsae.steer.llava import load_llava
     from vlmsae.steer.steering import check_steerable

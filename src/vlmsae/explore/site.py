@@ -111,14 +111,38 @@ def _write_js(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def read_scores(scores_dir: Path, n_neurons: int) -> dict[str, np.ndarray]:
+def _check_neurons(found: dict[str, Any] | None, neurons: dict[str, Any] | None, what: str) -> None:
+    """Refuse a per-neuron output about other neurons than the site's (``neurons``: their
+    :func:`~vlmsae.data.provenance.neuron_identity`); warn where it records none."""
+    from vlmsae.data.provenance import check_same_neurons
+
+    if found and neurons:
+        check_same_neurons(neurons, found, "the site's neurons", what)
+    elif neurons:
+        log.warning("%s records no neuron provenance (written by an older vlmsae): cannot "
+                    "check that it is about this SAE", what)  # fmt: skip
+
+
+def read_scores(
+    scores_dir: Path, n_neurons: int, neurons: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
     """Numeric columns of ``vlmsae score``'s ``scores.csv`` (``ms``, ``n_active`` → the
-    statistic's ``ms_n_active``, and any other score column), NaN where empty."""
-    path = Path(scores_dir) / "scores.csv"
-    if not path.is_file():
+    statistic's ``ms_n_active``, and any other score column), NaN where empty; the files
+    checked to be one output's and (``neurons``: the site's neuron identity) about the
+    site's neurons."""
+    import io
+
+    from vlmsae.core.outputs import read_output_bytes
+    from vlmsae.metrics.fit import read_scores_output
+
+    scores_dir = Path(scores_dir)
+    path = scores_dir / "scores.csv"
+    if not scores_dir.is_dir() or not (path.is_file() or (scores_dir / "output.json").is_file()):
         raise UserError(f"{path} not found: --scores must be an output directory of `vlmsae score`")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    scores = read_scores_output(scores_dir)
+    what = f"--scores {scores_dir}"
+    text = read_output_bytes(scores_dir, "scores.csv", scores.manifest, what).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if len(rows) != n_neurons:
         raise UserError(
             f"{path} scores {len(rows)} neurons but the SAE has {n_neurons}; give the scores of "
@@ -133,13 +157,32 @@ def read_scores(scores_dir: Path, n_neurons: int) -> dict[str, np.ndarray]:
         except ValueError:
             continue  # a text column: not a score
         out["ms_n_active" if col == "n_active" else col] = values
+    _check_neurons(scores.summary.get("neurons"), neurons, what)
     return out
 
 
-def read_labels(path: Path, n_neurons: int) -> tuple[list[str | None], np.ndarray]:
-    """``labels.csv`` of ``vlmsae label``: label and margin per neuron."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+def read_labels(
+    path: Path, n_neurons: int, neurons: dict[str, Any] | None = None
+) -> tuple[list[str | None], np.ndarray]:
+    """``labels.csv`` of ``vlmsae label``: label and margin per neuron, checked to be one
+    output's (with its ``summary.json``) and about the site's ``neurons`` (identity)."""
+    import io
+
+    from vlmsae.core.outputs import checked_manifest, read_output_bytes, read_output_json
+
+    path = Path(path)
+    what = f"--labels {path}"
+    if not path.is_file():
+        raise UserError(f"{what}: no such file; give the labels.csv of `vlmsae label`")
+    manifest = checked_manifest(path.parent, what)
+    summary: dict[str, Any] = {}
+    if manifest is not None:
+        if manifest.get("command") != "label":
+            raise UserError(f"{what} is not an output of `vlmsae label` (its folder holds the "
+                            f"output of `vlmsae {manifest.get('command')}`)")  # fmt: skip
+        summary = read_output_json(path.parent, "summary.json", manifest, what)
+    text = read_output_bytes(path.parent, path.name, manifest, what).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     if len(rows) != n_neurons or (rows and "label" not in rows[0]):
         raise UserError(
             f"{path} should be `vlmsae label` output with one row per neuron of this SAE "
@@ -147,6 +190,7 @@ def read_labels(path: Path, n_neurons: int) -> tuple[list[str | None], np.ndarra
         )
     labels = [csv_uncell(r["label"]) or None for r in rows]
     margins = np.array([float(r["margin"]) if r.get("margin") else np.nan for r in rows])
+    _check_neurons(summary.get("neurons"), neurons, what)
     return labels, margins
 
 
@@ -263,6 +307,12 @@ class SiteResult(NamedTuple):
     n_neurons: int
     n_shards: int
     n_images_missing: int
+    files: list[str]
+    """Every file written, relative to the site folder."""
+
+
+SITE_ENTRIES = (*STATIC_FILES, "data", "images", "cards")
+"""Top-level names of a site folder (``cards``: written by ``--cards``)."""
 
 
 def write_site(
@@ -313,4 +363,9 @@ def write_site(
         _write_js(out_dir / "data" / "neurons" / f"{shard:05d}.js", text)
         n_shards += 1
     missing = sum(v is None for v in src.values())
-    return SiteResult(out_dir / "index.html", n_s, n_shards, missing)
+    files = [*STATIC_FILES, "data/images.json", "data/index.js"]
+    files += [f"data/neurons/{i:05d}.js" for i in range(n_shards)]
+    if cfg.copy_images:
+        names = [name for name in src.values() if name is not None]
+        files += names + [f"data/thumbs/{Path(n).stem}.js" for n in names]
+    return SiteResult(out_dir / "index.html", n_s, n_shards, missing, files)

@@ -30,17 +30,27 @@ def convert(
     push_to_hub: str = typer.Option(
         None, "--push-to-hub", help="Also upload the SAE to this hub repository (ORG/NAME)."
     ),
+    overwrite: bool = typer.Option(
+        False, help="Write into --out even where it holds something else (another SAE, a run)."
+    ),
 ) -> None:
     """Convert a dictionary_learning checkpoint (the paper's code) to a vlmsae SAE."""
+    from vlmsae.core.outputs import check_out_free, writing_output
     from vlmsae.formats.dictionary_learning import convert_dictionary_learning
 
     if arch is not None and arch not in ("topk", "batchtopk"):
         raise typer.BadParameter("only topk or batchtopk can be forced", param_hint="--arch")
     check_push(push_to_hub)
+    owns, inputs = ("config.json", "sae.safetensors"), (ae_path,)
+    check_out_free(out, "convert", owns=owns, inputs=inputs, overwrite=overwrite)
     sae = convert_dictionary_learning(
         ae_path, sparsity=arch, model=model, hookpoint=hookpoint, layer=layer, tokens=tokens
     )
-    sae.save(out, converted_from=str(ae_path))
+    with writing_output(out, "convert", owns=owns, inputs=inputs, overwrite=overwrite,
+                        meta={"artifact": "sae"}) as unit:  # fmt: skip
+        unit.dirty = True
+        sae.save(out, converted_from=str(ae_path))
+        unit.add(*owns)
     typer.echo(f"{sae}\nwrote {out}")
     push(out, push_to_hub)
 
@@ -64,15 +74,18 @@ def export(
     sae: str = typer.Argument(..., help="SAE checkpoint folder or hub id (ORG/NAME[/SUBFOLDER])."),
     fmt: str = typer.Option(..., "--format", help="saelens | dictionary_learning"),
     out: Path = typer.Option(..., "--out", help="Output folder."),
+    overwrite: bool = typer.Option(
+        False, help="Write into --out even where it holds something else (another SAE, a run)."
+    ),
 ) -> None:
     """Write an SAE in SAELens's or dictionary_learning's format (their loaders read it)."""
-    from vlmsae.formats.export import FORMATS, export_sae
+    from vlmsae.formats.export import FORMATS, export_output
     from vlmsae.sae.model import SAE
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {FORMATS}", param_hint="--format")
     model = SAE.load(sae)
-    note = export_sae(model, out, fmt)
+    note = export_output(model, out, fmt, source=sae, overwrite=overwrite)
     if note:
         typer.echo(f"note: {note}")
     typer.echo(f"{model}\nwrote {out} ({fmt})")

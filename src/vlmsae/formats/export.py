@@ -16,6 +16,32 @@ if TYPE_CHECKING:
     from vlmsae.sae.model import SAE
 
 FORMATS = ("saelens", "dictionary_learning")
+FORMAT_FILES = {
+    "saelens": ("cfg.json", "sae_weights.safetensors"),
+    "dictionary_learning": ("ae.pt", "config.json"),
+}
+"""The files each format's export writes."""
+
+
+def export_output(
+    sae: SAE, out: str | Path, fmt: str, *, source: str | Path | None = None,
+    overwrite: bool = False,
+) -> str | None:  # fmt: skip
+    """:func:`export_sae` as one output of ``vlmsae export`` (:mod:`vlmsae.core.outputs`):
+    refuses an ``out`` that is the SAE's own folder ``source`` or holds something else
+    (unless ``overwrite``), holds the folder's lock, and commits the files together."""
+    from vlmsae.core.outputs import writing_output
+
+    if fmt not in FORMAT_FILES:
+        raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    owns = tuple(sorted({f for files in FORMAT_FILES.values() for f in files}))
+    local = getattr(sae, "local_dir", None)  # a hub SAE: its snapshot in the cache
+    with writing_output(out, "export", owns=owns, inputs=(source, local), overwrite=overwrite,
+                        meta={"artifact": fmt}) as unit:  # fmt: skip
+        unit.dirty = True
+        note = export_sae(sae, out, fmt)
+        unit.add(*FORMAT_FILES[fmt])
+    return note
 
 
 def export_sae(sae: SAE, out: str | Path, fmt: str) -> str | None:

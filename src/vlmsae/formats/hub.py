@@ -20,11 +20,14 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmsae.core.errors import HubError
 from vlmsae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
 from vlmsae.sae.model import load_sae
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +298,7 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def push_to_hub(
-    sae_or_dir: Any,
+    sae_or_dir: SAE | str | Path,
     repo_id: str,
     *,
     private: bool | None = None,

@@ -15,8 +15,16 @@ import numpy as np
 
 from vlmsae.core.errors import UserError
 from vlmsae.core.io import atomic_write_text, write_json
-from vlmsae.metrics.score_files import save_npy, writing
+from vlmsae.core.outputs import checked_manifest, clear_output, read_output_npy, writing_output
+from vlmsae.metrics.fit import SUMMARY, read_summary
+from vlmsae.metrics.score_files import check_rows
 from vlmsae.metrics.top_images import TopImages
+
+TOP_FILES = ("top_indices.npy", "top_values.npy", SUMMARY)
+"""What ``vlmsae top-images`` writes."""
+TOP_COMPANIONS = ("uniqueness.json", "hierarchy.json")
+"""What ``uniqueness`` and ``hierarchy`` write into a top-images folder by default (stale,
+and removed, when the top images are written again)."""
 
 
 class TopImagesRun(NamedTuple):
@@ -39,9 +47,27 @@ class GridRun(NamedTuple):
     """Images that could not be read (blank cells)."""
 
 
-def read_top(top_dir: Path) -> TopImages:
-    """The top images written by :func:`write_top_images` in ``top_dir``."""
-    return TopImages(np.load(top_dir / "top_indices.npy"), np.load(top_dir / "top_values.npy"))
+class TopRead(NamedTuple):
+    """The files of one top-images output, checked to be one output's."""
+
+    top: TopImages
+    summary: dict[str, Any]
+
+
+def read_top(top_dir: Path) -> TopRead:
+    """The top images written by :func:`write_top_images` in ``top_dir`` and its summary,
+    each file checked against the output's manifest (:mod:`vlmsae.core.outputs`)."""
+    what = f"top images {top_dir}"
+    manifest = checked_manifest(top_dir, what)
+    if manifest is not None and manifest.get("command") != "top-images":
+        raise UserError(f"{top_dir} is not an output of `vlmsae top-images` (it holds the "
+                        f"output of `vlmsae {manifest.get('command')}`)")  # fmt: skip
+    indices = read_output_npy(top_dir, "top_indices.npy", manifest, what)
+    values = read_output_npy(top_dir, "top_values.npy", manifest, what)
+    summary = read_summary(top_dir, manifest) or {}
+    if indices.shape != values.shape:
+        raise UserError(f"{what}: top_indices.npy and top_values.npy differ in shape")
+    return TopRead(TopImages(indices, values), summary)
 
 
 def parse_ids(text: str | None) -> list[int] | None:
@@ -58,9 +84,12 @@ def write_top_images(
     aggregate: str = "max",
     chunk_rows: int = 1 << 16,
     allow_mismatch: bool = False,
+    overwrite: bool = False,
 ) -> TopImagesRun:
-    """Top-``k`` images of every neuron of the store ``codes`` (or of the SAE's codes of it):
-    ``top_indices.npy``, ``top_values.npy`` and ``summary.json`` in ``out``."""
+    """Top-``k`` images of every neuron of the store ``codes`` (or of the SAE's codes of it;
+    any SAE ``SAE.load`` reads): ``top_indices.npy``, ``top_values.npy`` and ``summary.json``
+    in ``out``, one output (:mod:`vlmsae.core.outputs`; ``overwrite``: into a folder of
+    something else)."""
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of, rank_span
     from vlmsae.metrics.fit import check_top_inputs, with_neuron_count
@@ -68,19 +97,22 @@ def write_top_images(
     from vlmsae.metrics.top_images import top_images
 
     store = ActivationStore(codes)
+    check_rows(store, "the store")
     provenance = check_top_inputs(store, sae, allow_mismatch=allow_mismatch)
-    with writing(out, "vlmsae top-images"):
+    with writing_output(out, "top-images", owns=TOP_FILES + TOP_COMPANIONS, inputs=(codes, sae),
+                        overwrite=overwrite, meta={"artifact": "top_images"}) as unit:  # fmt: skip
         source, image_R = store, image_index_of(store)
         if sae is not None:  # the codes of the rows top_images reads on this rank
             span = rank_span(len(store), image_R)
             source = sae_codes_of_rows(sae, store, chunk_rows, span).codes
         top = top_images(source, k, image_index=image_R, aggregate=aggregate, progress=True)
-        out.mkdir(parents=True, exist_ok=True)
-        save_npy(out / "top_indices.npy", top.indices)
-        save_npy(out / "top_values.npy", top.values)
+        unit.save_npy("top_indices.npy", top.indices)
+        unit.save_npy("top_values.npy", top.values)
         dead = int((~top.kept(k)).sum())  # the paper's rule at k: k-th value == 0
-        write_json(
-            out / "summary.json",
+        if unit.active:
+            clear_output(out, TOP_COMPANIONS)  # they describe the old top images
+        unit.write_json(
+            SUMMARY,
             {"store": str(codes), "sae": str(sae) if sae else None, "k": k,
              "aggregate": aggregate, "n_neurons": len(top.indices), "n_dead_kth_zero": dead,
              "artifact": "top_images", **with_neuron_count(provenance, len(top.indices))},
@@ -94,7 +126,7 @@ def write_uniqueness(top: Path, json_path: Path | None = None, min_active: int =
     ``top/uniqueness.json``) and returned."""
     from vlmsae.metrics.uniqueness import uniqueness
 
-    res = uniqueness(read_top(top), min_active=min_active)
+    res = uniqueness(read_top(top).top, min_active=min_active)
     out = {
         "min_active": min_active,
         "n_neurons_kept": int(res.kept.sum()),
@@ -127,7 +159,7 @@ def write_hierarchy(
     from vlmsae.metrics.fit import check_images_for_top, check_sae_for_top
     from vlmsae.metrics.hierarchy import encode_taxonomy, hierarchy, label_paths_from_images
 
-    tops = read_top(top)
+    tops, summary = read_top(top)
     idx = tops.indices
     if labels is not None:
         paths = labels.read_text(encoding="utf-8").splitlines()
@@ -135,13 +167,13 @@ def write_hierarchy(
             raise UserError(f"top images {top} point at image {int(idx.max())} but --labels "
                             f"{labels} has {len(paths)} lines (one per image)")  # fmt: skip
     elif images is not None:
-        paths = label_paths_from_images(check_images_for_top(top, idx, images))
+        paths = label_paths_from_images(check_images_for_top(top, idx, images, summary))
     else:
         raise UserError("give --images STORE or --labels FILE")
     if group_sizes is None and sae is not None:
         from vlmsae.sae import SAE
 
-        check_sae_for_top(top, sae)
+        check_sae_for_top(top, sae, summary)
         group_sizes = list(SAE.load(sae).cfg.group_sizes)
     res = hierarchy(encode_taxonomy(paths), tops, group_sizes, min_active=min_active,
                     round_depth=round_depth)  # fmt: skip
@@ -172,8 +204,10 @@ def write_agreement(
     for spec in scores:
         name, _, path_text = spec.rpartition("=")
         path = Path(path_text)
-        if path.suffix == ".npy":
-            ms = np.load(path)
+        if path.suffix == ".npy" or path.is_dir():  # checked to be one output's
+            from vlmsae.metrics.fit import read_scores_output
+
+            ms = read_scores_output(path).ms
         else:
             ms = np.genfromtxt(path, delimiter=",", names=True)["ms"]
         if max(p.k_x.max(), p.k_y.max()) >= len(ms):
@@ -201,10 +235,10 @@ def write_grid(
     from vlmsae.metrics.fit import check_images_for_top, check_neuron_ids, check_scores_for_top
     from vlmsae.report.grid import neuron_grid, select_neurons
 
-    tops = read_top(top)
+    tops, summary = read_top(top)
     idx = tops.indices
-    paths = check_images_for_top(top, idx, images)
-    ms = check_scores_for_top(top, len(idx), scores) if scores else None
+    paths = check_images_for_top(top, idx, images, summary)
+    ms = check_scores_for_top(top, len(idx), scores, summary) if scores else None
     check_neuron_ids(neurons, len(idx), top)
     chosen = select_neurons(
         ms, ids=neurons, top_n=top_n, group=group, group_sizes=group_sizes,

@@ -28,7 +28,9 @@ def score(
     activations: Path = typer.Option(..., help="Store of activations or SAE codes (kind=codes)."),
     embeddings: Path = typer.Option(..., help="Embedding store, one row per image (DINOv2)."),
     out: Path = typer.Option(..., help="Output directory."),
-    sae: Path | None = typer.Option(None, help="SAE checkpoint: score its codes of ACTIVATIONS."),
+    sae: Path | None = typer.Option(
+        None, help="SAE (folder, hub id, SAELens or dictionary_learning folder): score its codes."
+    ),
     raw: Path | None = typer.Option(
         None, help="Raw activation store to compare a code store with."
     ),
@@ -41,6 +43,9 @@ def score(
     min_active: int = typer.Option(
         16, "--min-active", help="Robust max MS: over neurons active on >= this many images."
     ),
+    overwrite: bool = typer.Option(
+        False, help="Write into --out even where it holds something else (see docs)."
+    ),
 ) -> None:
     """Monosemanticity Score of every neuron: scores.csv/.npy, summary.json, ms_hist.png,
     table.md (and raw_scores.npy with the SAE vs raw comparison)."""
@@ -48,7 +53,7 @@ def score(
 
     summary = write_scores(activations, embeddings, out, sae=sae, raw=raw, aggregate=aggregate,
                            chunk_rows=chunk_rows, name=name, allow_mismatch=allow_mismatch,
-                           min_active=min_active)  # fmt: skip
+                           min_active=min_active, overwrite=overwrite)  # fmt: skip
     s = summary["ms"]
     typer.echo(
         f"MS over {summary['n_images']:,} images, {s['n_neurons']:,} neurons: mean "
@@ -62,19 +67,24 @@ def score(
 def top_images_cmd(
     codes: Path = typer.Argument(..., help="Store of SAE codes or activations."),
     out: Path = typer.Option(..., help="Output directory."),
-    sae: Path | None = typer.Option(None, help="SAE checkpoint: rank its codes of CODES."),
+    sae: Path | None = typer.Option(
+        None, help="SAE (folder, hub id, SAELens or dictionary_learning folder): rank its codes."
+    ),
     k: int = typer.Option(16, help="Images kept per neuron."),
     aggregate: Literal["max", "mean"] = typer.Option("max", help="Several rows per image."),
     chunk_rows: int = typer.Option(1 << 16, help="Rows read at a time."),
     allow_mismatch: bool = typer.Option(
         False, help="Apply --sae even where it was trained on another source (warns)."
     ),
+    overwrite: bool = typer.Option(
+        False, help="Write into --out even where it holds something else (see docs)."
+    ),
 ) -> None:
     """Top-k images of every neuron: top_indices.npy, top_values.npy, summary.json."""
     from vlmsae.metrics.artifacts import write_top_images
 
     run = write_top_images(codes, out, sae=sae, k=k, aggregate=aggregate, chunk_rows=chunk_rows,
-                           allow_mismatch=allow_mismatch)  # fmt: skip
+                           allow_mismatch=allow_mismatch, overwrite=overwrite)  # fmt: skip
     typer.echo(
         f"top-{k} images of {run.n_neurons} neurons ({run.n_dead} with k-th value 0) → {out}"
     )
@@ -140,7 +150,9 @@ def grid_cmd(
     top: Path = typer.Argument(..., help="Output directory of `vlmsae top-images`."),
     images: Path = typer.Option(..., help="Store whose images.txt lists the image paths."),
     out: Path = typer.Option(..., help="PNG file to write."),
-    scores: Path | None = typer.Option(None, help="scores.npy of `vlmsae score`."),
+    scores: Path | None = typer.Option(
+        None, help="`vlmsae score` output (its folder or scores.npy)."
+    ),
     neurons: str | None = typer.Option(None, help="Neuron ids, e.g. 3,17,42."),
     top_n: int = typer.Option(8, help="Without --neurons: the N neurons of highest MS."),
     group: int | None = typer.Option(None, help="Restrict the ranking to a Matryoshka group."),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from vlmsae.core.errors import UserError
 from vlmsae.data.provenance import (
     DATA_FIELDS,
     IMAGE_FIELDS,
+    SOURCE_FIELDS,
     check_same_images,
     check_same_neurons,
     check_same_source,
@@ -68,7 +69,7 @@ def check_score_inputs(
         )
     neurons = acts
     if sae_dir is not None:
-        neurons = sae_provenance(sae_dir)
+        neurons = sae_source(sae_dir)
         check_same_source(neurons, acts, f"--sae {sae_dir}", what_acts,
                           allow_mismatch=allow_mismatch)  # fmt: skip
     if raw_store is not None:
@@ -94,10 +95,67 @@ def check_top_inputs(
     prov = store_provenance(store)
     neurons = prov
     if sae_dir is not None:
-        neurons = sae_provenance(sae_dir)
+        neurons = sae_source(sae_dir)
         check_same_source(neurons, prov, f"--sae {sae_dir}", f"store {store.dir}",
                           allow_mismatch=allow_mismatch)  # fmt: skip
     return {"images": images_block(prov), "neurons": neurons}
+
+
+def sae_source(sae: str | Path) -> dict[str, Any]:
+    """Shape, source and weight hash of an SAE: a vlmsae checkpoint folder
+    (:func:`~vlmsae.sae.checkpoint.sae_provenance`) or anything else ``SAE.load`` reads (a
+    hub id, a SAELens or dictionary_learning folder: the source its config records, the
+    hash of its converted weights)."""
+    import hashlib
+
+    from vlmsae.formats.hub import detect_format
+
+    local = Path(str(sae))
+    if local.is_dir() and detect_format(local) == "vlmsae":
+        return sae_provenance(local)
+    from vlmsae.sae import SAE
+
+    model = SAE.load(sae)
+    local_dir = getattr(model, "local_dir", None)
+    if local_dir is not None and detect_format(Path(local_dir)) == "vlmsae":
+        return {**sae_provenance(local_dir), "sae": str(sae)}
+    cfg = model.cfg
+    prov = {k: getattr(cfg, k) for k in SOURCE_FIELDS if getattr(cfg, k, None) is not None}
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode("utf-8"))
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    prov.update(sae=str(sae), d_in=cfg.d_in, d_sae=cfg.d_sae, sae_sha256=h.hexdigest())
+    return prov
+
+
+class ScoresRead(NamedTuple):
+    """One ``vlmsae score`` output, read with its files checked to be one output's."""
+
+    dir: Path
+    manifest: dict[str, Any] | None
+    """Its ``output.json`` (None: written by an older vlmsae)."""
+    summary: dict[str, Any]
+    ms: np.ndarray
+    """The scores read (``scores.npy``, or the ``.npy`` file named)."""
+
+
+def read_scores_output(path: Path) -> ScoresRead:
+    """The scores at ``path``: a ``vlmsae score`` folder (its ``scores.npy``) or a ``.npy``
+    file in one; every file read is checked against the folder's manifest."""
+    from vlmsae.core.outputs import checked_manifest, read_output_npy
+
+    path = Path(path)
+    folder, name = (path, "scores.npy") if path.is_dir() else (path.parent, path.name)
+    what = f"--scores {path}"
+    manifest = checked_manifest(folder, what)
+    if manifest is not None and manifest.get("command") != "score":
+        raise UserError(f"{what} is not an output of `vlmsae score` (it holds the output of "
+                        f"`vlmsae {manifest.get('command')}`)")  # fmt: skip
+    if manifest is None and not (folder / name).is_file():
+        raise UserError(f"{folder / name} not found: --scores must be a `vlmsae score` output")
+    ms = read_output_npy(folder, name, manifest, what)
+    return ScoresRead(folder, manifest, read_summary(folder, manifest) or {}, ms)
 
 
 def with_neuron_count(record: dict[str, Any], n_neurons: int) -> dict[str, Any]:
@@ -106,21 +164,33 @@ def with_neuron_count(record: dict[str, Any], n_neurons: int) -> dict[str, Any]:
     return {**record, "neurons": neuron_identity(record["neurons"], n_neurons)}
 
 
-def read_summary(out_dir: Path) -> dict[str, Any] | None:
-    """The ``summary.json`` of an output directory, or None when it has none."""
-    from vlmsae.core.io import read_json
-
-    path = Path(out_dir) / SUMMARY
-    return read_json(path) if path.is_file() else None
+_NO_MANIFEST: dict[str, Any] = {}
 
 
-def check_images_for_top(top_dir: Path, indices: np.ndarray, images_dir: Path) -> list[str]:
+def read_summary(
+    out_dir: Path, manifest: dict[str, Any] | None = _NO_MANIFEST
+) -> dict[str, Any] | None:
+    """The ``summary.json`` of an output directory, or None when it has none; checked
+    against the output's manifest (``manifest``: one read already, None for an older output
+    without one; by default read now, see :mod:`vlmsae.core.outputs`)."""
+    from vlmsae.core.outputs import checked_manifest, read_output_json
+
+    out_dir = Path(out_dir)
+    if manifest is _NO_MANIFEST:
+        manifest = checked_manifest(out_dir)
+    if manifest is None and not (out_dir / SUMMARY).is_file():
+        return None
+    return read_output_json(out_dir, SUMMARY, manifest)
+
+
+def check_images_for_top(
+    top_dir: Path, indices: np.ndarray, images_dir: Path, summary: dict[str, Any]
+) -> list[str]:
     """The image paths of ``images_dir`` (a store) after checking that they are the
-    images the top-image ``indices`` of ``top_dir`` point into."""
+    images the top-image ``indices`` of ``top_dir`` (its ``summary``) point into."""
     from vlmsae.data.store import ActivationStore
 
     store = ActivationStore(images_dir)
-    summary = read_summary(top_dir) or {}
     what_top, what_images = f"top images {top_dir}", f"--images {images_dir}"
     check_same_images(summary.get("images") or {}, store_provenance(store), what_top, what_images)
     paths = store.images
@@ -133,18 +203,22 @@ def check_images_for_top(top_dir: Path, indices: np.ndarray, images_dir: Path) -
     return paths
 
 
-def check_scores_for_top(top_dir: Path, n_neurons: int, scores_path: Path) -> np.ndarray:
-    """The scores in ``scores_path`` after checking they are about the neurons of the
-    top images in ``top_dir`` (same count; same SAE where both record it)."""
-    ms = np.load(scores_path)
+def check_scores_for_top(
+    top_dir: Path, n_neurons: int, scores_path: Path, top_summary: dict[str, Any]
+) -> np.ndarray:
+    """The scores in ``scores_path`` (``scores.npy`` or its ``vlmsae score`` folder) after
+    checking they are one output's and about the neurons of the top images in ``top_dir``
+    (its ``top_summary``: same count; same SAE where both record it)."""
+    scores = read_scores_output(scores_path)
+    ms = scores.ms
     what_top, what_scores = f"top images {top_dir}", f"--scores {scores_path}"
     if ms.ndim != 1 or len(ms) != n_neurons:
         raise UserError(
             f"{what_scores} holds {len(ms) if ms.ndim == 1 else ms.shape} scores but "
             f"{what_top} has {n_neurons} neurons; use the scores of the same SAE"
         )
-    top = (read_summary(top_dir) or {}).get("neurons")
-    scored = (read_summary(Path(scores_path).parent) or {}).get("neurons")
+    top = top_summary.get("neurons")
+    scored = scores.summary.get("neurons")
     if top and scored:
         check_same_neurons(top, scored, what_top, what_scores)
     else:
@@ -155,11 +229,12 @@ def check_scores_for_top(top_dir: Path, n_neurons: int, scores_path: Path) -> np
     return ms
 
 
-def check_sae_for_top(top_dir: Path, sae_dir: Path) -> None:
-    """Refuse an SAE other than the one whose top images ``top_dir`` holds."""
-    top = (read_summary(top_dir) or {}).get("neurons")
+def check_sae_for_top(top_dir: Path, sae_dir: Path, top_summary: dict[str, Any]) -> None:
+    """Refuse an SAE other than the one whose top images ``top_dir`` (its ``top_summary``)
+    holds."""
+    top = top_summary.get("neurons")
     if top:
-        sae = sae_provenance(sae_dir)
+        sae = sae_source(sae_dir)
         check_same_neurons(top, neuron_identity(sae, int(sae["d_sae"])), f"top images {top_dir}",
                            f"--sae {sae_dir}")  # fmt: skip
 

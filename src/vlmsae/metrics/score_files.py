@@ -9,16 +9,13 @@ shared with the other metric commands (:mod:`vlmsae.metrics.artifacts`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from vlmsae.core import dist
-from vlmsae.core.io import atomic_write, atomic_write_text, write_json
-from vlmsae.core.lock import output_lock
+from vlmsae.core.errors import UserError
+from vlmsae.core.outputs import OutputUnit, writing_output
 
 if TYPE_CHECKING:
     from vlmsae.data.store import ActivationStore
@@ -27,25 +24,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@contextmanager
-def writing(out: Path, what: str) -> Iterator[Path]:
-    """Hold the lock of the output folder ``out`` while writing it (under ``torchrun``: rank 0
-    holds it for all ranks, which write together)."""
-    if dist.init_from_env() and not dist.is_main():
-        yield out
-        return
-    with output_lock(out, what):
-        yield out
+FIGURES = ("ms_hist.png", "ms_hist.svg", "ms_hist.pdf")
+SCORE_FILES = ("scores.npy", "scores.csv", "summary.json", *FIGURES, "table.md", "raw_scores.npy")
+"""What ``vlmsae score`` writes (an older output without a manifest holds only these)."""
 
 
-def save_npy(path: Path, arr: np.ndarray) -> None:
-    """Atomic ``np.save`` without pickle (np.save on a path would append ``.npy``)."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-
-    atomic_write(path, write)
+def check_rows(store: ActivationStore, what: str) -> None:
+    """Refuse a store with no rows (nothing to compute a statistic of)."""
+    if len(store) == 0:
+        raise UserError(f"{what} {store.dir} holds 0 rows: cache it again from a non-empty --data")
 
 
 def per_image(x: Any, image_R: np.ndarray | None, aggregate: str, chunk_rows: int) -> Any:
@@ -71,29 +58,37 @@ def write_scores(
     name: str | None = None,
     allow_mismatch: bool = False,
     min_active: int = 16,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score every neuron of the store ``activations`` (or of the codes of the SAE ``sae`` on
     it, or a code store against the raw store ``raw``) against ``embeddings``; write the
-    files to ``out`` and return the summary (as in ``summary.json``).
+    files to ``out`` as one output (:mod:`vlmsae.core.outputs`) and return the summary (as
+    in ``summary.json``). ``sae``: any SAE ``SAE.load`` reads (folder, hub id, SAELens or
+    dictionary_learning folder).
 
     Raises:
         UserError: the stores (or the SAE) do not fit each other (``allow_mismatch`` warns
-            instead where it can), or another process writes ``out``.
+            instead where it can), a store is empty, ``out`` holds something else (unless
+            ``overwrite``), or another process writes ``out``.
     """
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of
     from vlmsae.metrics.fit import check_score_inputs
 
     acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
+    check_rows(acts_store, "--activations")
+    check_rows(emb, "--embeddings")
     image_R = image_index_of(acts_store)
     raw_store = ActivationStore(raw) if raw is not None and sae is None else None
     provenance = check_score_inputs(acts_store, emb, image_R, sae_dir=sae, raw_store=raw_store,
                                     allow_mismatch=allow_mismatch)  # fmt: skip
     summary: dict[str, Any] = {"activations": str(activations), "embeddings": str(embeddings)}
     summary.update({k: acts_store.manifest.get(k) for k in ("model", "hookpoint", "layer")})
-    with writing(out, "vlmsae score"):
+    inputs = (activations, embeddings, sae, raw)
+    with writing_output(out, "score", owns=SCORE_FILES, inputs=inputs, overwrite=overwrite,
+                        meta={"artifact": "scores"}) as unit:  # fmt: skip
         scored = _score(summary, acts_store, emb, image_R, sae, raw_store, aggregate, chunk_rows)
-        return _write(out, scored, provenance, name, min_active)
+        return _write(unit, scored, provenance, name, min_active)
 
 
 class _Scored(NamedTuple):
@@ -138,7 +133,7 @@ def _score(
 
 
 def _write(
-    out: Path, scored: _Scored, provenance: dict, name: str | None, min_active: int
+    unit: OutputUnit, scored: _Scored, provenance: dict, name: str | None, min_active: int
 ) -> dict[str, Any]:
     """Write the score files; the summary, completed."""
     from vlmsae.metrics.fit import with_neuron_count
@@ -148,14 +143,14 @@ def _write(
     from vlmsae.report.figures import ms_histogram
 
     summary, res, raw_ms, label = scored
-    out.mkdir(parents=True, exist_ok=True)
-    save_npy(out / "scores.npy", res.ms)
+    out = unit.dir
+    unit.save_npy("scores.npy", res.ms)
     lines = ["neuron,ms,n_active,max_activation"]
     lines += [
         f"{k},{'' if np.isnan(m) else f'{m:.6f}'},{n},{a:.6g}"
         for k, (m, n, a) in enumerate(zip(res.ms, res.n_active, res.max_activation, strict=True))
     ]
-    atomic_write_text(out / "scores.csv", "\n".join(lines) + "\n")
+    unit.write_text("scores.csv", "\n".join(lines) + "\n")
     summary.update(artifact="scores", **with_neuron_count(provenance, len(res.ms)))
     summary["name"] = name or out.name
     summary["n_images"] = res.n_images
@@ -167,14 +162,16 @@ def _write(
         summary["mean_ms_reason"] = summary["max_ms_reason"] = why
     hist = {label: res.ms}
     if raw_ms is not None:
-        save_npy(out / "raw_scores.npy", raw_ms)
+        unit.save_npy("raw_scores.npy", raw_ms)
         summary["raw_ms"] = summarize_ms(raw_ms)
         try:
             summary["sae_vs_raw"] = compare_sae_raw(res.ms, raw_ms)
         except ValueError as e:  # every SAE or every raw neuron is undefined
             summary["sae_vs_raw"], summary["sae_vs_raw_reason"] = None, f"undefined: {e}"
         hist["raw"] = raw_ms
-    ms_histogram(out / "ms_hist.png", hist)
-    atomic_write_text(out / "table.md", ms_tables([summary]) + "\n" + tradeoff_table([summary]))
-    write_json(out / "summary.json", summary)
+    if unit.active:
+        ms_histogram(out / "ms_hist.png", hist)
+        unit.add(*(f for f in FIGURES if (out / f).is_file()))
+    unit.write_text("table.md", ms_tables([summary]) + "\n" + tradeoff_table([summary]))
+    unit.write_json("summary.json", summary)
     return summary

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save, save_file
 from torch import Tensor
 
 from vlmsae.core.checksum import CHECKSUMS, bytes_checksum, checksum_problem, file_checksum
-from vlmsae.core.errors import CheckpointError
+from vlmsae.core.errors import CheckpointError, UserError
 from vlmsae.core.io import atomic_write, read_json, write_json
 from vlmsae.data.provenance import SOURCE_FIELDS, file_sha256
 from vlmsae.sae.config import CONFIG_SOURCE_FIELDS, SAEConfig
@@ -205,7 +205,10 @@ def save_trainer_state(path: str | Path, tensors: dict[str, torch.Tensor], meta:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(tensors, str(tmp / STATE_TENSORS_FILE), metadata={"step": str(meta["step"])})
+        try:
+            save_file(tensors, str(tmp / STATE_TENSORS_FILE), metadata={"step": str(meta["step"])})
+        except SafetensorError as e:  # a full disk: the OS error is only in the message
+            raise _safetensors_os_error(tmp / STATE_TENSORS_FILE, e) from e
         checksum = file_checksum(tmp / STATE_TENSORS_FILE)
         write_json(tmp / STATE_JSON_FILE, {**meta, CHECKSUMS: {STATE_TENSORS_FILE: checksum}})
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
@@ -219,6 +222,21 @@ def save_trainer_state(path: str | Path, tensors: dict[str, torch.Tensor], meta:
             shutil.rmtree(old, ignore_errors=True)
     for legacy in (STATE_TENSORS_FILE, STATE_JSON_FILE):  # the layout before checkpoints/
         (path / legacy).unlink(missing_ok=True)
+
+
+def _safetensors_os_error(path: Path, error: SafetensorError) -> Exception:
+    """The ``OSError`` inside a ``SafetensorError`` (``... (os error 28)``) as an
+    :class:`~vlmsae.core.errors.OutputError` when the user can fix it, else ``error``."""
+    import re
+
+    from vlmsae.core.io import output_error
+
+    found = re.search(r"(?:code: |os error )(\d+)", str(error))
+    if found is None:
+        return error
+    code = int(found.group(1))
+    converted = output_error(path, OSError(code, os.strerror(code)))
+    return converted if isinstance(converted, UserError) else error
 
 
 def has_trainer_state(path: str | Path) -> bool:

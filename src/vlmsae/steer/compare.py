@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from vlmsae.steer.neurons import (
 )
 from vlmsae.steer.steering import MODES, SAESteering, check_steerable
 from vlmsae.steer.table import MethodSpec, SteeringTable, steering_table
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ def make_items(
 
 def compare_steering(
     llava: Llava,
-    sae: Any,
+    sae: SAE,
     layer: int,
     train_images: Sequence[Any],
     train_labels: Sequence[str],

@@ -13,12 +13,15 @@ top images are mostly ``c`` (``method="ms"``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
 from vlmsae.steer.llava import Llava
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 POOLS = ("max", "mean")
 
@@ -113,7 +116,7 @@ def block_outputs(llava: Llava, images: Sequence[Any], layer: int, batch_size: i
 
 @torch.inference_mode()
 def image_codes(
-    llava: Llava, sae: Any, images: Sequence[Any], layer: int, *, pool: str = "max", **kw: Any
+    llava: Llava, sae: SAE, images: Sequence[Any], layer: int, *, pool: str = "max", **kw: Any
 ) -> np.ndarray:
     """``[N, S]`` SAE codes at block ``layer`` pooled over each image's tokens."""
     if pool not in POOLS:

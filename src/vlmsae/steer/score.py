@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
 from vlmsae.steer.llava import Llava, generate
 from vlmsae.steer.steering import steer_sae
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 SHAPE_QUESTION = "What is shown in this image? Use exactly one word!"
 
@@ -114,7 +117,7 @@ def steering_scores(
 
 def steering_score(
     llava: Llava,
-    sae: Any,
+    sae: SAE,
     layer: int,
     top_images: Mapping[int, Sequence[Any]],
     images: Sequence[Any],

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vlmsae.encoders import Encoder, SAEAttachment, attach_sae
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 MODES = {"replace": "replace", "preserve": "error"}
 """CLI mode name -> :func:`attach_sae` mode."""
@@ -72,7 +75,7 @@ def clamp_edit(
 
 def steer_sae(
     encoder: Encoder,
-    sae: Any,
+    sae: SAE,
     layer: int,
     neurons: Mapping[int, float],
     *,

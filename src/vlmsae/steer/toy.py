@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -35,6 +35,9 @@ from vlmsae.steer.toy_tasks import (
     train_set,
 )
 from vlmsae.toyworld.worlds import DEFAULT_WORLD, get_world
+
+if TYPE_CHECKING:
+    from vlmsae.sae.model import SAE
 
 __all__ = [
     "ToySteeringConfig",
@@ -144,7 +147,7 @@ def toyworld_steering(
     cfg: ToySteeringConfig | None = None,
     *,
     llava: Llava | None = None,
-    sae: Any | None = None,
+    sae: SAE | None = None,
 ) -> ToySteeringResult:
     """Run the toy-world insertion / suppression comparison and (optionally) write it.
 

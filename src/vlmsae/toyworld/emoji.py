@@ -46,8 +46,7 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "noisy", "colored"
 NONE = "none"
 """``second`` of an image with one emoji."""
 OBJECT_COUNTS: tuple[str, ...] = ("one", "two")
-"""Values of ``objects``: how many emoji an image shows (a factor the models see: the toy
-CLIP decodes it at 86 %, see docs/fidelity.md)."""
+"""Values of ``objects``: how many emoji an image shows (the toy CLIP sees it: fidelity.md)."""
 
 QUESTION_OBJECT = "What is shown in this image? Use exactly one word!"
 QUESTION_CAPTION = "Describe the image."

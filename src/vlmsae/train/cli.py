@@ -99,6 +99,9 @@ def train(
         if sweep is None:
             raise UserError("--sweep-placement places the SAEs of a --sweep; give --sweep too")
         check_placement(sweep_placement)
+    from vlmsae.core.outputs import check_not_other_output
+
+    check_not_other_output(out, "train", inputs=(activations, val))
     store = ActivationStore(activations)
     if store.is_sparse:
         raise UserError(
@@ -138,7 +141,8 @@ def train(
     summary = json.loads((out / "summary.json").read_text())
     final = summary.get("val") or summary["final"]
     typer.echo(
-        f"{model}\nwrote {out} — R² {fmt(final.get('r2'))}, L0 {fmt(final.get('l0'))}, "
+        f"{model}\nwrote {out} — R² {fmt(final.get('r2'))} (median per row "
+        f"{fmt(final.get('row_r2_median'))}), L0 {fmt(final.get('l0'))}, "
         f"dead {pct(final.get('dead_fraction', 0))}"
     )
     push(out, push_to_hub)

@@ -8,6 +8,7 @@ the batch variance (normalised MSE) and as the fraction of variance explained (R
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -156,18 +157,48 @@ def sae_loss(
 
 
 # -- metrics (no gradient) ------------------------------------------------------------
+TOP_ROWS = 0.01
+"""The share of rows (by variance) whose share of the variance :func:`dominance_warning`
+watches."""
+DOMINANT_SHARE = 0.5
+
+
+def dominance_warning(metrics: dict[str, Any]) -> str | None:
+    """A warning when the top :data:`TOP_ROWS` of rows hold over :data:`DOMINANT_SHARE` of
+    the variance (R² then describes those rows only), else None."""
+    share = metrics.get("top_rows_var_share")
+    if share is None or share <= DOMINANT_SHARE:
+        return None
+    return (
+        f"a few rows dominate the variance: the top {TOP_ROWS:.0%} of rows hold "
+        f"{share:.1%} of it, so R² ({metrics.get('r2', float('nan')):.4g}) describes those "
+        f"rows; the median per-row R² is {metrics.get('row_r2_median', float('nan')):.4g} "
+        "(look for outlier rows in the activations, or normalise them)"
+    )
+
+
 @torch.no_grad()
 def variance_metrics(
     x_BD: Tensor, x_hat_BD: Tensor, prefix_x_hats: tuple[Tensor, ...] = ()
 ) -> dict[str, Any]:
     """MSE (per element), normalised MSE (error / variance of ``x`` around its mean), R²
-    (``1 - nmse``, the fraction of variance explained) and, given more than one
-    Matryoshka prefix, the normalised MSE of every prefix."""
+    (``1 - nmse``, the fraction of variance explained), the median over rows of each row's
+    R² (``row_r2_median``: its error over its squared distance to the coordinate-wise median
+    row), the share of those squared distances held by the top 1 % of rows
+    (``top_rows_var_share``) and, given more than one Matryoshka prefix, the normalised
+    MSE of every prefix."""
     x_BD = x_BD.reshape(-1, x_BD.shape[-1]).float()
-    var = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
-    sq_err = (x_BD - x_hat_BD.reshape(x_BD.shape)).pow(2).sum()
+    row_err_B = (x_BD - x_hat_BD.reshape(x_BD.shape)).pow(2).sum(1)
+    var, sq_err = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12), row_err_B.sum()
     nmse = float(sq_err / var)
     metrics: dict[str, Any] = {"mse": float(sq_err / x_BD.numel()), "nmse": nmse, "r2": 1 - nmse}
+    # R² pools the rows: a few rows of huge norm can hold it all (see dominance_warning).
+    # Per row, the spread around the coordinate-wise median (a mean follows the huge rows).
+    row_var_B = (x_BD - x_BD.median(0).values).pow(2).sum(1)
+    metrics["row_r2_median"] = float((1 - row_err_B / row_var_B.clamp_min(1e-12)).median())
+    n_top = max(1, math.ceil(TOP_ROWS * len(row_var_B)))
+    share = row_var_B.topk(n_top).values.sum() / row_var_B.sum().clamp_min(1e-12)
+    metrics["top_rows_var_share"] = float(share)
     if len(prefix_x_hats) > 1:
         metrics["group_nmse"] = [
             float((x_BD - p.reshape(x_BD.shape)).pow(2).sum() / var) for p in prefix_x_hats

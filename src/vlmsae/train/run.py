@@ -43,7 +43,7 @@ from vlmsae.train.data import (
     make_source,
     shard_source,
 )
-from vlmsae.train.losses import LossOutput, batch_figures
+from vlmsae.train.losses import LossOutput, batch_figures, dominance_warning
 from vlmsae.train.placement import each_rank, owned
 from vlmsae.train.state import (
     MetricsLog,
@@ -379,6 +379,8 @@ class Run:
         val = metrics.get("val") or (
             evaluate_sae(self.sae, self.val_x, cfg.batch_size) if self.val_x is not None else None
         )
+        if warning := dominance_warning(val or metrics):
+            log.warning("%s", warning)
         summary = {
             "steps": state.step,
             "examples": state.step * cfg.batch_size,

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vlmsae.core.errors import UserError
-from vlmsae.core.io import atomic_write_text, read_json, to_json
+from vlmsae.core.io import atomic_write_text, output_error, read_json, to_json
 from vlmsae.data.provenance import check_same_images, source_differences
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.model import SAE
@@ -57,8 +57,14 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def append(self, metrics: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(to_json(metrics, indent=None) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(to_json(metrics, indent=None) + "\n")
+        except OSError as e:  # a full disk: one line for the user (a cut line is skipped)
+            converted = output_error(self.path, e)
+            if converted is e:
+                raise
+            raise converted from e
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
