@@ -128,7 +128,7 @@ def test_demo_runs_on_the_emoji_world_by_default(demo_run):
     assert summary["world"] == "emoji" and summary["config"]["world"] == "emoji"
     assert json.loads((out / "world" / "test" / "world.json").read_text())["world"] == "emoji"
     readme = (out / "README.md").read_text()
-    assert "emoji world" in readme and "346 concept values" in readme
+    assert "emoji world" in readme and "348 concept values" in readme  # 341 emoji, 5 bg, 1-2
     assert "same subgroup" in readme  # the hierarchy table speaks of the Unicode taxonomy
     exported = read_exported(out / "world" / "test")
     labels = world_labels(out / "world", [str(im.path) for im in exported])
