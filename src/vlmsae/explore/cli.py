@@ -19,7 +19,10 @@ PROBE_OPTIONS = ConfigOptions(
     prefix="steer",
     flags={"n_neurons": "--steer-top", "prompt": "--steer-prompt"},
     choices={"mode": ("replace", "preserve")},
-    help={"n_neurons": "Probe the K most monosemantic neurons (--llava)."},
+    help={
+        "n_neurons": "Probe the K most monosemantic neurons active on >= --min-active "
+        "images (--llava)."
+    },
 )
 
 
@@ -45,8 +48,10 @@ def explore_cmd(
     ),
     activations: Path | None = typer.Option(None, help="Activation store at the SAE's hook."),
     scores: Path | None = typer.Option(None, help="`vlmsae score` output of this SAE (MS)."),
-    embeddings: Path | None = typer.Option(
-        None, help="Embedding store to compute MS with (when --scores is not given)."
+    embeddings: list[str] | None = typer.Option(
+        None,
+        help="Embedding store to compute MS with, one MS column each (repeatable; NAME=PATH "
+        "names the embedder, else the store's model names it).",
     ),
     labels: Path | None = typer.Option(None, help="labels.csv written by `vlmsae label`."),
     model: str | None = typer.Option(
@@ -157,7 +162,7 @@ def label_cmd(
     """Name every neuron by zero-shot matching of its top images (activation weighted)
     against a vocabulary with a CLIP text tower; on the toy world, also the accuracy."""
     from vlmsae.core.lock import lock_until_exit
-    from vlmsae.explore.labels import label_sae
+    from vlmsae.explore.labels import label_accuracy_text, label_sae
 
     lock_until_exit(out, "vlmsae label")  # one writer per output directory
     summary = label_sae(sae, activations, out, clip=clip, vocab=vocab, template=template,
@@ -165,7 +170,5 @@ def label_cmd(
     line = f"{summary['n_labelled']} of {summary['n_neurons']} neurons labelled → {out}"
     t = summary.get("toyworld")
     if t is not None:
-        acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.1%}"
-        line += (f"; toy world: {t['n_correct']} of {t['n_monosemantic']} neurons with oracle "
-                 f"MS >= {t['min_oracle_ms']} carry a true concept ({acc})")  # fmt: skip
+        line += "; toy world: " + label_accuracy_text(t)
     typer.echo(line)

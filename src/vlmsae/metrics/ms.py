@@ -309,3 +309,13 @@ def compare_sae_raw(ms_sae: np.ndarray, ms_raw: np.ndarray) -> dict[str, Any]:
         "share_above_median_raw": float((sae > median).mean()),
         "n_above_best_raw": int((sae > best).sum()),
     }
+
+
+def embedder_name(manifest: dict[str, Any], fallback: str = "embedding") -> str:
+    """A short name of the embedder an embedding store was written with (every MS shown
+    names it, since MS depends on it): the model's short name (``dinov2-base``,
+    ``toyworld-oracle``), else ``fallback`` (e.g. the store's folder name)."""
+    from vlmsae.core.progress import model_label
+
+    model = manifest.get("model")
+    return model_label(model) if model else fallback

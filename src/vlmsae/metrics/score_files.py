@@ -83,6 +83,7 @@ def write_scores(
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of
     from vlmsae.metrics.fit import check_score_inputs
+    from vlmsae.metrics.ms import embedder_name
 
     acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
     image_R = image_index_of(acts_store)
@@ -90,6 +91,7 @@ def write_scores(
     provenance = check_score_inputs(acts_store, emb, image_R, sae_dir=sae, raw_store=raw_store,
                                     allow_mismatch=allow_mismatch)  # fmt: skip
     summary: dict[str, Any] = {"activations": str(activations), "embeddings": str(embeddings)}
+    summary["embedder"] = embedder_name(emb.manifest, Path(embeddings).name)  # MS depends on it
     summary.update({k: acts_store.manifest.get(k) for k in ("model", "hookpoint", "layer")})
     with writing(out, "vlmsae score"):
         scored = _score(summary, acts_store, emb, image_R, sae, raw_store, aggregate, chunk_rows)
@@ -174,7 +176,7 @@ def _write(
         except ValueError as e:  # every SAE or every raw neuron is undefined
             summary["sae_vs_raw"], summary["sae_vs_raw_reason"] = None, f"undefined: {e}"
         hist["raw"] = raw_ms
-    ms_histogram(out / "ms_hist.png", hist)
+    ms_histogram(out / "ms_hist.png", hist, embedder=summary.get("embedder"))
     atomic_write_text(out / "table.md", ms_tables([summary]) + "\n" + tradeoff_table([summary]))
     write_json(out / "summary.json", summary)
     return summary
