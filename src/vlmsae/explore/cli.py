@@ -27,8 +27,25 @@ PROBE_OPTIONS = ConfigOptions(
 
 
 def register(app: typer.Typer) -> None:
+    from vlmsae.formats.export import register_format
+
     app.command("explore")(explore_cmd)
     app.command("label")(label_cmd)
+    register_format("neuronpedia", "an explorer site (vlmsae explore --out SITE)", _neuronpedia)
+
+
+def _neuronpedia(source: Path, out: Path) -> str:
+    from vlmsae.core.errors import UserError
+    from vlmsae.core.lock import lock_until_exit
+    from vlmsae.explore.neuronpedia import export_command
+
+    if not (source / "data" / "index.js").is_file():
+        raise UserError(
+            f"{source} is not an explorer site (no data/index.js): --format neuronpedia "
+            "exports a site built by `vlmsae explore --out SITE`"
+        )
+    lock_until_exit(out, "vlmsae export")  # one writer per output directory
+    return export_command(source, out)
 
 
 def serve(site_dir: Path, port: int, host: str = "127.0.0.1") -> None:
