@@ -111,3 +111,4 @@ def test_an_sae_of_the_cls_token_is_refused_unless_allowed(setup):
     warnings = [line for line in allowed.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1 and "trained on the CLS token only (tokens=cls)" in warnings[0]
     assert "with {3: 50.0} at block 2:" in allowed.stdout
+    assert "\r" not in allowed.stderr and "Loading weights" not in allowed.stderr  # no bars

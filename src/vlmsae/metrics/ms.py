@@ -264,7 +264,8 @@ def monosemanticity(
         ms[k0:k1] = _accumulate_block(activations, embeddings, k0, k1, rng, chunk_rows, progress)
     result = MSResult(ms, rng.n_active, rng.hi, rng.lo, n)
     if result.n_undefined:
-        log.info("MS undefined for %d of %d neurons (dead or constant)", result.n_undefined, k)
+        # the callers say it with the name of what they score (score summary, demo lines)
+        log.debug("MS undefined for %d of %d neurons (dead or constant)", result.n_undefined, k)
     return result
 
 
