@@ -13,7 +13,7 @@ Every long loop of vlmsae calls :func:`progress` (a drop-in for ``tqdm(...)``) i
 
 In ``log`` mode a *heartbeat* also runs while a loop or an :func:`activity` (a named stage
 with no loop of its own, e.g. ``with activity("demo: score"):``) is open: when nothing was
-logged for :data:`LOG_INTERVAL_S` seconds it logs the innermost one's line (its count and eta,
+logged for 90 % of :data:`LOG_INTERVAL_S` it logs the innermost one's line (its count and eta,
 or "still running" with the time so far), so a log file is never silent for longer than that
 (``VLMSAE_PROGRESS_HEARTBEAT`` sets the interval in seconds). :func:`warn_once` logs a
 warning once per process (a sweep of 18 SAEs warns about a shared setting once, not 18 times).
@@ -269,6 +269,8 @@ class _Heartbeat:
 
     @staticmethod
     def interval() -> float:
+        """The longest silence allowed; the heartbeat speaks after 90 % of it, so that
+        polling and a busy process keep the gap under it."""
         return float(os.environ.get("VLMSAE_PROGRESS_HEARTBEAT", LOG_INTERVAL_S))
 
     def enter(self, item: Any) -> None:
@@ -293,7 +295,7 @@ class _Heartbeat:
         """Log the innermost open item's line if one is due; returns the line."""
         with self.lock:
             now = _clock()
-            if not self.open or now - self.last < self.interval():
+            if not self.open or now - self.last < 0.9 * self.interval():
                 return None
             line = self.open[-1].heartbeat_line(now)
         LogProgress._emit(line)
@@ -301,7 +303,7 @@ class _Heartbeat:
 
     def _run(self) -> None:
         while True:
-            time.sleep(max(0.05, min(5.0, self.interval() / 6)))
+            time.sleep(max(0.05, min(1.0, self.interval() / 20)))
             with self.lock:
                 if not self.open:
                     self.thread = None
