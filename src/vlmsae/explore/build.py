@@ -107,7 +107,9 @@ def _column_key(name: str, taken: set[str]) -> str:
     return key
 
 
-def _check_embedding(emb: ActivationStore, path: Path, codes_NS: Any, store: ActivationStore):
+def _check_embedding(
+    emb: ActivationStore, path: Path, codes_NS: Any, store: ActivationStore
+) -> None:
     if len(emb) != codes_NS.shape[0]:
         raise UserError(
             f"the embedding store {path} has {len(emb)} images but the activation "
