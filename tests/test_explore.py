@@ -396,3 +396,21 @@ def test_probe_ranks_only_neurons_active_on_min_active_images():
     assert probe_neurons(cols, 5, ProbeConfig(n_neurons=2), min_active=1) == [0, 1]
     with pytest.raises(UserError, match="active on >= 41 images"):
         probe_neurons(cols, 5, ProbeConfig(), min_active=41)
+
+
+def test_a_grid_names_the_embedder_of_its_ms(built, tmp_path):
+    """`vlmsae grid --scores` titles each panel with MS and the embedder `vlmsae score`
+    recorded (the SVG beside the PNG keeps the text with svg.fonttype none)."""
+    import matplotlib
+
+    args = ["top-images", built / "acts", "--sae", built / "sae", "--out", tmp_path / "top"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    grid = ["grid", tmp_path / "top", "--images", built / "acts", "--out", tmp_path / "g.png",
+            "--scores", built / "scores" / "scores.npy", "--top-n", "2",
+            "--min-active", "1"]  # fmt: skip
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        result = CliRunner().invoke(app, [str(a) for a in grid])
+    assert result.exit_code == 0, result.output
+    svg = (tmp_path / "g.svg").read_text()
+    assert svg.count("MS (emb) ") == 2, svg[:500]
