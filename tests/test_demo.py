@@ -4,6 +4,7 @@ and `--world shapes`, the shapes world's demo."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -201,3 +202,31 @@ def test_label_purity_counts_every_value_an_image_holds():
     assert label_purity(top_KT, {"emoji": held_NV})[0] == 1.0
     ints = {"a": np.array([0, 0, 1, 2]), "b": np.array([1, 1, 1, 0])}
     np.testing.assert_array_equal(label_purity(top_KT, ints), [1.0, np.nan, 0.5])
+
+
+def test_every_ms_of_the_demo_names_its_embedder_and_labels_give_both_shares(demo_run):
+    """The explorer's MS columns are the figures' (toy CLIP) and the oracle's, each named;
+    the tables name the embedder of every MS column; the report's label accuracy gives the
+    high-MS share and the share over every labelled neuron, each with its denominator."""
+    from vlmsae.explore.cards import read_index
+
+    out, _ = demo_run
+    index = read_index(out / "explore")
+    assert [(m["column"], m["embedder"]) for m in index["meta"]["ms"]] == [
+        ("ms", "toy CLIP"),
+        ("ms_oracle", "oracle"),
+    ]
+    assert index["meta"]["min_active"] == 16
+    for name in ("saes", "k_sweep"):
+        with open(out / "tables" / f"{name}.csv", newline="") as f:
+            header = next(csv.reader(f))
+        ms_cols = [c for c in header if "MS" in c]
+        assert ms_cols and all("toy CLIP" in c or "oracle" in c for c in ms_cols), header
+    summary = json.loads((out / "summary.json").read_text())
+    toy = summary["explore"]["labels"]["toyworld"]
+    readme = (out / "README.md").read_text()
+    high = f"{toy['n_correct']} of {toy['n_monosemantic']}"
+    every = f"{toy['n_correct_all_labelled']:,} of {toy['n_labelled']:,}"
+    assert f"labels name a true concept of {high}" in readme
+    assert f"and of {every}" in readme and "labelled neurons" in readme
+    assert toy["n_labelled"] >= toy["n_monosemantic"]

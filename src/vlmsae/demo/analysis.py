@@ -197,6 +197,13 @@ def score_sae(
     codes_csr = sp.csr_matrix(codes.numpy())
     neurons = score_neurons(codes_csr, emb, labels, cfg.top_n)
     sizes = tuple(sae.cfg.group_sizes)
+    log.info(
+        "score %s (%s): R² %.3f, mean MS %.3f (toy CLIP) / %.3f (oracle), %d of %d neurons "
+        "without an MS (dead or constant)", run.name, kind, 1.0 - resid / total,
+        np.nanmean(neurons.ms_clip) if np.isfinite(neurons.ms_clip).any() else float("nan"),
+        np.nanmean(neurons.ms_oracle) if np.isfinite(neurons.ms_oracle).any() else float("nan"),
+        int(np.isnan(neurons.ms_clip).sum()), len(neurons.ms_clip),
+    )  # fmt: skip
     return SAEScores(
         run=run,
         d_sae=sae.cfg.d_sae,
@@ -245,7 +252,10 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
         hook_images = ActivationStore(acts["test"][hook]).images
         assert hook_images == images, f"{hook} test store lists other images than the embeddings"
     x_by_hook = {hook: test_activations(acts, hook) for hook in cfg.hooks}
-    raw = {hook: score_neurons(x, emb, labels, cfg.top_n) for hook, x in x_by_hook.items()}
+    raw = {}
+    for hook, x in x_by_hook.items():
+        log.info("score the raw neurons of %s (%d)", hook, x.shape[1])
+        raw[hook] = score_neurons(x, emb, labels, cfg.top_n)
     saes = [
         score_sae(run, x_by_hook[run.hook], emb, labels, cfg)
         for run in tqdm(runs, desc="score SAEs", unit="sae")

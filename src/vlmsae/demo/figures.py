@@ -11,6 +11,9 @@ from vlmsae.demo.config import DemoConfig
 from vlmsae.metrics.maxms import max_ms_stats
 
 DPI = 150
+CLIP_EMBEDDER = "toy CLIP"
+"""Name of the embedder of every MS in the figures and tables (the toy CLIP's own image
+embedding; the oracle is named where it is used)."""
 
 
 def _plt():
@@ -54,6 +57,7 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
         out / "figures" / "ms_histogram.png",
         {"SAE neurons": s.neurons.ms_clip, "raw neurons": scores.raw[s.run.hook].ms_clip},
         title=f"{s.run.name}: SAE vs raw neurons",
+        embedder=CLIP_EMBEDDER,
     )
     figs.append(
         (
@@ -95,7 +99,8 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
     figs.append(
         (
             _save(fig, out, "max_ms_vs_expansion.png"),
-            "Highest MS against the SAE's expansion factor (mean over seeds): solid, over all "
+            "Highest MS (toy-CLIP embedding) against the SAE's expansion factor (mean over "
+            "seeds): solid, over all "
             f"neurons (the paper's); dotted, over neurons active on ≥ {cfg.min_active} images",
         )
     )
@@ -131,7 +136,7 @@ def k_sweep_figure(cfg: DemoConfig, scores: Scores) -> tuple[str, str]:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for label, fn, style in (
         ("R² (held out)", lambda s: s.r2, "-o"),
-        ("mean MS", lambda s: float(np.nanmean(s.neurons.ms_clip)), "-s"),
+        (f"mean MS ({CLIP_EMBEDDER})", lambda s: float(np.nanmean(s.neurons.ms_clip)), "-s"),
     ):
         per_k = [[fn(s) for s in sweep if s.run.k == k] for k in ks]
         mean = np.array([np.mean(v) for v in per_k])
@@ -142,7 +147,8 @@ def k_sweep_figure(cfg: DemoConfig, scores: Scores) -> tuple[str, str]:
     ax.legend()
     return (
         _save(fig, Path(cfg.out_dir), "r2_ms_vs_k.png"),
-        "Reconstruction (R²) and mean MS against K: mean over seeds, bars from min to max",
+        "Reconstruction (R²) and mean MS (toy CLIP) against K: mean over seeds, bars from min "
+        "to max",
     )
 
 
@@ -168,13 +174,15 @@ def grids(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
             s.neurons.top,
             scores.images,
             ms=ms,
+            ms_label=f"MS ({CLIP_EMBEDDER})",
             n_images=cfg.top_n,
             columns=cfg.n_grid,
         )
         figs.append(
             (
                 rel,
-                f"The {cfg.n_grid} {name} monosemantic neurons of {s.run.name} among its "
+                f"The {cfg.n_grid} {name} monosemantic neurons (MS under the toy-CLIP "
+                f"embedding) of {s.run.name} among its "
                 f"{len(alive)} neurons {rule}, each with its {cfg.top_n} highest-activating "
                 "images",
             )

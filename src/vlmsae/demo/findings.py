@@ -142,20 +142,25 @@ def findings(cfg: DemoConfig, nums: Numbers) -> tuple[list[Finding], dict[str, A
         )
         return m.diffs(pairs, "mean_ms_clip")
 
-    robust = f"Max MS over neurons active on ≥ {cfg.min_active} images"
+    robust = f"Max MS (toy CLIP) over neurons active on ≥ {cfg.min_active} images"
     per_run = "per hook × arch × seed"
     measured = {
         "spearman_clip_oracle": m.correlation(
             "ms_oracle", "MS under toy CLIP tracks MS under the oracle (Spearman ≥ 0.7)", 0.7
         ),
         "spearman_ms_purity": m.correlation(
-            "purity", "A neuron's MS tracks the label purity of its top images (ρ > 0)", 0.0
+            "purity",
+            "A neuron's MS (toy CLIP) tracks the label purity of its top images (ρ > 0)",
+            0.0,
         ),
         "share_above_median_raw": m.claim(
-            "Most SAE neurons score above the median raw neuron", share, 0.5, "share per SAE"
+            "Most SAE neurons score above the median raw neuron (MS, toy CLIP)",
+            share,
+            0.5,
+            "share per SAE",
         ),
         "max_ms_growth": m.claim(
-            "Max MS grows with expansion (the paper's max over all neurons)",
+            "Max MS (toy CLIP) grows with expansion (the paper's max over all neurons)",
             growth("max_ms_clip"),
             0.0,
             f"×{hi_e} − ×{lo_e} {per_run}",
@@ -167,7 +172,7 @@ def findings(cfg: DemoConfig, nums: Numbers) -> tuple[list[Finding], dict[str, A
             f"×{hi_e} − ×{lo_e} {per_run}",
         ),
         "smaller_k_higher_ms": m.claim(
-            "Smaller K gives higher mean MS",
+            "Smaller K gives higher mean MS (toy CLIP)",
             lambda saes: m.diffs(k_pairs(saes), "mean_ms_clip"),
             0.0,
             f"K {k_lo} − K {k_hi} per seed",
@@ -186,7 +191,7 @@ def findings(cfg: DemoConfig, nums: Numbers) -> tuple[list[Finding], dict[str, A
             "last − first group mean LCA depth per SAE",
         ),
         "matryoshka_ge_batchtopk": m.claim(
-            "Matryoshka ≥ BatchTopK in mean MS at equal width",
+            "Matryoshka ≥ BatchTopK in mean MS (toy CLIP) at equal width",
             mat_gain,
             0.0,
             "Matryoshka − BatchTopK per hook × expansion × seed",

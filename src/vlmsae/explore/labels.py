@@ -203,7 +203,10 @@ def toy_accuracy(
 ) -> dict[str, Any]:  # fmt: skip
     """Share of neurons with oracle MS >= ``min_ms`` whose label is a true concept of theirs:
     every word of the label is a concept value held by at least ``share`` of their top
-    images (labels of the dataset vocabulary name several values, e.g. "curved circle red").
+    images (labels of the dataset vocabulary name several values, e.g. "curved circle red");
+    and the same share over every labelled neuron, each with its count and denominator
+    (``n_correct`` of ``n_monosemantic``; ``n_correct_all_labelled`` of ``n_labelled``): the
+    first alone flatters, a handful of high-MS neurons out of a thousand labelled.
 
     ``truth``: the :class:`~vlmsae.explore.truth.ToyTruth` of the images ``top_SK`` indexes.
     """
@@ -224,8 +227,27 @@ def toy_accuracy(
         "n_monosemantic": len(chosen),
         "n_correct": int(sum(right)),
         "accuracy": float(np.mean(right)) if right else None,
+        "n_labelled": len(right_all),
+        "n_correct_all_labelled": int(sum(right_all)),
         "accuracy_all_labelled": float(np.mean(right_all)) if right_all else None,
     }
+
+
+def label_accuracy_text(t: dict[str, Any]) -> str:
+    """The toy-world label accuracy of :func:`toy_accuracy` in words, both shares with their
+    denominators: "labels name a true concept of 6 of 6 neurons with oracle MS >= 0.8
+    (100%) and of 236 of 1,027 labelled neurons (23%)"."""
+
+    def share(n: int, of: int, acc: float | None) -> str:
+        return f"{n:,} of {of:,}" + ("" if acc is None else f" ({acc:.0%})")
+
+    high = share(t["n_correct"], t["n_monosemantic"], t["accuracy"])
+    every = share(t.get("n_correct_all_labelled", 0), t.get("n_labelled", 0),
+                  t.get("accuracy_all_labelled"))  # fmt: skip
+    return (
+        f"labels name a true concept of {high} neurons with oracle MS >= "
+        f"{t['min_oracle_ms']} and of {every} labelled neurons"
+    )
 
 
 def write_labels_csv(path: Path, labels: NeuronLabels) -> None:

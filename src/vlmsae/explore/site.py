@@ -72,13 +72,18 @@ class ExploreConfig:
     """Draw patch heatmaps where the store has patch tokens or the model is given."""
     title: str = "vlmsae neurons"
     """Title of the site's pages."""
+    min_active: int = 16
+    """List, rank and steer-probe only neurons active on >= this many images (as the
+    paper's statistics do: a neuron firing on 2 images has MS 1.0); the site's filter
+    starts here and changes it (0: every neuron)."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "n_bins", "shard_size", "thumb_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_neighbours < 0:
-            raise ValueError(f"n_neighbours must be >= 0, got {self.n_neighbours}")
+        for name in ("n_neighbours", "min_active"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def _clean(obj: Any, digits: int = 4) -> Any:

@@ -53,13 +53,15 @@ def neuron_grid(
     image_paths: Sequence[str],
     *,
     ms: np.ndarray | None = None,
+    ms_label: str = "MS",
     n_images: int = 16,
     tile: int = 128,
     columns: int = 4,
     dpi: int = 300,
 ) -> dict[str, int]:
     """One panel per neuron (``n_images`` top images in a square grid, titled with the neuron
-    id and MS), panels side by side in rows of ``columns``; written as PNG (``dpi``: 300
+    id and MS, called ``ms_label``: name the embedder, e.g. ``"MS (dinov2-base)"``), panels
+    side by side in rows of ``columns``; written as PNG (``dpi``: 300
     prints at the figure's size) and as SVG and PDF beside it. Returns counts of drawn
     tiles."""
     import matplotlib
@@ -82,7 +84,7 @@ def neuron_grid(
         counts["drawn"] += drawn
         counts["unreadable"] += sum(p is not None for p in paths) - drawn
         ax.imshow(panel)
-        score = "" if ms is None or np.isnan(ms[k]) else f"  MS {ms[k]:.3f}"
+        score = "" if ms is None or np.isnan(ms[k]) else f"  {ms_label} {ms[k]:.3f}"
         ax.set_title(f"neuron {k}{score}", fontsize=8)
     for ax in axes:
         ax.axis("off")
