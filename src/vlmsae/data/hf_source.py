@@ -21,7 +21,7 @@ import numpy as np
 
 from vlmsae.core.errors import UserError
 from vlmsae.data.decode import Decoded, open_rgb
-from vlmsae.data.sources import expand_files, file_list, require
+from vlmsae.data.locate import expand_files, file_list, require
 
 if TYPE_CHECKING:
     from datasets import Dataset

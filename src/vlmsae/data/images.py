@@ -42,6 +42,7 @@ from vlmsae.data.decode import (  # noqa: F401 - re-exported: the decoding rules
     MAX_PIXELS,
     MAX_PIXELS_ENV,
     Decoded,
+    FileReader,
     max_pixels,
     open_rgb,
     to_rgb,
@@ -117,8 +118,6 @@ class ImageDataset:
         """What decodes image ``i`` in a worker process (picklable)."""
         if self.reader is not None:
             return self.reader
-        from vlmsae.data.sources import FileReader
-
         return FileReader(self.paths)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmsae.core.errors import UserError
-from vlmsae.data.sources import is_key
+from vlmsae.data.locate import is_key
 
 if TYPE_CHECKING:
     from vlmsae.data.store import ActivationStore

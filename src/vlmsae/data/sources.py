@@ -24,7 +24,6 @@ they are.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections.abc import Sequence
@@ -32,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from vlmsae.core.errors import UserError
-from vlmsae.data.decode import Decoded, open_rgb
+from vlmsae.data.decode import Decoded, FileReader, open_rgb  # noqa: F401 - FileReader: API
+from vlmsae.data.locate import is_key
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from vlmsae.data.images import ImageDataset
 
 SOURCE_KINDS = ("folder", "hf", "arrow", "parquet", "webdataset")
-KEY_SCHEME = re.compile(r"^(hf|arrow|parquet|tar):")
-"""Keys that are not file paths (never made absolute, opened by :func:`open_image`)."""
 
 
 @runtime_checkable
@@ -75,24 +73,6 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def open_reader(self) -> ImageReader: ...
-
-
-class FileReader:
-    """Image files by path (a folder source)."""
-
-    def __init__(self, paths: Sequence[str]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def read(self, i: int) -> Decoded:
-        return open_rgb(self.paths[i])
-
-
-def is_key(name: str) -> bool:
-    """Whether ``name`` is a source key (``tar:``, ``hf:``, ...) rather than a file path."""
-    return bool(KEY_SCHEME.match(name))
 
 
 def source_kind(spec: str | os.PathLike[str]) -> str:
@@ -163,51 +143,6 @@ def open_source(
         os.fspath(spec), kind, split, keep=keep, limit=limit, image_column=image_column,
         label_columns=tuple(label_columns),
     )  # fmt: skip
-
-
-def require(module: str, extra: str) -> Any:
-    """Import an optional dependency, or refuse with the extra that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(
-            f"this source needs the '{module}' package: pip install 'vlmsae[{extra}]'"
-        ) from None
-
-
-def expand_files(pattern: str, suffix: str) -> list[str]:
-    """The files a ``--data`` pattern names, absolute and in order: a folder (its ``*suffix``
-    files by name), brace syntax (``{000..099}``, in the order written), a glob (sorted) or
-    one file. Raises :class:`UserError` when none exist."""
-    path = Path(pattern)
-    if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.name.lower().endswith(suffix))
-    else:
-        expanded = _braces(pattern) if "{" in pattern else [pattern]
-        files = []
-        for item in expanded:
-            found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
-            files.extend(found)
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise UserError(f"--data {pattern}: no file {missing[0]}{more}")
-    if not files:
-        raise UserError(f"--data {pattern}: no {suffix} files found")
-    return [os.path.abspath(f) for f in files]
-
-
-def _braces(pattern: str) -> list[str]:
-    """WebDataset's brace syntax, expanded by the library it uses (``braceexpand``)."""
-    braceexpand = require("braceexpand", "wds")
-    return list(braceexpand.braceexpand(pattern))
-
-
-def file_list(files: Sequence[str]) -> list[dict[str, Any]]:
-    """``[{"file", "bytes"}]`` of ``files`` (a source's identity: its shards and their sizes)."""
-    return [{"file": f, "bytes": os.path.getsize(f)} for f in files]
 
 
 def open_image(key: str) -> Decoded:
