@@ -26,7 +26,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LONG_COMMANDS = [
     ["cache"], ["embed"], ["train"], ["score"], ["top-images"], ["uniqueness"], ["hierarchy"],
     ["steer-eval"], ["toyworld", "build"], ["toyworld", "evaluate"], ["toyworld", "export"],
-    ["demo"],
+    ["demo"], ["evaluate"],
 ]  # fmt: skip
 runner = CliRunner()
 

@@ -25,6 +25,7 @@ STAGES = (
     "metrics",
     "toyworld",
     "steer",
+    "evaluate",
     "report",
     "demo",
     "explore",

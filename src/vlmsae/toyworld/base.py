@@ -92,6 +92,8 @@ class World(ABC):
     """``ClipTrainConfig`` fields of the recipe."""
     build_llava: ClassVar[dict[str, Any]]
     """``LlavaTrainConfig`` fields of the recipe."""
+    build_dino: ClassVar[dict[str, Any]] = {}
+    """``SslTrainConfig`` fields of the recipe of the independent embedder (toy DINOv2)."""
     steer_every_object: ClassVar[bool]
     """Steering targets every object value (few enough); else a seeded draw of them, with
     training images added per target."""

@@ -1,4 +1,5 @@
-"""``build_toyworld``: train the toy CLIP and LLaVA from scratch and save them.
+"""``build_toyworld``: train the toy CLIP, LLaVA and DINOv2 (the independent embedder) from
+scratch and save them.
 
 The build is deterministic: the same seed, config and thread count give the same
 weights (CPU kernels are deterministic at a fixed thread count). The shipped models in
@@ -16,9 +17,10 @@ from typing import Any
 
 from vlmsae import __version__
 from vlmsae.core.io import write_json
-from vlmsae.toyworld.batches import make_batch
+from vlmsae.toyworld.batches import make_batch, make_image_processor
 from vlmsae.toyworld.clip import ClipTrainConfig, make_clip_processor, train_clip
 from vlmsae.toyworld.llava import LlavaTrainConfig, make_llava_processor, train_llava
+from vlmsae.toyworld.ssl import SslTrainConfig, similarity_vs_truth, train_ssl
 from vlmsae.toyworld.worlds import DEFAULT_WORLD, WORLDS, get_world
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class BuildConfig:
         default_factory=lambda: LlavaTrainConfig(**get_world().build_llava)
     )
     """The toy LLaVA's size and schedule (its ``seed`` is replaced by ``seed``)."""
+    dino: SslTrainConfig = field(default_factory=lambda: SslTrainConfig(**get_world().build_dino))
+    """The independent embedder's size and self-supervised schedule (``seed`` replaced)."""
     threads: int = 1
     """torch CPU threads; part of the recipe, since reductions depend on it."""
     world: str = DEFAULT_WORLD
@@ -66,6 +70,7 @@ def default_config(world: str | None = None, seed: int = 0) -> BuildConfig:
         n_train=w.build_n_train,
         clip=ClipTrainConfig(**w.build_clip),
         llava=LlavaTrainConfig(**w.build_llava),
+        dino=SslTrainConfig(**w.build_dino),
     )
 
 
@@ -79,7 +84,7 @@ def _save(model: Any, processor: Any, out_dir: Path) -> None:
     tmp.rename(out_dir)
 
 
-STAGES = ("clip", "llava")
+STAGES = ("clip", "llava", "dino")
 
 
 def _check_overwrite(out: Path, stages: tuple[str, ...], overwrite: bool) -> None:
@@ -102,7 +107,9 @@ def build_toyworld(
     stages: tuple[str, ...] = STAGES,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train both toy models and save them under ``out_dir/clip`` and ``out_dir/llava``.
+    """Train the toy models and save them under ``out_dir/clip``, ``out_dir/llava`` and
+    ``out_dir/dino`` (the independent embedder, with how well its similarities track the
+    truth's in the build record).
 
     Args:
         out_dir: models folder; default: the package's own, i.e. the shipped models.
@@ -113,7 +120,8 @@ def build_toyworld(
         config: the full recipe (default ``BuildConfig(seed=seed)``).
         stages: ``("llava",)`` retrains only the LLaVA around the CLIP already in
             ``out_dir/clip`` (saving and loading are exact, so the result is the same as
-            a full build's).
+            a full build's); ``("dino",)`` trains only the embedder, which reads no other
+            model.
 
     Returns the build record also written to ``out_dir/build.json``.
     """
@@ -153,6 +161,12 @@ def build_toyworld(
             llava = train_llava(data, clip, llava_cfg)
             timings["llava_s"] = time.perf_counter() - t0
             _save(llava, make_llava_processor(clip_cfg.patch_size, world), out / "llava")
+        if "dino" in stages:  # no label, caption or other model: images only
+            t0 = time.perf_counter()
+            dino = train_ssl(data.pixel_values_NCHW, replace(cfg.dino, seed=cfg.seed))
+            timings["dino_s"] = time.perf_counter() - t0
+            _save(dino, make_image_processor(), out / "dino")
+            notes["dino_vs_truth"] = similarity_vs_truth(out, world, seed=cfg.seed)
     finally:
         torch.set_num_threads(threads)
     record = {

@@ -31,6 +31,12 @@ def build(
     n_train: int = typer.Option(None, help="Training images (default: the recipe's)."),
     clip_steps: int = typer.Option(None, help="Toy CLIP steps (default: the recipe's)."),
     llava_steps: int = typer.Option(None, help="Toy LLaVA stage-2 steps (default: recipe)."),
+    dino_steps: int = typer.Option(None, help="Toy DINOv2 (embedder) steps (default: recipe)."),
+    stages: str = typer.Option(
+        "clip,llava,dino",
+        help="Models to train, comma-separated: clip, llava (around the CLIP in OUT), dino "
+        "(the independent embedder: images only).",
+    ),
     threads: int = typer.Option(1, help="torch CPU threads (part of the deterministic recipe)."),
     only_llava: bool = typer.Option(
         False, "--only-llava", help="Retrain only the LLaVA, around the CLIP already in OUT."
@@ -39,13 +45,14 @@ def build(
         False, "--overwrite", help="Replace the models OUT already holds (else refused)."
     ),
 ) -> None:
-    """Train the toy CLIP and LLaVA of a world from scratch, deterministically, and save them.
+    """Train the toy CLIP, LLaVA and DINOv2 of a world from scratch, deterministically, and
+    save them.
 
     With ``--world emoji`` and Noto Color Emoji installed, the glyphs are re-rendered from
     the font and compared with the shipped atlas first."""
     from dataclasses import replace
 
-    from vlmsae.toyworld.build import build_toyworld, default_config
+    from vlmsae.toyworld.build import STAGES, build_toyworld, default_config
     from vlmsae.toyworld.worlds import get_world
 
     cfg = replace(default_config(get_world(world).name, seed), threads=threads)
@@ -55,8 +62,14 @@ def build(
         cfg = replace(cfg, clip=replace(cfg.clip, steps=clip_steps))
     if llava_steps is not None:
         cfg = replace(cfg, llava=replace(cfg.llava, tune_steps=llava_steps))
-    stages = ("llava",) if only_llava else ("clip", "llava")
-    record = build_toyworld(out, config=cfg, stages=stages, overwrite=overwrite)
+    if dino_steps is not None:
+        cfg = replace(cfg, dino=replace(cfg.dino, steps=dino_steps))
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    if only_llava:
+        chosen = ("llava",)
+    if not chosen or set(chosen) - set(STAGES):
+        raise typer.BadParameter(f"choose among {', '.join(STAGES)}", param_hint="--stages")
+    record = build_toyworld(out, config=cfg, stages=chosen, overwrite=overwrite)
     typer.echo(json.dumps(record["timings"], indent=2))
 
 

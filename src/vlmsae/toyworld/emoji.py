@@ -291,6 +291,7 @@ class EmojiWorld(World):
         "tune_steps": 3000,
         "batch_size": 64,
     }
+    build_dino = {"steps": 2000}
     steer_every_object = False
     kept_concept = KeptConcept(QUESTION_CAPTION, "background", False, " background")
     demo_images = (16_000, 6_000)

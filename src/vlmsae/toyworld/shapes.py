@@ -321,6 +321,7 @@ class ShapesWorld(World):
         "tune_steps": 1500,
         "batch_size": 64,
     }
+    build_dino = {"steps": 1000}
     steer_every_object = True
     kept_concept = KeptConcept(QUESTION_COLOR, "color", one_word=True)
     demo_images = (8_000, 2_000)
