@@ -45,11 +45,16 @@ SOURCES = ("arrow", "parquet", "hf", pytest.param("webdataset", marks=NEEDS_WDS)
 
 @pytest.fixture(autouse=True)
 def _hf_cache(tmp_path_factory, monkeypatch):
-    """Parquet and dataset folders are converted to Arrow in the datasets cache: a fresh one."""
+    """Parquet and dataset folders are converted to Arrow in the datasets cache: a fresh one;
+    offline (the libraries read HF_HUB_OFFLINE when first imported: set their copies too)."""
+    import huggingface_hub.constants
+
     cache = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -246,3 +251,55 @@ def test_two_gloo_ranks_equal_one_process(sources, encoder, tmp_path, kind):
         assert b.images == a.images and _skipped(b) == _skipped(a)
         for key in ("images_sha256", "data_source", "dataset_root", "split"):
             assert b.manifest[key] == a.manifest[key]
+
+
+def test_evaluate_reads_every_label_column_of_the_source(tmp_path, encoder):
+    from vlmsae.evaluate.label_sources import load_labels
+
+    ims = random_images(6)
+    blobs = []
+    for im in ims:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    features = datasets.Features(
+        image=datasets.Image(),
+        animal=datasets.ClassLabel(names=["cat", "dog", "owl"]),
+        indoor=datasets.ClassLabel(names=["no", "yes"]),
+    )
+    rows = {"image": [{"bytes": b, "path": None} for b in blobs],
+            "animal": [0, 1, 2, 0, 1, 2], "indoor": [1, 1, 0, 0, 1, 0]}  # fmt: skip
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    data = open_source(tmp_path / "saved")  # two ClassLabel columns: no default label
+    assert data.labels == (-1,) * 6 and data.label_sets == {}
+    result = cache_activations(encoder, data, tmp_path / "acts", _cfg())
+    store = ActivationStore(result.stores["post_projection"])
+    labels = load_labels(store, None)  # the store's own source, every ClassLabel column
+    assert labels.names == ["animal:cat", "animal:dog", "animal:owl", "indoor:no", "indoor:yes"]
+    expected = np.zeros((6, 5), bool)
+    for n, (a, d) in enumerate(zip(rows["animal"], rows["indoor"], strict=True)):
+        expected[n, a] = expected[n, 3 + d] = True
+    np.testing.assert_array_equal(labels.present.toarray(), expected)
+    one = open_source(tmp_path / "saved", label_columns=["indoor"])
+    assert one.labels == tuple(rows["indoor"]) and one.classes == ("no", "yes")
+
+
+@NEEDS_WDS
+def test_the_cli_caches_shards_and_refuses_a_missing_one_in_one_line(sources, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmsae.cli import app
+
+    runner = CliRunner()
+    common = ["cache", "--model", "toyworld", "--layer", "1", "--batch-size", "4",
+              "--workers", "0", "--device", "cpu", "--quiet"]  # fmt: skip
+    ok = runner.invoke(app, [*common, "--data", sources["webdataset"], "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output + repr(ok.exception)
+    store = ActivationStore(tmp_path / "a" / "layer_1")
+    assert store.images[0].startswith("tar:") and len(store.manifest["skipped"]) == len(BAD)
+    missing = sources["webdataset"].replace("00001}", "00002}")
+    for data, words in ((missing, "no file"), ("hf:nobody/nothing-here", "cannot load hf")):
+        bad = runner.invoke(app, [*common, "--data", data, "--out", str(tmp_path / "b")])
+        lines = [ln for ln in bad.output.splitlines() if ln.strip()]
+        assert bad.exit_code == 2 and lines[-1].startswith("Error:") and words in lines[-1]
+        assert "Traceback" not in bad.output

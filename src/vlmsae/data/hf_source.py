@@ -172,12 +172,14 @@ def _label_columns(ds: Dataset, names: tuple[str, ...]) -> tuple[str, ...]:
     from datasets import ClassLabel
 
     features = ds.features
+    found = tuple(c for c, f in features.items() if isinstance(f, ClassLabel))
+    if names == ("*",):  # every ClassLabel column (evaluation against several labels)
+        return found
     for name in names:
         if name not in features:
             raise UserError(f"no label column {name!r}; columns: {', '.join(features)}")
     if names:
         return names
-    found = tuple(c for c, f in features.items() if isinstance(f, ClassLabel))
     if len(found) > 1:
         log.warning("several ClassLabel columns %s: no labels; choose with --label-column", found)
         return ()

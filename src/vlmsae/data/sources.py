@@ -111,8 +111,8 @@ def open_source(
 
     ``every`` keeps every n-th image, then ``limit`` the first n of those (as for folders).
     ``image_column`` / ``label_columns`` name the columns of a Hugging Face or Parquet source
-    (detected when unambiguous: the one ``Image`` feature, the one ``ClassLabel`` feature),
-    or the ``.json`` field of WebDataset labels.
+    (detected when unambiguous: the one ``Image`` feature, the one ``ClassLabel`` feature;
+    ``("*",)``: every ``ClassLabel`` column), or the ``.json`` field of WebDataset labels.
 
     Raises:
         UserError: the source is missing, or an optional extra it needs is not installed.
