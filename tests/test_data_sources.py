@@ -303,3 +303,28 @@ def test_the_cli_caches_shards_and_refuses_a_missing_one_in_one_line(sources, tm
         lines = [ln for ln in bad.output.splitlines() if ln.strip()]
         assert bad.exit_code == 2 and lines[-1].startswith("Error:") and words in lines[-1]
         assert "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("kind", ["arrow", pytest.param("webdataset", marks=NEEDS_WDS)])
+def test_the_explorer_and_grids_extract_the_images_of_a_source(tmp_path, kind):
+    from explore_fixtures import make_images, make_sae, make_token_store, read_js
+    from vlmsae.data.decode import open_rgb
+    from vlmsae.explore.build import build_site
+    from vlmsae.report.grid import tile_panel
+
+    make_images(tmp_path / "folder", 8)
+    files = load_dataset(tmp_path / "folder").paths  # the order every source follows
+    data = open_source(write_sources(tmp_path / "folder", tmp_path)[kind])
+    make_token_store(tmp_path / "acts", list(data.keys), d=8)
+    make_sae(tmp_path / "sae", d=8, d_sae=16)
+    build_site(tmp_path / "sae", tmp_path / "acts", tmp_path / "site")  # links by default
+    index = read_js(tmp_path / "site" / "data" / "index.js", "window.VLMSAE_INDEX = ")
+    assert index["meta"]["thumbs"] and index["images"]  # no file to link: thumbnails
+    for src in index["images"]:
+        i = int(Path(src).stem)
+        thumb = open_rgb(tmp_path / "site" / src).image
+        assert thumb is not None and thumb.tobytes() == open_rgb(files[i]).image.tobytes()
+    listing = json.loads((tmp_path / "site" / "data" / "images.json").read_text())
+    assert listing["images"] == {}  # the server answers only the site's own files
+    panel, drawn = tile_panel([*data.keys[:3], data.keys[0] + "-missing"], side=2, tile=8)
+    assert drawn == 3 and panel.shape == (16, 16, 3)
