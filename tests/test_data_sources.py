@@ -293,7 +293,8 @@ def test_the_cli_caches_shards_and_refuses_a_missing_one_in_one_line(sources, tm
     runner = CliRunner()
     common = ["cache", "--model", "toyworld", "--layer", "1", "--batch-size", "4",
               "--workers", "0", "--device", "cpu", "--quiet"]  # fmt: skip
-    ok = runner.invoke(app, [*common, "--data", sources["webdataset"], "--out", str(tmp_path / "a")])
+    out = str(tmp_path / "a")
+    ok = runner.invoke(app, [*common, "--data", sources["webdataset"], "--out", out])
     assert ok.exit_code == 0, ok.output + repr(ok.exception)
     store = ActivationStore(tmp_path / "a" / "layer_1")
     assert store.images[0].startswith("tar:") and len(store.manifest["skipped"]) == len(BAD)
