@@ -298,6 +298,9 @@ def test_the_cli_caches_shards_and_refuses_a_missing_one_in_one_line(sources, tm
     assert ok.exit_code == 0, ok.output + repr(ok.exception)
     store = ActivationStore(tmp_path / "a" / "layer_1")
     assert store.images[0].startswith("tar:") and len(store.manifest["skipped"]) == len(BAD)
+    shown = runner.invoke(app, ["inspect", str(tmp_path / "a" / "layer_1")])
+    assert shown.exit_code == 0 and "data: webdataset" in shown.output
+    assert "(2 files," in shown.output
     missing = sources["webdataset"].replace("00001}", "00002}")
     for data, words in ((missing, "no file"), ("hf:nobody/nothing-here", "cannot load hf")):
         bad = runner.invoke(app, [*common, "--data", data, "--out", str(tmp_path / "b")])

@@ -133,7 +133,7 @@ def _load(kind: str, location: str, split: str | None) -> tuple[Dataset, str]:
             loaded = datasets.load_dataset("parquet", data_files={split or "train": files})
         else:
             name, _, config = location.partition(":")
-            loaded = datasets.load_dataset(name, config or None)
+            loaded = datasets.load_dataset(name, config or None, split=split)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
         hint = " (with HF_HUB_OFFLINE=1: only datasets in the local cache)" if kind == "hf" else ""
         raise UserError(f"cannot load {kind} dataset {location}{hint}: {e}") from e
