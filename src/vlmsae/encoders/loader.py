@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from vlmsae.data.sources import FileReader, ImageReader
+from vlmsae.data.decode import FileReader
+from vlmsae.data.sources import ImageReader
 
 log = logging.getLogger(__name__)
 
