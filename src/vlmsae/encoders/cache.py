@@ -33,8 +33,9 @@ from vlmsae.core.interrupt import graceful_stop
 from vlmsae.core.io import read_json, remove_stale_temps, write_json
 from vlmsae.core.lock import output_lock
 from vlmsae.core.progress import model_label, progress_bar
-from vlmsae.data.images import ImageDataset, load_dataset
+from vlmsae.data.images import ImageDataset
 from vlmsae.data.merge import check_rank_parts, merge_rank_parts, rank_part_dir
+from vlmsae.data.sources import open_source
 from vlmsae.data.store import MANIFEST, ActivationStore, StoreError, StoreWriter
 from vlmsae.encoders.adapters import Encoder
 from vlmsae.encoders.codes import sae_codes
@@ -47,7 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # cast before the copy
-_CHECKED_META = ("model", "hookpoint", "layer", "tokens", "split", "dataset_size", "image_range")
+_CHECKED_META = (
+    "model", "hookpoint", "layer", "tokens", "split", "dataset_size", "image_range", "data_source"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def _as_encoder(encoder: Encoder | str | Path, device: str | None) -> Encoder:
 
 
 def _as_dataset(dataset: ImageDataset | str | Path, split: str | None) -> ImageDataset:
-    return dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, split)
+    return dataset if isinstance(dataset, ImageDataset) else open_source(dataset, split)
 
 
 def _base_meta(encoder: Encoder, data: ImageDataset) -> dict[str, Any]:
@@ -181,6 +184,8 @@ def _base_meta(encoder: Encoder, data: ImageDataset) -> dict[str, Any]:
         "dataset_size": len(data),
         # entries of the folder that are not images of the dataset (dangling / looping links)
         "unlisted": [{"path": p, "reason": r} for p, r in data.skipped],
+        # a Hugging Face / Parquet / WebDataset source: name, revision or fingerprint, files
+        **({"data_source": dict(data.source)} if data.source else {}),
     }
 
 
@@ -200,10 +205,12 @@ def cache_activations(
 
     Args:
         encoder: an :class:`Encoder`, or a hub id / local folder to load one from.
-        dataset: an :class:`~vlmsae.data.images.ImageDataset` or a dataset folder.
+        dataset: an :class:`~vlmsae.data.images.ImageDataset`, or a ``--data`` source
+            (:func:`vlmsae.data.sources.open_source`: a folder, ``hf:ORG/NAME``, Parquet,
+            WebDataset shards).
         out_dir: output directory (layout in the module docstring).
         cfg: what to cache.
-        split: split folder when ``dataset`` is a path.
+        split: split (folder) when ``dataset`` is not listed yet.
         sae: an SAE (``encode``/``decode``) or an SAE checkpoint directory; its codes at
             ``sae_hookpoint`` are stored too.
         sae_hookpoint: block index or ``"post_projection"``; defaults to the SAE's own
@@ -293,11 +300,13 @@ def _run(
     if start > share.start:
         log.info("resuming at image %d of %d", start, n)
     loader = image_batches(
-        data.paths[: share.stop],
+        data.keys,
         enc.processor,
         batch_size=cfg.batch_size,
         workers=cfg.workers,
         start=start,
+        stop=share.stop,
+        reader=data.open_reader(),
         pin_memory=enc.device.type == "cuda",
     )
     t0 = time.perf_counter()

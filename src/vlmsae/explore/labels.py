@@ -73,11 +73,16 @@ def toy_world_spec(spec: str, default: Any = None) -> Any:
 
 
 def load_vocabulary(
-    spec: str, template: str = DEFAULT_TEMPLATE, images: Sequence[str] = (), world: Any = None
+    spec: str,
+    template: str = DEFAULT_TEMPLATE,
+    images: Sequence[str] = (),
+    world: Any = None,
+    classes: Sequence[str] = (),
 ) -> Vocabulary:
     """The vocabulary named by ``spec``: ``imagenet``, ``toyworld`` (the concept values of
     ``world``, default the shapes world, with the prompts its CLIP was trained on),
-    ``toyworld:WORLD``, ``dataset`` (the class folders of ``images``) or a text file with
+    ``toyworld:WORLD``, ``dataset`` (``classes``, the class names a Hugging Face or
+    WebDataset source recorded, else the class folders of ``images``) or a text file with
     one word per line (``#`` comments; ``word<TAB>prompt`` gives a prompt of its own)."""
     if "{}" not in template:
         raise UserError(f"--template {template!r} must contain {{}} where the word goes")
@@ -90,7 +95,7 @@ def load_vocabulary(
         ]
         return Vocabulary([w for w, _ in pairs], [p for _, p in pairs])
     if spec == "dataset":
-        words = sorted({_class_name(p) for p in images})
+        words = sorted(set(classes) if classes else {_class_name(p) for p in images})
         if len(words) < 2:
             raise UserError(
                 "--vocab dataset needs images in at least two class folders; give --vocab "
@@ -124,8 +129,9 @@ def clip_embeddings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unit CLIP embeddings ``(images [I, E], texts [V, E])`` of a CLIP-family model."""
     import torch
-    from PIL import Image
     from transformers import AutoModel, AutoProcessor
+
+    from vlmsae.data.sources import load_rgb
 
     model = AutoModel.from_pretrained(str(clip)).eval()
     processor = AutoProcessor.from_pretrained(str(clip))
@@ -134,7 +140,7 @@ def clip_embeddings(
     img, txt = [], []
     with torch.inference_mode():
         for lo in range(0, len(image_paths), batch_size):
-            pil = [Image.open(p).convert("RGB") for p in image_paths[lo : lo + batch_size]]
+            pil = [load_rgb(p) for p in image_paths[lo : lo + batch_size]]
             pix = processor(images=pil, return_tensors="pt")["pixel_values"]
             img.append(_unit(model.get_image_features(pixel_values=pix)))
         n_positions = _text_positions(model, processor, texts)
@@ -307,7 +313,8 @@ def label_sae(
     clip = clip or store.manifest.get("model")
     if not clip:
         raise UserError("the store names no model; give --clip MODEL (a CLIP-family model)")
-    vocabulary = load_vocabulary(vocab, template, store.images, world)
+    classes = (store.manifest.get("data_source") or {}).get("classes") or ()
+    vocabulary = load_vocabulary(vocab, template, store.images, world, classes)
     codes_NS = per_image(encode_rows(sae, store), image_index_of(store))
     top = top_images(codes_NS, top_k)
     result = label_neurons(clip, store.images, top.indices, top.values, vocabulary)

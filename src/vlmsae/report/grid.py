@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from vlmsae.data.sources import open_image
 from vlmsae.report.figures import save_figure
 
 log = logging.getLogger(__name__)
@@ -20,16 +20,15 @@ log = logging.getLogger(__name__)
 def _tile(path: str | None, size: int) -> tuple[np.ndarray, bool]:
     if path is None:
         return np.full((size, size, 3), 200, np.uint8), False
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = min(w, h)
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            return np.asarray(im.resize((size, size))), True
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        log.debug("unreadable image %s: %s", path, e)
+    decoded = open_image(path)  # a file, a .tar member or a dataset row (images.jsonl keys)
+    if decoded.image is None:
+        log.debug("unreadable image %s: %s", path, decoded.error)
         return np.full((size, size, 3), 160, np.uint8), False
+    im = decoded.image
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return np.asarray(im.resize((size, size))), True
 
 
 def tile_panel(paths: Sequence[str | Path | None], side: int, tile: int) -> tuple[np.ndarray, int]:
