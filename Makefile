@@ -19,7 +19,7 @@ TORCH_PIN = torch==$$($(PY) -c "import torch; print(torch.__version__.split('+')
 TORCH_FIRST = $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 $(STAMP): pyproject.toml | $(PY)
 	$(TORCH_FIRST)
-	$(PY) -m pip install -e ".[dev,interop]" "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[dev,interop,hf,wds]" "$(TORCH_PIN)"
 	@# nnsight (under dictionary-learning) pulls torchvision, whose PyPI build is made for the
 	@# CUDA torch: next to the CPU torch its operators fail to register, and transformers'
 	@# image models then fail to import. Nothing here uses torchvision: remove a broken one.

@@ -61,10 +61,11 @@ def make_sae(path: Path, d: int, d_sae: int, k: int = 4, groups=None):
     return sae
 
 
-def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int) -> Path:
-    """A tiny SAE over a token store, scored by `vlmsae score`, labelled by `vlmsae label`
-    (toy CLIP, toy vocabulary) and explored with `vlmsae explore --copy-images` into
-    ``root/site``; every step through the CLI."""
+def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int, min_active: int = 16) -> Path:
+    """A tiny SAE over a token store, scored by `vlmsae score` (embedding store ``emb``),
+    labelled by `vlmsae label` (toy CLIP, toy vocabulary) and explored with `vlmsae explore
+    --copy-images` into ``root/site`` with a second MS column (``--embeddings
+    second=emb2``); every step through the CLI."""
     from typer.testing import CliRunner
 
     from vlmsae.cli import app
@@ -78,6 +79,11 @@ def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int) -> Path:
             np.arange(n_images))  # fmt: skip
     emb.mark(n_images)
     emb.close(images=paths, n_images=n_images)
+    emb2 = StoreWriter(root / "emb2", 5, kind="embeddings", dtype="float32")  # a second embedder
+    emb2.add(np.random.default_rng(2).normal(size=(n_images, 5)).astype(np.float32),
+             np.arange(n_images))  # fmt: skip
+    emb2.mark(n_images)
+    emb2.close(images=paths, n_images=n_images)
     runner = CliRunner()
     for args in (
         ["score", "--activations", root / "acts", "--embeddings", root / "emb",
@@ -86,7 +92,7 @@ def build_tiny_site(root: Path, n_images: int, d: int, d_sae: int) -> Path:
          root / "labels", "--clip", "toyworld", "--vocab", "toyworld"],
         ["explore", "--sae", root / "sae", "--activations", root / "acts", "--out",
          root / "site", "--scores", root / "scores", "--labels", root / "labels" / "labels.csv",
-         "--copy-images"],
+         "--embeddings", f"second={root / 'emb2'}", "--min-active", min_active, "--copy-images"],
     ):  # fmt: skip
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, (args[0], result.output, result.exception)

@@ -38,8 +38,6 @@ ALLOWED_UP = {
     ),
 }
 MAX_LINES = 400
-# TODO(restructure): removed when the last cycle, long module and `Any` parameter are gone.
-PENDING = pytest.mark.xfail(reason="restructure in progress", strict=False)
 
 
 def _modules() -> dict[str, Path]:
@@ -168,7 +166,6 @@ def test_every_module_is_in_a_room():
     assert not outside, f"modules outside the rooms {ROOMS}: {outside}"
 
 
-@PENDING
 def test_modules_stay_small():
     big = {
         str(p.relative_to(SRC)): n

@@ -4,6 +4,7 @@ and `--world shapes`, the shapes world's demo."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -141,7 +142,7 @@ def test_demo_runs_on_the_emoji_world_by_default(demo_run):
     assert summary["world"] == "emoji" and summary["config"]["world"] == "emoji"
     assert json.loads((out / "world" / "test" / "world.json").read_text())["world"] == "emoji"
     readme = (out / "README.md").read_text()
-    assert "emoji world" in readme and "348 concept values" in readme
+    assert "emoji world" in readme and "348 concept values" in readme  # 341 emoji, 5 bg, 1-2
     assert "same subgroup" in readme  # the hierarchy table speaks of the Unicode taxonomy
     exported = read_exported(out / "world" / "test")
     labels = world_labels(out / "world", [str(im.path) for im in exported])
@@ -302,3 +303,31 @@ def test_demo_scores_ms_with_the_independent_embedder(demo_run):
     assert got["mean_ms_dino"] != pytest.approx(got["mean_ms_clip"])
     assert {"mean_ms_oracle", "p50_ms_active_dino", "p90_ms_active_dino"} <= set(got)
     assert "toy DINOv2" in (out / "README.md").read_text()
+
+
+def test_every_ms_of_the_demo_names_its_embedder_and_labels_give_both_shares(demo_run):
+    """The explorer's MS columns are the figures' (toy CLIP) and the oracle's, each named;
+    the tables name the embedder of every MS column; the report's label accuracy gives the
+    high-MS share and the share over every labelled neuron, each with its denominator."""
+    from vlmsae.explore.cards import read_index
+
+    out, _ = demo_run
+    index = read_index(out / "explore")
+    assert [(m["column"], m["embedder"]) for m in index["meta"]["ms"]] == [
+        ("ms", "toy CLIP"),
+        ("ms_oracle", "oracle"),
+    ]
+    assert index["meta"]["min_active"] == 16
+    for name in ("saes", "k_sweep"):
+        with open(out / "tables" / f"{name}.csv", newline="") as f:
+            header = next(csv.reader(f))
+        ms_cols = [c for c in header if "MS" in c]
+        assert ms_cols and all("toy CLIP" in c or "oracle" in c for c in ms_cols), header
+    summary = json.loads((out / "summary.json").read_text())
+    toy = summary["explore"]["labels"]["toyworld"]
+    readme = (out / "README.md").read_text()
+    high = f"{toy['n_correct']} of {toy['n_monosemantic']}"
+    every = f"{toy['n_correct_all_labelled']:,} of {toy['n_labelled']:,}"
+    assert f"labels name a true concept of {high}" in readme
+    assert f"and of {every}" in readme and "labelled neurons" in readme
+    assert toy["n_labelled"] >= toy["n_monosemantic"]

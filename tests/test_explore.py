@@ -343,3 +343,74 @@ def test_toy_accuracy_counts_labels_whose_every_word_is_a_shared_concept():
     res = toy_accuracy(labels, top, truth, np.array([0.9, 0.85, 0.95, 0.99]))
     assert (res["n_monosemantic"], res["n_correct"]) == (4, 2)
     assert res["accuracy"] == 0.5 and res["accuracy_all_labelled"] == pytest.approx(2 / 3)
+    assert (res["n_correct_all_labelled"], res["n_labelled"]) == (2, 3)
+    low = toy_accuracy(labels, top, truth, np.array([0.9, 0.1, 0.1, 0.1]))  # 1 high-MS neuron
+    from vlmsae.explore.labels import label_accuracy_text
+
+    assert label_accuracy_text(low) == (
+        "labels name a true concept of 1 of 1 (100%) neurons with oracle MS >= 0.8 and of "
+        "2 of 3 (67%) labelled neurons"
+    )
+
+
+def test_every_ms_column_is_the_ms_under_its_named_embedder(built):
+    """The site's MS columns: ``ms`` from `vlmsae score` (its embedder from the score
+    summary), ``ms_second`` computed under ``--embeddings second=emb2``; each equals MS
+    computed directly under that store, and the score summary names its embedder."""
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.explore.neurons import encode_rows, per_image
+    from vlmsae.metrics._source import image_index_of
+    from vlmsae.metrics.ms import monosemanticity
+    from vlmsae.sae import SAE
+
+    index = read_js(built / "site" / "data" / "index.js", "window.VLMSAE_INDEX = ")
+    meta = index["meta"]
+    assert json.loads((built / "scores" / "summary.json").read_text())["embedder"] == "emb"
+    names = [(m["column"], m["embedder"]) for m in meta["ms"]]
+    assert names == [("ms", "emb"), ("ms_second", "second")]
+    store = ActivationStore(built / "acts")
+    codes = per_image(encode_rows(SAE.load(built / "sae"), store), image_index_of(store))
+    for column, emb in (("ms", "emb"), ("ms_second", "emb2")):
+        want = monosemanticity(codes, ActivationStore(built / emb)).ms
+        got = np.array([np.nan if v is None else v for v in index["columns"][column]])
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-6)
+    assert not np.allclose(np.nan_to_num(index["columns"]["ms"], nan=0.0),
+                           np.nan_to_num(index["columns"]["ms_second"], nan=0.0))  # fmt: skip
+
+
+def test_score_names_the_embedder(built, tmp_path):
+    args = ["score", "--activations", built / "acts", "--embeddings", built / "emb2",
+            "--sae", built / "sae", "--out", tmp_path / "s"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "MS under the emb2 embedding over 24 images" in result.output
+
+
+def test_probe_ranks_only_neurons_active_on_min_active_images():
+    from vlmsae.core.errors import UserError
+    from vlmsae.explore.probe import ProbeConfig, probe_neurons
+
+    cols = {"ms": np.array([1.0, 0.99, 0.6, 0.7, 0.5]), "max_act": np.ones(5),
+            "n_active": np.array([2, 3, 40, 16, 15])}  # fmt: skip
+    assert probe_neurons(cols, 5, ProbeConfig(n_neurons=2), min_active=16) == [3, 2]
+    assert probe_neurons(cols, 5, ProbeConfig(n_neurons=2), min_active=1) == [0, 1]
+    with pytest.raises(UserError, match="active on >= 41 images"):
+        probe_neurons(cols, 5, ProbeConfig(), min_active=41)
+
+
+def test_a_grid_names_the_embedder_of_its_ms(built, tmp_path):
+    """`vlmsae grid --scores` titles each panel with MS and the embedder `vlmsae score`
+    recorded (the SVG beside the PNG keeps the text with svg.fonttype none)."""
+    import matplotlib
+
+    args = ["top-images", built / "acts", "--sae", built / "sae", "--out", tmp_path / "top"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    grid = ["grid", tmp_path / "top", "--images", built / "acts", "--out", tmp_path / "g.png",
+            "--scores", built / "scores" / "scores.npy", "--top-n", "2",
+            "--min-active", "1"]  # fmt: skip
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        result = CliRunner().invoke(app, [str(a) for a in grid])
+    assert result.exit_code == 0, result.output
+    svg = (tmp_path / "g.svg").read_text()
+    assert svg.count("MS (emb) ") == 2, svg[:500]

@@ -63,6 +63,13 @@ def all_row_ids(driver) -> list[int]:
     return seen
 
 
+def set_min_active(driver, n: int) -> None:
+    """Type ``n`` into the index's "active on >= N images" filter."""
+    box = driver.find_element("id", "min-active")
+    box.clear()
+    box.send_keys(str(n))
+
+
 def column(driver, name: str) -> list[str]:
     return driver.execute_script(
         f"return [...document.querySelectorAll('#rows td[data-col={name}]')]"
@@ -73,8 +80,46 @@ def column(driver, name: str) -> list[str]:
 def test_index_lists_every_neuron(page, site):
     site_dir, _ = site
     open_index(page, site_dir)
+    set_min_active(page, 0)
     assert sorted(all_row_ids(page)) == list(range(D_SAE))
     assert page.find_element("id", "count").text == f"{D_SAE} of {D_SAE} neurons"
+
+
+def test_the_list_starts_at_neurons_active_on_min_active_images(page, site):
+    """The paper's rule by default (a neuron on 2 images has MS 1.0): the filter shows it,
+    starts at the site's --min-active and changes the list when typed into."""
+    site_dir, index = site
+    n_active = index["columns"]["n_active"]
+    assert index["meta"]["min_active"] == 16
+    open_index(page, site_dir)
+    assert page.find_element("id", "min-active").get_attribute("value") == "16"
+    kept = [i for i in range(D_SAE) if n_active[i] >= 16]
+    assert 0 < len(kept) < D_SAE  # the fixture has neurons on both sides
+    assert sorted(all_row_ids(page)) == kept
+    assert page.find_element("id", "count").text == (
+        f"{len(kept)} of {D_SAE} neurons (active on ≥ 16 images)"
+    )
+    open_index(page, site_dir)
+    set_min_active(page, 9)
+    assert sorted(all_row_ids(page)) == [i for i in range(D_SAE) if n_active[i] >= 9]
+
+
+def test_every_ms_column_names_its_embedder(page, site):
+    site_dir, index = site
+    assert [(m["column"], m["embedder"]) for m in index["meta"]["ms"]] == [
+        ("ms", "emb"),
+        ("ms_second", "second"),
+    ]
+    open_index(page, site_dir)
+    heads = {c: page.find_element("css selector", f'th[data-col="{c}"]').text
+             for c in ("ms", "ms_second")}  # fmt: skip
+    assert heads == {"ms": "MS (emb)", "ms_second": "MS (second)"}
+    n = next(i for i in range(D_SAE) if index["columns"]["ms_second"][i] is not None)
+    open_index(page, site_dir, f"#/neuron/{n}")
+    terms = page.execute_script(
+        "return [...document.querySelectorAll('dl.stats dt')].map(d => d.textContent)"
+    )
+    assert {"MS (emb)", "MS (second)"} <= set(terms)
 
 
 def test_sorting_by_ms_orders_the_rows(page, site):
@@ -82,7 +127,9 @@ def test_sorting_by_ms_orders_the_rows(page, site):
     open_index(page, site_dir)
     page.find_element("css selector", 'th[data-col="ms"]').click()
     shown = [None if t == "–" else float(t) for t in column(page, "ms")]
-    want = sorted((m for m in index["columns"]["ms"] if m is not None), reverse=True)
+    ms, n_active = index["columns"]["ms"], index["columns"]["n_active"]
+    kept = [m for m, n in zip(ms, n_active, strict=True) if n >= 16]  # the default filter
+    want = sorted((m for m in kept if m is not None), reverse=True)
     assert shown[: len(want)][:100] == pytest.approx([round(m, 3) for m in want][:100], abs=1e-3)
     assert all(a >= b for a, b in zip(shown[:-1], shown[1:], strict=True) if b is not None)
     page.find_element("css selector", 'th[data-col="ms"]').click()  # again: ascending
@@ -96,6 +143,7 @@ def test_search_finds_a_label(page, site):
     words = [w for w in labels if w]
     word = min(set(words), key=words.count)  # the rarest label
     open_index(page, site_dir)
+    set_min_active(page, 0)
     page.find_element("id", "search").send_keys(word)
     want = {i for i, w in enumerate(labels) if w and word in w}
     assert all(word in t for t in column(page, "label"))
@@ -168,7 +216,7 @@ def test_served_site_opens_on_localhost(page, site):
     root = site[0].parent
     site_dir = root / "runs" / "linked" / "site"
     args = ["explore", "--sae", root / "sae", "--activations", root / "acts", "--out", site_dir,
-            "--scores", root / "scores"]  # fmt: skip
+            "--scores", root / "scores", "--min-active", "0"]  # fmt: skip
     assert CliRunner().invoke(app, [str(a) for a in args]).exit_code == 0
     port = _free_port()
     server = subprocess.Popen(
@@ -257,10 +305,12 @@ def test_an_emoji_world_site_lists_searches_and_opens_its_neurons(driver, emoji_
     site_dir, index = emoji_site
     n_s = index["meta"]["d_sae"]
     open_index(driver, site_dir)
+    set_min_active(driver, 0)
     assert sorted(all_row_ids(driver)) == list(range(n_s))
     labels = index["columns"]["label"]
     word = min({w for w in labels if w}, key=labels.count)
     open_index(driver, site_dir)
+    set_min_active(driver, 0)
     driver.find_element("id", "search").send_keys(word)
     concepts = index["columns"]["concept"]
     want = {i for i in range(n_s) if word in f"{i} {labels[i] or ''} {concepts[i] or ''}"}

@@ -29,9 +29,10 @@ PAUSED_CACHE = """
 import sys, time
 from pathlib import Path
 import vlmsae.encoders.cache as cache
+import vlmsae.encoders.cache_loop as loop
 from vlmsae.encoders import Encoder
 model_dir, data, out, marker, go = sys.argv[1:]
-write_batch = cache._write_batch
+write_batch = loop._write_batch
 def paused(*args, **kwargs):
     write_batch(*args, **kwargs)
     if not Path(marker).exists():
@@ -39,7 +40,7 @@ def paused(*args, **kwargs):
         deadline = time.time() + 200
         while not Path(go).exists() and time.time() < deadline:
             time.sleep(0.05)
-cache._write_batch = paused
+loop._write_batch = paused
 cfg = cache.CacheConfig(layers=(1,), batch_size=4, workers=0, dtype="float32", shard_rows=4,
                         progress=False)
 cache.cache_activations(Encoder.from_pretrained(model_dir), data, out, cfg)

@@ -52,6 +52,9 @@ class FakeClock:
 def clock(monkeypatch):
     fake = FakeClock()
     monkeypatch.setattr(_progress, "_clock", fake)
+    monkeypatch.setattr(_progress, "HEARTBEAT_THREAD", False)  # the tests tick it by hand
+    monkeypatch.setattr(_progress, "_HEART", _progress._Heartbeat())
+    monkeypatch.delenv("VLMSAE_PROGRESS_HEARTBEAT", raising=False)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     monkeypatch.delenv("VLMSAE_PROGRESS_MIN_INTERVAL", raising=False)
     return fake
@@ -95,6 +98,90 @@ def test_short_loops_stay_silent_and_none_prints_nothing(clock, caplog):
         for _ in _progress.progress(range(50), desc="silent"):
             clock.t += 10
     assert _progress_lines(caplog) == []
+
+
+def test_the_heartbeat_speaks_for_a_silent_stage_after_30_seconds(clock, caplog):
+    """Nothing logged for 27 s (90 % of 30) while a stage runs: one line naming it, with its
+    time; any log line restarts the wait; an open loop inside speaks with its count."""
+    caplog.set_level(logging.INFO)
+    heart = _progress._HEART
+    with _progress.progress_mode("log"), _progress.activity("demo: score"):
+        clock.t = 26.0
+        assert heart.tick() is None
+        clock.t = 31.0
+        assert heart.tick() == "demo: score: still running, 31.0s so far"
+        clock.t = 45.0
+        logging.getLogger("vlmsae.demo").info("score batchtopk-x4-k8-s0")  # a line: wait again
+        clock.t = 70.0
+        assert heart.tick() is None
+        bar = _progress.progress(total=10, desc="score SAEs", unit="sae")
+        bar.update(3)
+        clock.t = 76.0
+        assert heart.tick().startswith("score SAEs: 3/10 sae (30%)")
+        bar.close()
+        clock.t = 200.0
+        assert heart.tick() == "demo: score: still running, 3:20 so far"
+    clock.t = 400.0
+    assert heart.tick() is None  # the stage is over: nothing to speak for
+    lines = _progress_lines(caplog)
+    assert sum("still running" in line for line in lines) == 2
+
+
+def test_the_heartbeat_is_off_outside_log_mode(clock, caplog):
+    with _progress.progress_mode("none"), _progress.activity("quiet stage"):
+        clock.t = 100.0
+        assert _progress._HEART.tick() is None
+
+
+def test_warn_once_warns_once_per_text(caplog):
+    logger = logging.getLogger("vlmsae.test_warn_once")
+    for _ in range(3):
+        _progress.warn_once(logger, "warmup_steps=%d >= steps=%d", 1000, 300)
+    _progress.warn_once(logger, "warmup_steps=%d >= steps=%d", 10, 3)
+    got = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    assert got == ["warmup_steps=1000 >= steps=300", "warmup_steps=10 >= steps=3"]
+
+
+def test_a_real_process_logs_a_heartbeat_while_a_stage_is_silent(tmp_path):
+    """A real process with a silent 3 s stage and a 0.5 s heartbeat interval: heartbeat
+    lines in its log file, each naming the stage, none once it ended."""
+    code = (
+        "import logging, time\n"
+        "from vlmsae.core.progress import activity\n"
+        "logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')\n"
+        "with activity('demo: train'):\n"
+        "    time.sleep(3)\n"
+        "logging.getLogger('vlmsae.demo').info('trained')\n"
+        "time.sleep(1.5)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "VLMSAE_PROGRESS": "log",
+           "VLMSAE_PROGRESS_HEARTBEAT": "0.5"}  # fmt: skip
+    with open(tmp_path / "err", "w") as err:
+        subprocess.run([sys.executable, "-c", code], stderr=err, env=env, timeout=120, check=True)
+    lines = (tmp_path / "err").read_text().splitlines()
+    beats = [line for line in lines if "still running" in line]
+    assert beats and all(line.startswith("vlmsae.progress: demo: train: still") for line in beats)
+    assert lines[-1] == "vlmsae.demo: trained", lines  # silent once the stage is over
+
+
+def test_a_real_sweep_warns_once_and_logs_no_frames(tmp_path):
+    """`vlmsae train --sweep` of 3 SAEs sharing a short schedule, stderr to a file: each
+    schedule warning once (not once per SAE), no carriage return."""
+    from vlmsae.data.store import ActivationStore
+
+    ActivationStore.write(tmp_path / "acts", np.random.default_rng(0).normal(
+        size=(512, 16)).astype(np.float32), meta={"model": "tiny"})  # fmt: skip
+    (tmp_path / "sweep.toml").write_text("[grid]\nk = [2, 4, 8]\n")
+    args = ["train", "--activations", str(tmp_path / "acts"), "--sweep",
+            str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "runs"), "--steps", "20",
+            "--batch-size", "64"]  # fmt: skip
+    res = _run_cli(args, tmp_path / "train.err")
+    text = (tmp_path / "train.err").read_text()
+    assert res.returncode == 0, text
+    assert "\r" not in text
+    warnings = [line for line in text.splitlines() if "WARNING" in line]
+    assert len(warnings) == len(set(w.split(" ", 1)[1] for w in warnings)) >= 2, warnings
+    assert sum("warmup_steps=" in w for w in warnings) == 1, warnings
 
 
 def test_mode_resolution(monkeypatch):

@@ -15,6 +15,7 @@ import typer
 
 from vlmsae import __version__
 from vlmsae.core.cli_errors import DEBUG_ENV, ErrorReportingGroup
+from vlmsae.core.cli_options import hf_bars_off_terminal
 
 # Stages that contribute commands, in the order `vlmsae --help` lists them.
 STAGES = (
@@ -63,6 +64,7 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    hf_bars_off_terminal()  # no carriage-return frames of library bars in a log file
 
 
 for _stage in STAGES:

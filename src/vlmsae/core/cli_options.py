@@ -123,3 +123,20 @@ def escape_help_markup(command: Any) -> None:
             param.help = escape(param.help)
     for sub in getattr(command, "commands", {}).values():
         escape_help_markup(sub)
+
+
+def hf_bars_off_terminal() -> None:
+    """For the whole process, outside ``bar`` mode (stderr not a terminal): turn off the
+    progress bars of transformers and huggingface_hub ("Loading weights", downloads), which
+    write carriage-return frames into a log file. The root command calls it, so commands
+    without ``--progress`` (steer, explore, label) log no frames either."""
+    if get_mode() == "bar":
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when the libraries are imported
+    if "huggingface_hub" in sys.modules:  # imported already: its constant was read
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()

@@ -11,6 +11,13 @@ Every long loop of vlmsae calls :func:`progress` (a drop-in for ``tqdm(...)``) i
 - ``none``: nothing;
 - ``auto`` (the default): ``bar`` when stderr is a terminal or in a notebook, else ``log``.
 
+In ``log`` mode a *heartbeat* also runs while a loop or an :func:`activity` (a named stage
+with no loop of its own, e.g. ``with activity("demo: score"):``) is open: when nothing was
+logged for 90 % of :data:`LOG_INTERVAL_S` it logs the innermost one's line (its count and eta,
+or "still running" with the time so far), so a log file is never silent for longer than that
+(``VLMSAE_PROGRESS_HEARTBEAT`` sets the interval in seconds). :func:`warn_once` logs a
+warning once per process (a sweep of 18 SAEs warns about a shared setting once, not 18 times).
+
 The mode is set once per process (``set_mode``, the ``--progress`` and ``--quiet`` options
 of every long command, or the ``VLMSAE_PROGRESS`` environment variable); ``TQDM_DISABLE=1``
 turns ``auto`` off as it does for tqdm. A loop's own ``disable=True`` always wins.
@@ -22,6 +29,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -38,6 +46,8 @@ MIN_INTERVAL_S = 2.0
 environment variable ``VLMSAE_PROGRESS_MIN_INTERVAL`` (seconds) overrides it."""
 
 _clock = time.monotonic  # tests replace it with a fake clock
+HEARTBEAT_THREAD = True
+"""Whether the heartbeat polls in a thread (tests with a fake clock call its ``tick``)."""
 _mode: ContextVar[str | None] = ContextVar("vlmsae_progress_mode", default=None)
 log = logging.getLogger("vlmsae.progress")
 
@@ -132,6 +142,8 @@ class LogProgress:
         self._next_tenth = self._tenth(initial) + 1
         self._closed, self._lines = False, 0
         self._min_interval = float(os.environ.get("VLMSAE_PROGRESS_MIN_INTERVAL", MIN_INTERVAL_S))
+        if not silent:
+            _HEART.enter(self)
 
     def _tenth(self, n: float) -> int:
         return int(10 * n // self.total) if self.total else 0
@@ -193,6 +205,7 @@ class LogProgress:
         if self._closed:
             return
         self._closed = True
+        _HEART.leave(self)
         now = _clock()
         # a loop of under MIN_INTERVAL_S that printed nothing stays silent: a log file
         # should not fill with the ends of many short inner loops
@@ -220,10 +233,125 @@ class LogProgress:
     @staticmethod
     def _emit(line: str) -> None:
         # through logging when the program configured it (the CLI does), else plain stderr
+        _HEART.last = _clock()
         if logging.getLogger().handlers and log.isEnabledFor(logging.INFO):
             log.info("%s", line)
         elif sys.stderr is not None:
             print(line, file=sys.stderr, flush=True)
+
+    def heartbeat_line(self, now: float) -> str:
+        """The line the heartbeat logs for this loop (its usual progress line)."""
+        self._last = now
+        self._lines += 1
+        return self._line(now)
+
+
+class _Activity:
+    """A named stage the heartbeat speaks for (see :func:`activity`)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self._t0 = desc, _clock()
+
+    def heartbeat_line(self, now: float) -> str:
+        return f"{self.desc}: still running, {_duration(now - self._t0)} so far"
+
+
+class _Heartbeat:
+    """The process's heartbeat: logs the innermost open loop or activity when nothing was
+    logged for ``interval`` seconds (log mode only). A daemon thread polls; any log record
+    (a handler on the root logger notes its time) or progress line resets the wait."""
+
+    def __init__(self) -> None:
+        self.open: list[Any] = []
+        self.last = _clock()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    @staticmethod
+    def interval() -> float:
+        """The longest silence allowed; the heartbeat speaks after 90 % of it, so that
+        polling and a busy process keep the gap under it."""
+        return float(os.environ.get("VLMSAE_PROGRESS_HEARTBEAT", LOG_INTERVAL_S))
+
+    def enter(self, item: Any) -> None:
+        with self.lock:
+            if not self.open:
+                self.last = _clock()
+            self.open.append(item)
+            _install_record_clock()
+            if not HEARTBEAT_THREAD:
+                return
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="vlmsae-heartbeat",
+                                               daemon=True)  # fmt: skip
+                self.thread.start()
+
+    def leave(self, item: Any) -> None:
+        with self.lock:
+            if item in self.open:
+                self.open.remove(item)
+
+    def tick(self) -> str | None:
+        """Log the innermost open item's line if one is due; returns the line."""
+        with self.lock:
+            now = _clock()
+            if not self.open or now - self.last < 0.9 * self.interval():
+                return None
+            line = self.open[-1].heartbeat_line(now)
+        LogProgress._emit(line)
+        return line
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(max(0.05, min(1.0, self.interval() / 20)))
+            with self.lock:
+                if not self.open:
+                    self.thread = None
+                    return
+            self.tick()
+
+
+_HEART = _Heartbeat()
+
+
+class _RecordClock(logging.Handler):
+    """Notes the time of every log record, for the heartbeat (writes nothing)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _HEART.last = _clock()
+
+
+def _install_record_clock() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _RecordClock) for h in root.handlers) and root.handlers:
+        root.addHandler(_RecordClock())
+
+
+@contextlib.contextmanager
+def activity(desc: str) -> Iterator[None]:
+    """A named stage with no loop of its own: in ``log`` mode the heartbeat logs
+    "DESC: still running, T so far" whenever nothing was logged for the interval."""
+    if get_mode() != "log":
+        yield
+        return
+    item = _Activity(desc)
+    _HEART.enter(item)
+    try:
+        yield
+    finally:
+        _HEART.leave(item)
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_once(logger: logging.Logger, msg: str, *args: Any) -> None:
+    """``logger.warning(msg, *args)`` the first time this text is warned in the process."""
+    key = (logger.name, msg % args if args else msg)
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger.warning(msg, *args)
 
 
 def _count(n: float | None) -> str:

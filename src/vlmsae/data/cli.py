@@ -69,6 +69,19 @@ def _checked(path: Path, manifest: dict) -> str:
     return ", checksums verified"
 
 
+def _data_line(m: dict) -> str:
+    """Where the images came from: the folder, or the dataset / shards (``data_source``)."""
+    src = m.get("data_source") or {}
+    split = f", split {m['split']}" if m.get("split") else ""
+    if not src:
+        return f"{m.get('dataset_root', '-')}{split}"
+    files = src.get("shards") or src.get("parquet") or src.get("files") or []
+    size = sum(int(f.get("bytes", 0)) for f in files)
+    what = src.get("name") or m.get("dataset_root", "-")
+    sha = f", fingerprint {src['fingerprint']}" if src.get("fingerprint") else ""
+    return f"{src.get('kind')} {what}{split} ({len(files)} files, {size / 1e6:,.1f} MB{sha})"
+
+
 def _summary_lines(m: dict, checked: str = "") -> list[str]:
     fields = [
         ("kind", m["kind"]),
@@ -81,6 +94,7 @@ def _summary_lines(m: dict, checked: str = "") -> list[str]:
         ("width d", m["d"]),
         ("dtype", m["dtype"]),
         ("shards", len(m["shards"])),
+        ("data", _data_line(m)),
         ("images", m.get("n_images", "-")),
         ("skipped images", m.get("n_skipped", 0)),
     ]

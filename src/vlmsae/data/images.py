@@ -21,9 +21,9 @@ class folders holding images is refused: which of them is the dataset is the use
 Symbolic links that dangle or loop, and FIFOs, sockets and device files, are listed in
 :attr:`ImageDataset.skipped` with the reason (and logged), never dropped in silence.
 
-Decoding refuses an image above a pixel budget (:data:`MAX_PIXELS`, or
-``VLMSAE_MAX_IMAGE_PIXELS``) from its header, before a pixel is decoded: a 17 KB PNG can
-declare 12000 x 12000 pixels and take gigabytes once decoded (a decompression bomb).
+Decoding (:mod:`vlmsae.data.decode`, re-exported here) refuses an image above a pixel budget
+from its header, before a pixel is decoded. Other sources (Hugging Face datasets, Parquet,
+WebDataset shards) yield the same :class:`ImageDataset`: see :mod:`vlmsae.data.sources`.
 """
 
 from __future__ import annotations
@@ -32,15 +32,24 @@ import errno
 import logging
 import os
 import re
-import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
-
-import numpy as np
-from PIL import Image, ImageOps
+from typing import TYPE_CHECKING, Any
 
 from vlmsae.core.errors import UserError
+from vlmsae.data.decode import (  # noqa: F401 - re-exported: the decoding rules of every source
+    MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    Decoded,
+    FileReader,
+    max_pixels,
+    open_rgb,
+    to_rgb,
+)
+
+if TYPE_CHECKING:
+    from vlmsae.data.sources import ImageReader
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +58,27 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
 TAXONOMY_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
-MAX_PIXELS = 64 * 2**20
-"""Default pixel budget per image (64 megapixels: above every camera photo in the datasets the
-paper uses, far below a decompression bomb); ``VLMSAE_MAX_IMAGE_PIXELS`` overrides it."""
-MAX_PIXELS_ENV = "VLMSAE_MAX_IMAGE_PIXELS"
 _INAT_DIR = re.compile(r"^\d{5}_[A-Za-z]+(_[A-Za-z-]+){5,}$")
 _WNID_DIR = re.compile(r"^n\d{8}$")
 
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """A list of image files with class labels, in a fixed order."""
+    """A list of images with class labels, in a fixed order: the one interface every source
+    yields (:class:`vlmsae.data.sources.ImageSource`), a folder, a Hugging Face dataset,
+    Parquet files or WebDataset shards."""
 
     root: str
-    """The dataset root given by the user."""
+    """The dataset root given by the user (a folder, ``hf:ORG/NAME``, a glob of shards)."""
     split: str | None
     """The split folder or CUB split used, or None."""
     layout: str
-    """The resolved layout (never ``auto``)."""
+    """The resolved layout (never ``auto``): a folder layout, ``hf``, ``arrow``, ``parquet``
+    or ``webdataset``."""
     paths: tuple[str, ...]
-    """Image paths, in dataset order."""
+    """A key per image, in dataset order: the absolute file path for a folder, a source key
+    (``tar:SHARD#MEMBER``, ``hf:...#ROW``) that :func:`vlmsae.data.sources.open_image` opens
+    otherwise."""
     labels: tuple[int, ...]
     """Class index per image (-1 when the layout has no classes)."""
     classes: tuple[str, ...] = ()
@@ -76,8 +86,21 @@ class ImageDataset:
     taxonomy: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     """iNaturalist 2021: per class, the names at :data:`TAXONOMY_LEVELS`."""
     skipped: tuple[tuple[str, str], ...] = ()
-    """Folder entries that could not be listed, as ``(path, reason)``: symbolic links that
-    dangle or loop."""
+    """Entries that could not be listed as images, as ``(key, reason)``: symbolic links that
+    dangle or loop, samples of a shard without an image member."""
+    source: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """What the images were read from (recorded in every store's manifest as ``data_source``):
+    kind, name / config / revision or fingerprint, split, shards with sizes. Empty for a
+    folder (its root and split say it)."""
+    reader: ImageReader | None = field(default=None, repr=False, compare=False)
+    """Reads image ``i`` (in worker processes); None: the files of :attr:`paths`."""
+    label_sets: Mapping[str, tuple[tuple[int, ...], tuple[str, ...]]] = field(
+        default_factory=dict, repr=False
+    )
+    """Every label column read, by name: ``(label per image, class names)`` (evaluation
+    against several labels); :attr:`labels` / :attr:`classes` are the first."""
+    captions: tuple[str, ...] = field(default=(), repr=False)
+    """A caption per image where the source has them (``.txt`` members), else empty."""
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -85,6 +108,17 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """A key per image, in dataset order (the same tuple as :attr:`paths`)."""
+        return self.paths
+
+    def open_reader(self) -> ImageReader:
+        """What decodes image ``i`` in a worker process (picklable)."""
+        if self.reader is not None:
+            return self.reader
+        return FileReader(self.paths)
 
 
 def _is_image(path: Path) -> bool:
@@ -283,73 +317,3 @@ def parse_inat_taxonomy(class_dir: str) -> tuple[str, ...]:
     kingdom, phylum, cls, order, family, genus = parts[1:7]
     species = " ".join([genus, *parts[7:]])
     return kingdom, phylum, cls, order, family, genus, species
-
-
-# -- decoding ----------------------------------------------------------------------------
-class Decoded(NamedTuple):
-    """One image read from disk: an RGB image, or None with the reason it was skipped."""
-
-    image: Image.Image | None
-    error: str | None
-
-
-def max_pixels() -> int:
-    """The pixel budget per image: ``VLMSAE_MAX_IMAGE_PIXELS`` when set, else :data:`MAX_PIXELS`."""
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return MAX_PIXELS
-    try:
-        budget = int(float(value))
-    except ValueError:
-        raise UserError(f"{MAX_PIXELS_ENV}={value!r} is not a number of pixels") from None
-    if budget <= 0:
-        raise UserError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {value}")
-    return budget
-
-
-def open_rgb(path: str | Path, budget: int | None = None) -> Decoded:
-    """Read an image as 8-bit RGB; never raises on a bad file (returns the reason).
-
-    Converts greyscale, 16-bit, palette, CMYK and alpha images (alpha is composited on
-    white) and applies the EXIF orientation. Zero-byte, truncated and unreadable files,
-    and images above ``budget`` pixels (default :func:`max_pixels`; checked from the header,
-    before decoding), come back as ``Decoded(None, reason)``.
-    """
-    budget = max_pixels() if budget is None else budget
-    try:
-        if Path(path).stat().st_size == 0:
-            return Decoded(None, "empty file (0 bytes)")
-        with warnings.catch_warnings():  # PIL's own bomb warning: the budget below decides
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        with im:
-            width, height = im.size
-            if width * height > budget:
-                return Decoded(
-                    None,
-                    f"{width}x{height} pixels ({width * height / 1e6:.0f} megapixels) is above "
-                    f"the pixel budget of {budget / 1e6:.0f} megapixels (a decompression bomb "
-                    f"or a huge image; set {MAX_PIXELS_ENV} to raise it)",
-                )
-            im.load()  # decode now: a truncated file raises here, not later
-            return Decoded(to_rgb(im), None)
-    except Exception as e:  # noqa: BLE001 - untrusted bytes: PIL plugins raise many types
-        # (OSError, SyntaxError, struct.error, IndexError, DecompressionBombError, ...); a
-        # long run must record the file and go on, never die on it
-        return Decoded(None, f"{type(e).__name__}: {e}")
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of ``im`` with the EXIF orientation applied."""
-    im = ImageOps.exif_transpose(im) or im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit greyscale: rescale
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
-    return im.convert("RGB") if im.mode != "RGB" else im.copy()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlmsae.core.errors import UserError
+from vlmsae.data.locate import is_key
 
 if TYPE_CHECKING:
     from vlmsae.data.store import ActivationStore
@@ -39,8 +40,10 @@ def image_fingerprint(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]
 
     The hash is the SHA-256 of the JSON-encoded list of absolute paths, so that a store
     cached with ``--data toy`` and one with ``--data /abs/toy`` of the same files agree.
+    Source keys (``tar:SHARD#MEMBER``, ``hf:NAME@SPLIT#ROW``: :mod:`vlmsae.data.sources`)
+    are hashed as they are: they name their source, so stores of two sources never agree.
     """
-    absolute = [os.path.abspath(os.fspath(p)) for p in paths]
+    absolute = [p if is_key(p) else os.path.abspath(p) for p in map(os.fspath, paths)]
     digest = hashlib.sha256(json.dumps(absolute).encode("utf-8")).hexdigest()
     return {"images_sha256": digest, "n_images": len(absolute)}
 

@@ -225,6 +225,13 @@ def score_sae(
             recovery.update(subst_numbers(sae, str(clip_of(cfg)),
                                           str(Path(cfg.out_dir) / "world" / "test"),
                                           cfg.subst_images))  # fmt: skip
+    log.info(
+        "score %s (%s): R² %.3f, mean MS %.3f (toy DINOv2) / %.3f (oracle), %d of %d neurons "
+        "without an MS (dead or constant)", run.name, kind, 1.0 - resid / total,
+        np.nanmean(neurons.ms_dino) if np.isfinite(neurons.ms_dino).any() else float("nan"),
+        np.nanmean(neurons.ms_oracle) if np.isfinite(neurons.ms_oracle).any() else float("nan"),
+        int(np.isnan(neurons.ms_dino).sum()), len(neurons.ms_dino),
+    )  # fmt: skip
     return SAEScores(
         run=run,
         d_sae=sae.cfg.d_sae,
@@ -290,7 +297,10 @@ def score_all(cfg: DemoConfig, acts, emb: Embeddings, runs: list[SAERun], world:
     concepts = concept_labels(ActivationStore(acts["test"][cfg.hooks[0]]))
     labels = dataclasses.replace(labels, concepts=concepts)
     x_by_hook = {hook: test_activations(acts, hook) for hook in cfg.hooks}
-    raw = {hook: score_neurons(x, emb, labels, cfg.top_n) for hook, x in x_by_hook.items()}
+    raw = {}
+    for hook, x in x_by_hook.items():
+        log.info("score the raw neurons of %s (%d)", hook, x.shape[1])
+        raw[hook] = score_neurons(x, emb, labels, cfg.top_n)
     raw_rec = {hook: recover(x, labels.concepts, seed=cfg.seed).numbers
                for hook, x in x_by_hook.items()}  # fmt: skip
     saes = [

@@ -11,6 +11,11 @@ from vlmsae.demo.config import DemoConfig
 from vlmsae.metrics.maxms import max_ms_stats
 
 DPI = 150
+CLIP_EMBEDDER = "toy CLIP"
+"""Name of the toy CLIP's own image embedding (the decomposed model scoring itself)."""
+DINO_EMBEDDER = "toy DINOv2"
+"""Name of the embedder of every MS in the figures and findings: the world's independent
+toy DINOv2 (the toy CLIP's and the oracle's MS are named where they are used)."""
 
 
 def _plt():
@@ -54,6 +59,7 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
         out / "figures" / "ms_histogram.png",
         {"SAE neurons": s.neurons.ms_dino, "raw neurons": scores.raw[s.run.hook].ms_dino},
         title=f"{s.run.name}: SAE vs raw neurons",
+        embedder=DINO_EMBEDDER,
     )
     figs.append(
         (
@@ -170,6 +176,7 @@ def grids(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
             s.neurons.top,
             scores.images,
             ms=ms,
+            ms_label=f"MS ({DINO_EMBEDDER})",
             n_images=cfg.top_n,
             columns=cfg.n_grid,
         )

@@ -110,7 +110,7 @@ def findings(cfg: DemoConfig, nums: Numbers) -> tuple[list[Finding], dict[str, A
     k_lo, k_hi = min(cfg.k_sweep), max(cfg.k_sweep)
 
     def share(saes):
-        return [m.num(s, "share_above_median_raw") for s in at_k(saes)]
+        return [m.num(s, "share_above_median_raw_dino") for s in at_k(saes)]
 
     def growth(key: str) -> UnitFn:
         return lambda saes: m.diffs(

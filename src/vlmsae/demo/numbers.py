@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.demo.analysis import SAEScores, Scores
+from vlmsae.demo.analysis import NeuronScores, SAEScores, Scores
 from vlmsae.metrics.maxms import max_ms_stats
 from vlmsae.metrics.stats import MeanStd, mean_std
 
@@ -31,8 +31,9 @@ def _nan(fn, a: np.ndarray) -> float:
     return float(fn(a)) if np.isfinite(a).any() else float("nan")
 
 
-def sae_numbers(s: SAEScores, raw_ms: np.ndarray, min_active: int) -> dict[str, float]:
-    """The numbers of one SAE (trained or untrained); NaN where undefined."""
+def sae_numbers(s: SAEScores, raw: NeuronScores, min_active: int) -> dict[str, float]:
+    """The numbers of one SAE (trained or untrained) beside the raw neurons of its hook; NaN
+    where undefined."""
     n = s.neurons
     out: dict[str, float] = {"r2": s.r2, "l0": s.l0, "dead_fraction": s.dead_fraction}
     kept = n.n_active >= min_active
@@ -45,11 +46,12 @@ def sae_numbers(s: SAEScores, raw_ms: np.ndarray, min_active: int) -> dict[str, 
             key = {"max": "max_ms", "max_active": "max_ms_active", "p99": "p99_ms"}[name]
             out[f"{key}_{emb}"] = float("nan") if got.value is None else got.value
             out[f"{key}_{emb}_n_active"] = float("nan") if got.n_active is None else got.n_active
-    defined = np.isfinite(n.ms_dino)
-    median_raw = _nan(np.nanmedian, raw_ms)
-    out["share_above_median_raw"] = (
-        float((n.ms_dino[defined] > median_raw).mean()) if defined.any() else float("nan")
-    )
+    for suffix, ms, raw_ms in (("", n.ms_clip, raw.ms_clip), ("_dino", n.ms_dino, raw.ms_dino)):
+        defined = np.isfinite(ms)  # "": the toy CLIP's MS (the tables); _dino: the findings'
+        median_raw = _nan(np.nanmedian, raw_ms)
+        out[f"share_above_median_raw{suffix}"] = (
+            float((ms[defined] > median_raw).mean()) if defined.any() else float("nan")
+        )
     out["alive"] = float((n.n_active > 0).sum())
     out["alive_share"] = float((n.n_active > 0).mean())
     out["kept_share"] = float((n.n_active >= min_active).mean())
@@ -89,7 +91,7 @@ class Numbers:
     def __init__(self, scores: Scores, min_active: int) -> None:
         self.min_active = min_active
         self.scores = scores
-        raw = {h: r.ms_dino for h, r in scores.raw.items()}
+        raw = scores.raw
         self.trained = {
             s.run.name: sae_numbers(s, raw[s.run.hook], min_active) for s in scores.saes
         }

@@ -46,10 +46,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Any, *args: Any) -> Any:
+        from vlmsae.core.progress import activity
+
         t0 = time.perf_counter()
         log.info("demo: %s", name)
-        result = fn(*args)
+        with activity(f"demo: {name}"):  # a log line at least every 30 s (log mode)
+            result = fn(*args)
         timings[name] = round(time.perf_counter() - t0, 1)
+        log.info("demo: %s done in %.1f s", name, timings[name])
         return result
 
     world = timed("world", stages.export_world, cfg)
@@ -59,7 +63,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     scores = timed("score", analysis.score_all, cfg, acts, emb, runs, world)
     explorer = timed("explore", explore_demo_run, cfg, runs, acts, emb)
     steering = timed("steer", steering_section, cfg) if cfg.steer else None
-    report, summary, lines = writeup.write_report(cfg, scores, steering, timings, explorer)
+    report, summary, lines = timed("report", writeup.write_report, cfg, scores, steering,
+                                   timings, explorer)  # fmt: skip
     summary["config"] = cfg.to_dict()
     summary["seconds"] = timings
     summary = _nan_to_none(summary)

@@ -247,8 +247,13 @@ def _run_jobs(jobs: list[tuple], workers: int) -> None:
     from vlmsae.core.progress import tqdm
 
     bar = tqdm(total=sum(len(job[0]) for job in jobs), desc="train SAEs", unit="sae")
+
+    def names(job: tuple) -> str:
+        return ", ".join(r.name for r in job[0])
+
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
+            log.info("train %d SAEs as one sweep: %s", len(job[0]), names(job))
             bar.update(_train_job(*job))
         bar.close()
         return
@@ -257,8 +262,11 @@ def _run_jobs(jobs: list[tuple], workers: int) -> None:
 
     ctx = mp.get_context("spawn")  # no fork of a process that holds torch's thread pools
     with ProcessPoolExecutor(min(workers, len(jobs)), ctx, initializer=_worker_init) as pool:
-        for done in as_completed([pool.submit(_train_job, *job) for job in jobs]):
+        futures = {pool.submit(_train_job, *job): job for job in jobs}
+        log.info("train %d sweeps in %d processes", len(jobs), min(workers, len(jobs)))
+        for done in as_completed(futures):
             bar.update(done.result())  # a failed run stops the demo with its own error
+            log.info("trained %s", names(futures[done]))
     bar.close()
 
 

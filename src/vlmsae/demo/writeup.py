@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from vlmsae.core.numbers import pct
 from vlmsae.demo import alive
 from vlmsae.demo.analysis import Scores
 from vlmsae.demo.config import DemoConfig
@@ -97,15 +96,15 @@ def sae_rows(cfg: DemoConfig, nums: Numbers) -> Table:
         "L0",
         "dead",
         "alive share",
-        "mean MS (CLIP)",
-        "max MS (CLIP)",
-        f"max MS, active ≥ {cfg.min_active}",
-        "p99 MS",
+        "mean MS (toy CLIP)",
+        "max MS (toy CLIP)",
+        f"max MS (toy CLIP), active ≥ {cfg.min_active}",
+        "p99 MS (toy CLIP)",
         "mean MS (oracle)",
-        "share > median raw",
-        "untrained init: mean MS",
-        f"untrained init: max MS ≥ {cfg.min_active}",
-        "untrained random: mean MS",
+        "share with MS (toy CLIP) > median raw",
+        "untrained init: mean MS (toy CLIP)",
+        f"untrained init: max MS (toy CLIP) ≥ {cfg.min_active}",
+        "untrained random: mean MS (toy CLIP)",
     ]
     return Table(
         "saes",
@@ -174,10 +173,10 @@ def k_sweep_rows(cfg: DemoConfig, nums: Numbers) -> Table:
         "K",
         "R²",
         "L0",
-        "mean MS (CLIP)",
-        "max MS (CLIP)",
-        f"max MS, active ≥ {cfg.min_active}",
-        "untrained init: mean MS",
+        "mean MS (toy CLIP)",
+        "max MS (toy CLIP)",
+        f"max MS (toy CLIP), active ≥ {cfg.min_active}",
+        "untrained init: mean MS (toy CLIP)",
     ]
     return Table(
         "k_sweep",
@@ -267,13 +266,23 @@ def _stats_note(cfg: DemoConfig) -> str:
     )
 
 
-def _explorer_note(explorer: dict) -> str:
-    acc = ((explorer.get("labels") or {}).get("toyworld") or {}).get("accuracy")
-    labels = "" if acc is None else f" Labels name a true concept of {pct(acc)} of its neurons."
+def _explorer_note(explorer: dict, min_active: int) -> str:
+    from vlmsae.explore.labels import label_accuracy_text
+
+    toy = (explorer.get("labels") or {}).get("toyworld")
+    labels = ""
+    if toy and toy.get("n_monosemantic") is not None:
+        text = label_accuracy_text(toy)
+        labels = (
+            f" Zero-shot {text} (a label counts where every word of it is a concept "
+            "most of the neuron's top images hold)."
+        )
+    ms = " and ".join(explorer.get("ms") or ["its embedding"])
     return (
-        f"explore/index.html browses every neuron of {explorer['sae']} (sort and filter by MS, "
-        f"frequency, group and label; each neuron's top images, heatmaps and neighbours): open "
-        f"it in a browser, no server needed.{labels}"
+        f"explore/index.html browses every neuron of {explorer['sae']} (sort and filter by MS "
+        f"under {ms}, frequency, group and label; each neuron's top images, heatmaps and "
+        f"neighbours; the list starts at neurons active on ≥ {min_active} images, a filter "
+        f"changes it): open it in a browser, no server needed.{labels}"
     )
 
 
@@ -319,14 +328,15 @@ def write_report(
     sec.tables += [hierarchy_rows(cfg, nums), uniqueness_rows(cfg, nums)]
     sec = report.section("Top images")
     sec.paragraphs.append(
-        f"Each row: a neuron's {cfg.top_n} highest-activating held-out images, with its MS. "
+        f"Each row: a neuron's {cfg.top_n} highest-activating held-out images, with its MS "
+        "(toy-CLIP embedding). "
         f"Neurons are ranked among those active on ≥ {cfg.min_active} images (the paper's "
         "rule), so the most monosemantic are not neurons firing on two near-identical images."
     )
     sec.figures += figures.grids(cfg, scores)
     if explorer is not None:
         sec = report.section("Browse every neuron")
-        sec.paragraphs.append(_explorer_note(explorer))
+        sec.paragraphs.append(_explorer_note(explorer, cfg.min_active))
     if steering is not None:
         sec = report.section("Steering the toy LLaVA")
         sec.paragraphs += steering.paragraphs

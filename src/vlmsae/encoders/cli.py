@@ -17,9 +17,27 @@ StoredDtype = Literal["float16", "float32"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _MODEL_DTYPE_HELP = "Compute dtype; auto: float32 on CPU, float16 on GPU."
 _DATA_HELP = (
-    "Dataset folder: ImageNet, iNaturalist 2021, CUB-200-2011, any ImageFolder or a flat "
-    "folder of images (layout detected)."
+    "Images: a folder (ImageNet, iNaturalist 2021, CUB-200-2011, ImageFolder, flat; layout "
+    "detected), hf:ORG/NAME[:CONFIG] (local HF cache), a datasets.save_to_disk folder, "
+    "'DIR/*.parquet', or WebDataset shards 'DIR/{00000..00099}.tar' (docs: data-sources)."
 )
+_IMAGE_COLUMN_HELP = "Image column of an HF / Parquet source (default: its one Image feature)."
+_LABEL_COLUMN_HELP = (
+    "Label column(s) C[,C...] of an HF / Parquet source (default: its one ClassLabel), or the "
+    ".json field of WebDataset labels (default: .cls, else 'label')."
+)
+
+
+def _source(
+    data: str, split: str | None, limit: int | None, every: int, image_column: str | None,
+    label_column: str | None,
+):  # fmt: skip
+    from vlmsae.data.sources import open_source
+
+    labels = tuple(c.strip() for c in (label_column or "").split(",") if c.strip())
+    return open_source(data, split, limit=limit, every=every, image_column=image_column,
+                       label_columns=labels)  # fmt: skip
+
 
 CACHE_OPTIONS = ConfigOptions(
     CacheConfig,
@@ -74,11 +92,15 @@ def _load(model: str, device: str, model_dtype: str, revision: str | None):
 @config_options(cfg=CACHE_OPTIONS)
 def cache(
     model: str = typer.Option(..., "--model", help="Hub id or local model folder."),
-    data: Path = typer.Option(..., "--data", help=_DATA_HELP),
+    data: str = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output directory (one store per hook point)."),
-    split: str = typer.Option(None, "--split", help="Split folder (train, val; CUB: train|test)."),
+    split: str = typer.Option(
+        None, "--split", help="Split: folder (train, val; CUB: train|test) or dataset split."
+    ),
     limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
     every: int = typer.Option(1, "--every", help="Use every N-th image."),
+    image_column: str = typer.Option(None, "--image-column", help=_IMAGE_COLUMN_HELP),
+    label_column: str = typer.Option(None, "--label-column", help=_LABEL_COLUMN_HELP),
     sae: Path = typer.Option(None, "--sae", help="SAE checkpoint: also store its codes (CSR)."),
     sae_layer: str = typer.Option(
         None,
@@ -101,7 +123,6 @@ def cache(
     Writes OUT/layer_L/ per --layer, OUT/post_projection/, with --sae the SAE codes in
     OUT/codes_layer_L/ (sparse), and OUT/summary.json; --resume continues a killed run.
     """
-    from vlmsae.data.images import load_dataset
     from vlmsae.encoders.cache import cache_activations
 
     config = cfg.build()
@@ -109,7 +130,7 @@ def cache(
     if sae_hook is not None and sae_hook != "post_projection":
         sae_hook = int(_parse_layers(sae_hook)[0])
     with user_errors(ValueError):  # the library's checks of the options and the data
-        dataset = load_dataset(data, split, limit=limit, every=every)
+        dataset = _source(data, split, limit, every, image_column, label_column)
         dev = _device(device)
         encoder = _load(model, dev, model_dtype, revision)
         result = cache_activations(
@@ -127,12 +148,16 @@ def cache(
 @config_options(cfg=EMBED_OPTIONS)
 def embed(
     model: str = typer.Option(..., "--model", help="Hub id or local model folder."),
-    data: Path = typer.Option(..., "--data", help=_DATA_HELP),
+    data: str = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output embedding store directory."),
-    split: str = typer.Option(None, "--split", help="Split folder (train, val; CUB: train|test)."),
+    split: str = typer.Option(
+        None, "--split", help="Split: folder (train, val; CUB: train|test) or dataset split."
+    ),
     dtype: StoredDtype = typer.Option("float32", "--dtype", help="Stored dtype."),
     limit: int = typer.Option(None, "--limit", help="Use only the first N images (after --every)."),
     every: int = typer.Option(1, "--every", help="Use every N-th image."),
+    image_column: str = typer.Option(None, "--image-column", help=_IMAGE_COLUMN_HELP),
+    label_column: str = typer.Option(None, "--label-column", help=_LABEL_COLUMN_HELP),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if any)."),
     model_dtype: ModelDtype = typer.Option("auto", "--model-dtype", help=_MODEL_DTYPE_HELP),
     revision: str = typer.Option(None, "--revision", help="Hub revision of the model."),
@@ -143,11 +168,10 @@ def embed(
 
     The paper used DINOv2 ViT-B (facebook/dinov2-base) and CLIP ViT-B/32 embeddings.
     """
-    from vlmsae.data.images import load_dataset
     from vlmsae.encoders.cache import embed_images
 
     with user_errors(ValueError):  # the library's checks of the options and the data
-        dataset = load_dataset(data, split, limit=limit, every=every)
+        dataset = _source(data, split, limit, every, image_column, label_column)
         dev = _device(device)
         encoder = _load(model, dev, model_dtype, revision)
         result = embed_images(

@@ -1,4 +1,8 @@
-"""Decode and preprocess images in DataLoader workers, a whole batch per worker call."""
+"""Decode and preprocess images in DataLoader workers, a whole batch per worker call.
+
+The images come from an :class:`~vlmsae.data.sources.ImageReader` (files of a folder, rows of
+a Hugging Face dataset, members of WebDataset shards), pickled into each worker; a plain
+list of paths reads files."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from vlmsae.data.images import open_rgb
+from vlmsae.data.decode import FileReader
+from vlmsae.data.sources import ImageReader
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,7 @@ class ImageBatch(NamedTuple):
     pixel_values: torch.Tensor | None
     """``[B', C, H, W]`` preprocessed images (None when every image of the batch failed)."""
     skipped: list[tuple[int, str, str]]
-    """``(dataset index, path, reason)`` of images that could not be used."""
+    """``(dataset index, key, reason)`` of images that could not be used."""
     end: int
     """Dataset index one past the last image of this batch."""
 
@@ -31,19 +36,20 @@ class ImageBatch(NamedTuple):
 class _BatchDecoder(Dataset):
     """``dataset[list of indices]`` -> :class:`ImageBatch` (runs inside a worker)."""
 
-    def __init__(self, paths: Sequence[str], processor: Any) -> None:
-        self.paths = list(paths)
+    def __init__(self, reader: ImageReader, keys: Sequence[str], processor: Any) -> None:
+        self.reader = reader
+        self.paths = keys
         self.processor = processor
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.reader)
 
     def __getitem__(self, indices: list[int]) -> ImageBatch:
         good: list[int] = []
         images = []
         skipped: list[tuple[int, str, str]] = []
         for i in indices:
-            decoded = open_rgb(self.paths[i])
+            decoded = self.reader.read(i)
             if decoded.image is None:
                 skipped.append((i, self.paths[i], decoded.error or "unreadable"))
             else:
@@ -83,18 +89,23 @@ def image_batches(
     batch_size: int,
     workers: int = 0,
     start: int = 0,
+    stop: int | None = None,
+    reader: ImageReader | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """Batches of images ``start, start + 1, ...`` of ``paths``, in order.
+    """Batches of images ``start, start + 1, ..., stop - 1`` of ``paths``, in order.
 
-    Batches cover ``[start + k * batch_size, start + (k + 1) * batch_size)`` so that a run
-    resumed at a batch boundary sees the same batches as an uninterrupted one.
+    ``paths`` are the images' keys (what a skipped image is recorded as); ``reader`` decodes
+    them (default: the files of ``paths``). Batches cover ``[start + k * batch_size,
+    start + (k + 1) * batch_size)`` so that a run resumed at a batch boundary sees the same
+    batches as an uninterrupted one.
     """
     if processor is None:
         raise ValueError("the encoder has no image processor: cannot preprocess images")
-    sampler = BatchSampler(range(start, len(paths)), batch_size, drop_last=False)
+    stop = len(paths) if stop is None else min(stop, len(paths))
+    sampler = BatchSampler(range(start, stop), batch_size, drop_last=False)
     return DataLoader(
-        _BatchDecoder(paths, processor),
+        _BatchDecoder(reader or FileReader(paths), paths, processor),
         sampler=sampler,
         batch_size=None,
         num_workers=workers,

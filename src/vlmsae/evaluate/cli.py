@@ -37,11 +37,16 @@ def evaluate_cmd(
     labels: str | None = typer.Option(
         None,
         help="toy (the toy world's truth), an image folder (ImageFolder classes, iNaturalist "
-        "taxonomy levels, CUB classes + attributes), or a CSV (path/index column + concept "
-        "columns). Default: the store's own dataset folder.",
+        "taxonomy levels, CUB classes + attributes), a Hugging Face / Parquet / WebDataset "
+        "source (every ClassLabel column a set), or a CSV (path/index column + concept "
+        "columns). Default: the store's own dataset.",
     ),
     model: str | None = typer.Option(None, help="Model to splice the SAE into (substitution)."),
-    data: Path | None = typer.Option(None, help="Images for the substitution evaluation."),
+    data: str | None = typer.Option(
+        None,
+        help="Images for the substitution evaluation: a folder, hf:ORG/NAME, a save_to_disk "
+        "folder, 'DIR/*.parquet' or WebDataset shards (docs: data-sources).",
+    ),
     aggregate: Literal["max", "mean"] = typer.Option(_E.aggregate, help="Several rows per image."),
     chunk_rows: int = typer.Option(_E.chunk_rows, help="Store rows read at a time."),
     threshold: float = typer.Option(_E.threshold, help="F1 at which a concept counts detected."),

@@ -3,7 +3,9 @@
 The toy world's truth (``toy``, or an exported split folder: its ``attributes.csv``; every
 attribute a set); an image folder's classes (ImageFolder: one set ``class``; iNaturalist
 2021: one set per taxonomy level, kingdom to species; CUB: the classes and, when the folder
-has them, the 312 binary attributes); a CSV (:mod:`vlmsae.evaluate.labels_csv`).
+has them, the 312 binary attributes); a Hugging Face dataset, Parquet files or WebDataset
+shards (``hf:ORG/NAME``, ...: every ``ClassLabel`` column a set, or the label columns the
+store was cached with); a CSV (:mod:`vlmsae.evaluate.labels_csv`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmsae.core.errors import UserError
+from vlmsae.data.sources import source_kind
 from vlmsae.evaluate.labels import (
     ConceptLabels,
     _key,
@@ -82,6 +85,28 @@ def folder_labels(store: ActivationStore, folder: Path) -> ConceptLabels:
     return out
 
 
+def source_labels(store: ActivationStore, spec: str) -> ConceptLabels:
+    """The label columns of a Hugging Face / Parquet / WebDataset source (one set per column:
+    every ``ClassLabel`` column, else the columns the store was cached with)."""
+    from vlmsae.data.sources import open_source
+
+    recorded = store.manifest.get("data_source") or {}
+    columns = recorded.get("label_columns") or ()
+    kind = recorded.get("kind")
+    ds = open_source(spec, store.manifest.get("split"),
+                     label_columns=("*",) if kind != "webdataset" else columns)  # fmt: skip
+    if not ds.label_sets:
+        raise UserError(f"--labels {spec}: the source has no label column (ClassLabel, .cls)")
+    rows = match_images(store, {_key(k): i for i, k in enumerate(ds.keys)}, f"--labels {spec}")
+    per_image = [
+        {name: [classes[labels[r]]] if labels[r] >= 0 else [] for name, (labels, classes) in
+         ds.label_sets.items()}
+        for r in rows
+    ]  # fmt: skip
+    order = {name: list(classes) for name, (_, classes) in ds.label_sets.items()}
+    return from_image_concepts(per_image, f"{ds.layout} labels of {spec}", order)
+
+
 def load_labels(store: ActivationStore, spec: str | None) -> ConceptLabels:
     """The labels ``--labels`` names for the store's images.
 
@@ -93,6 +118,10 @@ def load_labels(store: ActivationStore, spec: str | None) -> ConceptLabels:
     """
     from vlmsae.toyworld.export import ATTRIBUTES_CSV
 
+    if spec is None and (store.manifest.get("data_source") or {}).get("kind"):
+        spec = str(store.manifest["dataset_root"])  # cached from a dataset or shards
+    if spec is not None and source_kind(spec) != "folder":
+        return source_labels(store, spec)
     if spec is None:
         folder = split_folder(store)
         if folder is None:

@@ -93,7 +93,11 @@ def from_image_concepts(
 
 
 def _key(path: str | os.PathLike[str]) -> str:
-    return os.path.realpath(os.fspath(path))
+    """A file by its real path; a source key (``tar:``, ``hf:``...) as it is."""
+    from vlmsae.data.locate import is_key
+
+    text = os.fspath(path)
+    return text if is_key(text) else os.path.realpath(text)
 
 
 def match_images(

@@ -221,9 +221,9 @@ def run_substitution(
     if len(labels_N) != len(dataset):
         raise UserError(f"got {len(labels_N)} labels for {len(dataset)} images; give one per image")
     names = list(dataset.classes if class_names is None else class_names)
-    m = measure(sae, model, site, list(dataset.paths), labels_N, names, prompt,
+    m = measure(sae, model, site, dataset.keys, labels_N, names, prompt,
                 batch_size=batch_size, k_nn=k_nn, tokenizer=tokenizer, workers=workers,
-                replay=replay)  # fmt: skip
+                replay=replay, reader=dataset.open_reader())  # fmt: skip
     recovered, undefined = {}, dict(m.undefined)
     for metric, row in m.values.items():
         recovered[metric] = {}
@@ -280,7 +280,8 @@ def evaluate_substitution(
     Args:
         sae: the SAE; its config names the hook point, layer and token selection.
         model: hub id or folder of a CLIP, SigLIP, DINOv2 or LLaVA model.
-        data: an image folder (:func:`vlmsae.data.images.load_dataset` layouts).
+        data: a ``--data`` source (:func:`vlmsae.data.sources.open_source`: an image folder,
+            ``hf:ORG/NAME``, a ``save_to_disk`` folder, Parquet files, WebDataset shards).
         labels: a class index per image (default: the folder's classes; < 0 = unlabelled).
         class_names: names of the classes for zero-shot accuracy (default: the folder's).
         prompt: LLaVA's question (default :data:`~vlmsae.evaluate.substitution_llava.
@@ -293,10 +294,10 @@ def evaluate_substitution(
         k_nn: neighbours of the k-NN accuracy.
     """
     from vlmsae.core.cpu import default_workers
-    from vlmsae.data.images import load_dataset
+    from vlmsae.data.sources import open_source
 
     try:
-        dataset = load_dataset(data, limit=limit)
+        dataset = open_source(data, limit=limit)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"cannot read the images of {data}: {e}") from e
     loaded, tokenizer = _load_model(str(model), device)

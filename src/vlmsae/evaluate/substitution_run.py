@@ -20,6 +20,7 @@ from vlmsae.evaluate import substitution_encoder as enc_metrics
 from vlmsae.evaluate import substitution_llava as llava_metrics
 
 if TYPE_CHECKING:
+    from vlmsae.data.sources import ImageReader
     from vlmsae.sae import SAE
     from vlmsae.steer.llava import Llava
 
@@ -116,17 +117,21 @@ class Measured(NamedTuple):
     prompt: str | None
 
 
-def _rank_batches(paths: Sequence[str], processor: Any, batch_size: int, workers: int):
+def _rank_batches(
+    paths: Sequence[str],
+    processor: Any,
+    batch_size: int,
+    workers: int,
+    reader: ImageReader | None = None,
+):
     """This rank's batches (a contiguous share), with dataset-wide image indices."""
     share = dist.shard(len(paths))
-    local = list(paths[share.start : share.stop])
 
     def batches() -> Iterator[Any]:
-        if not local:
+        if not len(share):
             return
-        for b in image_batches(local, processor, batch_size=batch_size, workers=workers):
-            skipped = [(i + share.start, p, why) for i, p, why in b.skipped]
-            yield b._replace(index=b.index + share.start, skipped=skipped)
+        yield from image_batches(paths, processor, batch_size=batch_size, workers=workers,
+                                 start=share.start, stop=share.stop, reader=reader)  # fmt: skip
 
     return batches
 
@@ -145,8 +150,10 @@ def measure(
     tokenizer: Any,
     workers: int,
     replay: bool = True,
+    reader: ImageReader | None = None,
 ) -> Measured:
-    """Run every variant over this rank's images and compute the metrics of the family."""
+    """Run every variant over this rank's images and compute the metrics of the family
+    (``paths``: the images' keys; ``reader`` decodes them, default the files of ``paths``)."""
     enc = _encoder_of(model)
     if site.family != "llava" and prompt is not None and "{}" not in prompt:
         raise UserError(
@@ -157,7 +164,7 @@ def measure(
         sae.eval()  # BatchTopK encodes per example (its threshold) outside training
     if hasattr(sae, "to"):
         sae.to(enc.device)
-    batches = _rank_batches(paths, enc.processor, batch_size, workers)
+    batches = _rank_batches(paths, enc.processor, batch_size, workers, reader)
     undefined: dict[str, str] = {}
     not_measured: dict[str, str] = {}
     if site.family == "llava":

@@ -8,8 +8,10 @@ never made up.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from vlmsae.sae import SAE
 
 log = logging.getLogger(__name__)
+EmbeddingsArg = str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None
+"""One embedding store, several (each may be ``NAME=PATH``), or ``{name: store}``."""
 
 
 def check_fits(sae: SAE, store: ActivationStore) -> None:
@@ -72,23 +76,99 @@ def _load_encoder(model: str | Path | None, store: ActivationStore) -> Encoder |
     return Encoder.from_pretrained(model)
 
 
-def _ms_columns(codes_NS: Any, embeddings: Path, store: ActivationStore) -> dict[str, np.ndarray]:
-    from vlmsae.data.store import ActivationStore
-    from vlmsae.metrics.ms import monosemanticity
+class MSColumn(NamedTuple):
+    """One MS column of the site and the embedder it was measured with."""
 
-    emb = ActivationStore(embeddings)
+    column: str
+    """Key in the index's columns (``ms`` for the first, ``ms_<name>`` for the others)."""
+    embedder: str
+    """Short name of the embedder (every MS shown names it: MS depends on it)."""
+    source: str
+    """The embedding store or ``vlmsae score`` directory it came from."""
+
+
+def embedding_specs(embeddings: EmbeddingsArg) -> list[tuple[str | None, Path]]:
+    """``(name or None, store)`` of each embedding store: a path, a list of paths (each
+    may be ``NAME=PATH``) or a ``{name: path}`` mapping."""
+    if embeddings is None:
+        return []
+    if isinstance(embeddings, Mapping):
+        return [(str(k), Path(v)) for k, v in embeddings.items()]
+    items = [embeddings] if isinstance(embeddings, (str, Path)) else list(embeddings)
+    out: list[tuple[str | None, Path]] = []
+    for item in items:
+        text = str(item)
+        name, sep, path = text.partition("=")
+        if sep and name and not Path(text).exists():
+            out.append((name.strip(), Path(path)))
+        else:
+            out.append((None, Path(item)))
+    return out
+
+
+def _column_key(name: str, taken: set[str]) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "emb"
+    key, i = f"ms_{slug}", 2
+    while key in taken:
+        key, i = f"ms_{slug}_{i}", i + 1
+    return key
+
+
+def _check_embedding(
+    emb: ActivationStore, path: Path, codes_NS: Any, store: ActivationStore
+) -> None:
     if len(emb) != codes_NS.shape[0]:
         raise UserError(
-            f"the embedding store {embeddings} has {len(emb)} images but the activation "
+            f"the embedding store {path} has {len(emb)} images but the activation "
             f"store {store.dir} has {codes_NS.shape[0]}; embed the same images"
         )
     if emb.images and store.images and emb.images != store.images:
         raise UserError(
-            f"the embedding store {embeddings} lists other images than {store.dir}; "
+            f"the embedding store {path} lists other images than {store.dir}; "
             "embed the same image folder and split"
         )
-    res = monosemanticity(codes_NS, emb)
-    return {"ms": res.ms, "ms_n_active": res.n_active.astype(float)}
+
+
+def ms_columns(
+    codes_NS: Any, specs: list[tuple[str | None, Path]], store: ActivationStore,
+    columns: dict[str, Any], info: list[MSColumn],
+) -> None:  # fmt: skip
+    """Add one MS column per embedding store to ``columns`` (the first is ``ms`` unless
+    ``info`` holds one already) and its :class:`MSColumn` to ``info``."""
+    from vlmsae.data.store import ActivationStore
+    from vlmsae.metrics.ms import embedder_name, monosemanticity
+
+    for name, path in specs:
+        emb = ActivationStore(path)
+        _check_embedding(emb, path, codes_NS, store)
+        name = name or embedder_name(emb.manifest, path.name)
+        res = monosemanticity(codes_NS, emb)
+        key = "ms" if not info else _column_key(name, set(columns))
+        columns[key] = res.ms
+        columns.setdefault("ms_n_active", res.n_active.astype(float))
+        info.append(MSColumn(key, name, str(path)))
+        log.info("MS under %s (%s): column %s", name, path, key)
+
+
+def scores_embedder(scores: Path) -> str:
+    """The embedder a ``vlmsae score`` directory was measured with (its summary's
+    ``embedder``, else the name of its embedding store's model)."""
+    import json
+
+    from vlmsae.metrics.ms import embedder_name
+
+    summary_path = Path(scores) / "summary.json"
+    if not summary_path.is_file():
+        return f"the embedding of {Path(scores).name}"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if summary.get("embedder"):
+        return str(summary["embedder"])
+    emb = summary.get("embeddings")
+    manifest_path = Path(str(emb)) / "manifest.json" if emb else None
+    if manifest_path is not None and manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        return embedder_name(manifest, Path(str(emb)).name)
+    return f"the embedding of {Path(scores).name}"
 
 
 def taxonomy_of(store: ActivationStore, truth: ToyTruth | None) -> np.ndarray | None:
@@ -112,7 +192,7 @@ def build_site(
     out_dir: str | Path,
     *,
     scores: str | Path | None = None,
-    embeddings: str | Path | None = None,
+    embeddings: EmbeddingsArg = None,
     labels: str | Path | None = None,
     model: str | Path | None = None,
     cfg: ExploreConfig | None = None,
@@ -125,7 +205,9 @@ def build_site(
     Args:
         sae_dir: the SAE checkpoint, or None for the store's raw neurons (its dimensions).
         scores: a ``vlmsae score`` output directory of this SAE (MS with its n_active).
-        embeddings: an embedding store to compute MS with when ``scores`` is not given.
+        embeddings: embedding stores to compute MS with, one column each, named by its
+            embedder (``NAME=PATH`` or a ``{name: path}`` mapping names it; else the
+            store's model): a path, a list, or a mapping.
         labels: ``labels.csv`` of ``vlmsae label``.
         model: the vision model the store was cached from: heatmaps for stores without
             patch tokens are recomputed with it for the top images only.
@@ -165,7 +247,7 @@ def build_site(
         from vlmsae.explore.probe import NEEDS_MS, ProbeConfig, load_for_probe, probe_neurons
 
         probe = probe or ProbeConfig()
-        if probe.neurons is None and scores is None and embeddings is None:
+        if probe.neurons is None and scores is None and not embedding_specs(embeddings):
             raise UserError(NEEDS_MS)
         if probe.neurons is not None:
             probe_neurons({}, sae.cfg.d_sae, probe)  # ids in range
@@ -187,9 +269,11 @@ def build_site(
         "freq": data.n_active / max(data.n_images, 1),
         "max_act": data.max_activation,
     }
-    columns.update(given)
-    if scores is None and embeddings is not None:
-        columns.update(_ms_columns(codes_NS, Path(embeddings), store))
+    columns.update(given)  # --scores and --labels, checked against the SAE before the work
+    ms_info: list[MSColumn] = []
+    if scores is not None:
+        ms_info.append(MSColumn("ms", scores_embedder(Path(scores)), str(scores)))
+    ms_columns(codes_NS, embedding_specs(embeddings), store, columns, ms_info)
     truth = toy_truth(store)
     valid_top = np.where(data.top_values > 0, data.top_indices, -1)
     taxonomy = taxonomy_of(store, truth)
@@ -204,7 +288,7 @@ def build_site(
     if llava_model is not None:
         from vlmsae.explore.probe import probe_neurons, steering_probe
 
-        chosen = probe_neurons(columns, n_s, probe)
+        chosen = probe_neurons(columns, n_s, probe, min_active=cfg.min_active)
         top = {k: float(data.max_activation[k]) for k in chosen}
         base, answers = steering_probe(llava_model, sae, steer_layer, top, probe)
         steering = {
@@ -223,6 +307,8 @@ def build_site(
         "d_sae": n_s,
         "group_sizes": list(sae.cfg.group_sizes),
         "scores": str(scores) if scores is not None else None,
+        "ms": [c._asdict() for c in ms_info],
+        "min_active": cfg.min_active,
     }
     if steering is not None:
         meta["steering"] = {k: v for k, v in steering.items() if k != "answers"}

@@ -81,7 +81,9 @@ def card_lines(index: dict[str, Any], neuron: int) -> tuple[str, str]:
     parts = []
     if "ms" in cols:
         n_act = col("ms_n_active")
-        parts.append(f"MS {_fmt(col('ms'), 3)}" + (f" (n_active {_fmt(n_act, 0)})"
+        first = [m for m in meta.get("ms") or [] if m.get("column") == "ms"]
+        name = f"MS ({first[0]['embedder']})" if first else "MS"
+        parts.append(f"{name} {_fmt(col('ms'), 3)}" + (f" (n_active {_fmt(n_act, 0)})"
                                                    if n_act is not None else ""))  # fmt: skip
     if len(meta.get("group_sizes") or []) > 1:
         parts.append(f"group {_fmt(col('group'), 0)}")

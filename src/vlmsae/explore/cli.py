@@ -19,13 +19,33 @@ PROBE_OPTIONS = ConfigOptions(
     prefix="steer",
     flags={"n_neurons": "--steer-top", "prompt": "--steer-prompt"},
     choices={"mode": ("replace", "preserve")},
-    help={"n_neurons": "Probe the K most monosemantic neurons (--llava)."},
+    help={
+        "n_neurons": "Probe the K most monosemantic neurons active on >= --min-active "
+        "images (--llava)."
+    },
 )
 
 
 def register(app: typer.Typer) -> None:
+    from vlmsae.formats.export import register_format
+
     app.command("explore")(explore_cmd)
     app.command("label")(label_cmd)
+    register_format("neuronpedia", "an explorer site (vlmsae explore --out SITE)", _neuronpedia)
+
+
+def _neuronpedia(source: Path, out: Path) -> str:
+    from vlmsae.core.errors import UserError
+    from vlmsae.core.lock import lock_until_exit
+    from vlmsae.explore.neuronpedia import export_command
+
+    if not (source / "data" / "index.js").is_file():
+        raise UserError(
+            f"{source} is not an explorer site (no data/index.js): --format neuronpedia "
+            "exports a site built by `vlmsae explore --out SITE`"
+        )
+    lock_until_exit(out, "vlmsae export")  # one writer per output directory
+    return export_command(source, out)
 
 
 def serve(site_dir: Path, port: int, host: str = "127.0.0.1") -> None:
@@ -45,8 +65,10 @@ def explore_cmd(
     ),
     activations: Path | None = typer.Option(None, help="Activation store at the SAE's hook."),
     scores: Path | None = typer.Option(None, help="`vlmsae score` output of this SAE (MS)."),
-    embeddings: Path | None = typer.Option(
-        None, help="Embedding store to compute MS with (when --scores is not given)."
+    embeddings: list[str] | None = typer.Option(
+        None,
+        help="Embedding store to compute MS with, one MS column each (repeatable; NAME=PATH "
+        "names the embedder, else the store's model names it).",
     ),
     labels: Path | None = typer.Option(None, help="labels.csv written by `vlmsae label`."),
     model: str | None = typer.Option(
@@ -172,14 +194,12 @@ def label_cmd(
 ) -> None:
     """Name every neuron by zero-shot matching of its top images (activation weighted)
     against a vocabulary with a CLIP text tower; on the toy world, also the accuracy."""
-    from vlmsae.explore.labels import label_sae
+    from vlmsae.explore.labels import label_accuracy_text, label_sae
 
     summary = label_sae(sae, activations, out, clip=clip, vocab=vocab, template=template,
                         top_k=top_k, overwrite=overwrite)  # fmt: skip
     line = f"{summary['n_labelled']} of {summary['n_neurons']} neurons labelled → {out}"
     t = summary.get("toyworld")
     if t is not None:
-        acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.1%}"
-        line += (f"; toy world: {t['n_correct']} of {t['n_monosemantic']} neurons with oracle "
-                 f"MS >= {t['min_oracle_ms']} carry a true concept ({acc})")  # fmt: skip
+        line += "; toy world: " + label_accuracy_text(t)
     typer.echo(line)

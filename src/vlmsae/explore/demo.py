@@ -7,6 +7,7 @@ returned ``index.html`` from its report.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,19 @@ def explore_demo(
     out_dir: str | Path,
     sae_dir: str | Path,
     activations: str | Path,
-    oracle: str | Path,
+    embeddings: Mapping[str, str | Path],
     clip: str = "toyworld",
+    min_active: int = 16,
 ) -> dict[str, Any]:
     """Label the neurons of ``sae_dir`` with the toy CLIP (``clip``: default the shipped
-    one of the store's world) over the world's concepts and build its browser (MS under the
-    ``oracle`` embedding store, heatmaps recomputed with the toy CLIP) into
-    ``out_dir/explore``.
+    one of the store's world) over the world's concepts and build its browser into
+    ``out_dir/explore``: one MS column per ``{embedder name: embedding store}`` (the first
+    ranks, as the demo's figures do: give the toy CLIP's embedding first), heatmaps
+    recomputed with the toy CLIP.
 
-    Returns ``{"index": path of index.html, "labels": the label summary (with
-    ``toyworld.accuracy``, the share of neurons with oracle MS >= 0.8 whose label is one of
-    their true concepts)}``.
+    Returns ``{"index": path of index.html, "ms": the embedders of the MS columns, "labels":
+    the label summary (``toyworld``: the share of neurons with oracle MS >= 0.8 whose label
+    is one of their true concepts, and the share over every labelled neuron)}``.
     """
     from vlmsae.data.store import ActivationStore
     from vlmsae.explore.build import build_site
@@ -38,12 +41,12 @@ def explore_demo(
     labels = label_sae(sae_dir, activations, out_dir / "labels", clip=clip, vocab="toyworld")
     model = ActivationStore(activations).manifest.get("model")
     site = build_site(
-        sae_dir, activations, out_dir / "explore", embeddings=oracle,
+        sae_dir, activations, out_dir / "explore", embeddings=dict(embeddings),
         labels=out_dir / "labels" / "labels.csv", model=model,
-        cfg=ExploreConfig(title="vlmsae demo neurons"),
+        cfg=ExploreConfig(title="vlmsae demo neurons", min_active=min_active),
     )  # fmt: skip
     log.info("demo explorer: %s", site.index_html)
-    return {"index": site.index_html, "labels": labels}
+    return {"index": site.index_html, "ms": list(embeddings), "labels": labels}
 
 
 def explore_demo_run(cfg: Any, runs: list[Any], acts: dict, emb: Any) -> dict[str, Any]:
@@ -60,5 +63,7 @@ def explore_demo_run(cfg: Any, runs: list[Any], acts: dict, emb: Any) -> dict[st
     from vlmsae.toyworld import clip_path
 
     clip = str(clip_path(cfg.models_dir, world=cfg.world))
-    result = explore_demo(cfg.out_dir, pick.path, acts["test"][hook], emb.oracle, clip)
+    embeddings = {"toy CLIP": emb.clip, "oracle": emb.oracle}  # the figures' MS first
+    result = explore_demo(cfg.out_dir, pick.path, acts["test"][hook], embeddings, clip,
+                          min_active=cfg.min_active)  # fmt: skip
     return {"sae": pick.name, **result}

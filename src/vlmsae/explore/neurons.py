@@ -231,7 +231,8 @@ def model_heatmaps(
     """Heatmaps recomputed with the model for the top images only: the block output at
     ``layer`` for every token, encoded by the SAE."""
     import torch
-    from PIL import Image
+
+    from vlmsae.data.sources import load_rgb
 
     pairs = _pairs_by_image(top_SK)
     heat, side = None, 0
@@ -239,7 +240,7 @@ def model_heatmaps(
     with torch.inference_mode():
         for lo in range(0, len(images), 32):
             batch = images[lo : lo + 32]
-            pil = [Image.open(image_paths[i]).convert("RGB") for i in batch]
+            pil = [load_rgb(image_paths[i]) for i in batch]
             hidden_BTD = encoder.capture(encoder.preprocess(pil), [layer])
             hidden_BTD = hidden_BTD[encoder.layer_index(layer)].float()
             if heat is None:

@@ -61,9 +61,12 @@ def white_image(size: int = 224) -> Any:
     return Image.new("RGB", (size, size), (255, 255, 255))
 
 
-def probe_neurons(columns: dict[str, Any], n_neurons: int, cfg: ProbeConfig) -> list[int]:
-    """The neurons to probe: ``cfg.neurons``, else the ``cfg.n_neurons`` highest MS among
-    neurons that fire (MS undefined last, never chosen)."""
+def probe_neurons(
+    columns: dict[str, Any], n_neurons: int, cfg: ProbeConfig, min_active: int = 1
+) -> list[int]:
+    """The neurons to probe: ``cfg.neurons``, else the ``cfg.n_neurons`` highest MS (the
+    first MS column) among neurons active on >= ``min_active`` images (MS undefined never
+    chosen): a neuron firing on two images scores MS 1.0 and says nothing."""
     if cfg.neurons is not None:
         bad = [k for k in cfg.neurons if not 0 <= k < n_neurons]
         if bad:
@@ -76,9 +79,20 @@ def probe_neurons(columns: dict[str, Any], n_neurons: int, cfg: ProbeConfig) -> 
         raise UserError(NEEDS_MS)
     ms = np.asarray(columns["ms"], float)
     alive = np.asarray(columns["max_act"], float) > 0
+    if "n_active" in columns:
+        alive &= np.asarray(columns["n_active"], float) >= max(min_active, 1)
     score = np.where(alive & np.isfinite(ms), ms, -np.inf)
     order = np.argsort(-score, kind="stable")[: cfg.n_neurons]
-    return [int(k) for k in order if np.isfinite(score[k])]
+    chosen = [int(k) for k in order if np.isfinite(score[k])]
+    if not chosen:
+        raise UserError(
+            f"no neuron with an MS is active on >= {min_active} images: nothing to probe; "
+            "lower --min-active or name the neurons with --steer-neurons 3,17"
+        )
+    if len(chosen) < cfg.n_neurons:
+        log.warning("only %d neurons with an MS are active on >= %d images: probing those",
+                    len(chosen), min_active)  # fmt: skip
+    return chosen
 
 
 def steering_probe(

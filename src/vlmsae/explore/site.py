@@ -34,7 +34,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -43,6 +43,7 @@ import numpy as np
 
 from vlmsae.core.errors import UserError
 from vlmsae.core.io import csv_uncell
+from vlmsae.data.sources import is_key, open_image
 from vlmsae.explore.neurons import NeuronData
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,18 @@ class ExploreConfig:
     """Draw patch heatmaps where the store has patch tokens or the model is given."""
     title: str = "vlmsae neurons"
     """Title of the site's pages."""
+    min_active: int = 16
+    """List, rank and steer-probe only neurons active on >= this many images (as the
+    paper's statistics do: a neuron firing on 2 images has MS 1.0); the site's filter
+    starts here and changes it (0: every neuron)."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "n_bins", "shard_size", "thumb_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_neighbours < 0:
-            raise ValueError(f"n_neighbours must be >= 0, got {self.n_neighbours}")
+        for name in ("n_neighbours", "min_active"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def _clean(obj: Any, digits: int = 4) -> Any:
@@ -209,30 +215,31 @@ def _thumb_js(name: str, im: Any) -> str:
 def _image_sources(
     paths: list[str], used: np.ndarray, out_dir: Path, cfg: ExploreConfig
 ) -> dict[int, str | None]:
-    """URL (relative to ``out_dir``) of every used image; None for unreadable ones."""
-    from PIL import Image
-
+    """URL (relative to ``out_dir``) of every used image; None for unreadable ones. Images
+    of a dataset or of ``.tar`` shards (source keys) are always extracted as thumbnails:
+    there is no file to link."""
     src: dict[int, str | None] = {}
     for i in used.tolist():
-        path = Path(paths[i]).resolve() if i < len(paths) else None
-        if path is None or not path.is_file():
+        key = paths[i] if i < len(paths) else None
+        path = None if key is None or is_key(key) else Path(key).resolve()
+        if key is None or (path is not None and not path.is_file()):
             src[i] = None
             continue
-        if not cfg.copy_images:
+        if not cfg.copy_images and path is not None:
             src[i] = quote(os.path.relpath(path, out_dir.resolve()).replace(os.sep, "/"))
             continue
         name = f"images/{i:07d}.png"
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                im.thumbnail((cfg.thumb_size, cfg.thumb_size))
-                (out_dir / "images").mkdir(exist_ok=True)
-                im.save(out_dir / name)
-                _write_js(out_dir / "data" / "thumbs" / f"{i:07d}.js", _thumb_js(name, im))
-            src[i] = name
-        except OSError as e:
-            log.warning("cannot read %s: %s", path, e)
+        decoded = open_image(key)  # the pixel budget holds here too
+        if decoded.image is None:
+            log.warning("cannot read %s: %s", key, decoded.error)
             src[i] = None
+            continue
+        im = decoded.image
+        im.thumbnail((cfg.thumb_size, cfg.thumb_size))
+        (out_dir / "images").mkdir(exist_ok=True)
+        im.save(out_dir / name)
+        _write_js(out_dir / "data" / "thumbs" / f"{i:07d}.js", _thumb_js(name, im))
+        src[i] = name
     return src
 
 
@@ -328,6 +335,8 @@ def write_site(
     (``steering``: the steering probe's answers per probed neuron)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.copy_images and any(is_key(p) for p in image_paths):
+        cfg = replace(cfg, copy_images=True)  # no file to link: thumbnails
     for name in STATIC_FILES:
         shutil.copyfile(STATIC_DIR / name, out_dir / name)
     used = np.unique(data.top_indices[data.top_values > 0])

@@ -71,19 +71,28 @@ def push(folder: Path, repo_id: str | None) -> None:
 
 
 def export(
-    sae: str = typer.Argument(..., help="SAE checkpoint folder or hub id (ORG/NAME[/SUBFOLDER])."),
-    fmt: str = typer.Option(..., "--format", help="saelens | dictionary_learning"),
+    sae: str = typer.Argument(
+        ...,
+        help="SAE checkpoint folder or hub id (ORG/NAME[/SUBFOLDER]); for neuronpedia the "
+        "explorer site (`vlmsae explore --out SITE`).",
+    ),
+    fmt: str = typer.Option(..., "--format", help="saelens | dictionary_learning | neuronpedia"),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     overwrite: bool = typer.Option(
         False, help="Write into --out even where it holds something else (another SAE, a run)."
     ),
 ) -> None:
-    """Write an SAE in SAELens's or dictionary_learning's format (their loaders read it)."""
-    from vlmsae.formats.export import FORMATS, export_output
+    """Write an SAE in SAELens's or dictionary_learning's format (their loaders read it), or
+    an explorer site's neurons as Neuronpedia feature dashboards (batch-N.json)."""
+    from vlmsae.formats.export import FORMATS, OTHER_FORMATS, export_output
     from vlmsae.sae.model import SAE
 
+    if fmt in OTHER_FORMATS:  # registered by the room that reads their input
+        typer.echo(OTHER_FORMATS[fmt].run(Path(sae), out))
+        return
     if fmt not in FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {FORMATS}", param_hint="--format")
+        known = (*FORMATS, *OTHER_FORMATS)
+        raise typer.BadParameter(f"{fmt!r} is not one of {known}", param_hint="--format")
     model = SAE.load(sae)
     note = export_output(model, out, fmt, source=sae, overwrite=overwrite)
     if note:

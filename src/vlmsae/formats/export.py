@@ -7,8 +7,9 @@ something different, it refuses with a :class:`~vlmsae.core.errors.UserError` in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from vlmsae.core.errors import UserError
 
@@ -42,6 +43,25 @@ def export_output(
         note = export_sae(sae, out, fmt)
         unit.add(*FORMAT_FILES[fmt])
     return note
+
+
+class OtherExport(NamedTuple):
+    """An export format whose input is not an SAE checkpoint, registered by the room that
+    reads that input (the explorer registers ``neuronpedia``: formats cannot import it)."""
+
+    source: str
+    """What the command's positional argument must be, for its help and errors."""
+    run: Callable[[Path, Path], str]
+    """``run(source, out)`` writes the export and returns the line the command prints."""
+
+
+OTHER_FORMATS: dict[str, OtherExport] = {}
+"""Formats registered with :func:`register_format` (filled when the CLI is built)."""
+
+
+def register_format(name: str, source: str, run: Callable[[Path, Path], str]) -> None:
+    """Make ``vlmsae export SOURCE --format NAME --out DIR`` call ``run(SOURCE, DIR)``."""
+    OTHER_FORMATS[name] = OtherExport(source, run)
 
 
 def export_sae(sae: SAE, out: str | Path, fmt: str) -> str | None:

@@ -244,7 +244,8 @@ def write_grid(
         ms, ids=neurons, top_n=top_n, group=group, group_sizes=group_sizes,
         alive_K=None if neurons else tops.kept(min_active),
     )  # fmt: skip
-    counts = neuron_grid(out, chosen, idx, paths, ms=ms, n_images=n_images)
+    label = f"MS ({_embedder_of(Path(scores))})" if scores else "MS"
+    counts = neuron_grid(out, chosen, idx, paths, ms=ms, ms_label=label, n_images=n_images)
     return GridRun(len(chosen), counts["drawn"], counts["unreadable"])
 
 
@@ -259,3 +260,16 @@ def write_ms_table(runs: list[Path], out: Path | None = None) -> str:
     if out:
         atomic_write_text(out, text)
     return text
+
+
+def _embedder_of(scores: Path) -> str:
+    """The embedder of ``vlmsae score`` output (``scores.npy`` or its folder), from its
+    summary.json; the folder's name where the summary does not say."""
+    import json
+
+    folder = scores if scores.is_dir() else scores.parent
+    try:
+        name = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("embedder")
+    except (OSError, ValueError):
+        name = None
+    return str(name) if name else f"embedding of {folder.name}"

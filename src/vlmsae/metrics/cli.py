@@ -56,7 +56,8 @@ def score(
                            min_active=min_active, overwrite=overwrite)  # fmt: skip
     s = summary["ms"]
     typer.echo(
-        f"MS over {summary['n_images']:,} images, {s['n_neurons']:,} neurons: mean "
+        f"MS under the {summary['embedder']} embedding over {summary['n_images']:,} images, "
+        f"{s['n_neurons']:,} neurons: mean "
         f"{fmt(s['mean'])} ± {fmt(s['std'])}, max {fmt(s['max'])} (over neurons active on >= "
         f"{min_active} images: "
         f"{fmt(summary['max_ms_active'])}; p99 {fmt(summary['p99_ms'])}), "

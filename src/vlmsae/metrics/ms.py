@@ -264,7 +264,8 @@ def monosemanticity(
         ms[k0:k1] = _accumulate_block(activations, embeddings, k0, k1, rng, chunk_rows, progress)
     result = MSResult(ms, rng.n_active, rng.hi, rng.lo, n)
     if result.n_undefined:
-        log.info("MS undefined for %d of %d neurons (dead or constant)", result.n_undefined, k)
+        # the callers say it with the name of what they score (score summary, demo lines)
+        log.debug("MS undefined for %d of %d neurons (dead or constant)", result.n_undefined, k)
     return result
 
 
@@ -309,3 +310,13 @@ def compare_sae_raw(ms_sae: np.ndarray, ms_raw: np.ndarray) -> dict[str, Any]:
         "share_above_median_raw": float((sae > median).mean()),
         "n_above_best_raw": int((sae > best).sum()),
     }
+
+
+def embedder_name(manifest: dict[str, Any], fallback: str = "embedding") -> str:
+    """A short name of the embedder an embedding store was written with (every MS shown
+    names it, since MS depends on it): the model's short name (``dinov2-base``,
+    ``toyworld-oracle``), else ``fallback`` (e.g. the store's folder name)."""
+    from vlmsae.core.progress import model_label
+
+    model = manifest.get("model")
+    return model_label(model) if model else fallback

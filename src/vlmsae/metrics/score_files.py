@@ -74,6 +74,7 @@ def write_scores(
     from vlmsae.data.store import ActivationStore
     from vlmsae.metrics._source import image_index_of
     from vlmsae.metrics.fit import check_score_inputs
+    from vlmsae.metrics.ms import embedder_name
 
     acts_store, emb = ActivationStore(activations), ActivationStore(embeddings)
     check_rows(acts_store, "--activations")
@@ -83,6 +84,7 @@ def write_scores(
     provenance = check_score_inputs(acts_store, emb, image_R, sae_dir=sae, raw_store=raw_store,
                                     allow_mismatch=allow_mismatch)  # fmt: skip
     summary: dict[str, Any] = {"activations": str(activations), "embeddings": str(embeddings)}
+    summary["embedder"] = embedder_name(emb.manifest, Path(embeddings).name)  # MS depends on it
     summary.update({k: acts_store.manifest.get(k) for k in ("model", "hookpoint", "layer")})
     inputs = (activations, embeddings, sae, raw)
     with writing_output(out, "score", owns=SCORE_FILES, inputs=inputs, overwrite=overwrite,
@@ -170,7 +172,7 @@ def _write(
             summary["sae_vs_raw"], summary["sae_vs_raw_reason"] = None, f"undefined: {e}"
         hist["raw"] = raw_ms
     if unit.active:
-        ms_histogram(out / "ms_hist.png", hist)
+        ms_histogram(out / "ms_hist.png", hist, embedder=summary.get("embedder"))
         unit.add(*(f for f in FIGURES if (out / f).is_file()))
     unit.write_text("table.md", ms_tables([summary]) + "\n" + tradeoff_table([summary]))
     unit.write_json("summary.json", summary)

@@ -40,9 +40,11 @@ def ms_histogram(
     *,
     bins: int = 50,
     title: str = "Monosemanticity Score",
+    embedder: str | None = None,
 ) -> Path:
     """Histogram PNG of MS per set of neurons (e.g. ``{"SAE": ms, "raw": ms_raw}``),
-    densities so that sets of different sizes compare; undefined scores are left out."""
+    densities so that sets of different sizes compare; undefined scores are left out.
+    ``embedder`` names the embedding MS was measured with on the axis."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=150)
     edges = np.linspace(-0.2, 1.0, bins + 1)
@@ -62,7 +64,7 @@ def ms_histogram(
             alpha=0.55,
             label=f"{name} (n={ok.size}, mean {ok.mean():.3f})",
         )
-    ax.set_xlabel("MS")
+    ax.set_xlabel(f"MS ({embedder} embedding)" if embedder else "MS")
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=8)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from vlmsae.data.sources import open_image
 from vlmsae.report.figures import save_figure
 
 log = logging.getLogger(__name__)
@@ -20,16 +20,15 @@ log = logging.getLogger(__name__)
 def _tile(path: str | None, size: int) -> tuple[np.ndarray, bool]:
     if path is None:
         return np.full((size, size, 3), 200, np.uint8), False
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = min(w, h)
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            return np.asarray(im.resize((size, size))), True
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        log.debug("unreadable image %s: %s", path, e)
+    decoded = open_image(path)  # a file, a .tar member or a dataset row (images.jsonl keys)
+    if decoded.image is None:
+        log.debug("unreadable image %s: %s", path, decoded.error)
         return np.full((size, size, 3), 160, np.uint8), False
+    im = decoded.image
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return np.asarray(im.resize((size, size))), True
 
 
 def tile_panel(paths: Sequence[str | Path | None], side: int, tile: int) -> tuple[np.ndarray, int]:
@@ -53,13 +52,15 @@ def neuron_grid(
     image_paths: Sequence[str],
     *,
     ms: np.ndarray | None = None,
+    ms_label: str = "MS",
     n_images: int = 16,
     tile: int = 128,
     columns: int = 4,
     dpi: int = 300,
 ) -> dict[str, int]:
     """One panel per neuron (``n_images`` top images in a square grid, titled with the neuron
-    id and MS), panels side by side in rows of ``columns``; written as PNG (``dpi``: 300
+    id and MS, called ``ms_label``: name the embedder, e.g. ``"MS (dinov2-base)"``), panels
+    side by side in rows of ``columns``; written as PNG (``dpi``: 300
     prints at the figure's size) and as SVG and PDF beside it. Returns counts of drawn
     tiles."""
     import matplotlib
@@ -82,7 +83,7 @@ def neuron_grid(
         counts["drawn"] += drawn
         counts["unreadable"] += sum(p is not None for p in paths) - drawn
         ax.imshow(panel)
-        score = "" if ms is None or np.isnan(ms[k]) else f"  MS {ms[k]:.3f}"
+        score = "" if ms is None or np.isnan(ms[k]) else f"  {ms_label} {ms[k]:.3f}"
         ax.set_title(f"neuron {k}{score}", fontsize=8)
     for ax in axes:
         ax.axis("off")

@@ -46,13 +46,22 @@ def steer(
     pre_zero: bool = typer.Option(False, "--pre-zero", help="Zero all other codes first."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens"),
     device: str = typer.Option("cpu", "--device"),
+    allow_mismatch: bool = typer.Option(
+        False,
+        "--allow-mismatch",
+        help="Steer with an SAE trained on the CLS token or the token mean (steering edits "
+        "every image token; a warning says so).",
+    ),
 ) -> None:
-    """Print LLaVA's answer without and with SAE neurons clamped in its vision tower."""
-    from PIL import Image
+    """Print LLaVA's answer without and with SAE neurons clamped in its vision tower.
+    Every argument is checked against the SAE's and the model's configs before the model
+    loads."""
+    from PIL import Image, UnidentifiedImageError
 
     from vlmsae.core.errors import UserError
     from vlmsae.data.images import to_rgb
     from vlmsae.sae import SAE
+    from vlmsae.steer.checks import check_steer_request
     from vlmsae.steer.llava import generate, load_llava
     from vlmsae.steer.steering import steer_sae
 
@@ -62,19 +71,14 @@ def steer(
             param_hint="--alpha",
         )
     sae = SAE.load(sae_dir, device=device)
-    block = layer if layer is not None else sae.cfg.layer
-    if block is None:
-        raise typer.BadParameter(
-            "the SAE config names no layer; pass --layer", param_hint="--layer"
-        )
+    target = check_steer_request(model, sae.cfg, neuron, layer, allow_mismatch=allow_mismatch)
+    try:
+        with Image.open(image) as im:
+            picture = to_rgb(im)
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"--image {image}: cannot read it as an image ({e})") from e
+    block = target.block
     llava = load_llava(model, device=device)
-    if sae.cfg.d_in != llava.encoder.d_model:
-        raise UserError(
-            f"--sae {sae_dir} reads {sae.cfg.d_in}-wide activations but the vision tower of "
-            f"{model} is {llava.encoder.d_model} wide; use an SAE trained on this LLaVA's tower"
-        )
-    with Image.open(image) as im:
-        picture = to_rgb(im)
     clamp = dict(zip(neuron, alpha * len(neuron) if len(alpha) == 1 else alpha, strict=True))
     base = generate(llava, [picture], prompt, max_new_tokens=max_new_tokens)[0]
     with steer_sae(llava.encoder, sae, block, clamp, mode=mode, pre_zero=pre_zero):

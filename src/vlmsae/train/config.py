@@ -173,16 +173,20 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def warn_schedule(cfg: TrainConfig) -> None:
-    """Say up front when a short run cannot follow its schedule."""
+    """Say up front when a short run cannot follow its schedule (once per process)."""
+    from vlmsae.core.progress import warn_once
+
     if cfg.warmup_steps >= cfg.steps:
-        log.warning(
+        warn_once(  # a sweep shares the setting: once, not once per SAE
+            log,
             "warmup_steps=%d >= steps=%d: the lr never reaches its base value; lower "
             "--warmup-steps",
             cfg.warmup_steps,
             cfg.steps,
         )
     if cfg.sae.sparsity == "batchtopk" and cfg.threshold_start_step >= cfg.steps - 1:
-        log.warning(
+        warn_once(
+            log,
             "threshold_start_step=%d >= steps - 1: the BatchTopK inference threshold will never "
             "be set and the SAE will encode with per-example top-k; lower "
             "--threshold-start-step",

@@ -29,7 +29,7 @@ from vlmsae.core.errors import NonFiniteError
 from vlmsae.core.interrupt import graceful_stop
 from vlmsae.core.io import read_json, remove_stale_temps, write_json
 from vlmsae.core.lock import output_lock
-from vlmsae.core.progress import progress
+from vlmsae.core.progress import progress, warn_once
 from vlmsae.sae import checkpoint as ckpt
 from vlmsae.sae.model import SAE, SAEOutput
 from vlmsae.train.config import TrainConfig, lr_factor, warn_schedule
@@ -326,7 +326,8 @@ class Run:
         to raw inputs (the input scale folded into its biases and thresholds)."""
         sae, state, cfg = self.sae, self.state, self.cfg
         if sae.cfg.sparsity == "batchtopk" and float(sae.threshold) < 0:
-            log.warning(
+            warn_once(  # a sweep's SAEs share the setting: once, not once per SAE
+                log,
                 "training ended before threshold_start_step=%d: the SAE has no inference "
                 "threshold and encodes with per-example top-k",
                 cfg.threshold_start_step,

@@ -20,7 +20,8 @@
     concept: ["concept", "ground-truth values >= 80% of the top images hold (toy world)", null],
     purity: ["purity", "largest share of the top images holding one value (toy world)", 2],
   };
-  const state = { sortKey: null, sortDir: -1, query: "", group: "", page: 0, order: null };
+  const state = { sortKey: null, sortDir: -1, query: "", group: "", page: 0, order: null,
+    minActive: 0 };
   const shards = {};
   const waiting = {};
 
@@ -33,6 +34,14 @@
   const meta = INDEX.meta;
   const N = meta.n_neurons;
   const colNames = Object.keys(cols);
+  // every MS column names the embedder it was measured with (MS depends on it)
+  (meta.ms || []).forEach((m) => {
+    COLUMN_INFO[m.column] = [`MS (${m.embedder})`,
+      `Monosemanticity Score under the ${m.embedder} embedding (${m.source})`, 3];
+  });
+  // the list and its ranking start at neurons active on >= min_active images (the paper's
+  // rule: a neuron firing on two near-identical images scores MS 1.0); the filter changes it
+  state.minActive = cols.n_active && meta.min_active ? meta.min_active : 0;
   if (meta.title) {
     document.title = meta.title;
     document.getElementById("home").textContent = meta.title;
@@ -95,8 +104,10 @@
     const labels = cols.label || null;
     const concepts = cols.concept || null;
     let ids = state.order || [...Array(N).keys()];
-    if (q || group !== null) {
+    const minActive = cols.n_active ? state.minActive : 0;
+    if (q || group !== null || minActive > 0) {
       ids = ids.filter((i) => {
+        if (minActive > 0 && !(cols.n_active[i] >= minActive)) return false;
         if (group !== null && cols.group[i] !== group) return false;
         if (!q) return true;
         const text = `${i} ${labels ? labels[i] || "" : ""} ${concepts ? concepts[i] || "" : ""}`;
@@ -140,6 +151,17 @@
     });
     groupSel.addEventListener("change", () => { state.group = groupSel.value; state.page = 0;
       renderRows(); });
+    const minBox = el("input", { type: "number", id: "min-active", min: 0, step: 1,
+      value: state.minActive, title: "list and rank only neurons active on at least this " +
+      "many images (0: every neuron)" });
+    minBox.addEventListener("input", () => {
+      const v = Number(minBox.value);
+      state.minActive = Number.isFinite(v) && v > 0 ? Math.floor(v) : 0;
+      state.page = 0;
+      renderRows();
+    });
+    const minFilter = cols.n_active ? el("label", { class: "min-active" }, "active on ≥ ",
+      minBox, " images") : "";
     const head = el("tr", {}, el("th", { "data-col": "id" }, "neuron"));
     colNames.forEach((name) => {
       const info = COLUMN_INFO[name] || [name, name, 3];
@@ -153,7 +175,7 @@
     });
     const table = el("table", { class: "neurons", id: "neurons" }, el("thead", {}, head),
       el("tbody", { id: "rows" }));
-    app.replaceChildren(el("div", { class: "controls" }, search, groupSel,
+    app.replaceChildren(el("div", { class: "controls" }, search, groupSel, minFilter,
       el("span", { id: "count" })), table, el("div", { class: "pager", id: "pager" }));
     renderRows();
   }
@@ -174,7 +196,8 @@
       return tr;
     });
     body.replaceChildren(...rows);
-    document.getElementById("count").textContent = `${ids.length} of ${N} neurons`;
+    document.getElementById("count").textContent = `${ids.length} of ${N} neurons` +
+      (cols.n_active && state.minActive > 0 ? ` (active on ≥ ${state.minActive} images)` : "");
     const pager = document.getElementById("pager");
     const prev = el("button", { id: "prev" }, "‹ prev");
     const next = el("button", { id: "next" }, "next ›");

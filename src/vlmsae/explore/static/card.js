@@ -20,7 +20,9 @@
     const parts = [];
     if ("ms" in cols) {
       const n = col("ms_n_active");
-      parts.push(`MS ${fmt(col("ms"), 3)}` + (n !== null ? ` (n_active ${fmt(n, 0)})` : ""));
+      const first = (meta.ms || []).find((m) => m.column === "ms");
+      const name = first ? `MS (${first.embedder})` : "MS";
+      parts.push(`${name} ${fmt(col("ms"), 3)}` + (n !== null ? ` (n_active ${fmt(n, 0)})` : ""));
     }
     if ((meta.group_sizes || []).length > 1) parts.push(`group ${fmt(col("group"), 0)}`);
     parts.push(`active on ${fmt(col("n_active"), 0)} of ${meta.n_images} images`);
