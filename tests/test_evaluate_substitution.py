@@ -320,7 +320,7 @@ def test_toy_clip_through_the_path_entry_point(toy_folder):
 
 
 def test_toy_llava_through_the_path_entry_point(toy_folder):
-    from vlmsae.toyworld.world import QUESTION_SHAPE
+    from vlmsae.toyworld.shapes import QUESTION_SHAPE
 
     from vlmsae import toyworld
 
