@@ -320,9 +320,8 @@ def test_toy_clip_through_the_path_entry_point(toy_folder):
 
 
 def test_toy_llava_through_the_path_entry_point(toy_folder):
-    from vlmsae.toyworld.shapes import QUESTION_SHAPE
-
     from vlmsae import toyworld
+    from vlmsae.toyworld.shapes import QUESTION_SHAPE
 
     sae = make_sae(128, **_source(2, "all"))
     result = evaluate_substitution(
