@@ -8,6 +8,7 @@ the new one whole, or a one-line error: never a mix.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,8 @@ def write_evaluation(
         raise UserError("--model and --data go together (the substitution evaluation needs both)")
     substitution = None
     if model is not None:
-        try:
-            from vlmsae.evaluate import substitution
+        try:  # import_module reads sys.modules, even after the package got the attribute
+            substitution = importlib.import_module("vlmsae.evaluate.substitution")
         except ImportError as e:
             raise UserError(_SUBSTITUTION_MISSING) from e
     store = ActivationStore(activations)
