@@ -64,7 +64,7 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
     figs.append(
         (
             "figures/ms_histogram.png",
-            f"MS (toy-CLIP embedding) of the neurons of {s.run.name} and of the raw "
+            f"MS (toy-DINOv2 embedding) of the neurons of {s.run.name} and of the raw "
             f"neurons of {s.run.hook}",
         )
     )
@@ -96,7 +96,7 @@ def ms_figures(cfg: DemoConfig, scores: Scores) -> list[tuple[str, str]]:
                 ax.plot(exps, ys, style + marker, color=color, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("expansion factor")
-    ax.set_ylabel("max MS (toy CLIP), mean over seeds")
+    ax.set_ylabel("max MS (toy DINOv2), mean over seeds")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figs.append(
         (
