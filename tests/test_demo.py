@@ -331,3 +331,46 @@ def test_every_ms_of_the_demo_names_its_embedder_and_labels_give_both_shares(dem
     assert f"labels name a true concept of {high}" in readme
     assert f"and of {every}" in readme and "labelled neurons" in readme
     assert toy["n_labelled"] >= toy["n_monosemantic"]
+
+
+def test_demo_steering_pools_its_seeds_with_intervals(demo_run):
+    """Each steering seed is a whole replicate (its own folder, targets and neurons); the
+    pooled "both" rate is the mean of the seeds' rates (equal test sets), its interval holds
+    it, and the verdict on SAE vs DiffMean follows the paired interval of their difference."""
+    from vlmsae.demo.steering import verdict
+    from vlmsae.metrics.stats import Interval
+
+    out, _ = demo_run
+    st = json.loads((out / "summary.json").read_text())["steering"]
+    seeds = st["seeds"]
+    assert len(seeds) == 2 and all(
+        (out / "steering" / f"seed{s}" / "summary.json").is_file() for s in seeds
+    )
+    assert set(st["neurons"]) == {str(s) for s in seeds}
+    assert st["neurons"][str(seeds[0])].keys() != st["neurons"][str(seeds[1])].keys()
+    for row in st["rows"]:
+        per_seed = row["per_seed"]
+        both = row["both"]
+        assert both["n"] == sum(r["n"] for r in per_seed.values())
+        assert both["estimate"] == pytest.approx(np.mean([r["both"] for r in per_seed.values()]))
+        assert both["lo"] - 1e-12 <= both["estimate"] <= both["hi"] + 1e-12
+    for kind, diff in st["sae_minus_diffmean"].items():
+        rate = {r["method"]: r["both"]["estimate"] for r in st["rows"] if r["protocol"] == kind}
+        assert diff["estimate"] == pytest.approx(rate["SAE"] - rate["DiffMean"])
+        assert st["verdicts"][kind] == verdict(Interval(**diff))
+    with open(out / "tables" / "steering_seeds.csv", newline="") as f:
+        assert len(list(csv.reader(f))) - 1 == 2 * 3 * len(seeds)
+
+
+def test_demo_refuses_a_directory_of_another_objects_regime(tmp_path):
+    """A one-emoji world is not resumed as the two-emoji default (their truths differ)."""
+    from vlmsae.core.errors import UserError
+    from vlmsae.demo.config import DemoConfig
+    from vlmsae.demo.stages import check_world
+    from vlmsae.toyworld import export_imagefolder
+    from vlmsae.toyworld.worlds import get_world
+
+    split = export_imagefolder(tmp_path, split="test", n=2, world=get_world("emoji", objects=1))
+    check_world(split, DemoConfig.quick(out_dir=str(tmp_path), objects=1))
+    with pytest.raises(UserError, match="objects.*1.*--objects"):
+        check_world(split, DemoConfig.quick(out_dir=str(tmp_path)))

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
-from vlmsae.metrics.stats import bootstrap, mean_std, spearman_interval
+from vlmsae.metrics.stats import bootstrap, bootstrap_strata, mean_std, spearman_interval
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
 maybe_nan = st.one_of(finite, st.just(float("nan")), st.just(float("inf")))
@@ -77,3 +77,28 @@ def test_bootstrap_other_statistics():
     assert med.estimate == 4.5 and med.lo <= 4.5 <= med.hi
     plain = bootstrap(x, lambda v: float(np.max(v)), seed=1)  # no axis=: looped
     assert plain.estimate == 9.0 and plain.hi == 9.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=30), st.integers(0, 2**31 - 1))
+def test_one_stratum_is_the_plain_bootstrap(values, seed):
+    assert bootstrap_strata([values], seed=seed, n_boot=200) == bootstrap(
+        values, seed=seed, n_boot=200
+    )
+
+
+def test_strata_keep_their_sizes_and_their_spread_only():
+    rng = np.random.default_rng(0)
+    # two seeds far apart: pooled resampling mixes their shares, stratified cannot
+    strata = [rng.normal(0, 0.1, 50), rng.normal(10, 0.1, 50)]
+    got = bootstrap_strata(strata, seed=1)
+    pooled = bootstrap(np.concatenate(strata), seed=1)
+    assert got.estimate == pytest.approx(np.concatenate(strata).mean())
+    assert got.n == 100 and got.lo <= got.estimate <= got.hi
+    assert (got.hi - got.lo) < 0.2 * (pooled.hi - pooled.lo)
+    # constant strata: nothing to resample, a zero-width interval at the pooled mean
+    const = bootstrap_strata([np.ones(3), np.zeros(5), [np.nan]])
+    assert const.estimate == const.lo == const.hi == pytest.approx(3 / 8) and const.n == 8
+    assert np.isnan(bootstrap_strata([[], [np.nan]]).estimate)
+    one = bootstrap_strata([[2.0], []])
+    assert one.estimate == 2.0 and np.isnan(one.lo)

@@ -9,7 +9,7 @@ interval over seeds, beside the untrained SAE of the same width.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,8 +18,11 @@ from vlmsae.demo.numbers import Numbers, by_config
 from vlmsae.metrics.stats import bootstrap
 from vlmsae.report.document import Table
 
+if TYPE_CHECKING:
+    from vlmsae.toyworld.base import World
 
-def n_concept_values(world_name: str) -> int:
+
+def n_concept_values(world_name: str | World) -> int:
     """Concept values of a world: every value of its attributes but the taxonomy levels that
     group its objects (shape family; emoji group and subgroup) and the emoji world's
     ``second`` (the same emoji again). Shapes: 8 shapes + 8 colours + 2 sizes + 4
@@ -32,20 +35,20 @@ def n_concept_values(world_name: str) -> int:
     return sum(len(world.attributes[a]) for a in world.oracle_attributes if a not in skip)
 
 
-def _concept_parts(world_name: str) -> str:
+def _concept_parts(world_name: str | World) -> str:
     from vlmsae.toyworld.worlds import get_world
 
     return get_world(world_name).concept_summary()
 
 
-def describe_world(world_name: str) -> str:
+def describe_world(world_name: str | World) -> str:
     """One sentence naming the world, its concepts and its taxonomy."""
     from vlmsae.toyworld.worlds import get_world
 
     return get_world(world_name).description()
 
 
-def purity_note(world_name: str) -> str:
+def purity_note(world_name: str | World) -> str:
     """What the label purity of a neuron's top images is measured against."""
     from vlmsae.toyworld.worlds import get_world
 
@@ -116,7 +119,7 @@ def alive_table(cfg: DemoConfig, nums: Numbers) -> Table:
 
 def alive_note(cfg: DemoConfig, nums: Numbers) -> str:
     """How many latents stay alive per width, against how many concepts the world has."""
-    n_concepts = n_concept_values(cfg.world)
+    n_concepts = n_concept_values(cfg.toy_world)
     configs = _config_runs(cfg, nums)
     widest = max(s.run.expansion for _, s in configs)
     shares = [nums.configs[c]["alive_share"].mean for c, s in configs if s.run.expansion == widest]
@@ -125,7 +128,7 @@ def alive_note(cfg: DemoConfig, nums: Numbers) -> str:
     most = "most latents stay dead" if share < 0.5 else "most latents are alive"
     return (
         f"The {cfg.world} world has {n_concepts} concept values "
-        f"({_concept_parts(cfg.world)}). Latents active on at least one held-out image: "
+        f"({_concept_parts(cfg.toy_world)}). Latents active on at least one held-out image: "
         f"median {int(np.median(alive))} per SAE "
         f"(range {min(alive)}–{max(alive)}); at ×{widest}, {share:.0%} of the latents on "
         f"average over hooks, architectures and seeds, so {most} there (table alive, per "

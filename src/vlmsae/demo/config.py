@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vlmsae.sae.config import PAPER_GROUP_FRACTIONS
+
+if TYPE_CHECKING:
+    from vlmsae.toyworld.base import World
 
 HOOK_PROJECTION = "proj"
 """Name of the toy CLIP's final image embedding (``post_projection``) among the hooks."""
@@ -68,6 +72,11 @@ class DemoConfig:
     """Test images per protocol (insertion, suppression); a quarter of it for α choice."""
     steer_steps: int = 1500
     """Training steps of the steering SAE."""
+    steer_expansion: int = 8
+    """Expansion of the steering SAE (TopK, k 16, on the toy LLaVA's vision tokens)."""
+    steer_seeds: int = 3
+    """Steering replicates (seeds ``seed, seed + 1, …``): each draws other target emoji,
+    another steering SAE and other images; rates are pooled over them with intervals."""
     converge_tol: float = 0.01
     """An SAE has converged where its validation R² changed by less than this over the last
     quarter of training (measured at log points, reported per configuration)."""
@@ -89,6 +98,12 @@ class DemoConfig:
     world: str = "emoji"
     """The toy world the demo runs on: ``emoji`` (341 emoji under Unicode's taxonomy) or
     ``shapes`` (22 concept values; the demo before the emoji world)."""
+    objects: int | None = None
+    """Emoji world: at most this many emoji per image, 1 or 2 (None: the world's default, 2:
+    half the images show a second emoji). The default run reports the two-emoji regime, the
+    one whose truth needed the ``objects`` factor (``docs/fidelity.md``); ``--objects 1``
+    runs the one-emoji regime, whose truth is exact by construction. The toy models are the
+    same (trained on the two-emoji world); steering always uses it."""
     models_dir: str | None = None
     """Toy-world models to use (a ``vlmsae toyworld build`` output); default the shipped ones."""
     embedder: str | None = None
@@ -102,7 +117,7 @@ class DemoConfig:
 
         if self.world not in WORLDS:
             raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}")
-        n_train, n_test = get_world(self.world).demo_images
+        n_train, n_test = get_world(self.world, objects=self.objects).demo_images
         if self.n_train is None:  # resolved once, at construction: the config stays frozen
             object.__setattr__(self, "n_train", n_train)
         if self.n_test is None:
@@ -115,8 +130,10 @@ class DemoConfig:
             raise ValueError("layers, expansions and archs must each name at least one value")
         if any(k < 1 for k in (self.k, *self.k_sweep)):
             raise ValueError("k and every k_sweep value must be >= 1")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.seeds < 1 or self.steer_seeds < 1:
+            raise ValueError(
+                f"seeds and steer_seeds must be >= 1, got {self.seeds} and {self.steer_seeds}"
+            )
         if not 0 <= self.min_active <= self.top_n:
             raise ValueError(
                 f"min_active must be in [0, top_n={self.top_n}], got {self.min_active}"
@@ -126,6 +143,18 @@ class DemoConfig:
     def seed_list(self) -> tuple[int, ...]:
         """The SAE seeds: ``seed, seed + 1, …`` (``seeds`` of them)."""
         return tuple(range(self.seed, self.seed + self.seeds))
+
+    @property
+    def steer_seed_list(self) -> tuple[int, ...]:
+        """The steering seeds: ``seed, seed + 1, …`` (``steer_seeds`` of them)."""
+        return tuple(range(self.seed, self.seed + self.steer_seeds))
+
+    @property
+    def toy_world(self) -> World:
+        """The world the demo runs on, with its options (``objects``)."""
+        from vlmsae.toyworld.worlds import get_world
+
+        return get_world(self.world, objects=self.objects)
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -148,6 +177,7 @@ class DemoConfig:
             steer_train=256,
             steer_test=24,
             steer_steps=300,
+            steer_seeds=2,
             seeds=2,
             subst_images=200,
         )

@@ -95,9 +95,7 @@ def recovery_table(cfg: DemoConfig, nums: Numbers) -> Table:
 def groups_table(cfg: DemoConfig, nums: Numbers) -> Table:
     """Per Matryoshka configuration and group: what its kept neurons detect best (counts per
     taxonomy level, per other concept set, mixed), their mean level and object depth."""
-    from vlmsae.toyworld.worlds import get_world
-
-    levels = get_world(cfg.world).taxonomy_levels
+    levels = cfg.toy_world.taxonomy_levels
     concepts = nums.scores.labels.concepts
     others = [s for s in dict.fromkeys(concepts.sets if concepts else ()) if s not in levels]
     kinds = ("trained", *KINDS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from vlmsae.demo.validity import add_validity_sections
 from vlmsae.metrics.maxms import max_ms_stats
 from vlmsae.metrics.stats import MeanStd
 from vlmsae.report.document import Report, Table
+
+if TYPE_CHECKING:
+    from vlmsae.toyworld.base import World
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +189,7 @@ def k_sweep_rows(cfg: DemoConfig, nums: Numbers) -> Table:
     )
 
 
-def _taxonomy_scale(world_name: str) -> str:
+def _taxonomy_scale(world_name: str | World) -> str:
     """What the LCA depths mean in ``world_name``'s taxonomy."""
     from vlmsae.toyworld.worlds import get_world
 
@@ -220,7 +223,7 @@ def hierarchy_rows(cfg: DemoConfig, nums: Numbers) -> Table:
         cols,
         rows,
         "Mean LCA depth of top images per Matryoshka group against the world's taxonomy "
-        f"({_taxonomy_scale(cfg.world)}), as the paper computes it: neurons active on "
+        f"({_taxonomy_scale(cfg.toy_world)}), as the paper computes it: neurons active on "
         f"≥ {cfg.min_active} images, each neuron's mean depth rounded; mean ± std over seeds",
     )
 
@@ -298,12 +301,12 @@ def write_report(
     report = Report(
         f"vlmsae demo: the paper's experiments on the {cfg.world} toy world",
         [
-            f"{alive.describe_world(cfg.world)} Its toy CLIP's activations of "
+            f"{alive.describe_world(cfg.toy_world)} Its toy CLIP's activations of "
             f"{cfg.n_train} training images trained {len(scores.saes)} SAEs "
             f"({len(by_config(scores.saes))} configurations × {cfg.seeds} seeds); everything "
             f"below is measured on {cfg.n_test} held-out images whose concepts are known.",
             _stats_note(cfg),
-            alive.purity_note(cfg.world),
+            alive.purity_note(cfg.toy_world),
         ],
     )
     sec = report.section("Findings checked against the truth")

@@ -120,6 +120,27 @@ def bootstrap(
     return Interval(est, *_percentiles(boot, level), int(x.size), level)
 
 
+def bootstrap_strata(
+    strata: Any, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
+) -> Interval:
+    """The mean of all values of all ``strata`` (a sequence of 1-D arrays: one per seed, say)
+    with a percentile bootstrap interval that resamples values *within* each stratum, so that
+    every resample keeps each stratum's size (a stratified bootstrap). Non-finite values are
+    left out."""
+    groups = [np.asarray(g, np.float64).ravel() for g in strata]
+    groups = [g[np.isfinite(g)] for g in groups]
+    groups = [g for g in groups if g.size]
+    n = sum(g.size for g in groups)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0, level)
+    est = float(np.concatenate(groups).mean())
+    if n < 2:
+        return Interval(est, float("nan"), float("nan"), n, level)
+    rng = np.random.default_rng(seed)
+    sums = sum(g[rng.integers(0, g.size, size=(n_boot, g.size))].sum(1) for g in groups)
+    return Interval(est, *_percentiles(np.asarray(sums) / n, level), n, level)
+
+
 def _spearman_rows(a_BN: np.ndarray, b_BN: np.ndarray) -> np.ndarray:
     """Spearman's ρ of each row pair (average ranks for ties; NaN for a constant row)."""
     ra = rankdata(a_BN, axis=1)

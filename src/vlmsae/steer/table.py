@@ -72,6 +72,9 @@ class SteeringTable(NamedTuple):
     """``{"kind", "method", "alpha", "concept", "followed", "both", "n"}`` per validation run."""
     examples: list[dict[str, Any]]
     """A few test items per (kind, method): facts, target and answers."""
+    outcomes: dict[tuple[str, str], list[bool]] = {}
+    """``{(kind, method): [both rates' verdict per test item]}`` in item order: the same
+    items for every method of a kind, so that methods can be compared item by item."""
 
 
 def steering_table(
@@ -96,6 +99,7 @@ def steering_table(
         gen: ``max_new_tokens`` / ``batch_size`` for generation.
     """
     rows, sweeps, examples = [], [], []
+    outcomes: dict[tuple[str, str], list[bool]] = {}
     for kind in KINDS:
         if kind not in test_items:
             continue
@@ -103,6 +107,7 @@ def steering_table(
             llava, None, 0.0, test_items[kind], probes, candidates, judge, kind, **gen
         )
         rows.append(TableRow(kind, "none", None, *base.rates))
+        outcomes[kind, "none"] = [v.both for v in base.verdicts]
         examples += _examples(kind, "none", None, test_items[kind], base.answers, n_examples)
         for spec in specs:
             if kind not in spec.methods:
@@ -136,10 +141,11 @@ def steering_table(
             )
             log.info("%s %s α=%g test: %s", kind, spec.name, choice.alpha, ev.rates)
             rows.append(TableRow(kind, spec.name, choice.alpha, *ev.rates))
+            outcomes[kind, spec.name] = [v.both for v in ev.verdicts]
             examples += _examples(
                 kind, spec.name, choice.alpha, test_items[kind], ev.answers, n_examples
             )
-    return SteeringTable(rows, sweeps, examples)
+    return SteeringTable(rows, sweeps, examples, outcomes)
 
 
 def _examples(kind, method, alpha, items, answers, n) -> list[dict[str, Any]]:

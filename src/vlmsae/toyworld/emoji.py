@@ -372,7 +372,8 @@ class EmojiWorld(World):
         a = self.attributes
         return (
             f"The emoji world: {len(a['emoji'])} emoji from {len(a['subgroup'])} "
-            f"Unicode subgroups of {len(a['group'])} groups, one or two per image, on "
+            f"Unicode subgroups of {len(a['group'])} groups, "
+            f"{'one or two' if self.objects == 2 else 'one'} per image, on "
             f"{len(a['background'])} kinds of background; the taxonomy is Unicode's "
             "group → subgroup → emoji, at each image's main emoji."
         )
@@ -380,9 +381,11 @@ class EmojiWorld(World):
     def purity_note(self) -> str:
         return (
             "Label purity (the labels checked against the truth) is, over group, subgroup, "
-            "emoji and background, the largest share of a neuron's top images that hold one "
-            "value, where an image holds the group, subgroup and emoji of both its emoji "
-            "(main and second); the hierarchy uses the main emoji only (the image's class)."
+            "emoji, background"
+            + (" and the number of emoji" if self.objects == 2 else "")
+            + ", the largest share of a neuron's top images that hold one value, where an "
+            "image holds the group, subgroup and emoji of each of its emoji (main and "
+            "second); the hierarchy uses the main emoji only (the image's class)."
         )
 
     def steering_method(self, common: str, targets: list[str], caption_tokens: int) -> str:
