@@ -121,8 +121,9 @@ def groups_table(cfg: DemoConfig, nums: Numbers) -> Table:
         cols,
         rows,
         f"What each Matryoshka group's neurons (active on ≥ {cfg.min_active} images) detect "
-        "best: counted per taxonomy level, per other concept set (background, number of "
-        "objects), or nothing at F1 ≥ 0.5 (mixed); the mean taxonomy level of the object "
+        f"best: counted per taxonomy level, per other concept set "
+        f"({', '.join(others) or 'none'}), or nothing at F1 ≥ 0.5 (mixed); the mean taxonomy "
+        "level of the object "
         "neurons; the LCA depth of their top images over object neurons alone and, as the "
         "paper computes it, over every kept neuron (where background-only and mixed neurons "
         "count as depth 0); trained: mean over seeds",
