@@ -30,3 +30,14 @@ def test_group_contents_counts_levels_and_keeps_background_out_of_depth():
     assert got.object_depth == pytest.approx([1.0, 3.0])
     quiet = group_contents(latent_set, np.array([20, 20, 1, 20]), top, taxonomy, (2, 2), 2)
     assert quiet.counts[1]["emoji"] == 0 and np.isnan(quiet.level[1])  # n2 not kept
+
+
+def test_seed_bars_are_never_negative():
+    """Equal seeds average an ulp above themselves; matplotlib refuses a negative bar (a full
+    demo whose ×1 SAEs detected the same share on every seed failed at its figure)."""
+    from vlmsae.demo.recovery_report import seed_bars
+
+    assert np.mean([0.1, 0.1, 0.1]) > 0.1  # the float fact behind it
+    mean, err = seed_bars([[0.1, 0.1, 0.1], [0.2, 0.4, np.nan]])
+    assert err.shape == (2, 2) and (err >= 0).all()
+    assert mean[1] == pytest.approx(0.3) and err[:, 1] == pytest.approx([0.1, 0.1])

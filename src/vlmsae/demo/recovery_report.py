@@ -78,12 +78,14 @@ def recovery_table(cfg: DemoConfig, nums: Numbers) -> Table:
             seen_raw.add(run.hook)
             rows.append([run.hook, "–", "–", "raw neurons", *(_f(raw[run.hook].get(k))
                                                                 for k in COLUMNS)])  # fmt: skip
+    concepts = nums.scores.labels.concepts
+    sets = ", ".join(dict.fromkeys(concepts.sets)) if concepts else "none"
     return Table(
         "concept_recovery",
         ["hook", "arch", "expansion", "SAE", *COLUMNS.values()],
         rows,
-        "Concept recovery on held-out images against the world's truth (group, subgroup, "
-        "emoji and background concepts): share of concepts whose best single latent reaches "
+        f"Concept recovery on held-out images against the world's truth (concept sets: "
+        f"{sets}): share of concepts whose best single latent reaches "
         "F1 ≥ 0.5, mean best F1, held-out balanced accuracy of k-sparse probes, and the "
         "fractions recovered with the SAE spliced into the toy CLIP (1 = as the untouched "
         "model, 0 = as the mean ablation); trained: mean ± std over seeds [95% bootstrap "
@@ -130,6 +132,17 @@ def groups_table(cfg: DemoConfig, nums: Numbers) -> Table:
     )
 
 
+def seed_bars(values: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per point, the mean over seeds and ``[2, P]`` error bars down to the smallest and up
+    to the largest seed, never negative (the mean of equal values can exceed them by an
+    ulp: 3 seeds of 0.1 average 0.10000000000000002)."""
+    mean = np.array([np.nanmean(v) for v in values])
+    err = np.array(
+        [[m - np.nanmin(v), np.nanmax(v) - m] for m, v in zip(mean, values, strict=True)]
+    )
+    return mean, np.clip(err, 0.0, None).T
+
+
 def recovery_figure(cfg: DemoConfig, nums: Numbers) -> tuple[str, str]:
     """Share of concepts detected against expansion: trained (mean, bars over seeds),
     untrained init and random, and the raw neurons, one panel per hook."""
@@ -146,11 +159,7 @@ def recovery_figure(cfg: DemoConfig, nums: Numbers) -> tuple[str, str]:
             if not cs:
                 continue
             es = [e for e, _ in cs]
-            vals = [nums.seed_values(c, "concepts_detected") for _, c in cs]
-            mean = np.array([np.nanmean(v) for v in vals])
-            err = np.array(
-                [[m - np.nanmin(v), np.nanmax(v) - m] for m, v in zip(mean, vals, strict=True)]
-            ).T
+            mean, err = seed_bars([nums.seed_values(c, "concepts_detected") for _, c in cs])
             ax.errorbar(es, mean, yerr=err, fmt=style, capsize=3, label=f"{arch} (trained)")
             for kind, ls in zip(KINDS, (":", "--"), strict=True):
                 base = [nums.baseline.get(c, {}).get(kind, {}).get("concepts_detected", np.nan)
