@@ -366,7 +366,8 @@ class EmojiWorld(World):
 
     def concept_summary(self) -> str:
         a = self.attributes
-        return f"{len(a['emoji'])} emoji, {len(a['background'])} backgrounds"
+        count = ", one or two emoji per image" if self.objects == 2 else ""
+        return f"{len(a['emoji'])} emoji, {len(a['background'])} backgrounds{count}"
 
     def description(self) -> str:
         a = self.attributes
