@@ -125,24 +125,25 @@ def paper_table(cfg: DemoConfig, scores: Scores, nums: Numbers) -> Table:
     configs = {(r.hook, r.arch, r.expansion): c for c, r in _table_configs(cfg, nums)}
     for hook in cfg.hooks:
         raw = scores.raw[hook]
-        raw_stats = max_ms_stats(raw.ms_clip, raw.n_active, cfg.min_active)
+        raw_stats = max_ms_stats(raw.ms_dino, raw.n_active, cfg.min_active)
         for key, label in _ms_stat_rows(cfg):
             got = raw_stats[{"max_ms": "max", "max_ms_active": "max_active", "p99_ms": "p99"}[key]]
             raw_cell = "–" if got.value is None else f"{got.value:.3f} (n_active {got.n_active})"
             for arch in cfg.archs:
                 cs = [configs.get((hook, arch, e)) for e in cfg.expansions]
-                cells = [_with_n(nums.configs[c], f"{key}_clip") if c else "–" for c in cs]
+                cells = [_with_n(nums.configs[c], f"{key}_dino") if c else "–" for c in cs]
                 rows.append([hook, arch, label, raw_cell, *cells])
             cs = [configs.get((hook, cfg.archs[0], e)) for e in cfg.expansions]
             for kind in ("init", "random"):
-                cells = [_base(nums, c, kind, f"{key}_clip") if c else None for c in cs]
+                cells = [_base(nums, c, kind, f"{key}_dino") if c else None for c in cs]
                 rows.append([hook, f"untrained ({kind})", label, raw_cell, *cells])
     cols = ["hook", "SAE", "statistic", "raw neurons", *(f"×{e}" for e in cfg.expansions)]
     return Table(
         "paper_table",
         cols,
         rows,
-        "MS (toy-CLIP embedding) per hook × expansion × architecture: the paper's max over "
+        "MS (toy DINOv2, in the paper's DINOv2 role) per hook × expansion × architecture: "
+        "the paper's max over "
         f"all neurons, the max over neurons active on ≥ {cfg.min_active} images and the 99th "
         "percentile, mean ± std over seeds, beside untrained SAEs of the same width and k",
     )
@@ -332,7 +333,7 @@ def write_report(
     sec = report.section("Top images")
     sec.paragraphs.append(
         f"Each row: a neuron's {cfg.top_n} highest-activating held-out images, with its MS "
-        "(toy-CLIP embedding). "
+        "(toy DINOv2). "
         f"Neurons are ranked among those active on ≥ {cfg.min_active} images (the paper's "
         "rule), so the most monosemantic are not neurons firing on two near-identical images."
     )
