@@ -32,7 +32,6 @@ def export_world(cfg: DemoConfig) -> Path:
     layout). An output directory that holds another world's demo is refused: resuming
     would mix the two; so are missing models, before any image is rendered."""
     from vlmsae.toyworld import export_imagefolder
-    from vlmsae.toyworld.worlds import get_world
 
     root = Path(cfg.out_dir) / "world"
     splits = (("train", cfg.n_train), ("test", cfg.n_test))
@@ -42,8 +41,7 @@ def export_world(cfg: DemoConfig) -> Path:
     clip_of(cfg), embedder_of(cfg)
     for split, n in splits:
         if not (root / split / "attributes.csv").exists():
-            world = get_world(cfg.world, objects=cfg.objects)
-            export_imagefolder(root, split=split, n=n, seed=cfg.seed, world=world)
+            export_imagefolder(root, split=split, n=n, seed=cfg.seed, world=cfg.toy_world)
     return root
 
 
@@ -51,7 +49,7 @@ def check_world(split_dir: Path, cfg: DemoConfig) -> None:
     """Raise ``UserError`` where the exported ``split_dir`` is not of ``cfg.world`` with
     ``cfg.objects`` objects per image."""
     from vlmsae.core.errors import UserError
-    from vlmsae.toyworld.worlds import get_world, world_of_split
+    from vlmsae.toyworld.worlds import world_of_split
 
     found = world_of_split(split_dir)
     if found.name != cfg.world:
@@ -60,9 +58,12 @@ def check_world(split_dir: Path, cfg: DemoConfig) -> None:
             f"{cfg.world} world; give another --out, remove {cfg.out_dir}, or pass "
             f"--world {found.name} to resume it"
         )
-    wanted = get_world(cfg.world, objects=cfg.objects)
+    wanted = cfg.toy_world
     if found.options != wanted.options:
-        have, want = (w.options or "its defaults" for w in (found, wanted))
+        have, want = (
+            ", ".join(f"{k}={v}" for k, v in w.options.items()) or "its default options"
+            for w in (found, wanted)
+        )
         raise UserError(
             f"{cfg.out_dir} holds a demo of the {found.name} world with {have}, and this run "
             f"asks for {want}; give another --out, remove {cfg.out_dir}, or pass the same "
