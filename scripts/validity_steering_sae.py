@@ -29,12 +29,15 @@ from vlmsae.toyworld.worlds import get_world
 
 
 def best_f1(score_N: np.ndarray, truth_N: np.ndarray) -> float:
-    """The best F1 of ``score > t`` over every threshold ``t``."""
+    """The best F1 of ``score >= t`` over every threshold ``t`` (cuts only between distinct
+    scores: tied images are predicted together)."""
     order = np.argsort(-score_N, kind="stable")
+    ranked = score_N[order]
     hits = np.cumsum(truth_N[order])
     predicted = np.arange(1, len(order) + 1)
     f1 = 2 * hits / (predicted + truth_N.sum())
-    return float(f1.max()) if truth_N.any() else float("nan")
+    cut = np.r_[ranked[1:] != ranked[:-1], True]  # the last image of each run of ties
+    return float(f1[cut].max()) if truth_N.any() else float("nan")
 
 
 def held_out(world, targets, n_images: int, n_per_target: int, seed: int):

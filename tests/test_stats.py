@@ -82,9 +82,11 @@ def test_bootstrap_other_statistics():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=30), st.integers(0, 2**31 - 1))
 def test_one_stratum_is_the_plain_bootstrap(values, seed):
-    assert bootstrap_strata([values], seed=seed, n_boot=200) == bootstrap(
-        values, seed=seed, n_boot=200
-    )
+    plain = bootstrap(values, seed=seed, n_boot=200)
+    for nested in (False, True):  # one stratum: nothing to resample above the values
+        got = bootstrap_strata([values], nested=nested, seed=seed, n_boot=200)
+        assert got.n == plain.n and got.estimate == pytest.approx(plain.estimate)
+        assert (got.lo, got.hi) == pytest.approx((plain.lo, plain.hi), abs=1e-9)
 
 
 def test_strata_keep_their_sizes_and_their_spread_only():
@@ -102,3 +104,17 @@ def test_strata_keep_their_sizes_and_their_spread_only():
     assert np.isnan(bootstrap_strata([[], [np.nan]]).estimate)
     one = bootstrap_strata([[2.0], []])
     assert one.estimate == 2.0 and np.isnan(one.lo)
+
+
+def test_nested_strata_carry_the_spread_between_replicates():
+    """Seeds that disagree: the two-level bootstrap's interval spans them, the stratified one
+    (strata held fixed) does not; single-value strata get an interval only when nested."""
+    rng = np.random.default_rng(0)
+    strata = [rng.normal(0, 0.1, 50), rng.normal(10, 0.1, 50), rng.normal(5, 0.1, 50)]
+    fixed = bootstrap_strata(strata, seed=2)
+    nested = bootstrap_strata(strata, nested=True, seed=2)
+    assert fixed.estimate == nested.estimate == pytest.approx(5, abs=0.05)
+    assert fixed.hi - fixed.lo < 0.1 and nested.lo < 2 and nested.hi > 8
+    ones = bootstrap_strata([[1.0], [0.0], [1.0]], nested=True, seed=0)
+    assert ones.lo == 0.0 and ones.hi == 1.0 and ones.n == 3
+    assert bootstrap_strata([[1.0], [0.0], [1.0]]).lo == pytest.approx(2 / 3)

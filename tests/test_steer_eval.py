@@ -161,7 +161,8 @@ def test_table_files(tmp_path):
     sweep = [
         {"kind": "insert", "method": "SAE", "alpha": 30.0, **Rates(0.5, 0.5, 0.5, 2)._asdict()}
     ]
-    table = SteeringTable(rows, sweep, [{"kind": "insert", "answers": {"q": "star"}}])
+    outcomes = {("insert", "none"): [False] * 4, ("insert", "SAE"): [True, False, True, False]}
+    table = SteeringTable(rows, sweep, [{"kind": "insert", "answers": {"q": "star"}}], outcomes)
     md = table_markdown(table)
     assert "| SAE | 30 | 75.0 % | 50.0 % | 50.0 % | 4 |" in md
     assert "concept removed" in md and "unrelated kept" in md
@@ -173,3 +174,7 @@ def test_table_files(tmp_path):
     assert summary["rows"][1]["both"] == 0.5 and summary["note"] == "x"
     assert (out / "examples.jsonl").read_text().count("\n") == 1
     assert (out / "alpha_sweep.csv").exists() and (out / "steering_table.md").exists()
+    with open(out / "outcomes.csv") as f:
+        items = list(csv.DictReader(f))
+    assert len(items) == 8 and [r["both"] for r in items[4:]] == ["1", "0", "1", "0"]
+    assert {r["method"] for r in items} == {"none", "SAE"} and items[5]["item"] == "1"

@@ -26,7 +26,8 @@ def n_concept_values(world_name: str | World) -> int:
     """Concept values of a world: every value of its attributes but the taxonomy levels that
     group its objects (shape family; emoji group and subgroup) and the emoji world's
     ``second`` (the same emoji again). Shapes: 8 shapes + 8 colours + 2 sizes + 4
-    backgrounds = 22; emoji: 341 emoji + 5 backgrounds + one or two of them = 348."""
+    backgrounds = 22; emoji: 341 emoji + 5 backgrounds + one or two of them = 348 (346 with
+    one emoji per image). Concept recovery counts more: the taxonomy levels too."""
     from vlmsae.toyworld.worlds import get_world
 
     world = get_world(world_name)

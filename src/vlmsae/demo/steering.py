@@ -2,9 +2,10 @@
 world, judged by the ground truth (see :mod:`vlmsae.steer.toy`), over several seeds.
 
 Each seed is a whole replicate: other target emoji, another steering SAE, other training,
-validation and test images. Every rate is pooled over the seeds' test items with a
-stratified bootstrap interval (items resampled within their seed), and SAE − DiffMean is
-compared item by item (the methods of a protocol answer the same items).
+validation and test images. Every rate is pooled over the seeds' test items; its interval
+is a two-level bootstrap (seeds resampled, then items within each), so that the spread
+between replicates counts, not only that between items. SAE − DiffMean is compared item by
+item (the methods of a protocol answer the same items).
 """
 
 from __future__ import annotations
@@ -60,51 +61,63 @@ def steering_section(cfg: DemoConfig) -> SteeringSection:
     return _section(cfg, runs)
 
 
+def _outcomes(runs: dict[int, ToySteeringResult], kind: str, method: str) -> list[np.ndarray]:
+    """Each seed's per-item "both" verdicts (0/1) of one method."""
+    return [np.asarray(r.comparison.table.outcomes[kind, method], float) for r in runs.values()]
+
+
 def _pooled(runs: dict[int, ToySteeringResult], kind: str, method: str, seed: int) -> Interval:
-    strata = [np.asarray(r.comparison.table.outcomes[kind, method], float) for r in runs.values()]
-    return bootstrap_strata(strata, seed=seed)
+    """The "both" rate over every seed's items; the interval resamples seeds, then items."""
+    return bootstrap_strata(_outcomes(runs, kind, method), nested=True, seed=seed)
 
 
-def _difference(runs: dict[int, ToySteeringResult], kind: str, seed: int) -> Interval:
-    """SAE − DiffMean "both", item by item (paired), pooled over seeds."""
-    strata = [
-        np.asarray(r.comparison.table.outcomes[kind, "SAE"], float)
-        - np.asarray(r.comparison.table.outcomes[kind, "DiffMean"], float)
-        for r in runs.values()
-    ]
-    return bootstrap_strata(strata, seed=seed)
+def _differences(runs: dict[int, ToySteeringResult], kind: str) -> list[np.ndarray]:
+    """SAE − DiffMean "both" per item (−1, 0, 1), paired: both methods answer the same items."""
+    out = []
+    for sae, dm in zip(
+        _outcomes(runs, kind, "SAE"), _outcomes(runs, kind, "DiffMean"), strict=True
+    ):
+        if sae.shape != dm.shape:
+            raise ValueError(f"{kind}: SAE and DiffMean judged {sae.size} and {dm.size} items")
+        out.append(sae - dm)
+    return out
 
 
 def verdict(diff: Interval) -> str:
-    """The paper's claim (SAE ahead of DiffMean) judged by the paired interval."""
+    """The paper's claim (SAE ahead of DiffMean) judged by the interval of the difference."""
+    if not np.isfinite(diff.lo):
+        return f"no interval (n={diff.n})"
+    if diff.lo == diff.hi == diff.estimate == 0.0:
+        return "no difference (the same outcome on every item)"
     if diff.above(0.0):
         return "reproduced"
     if diff.excludes(0.0):
         return "reversed (DiffMean ahead)"
-    return "not shown (interval spans 0)"
+    return "not shown (the interval includes 0)"
+
+
+def _row(runs: dict[int, ToySteeringResult], kind: str, method: str) -> dict[int, Any]:
+    """Each seed's table row of one protocol and method."""
+    return {
+        s: next(x for x in r.comparison.table.rows if x.kind == kind and x.method == method)
+        for s, r in runs.items()
+    }
 
 
 def _section(cfg: DemoConfig, runs: dict[int, ToySteeringResult]) -> SteeringSection:
-    first = next(iter(runs.values()))
+    first_seed, first = next(iter(runs.items()))
     rows, per_seed, summary_rows = [], [], []
     for kind, _ in PROTOCOLS:
         for method in ("none", "SAE", "DiffMean"):
-            rates = {
-                s: next(
-                    row
-                    for row in r.comparison.table.rows
-                    if row.kind == kind and row.method == method
-                )
-                for s, r in runs.items()
-            }
+            rates = _row(runs, kind, method)
             pooled = _pooled(runs, kind, method, cfg.seed)
-            concept = float(np.mean([row.concept for row in rates.values()]))
-            followed = float(np.mean([row.followed for row in rates.values()]))
-            n = sum(row.n for row in rates.values())
+            n = sum(x.n for x in rates.values())
+            concept = sum(x.concept * x.n for x in rates.values()) / n
+            followed = sum(x.followed * x.n for x in rates.values()) / n
             rows.append([kind, method, concept, followed, pooled.estimate, pooled.lo, pooled.hi, n])
             per_seed += [
-                [kind, method, s, row.alpha, row.concept, row.followed, row.both, row.n]
-                for s, row in rates.items()
+                [kind, method, s, x.alpha, x.concept, x.followed, x.both, x.n]
+                for s, x in rates.items()
             ]
             summary_rows.append(
                 {
@@ -113,30 +126,27 @@ def _section(cfg: DemoConfig, runs: dict[int, ToySteeringResult]) -> SteeringSec
                     "concept": concept,
                     "followed": followed,
                     "both": pooled.to_dict(),
-                    "per_seed": {str(s): row._asdict() for s, row in rates.items()},
+                    "per_seed": {str(s): x._asdict() for s, x in rates.items()},
                 }
             )
-    diffs = {kind: _difference(runs, kind, cfg.seed) for kind, _ in PROTOCOLS}
+    diffs, seed_diffs = {}, {}
+    for kind, _ in PROTOCOLS:
+        per_item = _differences(runs, kind)
+        diffs[kind] = bootstrap_strata(per_item, nested=True, seed=cfg.seed)
+        seed_diffs[kind] = {str(s): float(d.mean()) for s, d in zip(runs, per_item, strict=True)}
     purity = {
         str(s): {c: n.purity for c, n in r.comparison.neurons.items()} for s, r in runs.items()
     }
     mean_purity = float(np.mean([p for d in purity.values() for p in d.values()]))
+    both_cols = ["both", "both: 95% lo", "both: 95% hi"]
     tables = [
         Table(
             "steering",
-            [
-                "protocol",
-                "method",
-                "concept",
-                "prompt followed",
-                "both",
-                "both: 95% lo",
-                "both: 95% hi",
-                "n",
-            ],
+            ["protocol", "method", "concept", "prompt followed", *both_cols, "n"],
             rows,
-            f"Concept insertion and suppression on held-out images, pooled over "
-            f"{len(runs)} seeds (rates; both: stratified bootstrap interval over items)",
+            f"Concept insertion and suppression on held-out images, pooled over {len(runs)} "
+            "seeds (rates over every seed's items; the interval of both resamples the seeds, "
+            "then the items within them)",
         ),
         Table(
             "steering_seeds",
@@ -149,7 +159,7 @@ def _section(cfg: DemoConfig, runs: dict[int, ToySteeringResult]) -> SteeringSec
                 "prompt followed",
                 "both",
                 "n",
-            ],
+            ],  # fmt: skip
             per_seed,
             "Each seed's rates (other targets, SAE and images per seed; α chosen per seed "
             "on validation images)",
@@ -159,24 +169,39 @@ def _section(cfg: DemoConfig, runs: dict[int, ToySteeringResult]) -> SteeringSec
     for kind, name in PROTOCOLS:
         d = diffs[kind]
         sae, dm = (next(r[4] for r in rows if r[:2] == [kind, m]) for m in ("SAE", "DiffMean"))
+        seeds = ", ".join(f"{v:+.3f}" for v in seed_diffs[kind].values())
         versus.append(
-            f"{name} {sae:.0%} vs {dm:.0%}, SAE − DiffMean {d.estimate:+.3f} "
-            f"[{d.lo:+.3f}, {d.hi:+.3f}]: {verdict(d)}"
+            f"{name} {sae:.1%} vs {dm:.1%}, SAE − DiffMean {d.estimate:+.3f} "
+            f"[{d.lo:+.3f}, {d.hi:+.3f}] (per seed {seeds}): {verdict(d)}"
         )
     paper = "; ".join(
         f"{name} {PAPER_BOTH[kind][0]:.1%} vs {PAPER_BOTH[kind][1]:.1%}" for kind, name in PROTOCOLS
     )
-    targets = sorted({c for r in runs.values() for c in r.comparison.neurons})
+    others = "; ".join(
+        f"seed {s}: {', '.join(sorted(r.comparison.neurons))}"
+        for s, r in runs.items()
+        if s != first_seed
+    )
+    setup = (
+        f"{len(runs)} seeds, each with its own targets (those above are seed {first_seed}'s"
+        + (f"; {others}" if others else "")
+        + f"), steering SAE (×{cfg.steer_expansion}, {cfg.steer_train} training images, "
+        f"{cfg.steer_steps} steps) and {cfg.steer_test} test images per protocol, in "
+        f"steering/seedS/. The neurons chosen for the targets have a mean top-image label "
+        f"purity of {mean_purity:.2f} on the training images."
+    )
+    if cfg.toy_world.options:
+        setup += (
+            f" Steering runs on the {cfg.world} world the toy LLaVA was trained on, not with "
+            f"this run's {cfg.toy_world.options}."
+        )
     return SteeringSection(
         paragraphs=[
-            _method_text(cfg.world, first.layer, targets),
-            f"{len(runs)} seeds, each with its own targets, steering SAE (×{cfg.steer_expansion}, "
-            f"{cfg.steer_train} training images) and {cfg.steer_test} test images per protocol. "
-            f"The neurons chosen for the targets have a mean top-image label purity of "
-            f"{mean_purity:.2f} on the training images.",
+            _method_text(cfg.world, first.layer, sorted(first.comparison.neurons)),
+            setup,
             f"The paper found SAE steering ahead of DiffMean on both protocols (both rates: "
-            f"{paper}). Here, SAE vs DiffMean (both rates; paired 95 % interval of the "
-            f"difference over items): {'; '.join(versus)}.",
+            f"{paper}). Here, SAE vs DiffMean (both rates; the difference item by item, its 95 % "
+            f"interval resampling seeds and then items): {'; '.join(versus)}.",
         ],
         tables=tables,
         summary={
@@ -191,6 +216,7 @@ def _section(cfg: DemoConfig, runs: dict[int, ToySteeringResult]) -> SteeringSec
             "mean_neuron_purity": mean_purity,
             "rows": summary_rows,
             "sae_minus_diffmean": {kind: d.to_dict() for kind, d in diffs.items()},
+            "sae_minus_diffmean_per_seed": seed_diffs,
             "verdicts": {kind: verdict(d) for kind, d in diffs.items()},
             "seconds": {str(s): r.seconds for s, r in runs.items()},
         },

@@ -121,12 +121,21 @@ def bootstrap(
 
 
 def bootstrap_strata(
-    strata: Any, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
+    strata: Any,
+    *,
+    nested: bool = False,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
 ) -> Interval:
-    """The mean of all values of all ``strata`` (a sequence of 1-D arrays: one per seed, say)
-    with a percentile bootstrap interval that resamples values *within* each stratum, so that
-    every resample keeps each stratum's size (a stratified bootstrap). Non-finite values are
-    left out."""
+    """The mean of all values of all ``strata`` (a sequence of 1-D arrays: the items of each
+    seed, say) with a percentile bootstrap interval. Non-finite values are left out.
+
+    ``nested=False`` resamples values *within* each stratum (a stratified bootstrap: every
+    resample keeps each stratum; the strata themselves are held fixed). ``nested=True`` first
+    resamples the strata (with replacement), then values within each one drawn (a two-level
+    bootstrap: where the strata are replicates, such as seeds, their spread counts too).
+    """
     groups = [np.asarray(g, np.float64).ravel() for g in strata]
     groups = [g[np.isfinite(g)] for g in groups]
     groups = [g for g in groups if g.size]
@@ -137,8 +146,13 @@ def bootstrap_strata(
     if n < 2:
         return Interval(est, float("nan"), float("nan"), n, level)
     rng = np.random.default_rng(seed)
-    sums = sum(g[rng.integers(0, g.size, size=(n_boot, g.size))].sum(1) for g in groups)
-    return Interval(est, *_percentiles(np.asarray(sums) / n, level), n, level)
+    sums_GB = np.stack([g[rng.integers(0, g.size, size=(n_boot, g.size))].sum(1) for g in groups])
+    if not nested:
+        return Interval(est, *_percentiles(sums_GB.sum(0) / n, level), n, level)
+    sizes_G = np.array([g.size for g in groups], np.float64)
+    pick_BG = rng.integers(0, len(groups), size=(n_boot, len(groups)))
+    picked_sums = np.take_along_axis(sums_GB.T, pick_BG, axis=1).sum(1)
+    return Interval(est, *_percentiles(picked_sums / sizes_G[pick_BG].sum(1), level), n, level)
 
 
 def _spearman_rows(a_BN: np.ndarray, b_BN: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 :func:`steering_table` runs the protocol of :mod:`vlmsae.steer.evaluate` for every method
 (plus "no steering"), chooses α per method and kind on the validation items, reports the
 test items, and :func:`write_steering_table` writes ``steering_table.md``,
-``steering_table.csv``, ``alpha_sweep.csv``, ``examples.jsonl`` and ``summary.json``.
+``steering_table.csv``, ``alpha_sweep.csv``, ``examples.jsonl``, ``outcomes.csv`` and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -192,7 +193,9 @@ def _csv(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
 
 
 def write_steering_table(table: SteeringTable, out_dir: str | Path, **meta: Any) -> Path:
-    """Write the table (markdown, CSV), the α sweeps, examples and ``summary.json``."""
+    """Write the table (markdown, CSV), the α sweeps, examples, each test item's "both"
+    verdict per kind and method (``outcomes.csv``: what paired comparisons are computed
+    from) and ``summary.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = list(TableRow._fields)
@@ -200,6 +203,12 @@ def write_steering_table(table: SteeringTable, out_dir: str | Path, **meta: Any)
     atomic_write_text(out / "steering_table.csv", _csv([r._asdict() for r in table.rows], fields))
     atomic_write_text(out / "alpha_sweep.csv", _csv(table.sweeps, fields))
     atomic_write_text(out / "examples.jsonl", "".join(json.dumps(e) + "\n" for e in table.examples))
+    outcomes = [
+        {"kind": k, "method": m, "item": i, "both": int(b)}
+        for (k, m), got in table.outcomes.items()
+        for i, b in enumerate(got)
+    ]
+    atomic_write_text(out / "outcomes.csv", _csv(outcomes, ["kind", "method", "item", "both"]))
     summary = {
         "rows": [r._asdict() for r in table.rows],
         "alpha_sweep": table.sweeps,
