@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -211,11 +212,20 @@ def _plain(obj: Any) -> Any:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def csv_cell(value: Any) -> Any:
     """``value`` safe for a spreadsheet: a text cell starting with ``= + - @``, a tab or a
     carriage return gets a leading ``'`` (so does one that starts with ``'``, which keeps the
-    escape reversible: :func:`csv_uncell`). Numbers are left alone (``-0.5`` stays a number)."""
-    if isinstance(value, str) and value.startswith((*_FORMULA_START, "'")):
+    escape reversible: :func:`csv_uncell`). Numbers are left alone (``-0.5`` stays a number),
+    and so is text that is a plain decimal number (``"-0.029"``: a spreadsheet reads it as the
+    number, never as a formula)."""
+    if (
+        isinstance(value, str)
+        and value.startswith((*_FORMULA_START, "'"))
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
         return "'" + value
     return value
 
