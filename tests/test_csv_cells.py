@@ -21,8 +21,9 @@ def test_the_escape_is_reversible_and_leaves_no_formula(text):
 
 
 def test_numbers_as_text_stay_numbers_and_formulas_do_not():
-    for number in ("-0.029", "+1", "-2.5e-3", ".5", "-7."):  # ASCII digits only:
+    for number in ("-0.029", "+1", "-2.5e-3", ".5", "-7."):
         assert csv_cell(number) == number
+    # other text starting like a formula, non-ASCII digits (Arabic-Indic three) included
     for formula in ("-1+2", "=SUM(A1)", "-inf", "+cmd", "@x", "- 1", "-0.5 ", "'-1", "-\u0663"):
         assert csv_cell(formula) == "'" + formula
     rows = list(csv.reader(io.StringIO(csv_text(["a", "b"], [["-0.029", "-1+2"], [-3, "x"]]))))
