@@ -306,7 +306,8 @@ def test_demo_scores_ms_with_the_independent_embedder(demo_run):
 
 
 def test_every_ms_of_the_demo_names_its_embedder_and_labels_give_both_shares(demo_run):
-    """The explorer's MS columns are the toy CLIP's and the oracle's, each named;
+    """The explorer's MS columns are the toy DINOv2's (the findings' MS, ranking the
+    neurons), the toy CLIP's and the oracle's, each named;
     the tables name the embedder of every MS column; the report's label accuracy gives the
     high-MS share and the share over every labelled neuron, each with its denominator."""
     from vlmsae.explore.cards import read_index
@@ -314,7 +315,8 @@ def test_every_ms_of_the_demo_names_its_embedder_and_labels_give_both_shares(dem
     out, _ = demo_run
     index = read_index(out / "explore")
     assert [(m["column"], m["embedder"]) for m in index["meta"]["ms"]] == [
-        ("ms", "toy CLIP"),
+        ("ms", "toy DINOv2"),
+        ("ms_toy_clip", "toy CLIP"),
         ("ms_oracle", "oracle"),
     ]
     assert index["meta"]["min_active"] == 16

@@ -281,7 +281,8 @@ def _explorer_note(explorer: dict, min_active: int) -> str:
             f" Zero-shot {text} (a label counts where every word of it is a concept "
             "most of the neuron's top images hold)."
         )
-    ms = " and ".join(explorer.get("ms") or ["its embedding"])
+    names = list(explorer.get("ms") or ["its embedding"])
+    ms = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     return (
         f"explore/index.html browses every neuron of {explorer['sae']} (sort and filter by MS "
         f"under {ms}, frequency, group and label; each neuron's top images, heatmaps and "

@@ -25,7 +25,7 @@ def explore_demo(
     """Label the neurons of ``sae_dir`` with the toy CLIP (``clip``: default the shipped
     one of the store's world) over the world's concepts and build its browser into
     ``out_dir/explore``: one MS column per ``{embedder name: embedding store}`` (the first
-    ranks, as the demo's figures do: give the toy CLIP's embedding first), heatmaps
+    ranks, as the demo's findings do: give the independent embedder's first), heatmaps
     recomputed with the toy CLIP.
 
     Returns ``{"index": path of index.html, "ms": the embedders of the MS columns, "labels":
@@ -63,7 +63,8 @@ def explore_demo_run(cfg: Any, runs: list[Any], acts: dict, emb: Any) -> dict[st
     from vlmsae.toyworld import clip_path
 
     clip = str(clip_path(cfg.models_dir, world=cfg.world))
-    embeddings = {"toy CLIP": emb.clip, "oracle": emb.oracle}  # the figures' MS first
+    # the findings' MS (the independent embedder) first: it ranks the browser's neurons
+    embeddings = {"toy DINOv2": emb.dino, "toy CLIP": emb.clip, "oracle": emb.oracle}
     result = explore_demo(cfg.out_dir, pick.path, acts["test"][hook], embeddings, clip,
                           min_active=cfg.min_active)  # fmt: skip
     return {"sae": pick.name, **result}
