@@ -182,20 +182,22 @@ def test_labels_pick_the_closest_prompt():
 
 def test_labels_csv_is_safe_in_a_spreadsheet_and_reads_back_exactly(tmp_path):
     """A vocabulary line is user text: a label that a spreadsheet would run as a formula is
-    written with a leading ' and read back as it was."""
+    written with a leading ' and read back as it was; a label that is a plain number ("+1")
+    is no formula and stays as it is."""
     import csv
 
     from vlmsae.explore.labels import NeuronLabels, write_labels_csv
     from vlmsae.explore.site import read_labels
 
-    words = ['=HYPERLINK("http://x","y")', "+1", "-cmd", "@SUM(A1)", "'quoted", 'a "b", c', None]
+    words = ['=HYPERLINK("http://x","y")', "+1+1", "-cmd", "@SUM(A1)", "'quoted", 'a "b", c']
+    words += ["+1", None]
     n = len(words)
     labels = NeuronLabels(words, np.linspace(0, 1, n), np.linspace(1, 2, n))
     write_labels_csv(tmp_path / "labels.csv", labels)
     with open(tmp_path / "labels.csv", newline="") as f:
         cells = [row["label"] for row in csv.DictReader(f)]
-    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
-    assert cells[:5] == ["'" + w for w in words[:5]] and cells[5] == 'a "b", c'
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells if c != "+1")
+    assert cells[:5] == ["'" + w for w in words[:5]] and cells[5:7] == ['a "b", c', "+1"]
     got, margins = read_labels(tmp_path / "labels.csv", n)
     assert got == words and np.allclose(margins[:-1], labels.margin[:-1], atol=1e-6)
     assert np.isnan(margins[-1])  # an unlabelled neuron has no margin

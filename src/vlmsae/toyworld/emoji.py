@@ -365,40 +365,36 @@ class EmojiWorld(World):
         return emoji_data.check_glyphs(out_dir)
 
     def concept_summary(self) -> str:
-        a = self.attributes
-        count = ", one or two emoji per image" if self.objects == 2 else ""
+        a, count = self.attributes, ", one or two emoji per image" if self.objects == 2 else ""
         return f"{len(a['emoji'])} emoji, {len(a['background'])} backgrounds{count}"
 
     def description(self) -> str:
-        a = self.attributes
+        a, per_image = self.attributes, "one or two" if self.objects == 2 else "one"
         return (
-            f"The emoji world: {len(a['emoji'])} emoji from {len(a['subgroup'])} "
-            f"Unicode subgroups of {len(a['group'])} groups, "
-            f"{'one or two' if self.objects == 2 else 'one'} per image, on "
+            f"The emoji world: {len(a['emoji'])} emoji from {len(a['subgroup'])} Unicode "
+            f"subgroups of {len(a['group'])} groups, {per_image} per image, on "
             f"{len(a['background'])} kinds of background; the taxonomy is Unicode's "
             "group → subgroup → emoji, at each image's main emoji."
         )
 
     def purity_note(self) -> str:
+        count = " and the number of emoji" if self.objects == 2 else ""
         return (
-            "Label purity (the labels checked against the truth) is, over group, subgroup, "
-            "emoji, background"
-            + (" and the number of emoji" if self.objects == 2 else "")
-            + ", the largest share of a neuron's top images that hold one value, where an "
-            "image holds the group, subgroup and emoji of each of its emoji (main and "
-            "second); the hierarchy uses the main emoji only (the image's class)."
+            f"Label purity (the labels checked against the truth) is, over group, subgroup, "
+            f"emoji, background{count}, the largest share of a neuron's top images that hold "
+            "one value, where an image holds the group, subgroup and emoji of each of its emoji "
+            "(main and second); the hierarchy uses the main emoji only (the image's class)."
         )
 
     def steering_method(self, common: str, targets: list[str], caption_tokens: int) -> str:
         return common.format(what="target emoji") + (
             f"The {self.name} world has {len(self.attributes['emoji'])} emoji; {len(targets)} "
-            f"targets ({', '.join(targets)}) are "
-            "drawn by the seed, one per Unicode group in turn, and each adds its first training "
-            "images to the SAE's so that its neuron and direction have data. Insertion (images "
-            'showing no target): the one-word answer to "What is shown in this image?" '
-            "names the target emoji (concept). Suppression (images whose main emoji is a "
-            "target): that name disappears from the answer (concept). The emoji world has no "
-            'second one-word question, so "prompt followed" asks for the caption ("Describe '
-            f'the image.", up to {caption_tokens} tokens) and checks that it still names the '
-            "image's true background. Examples and α sweeps are in steering/."
+            f"targets ({', '.join(targets)}) are drawn by the seed, one per Unicode group in "
+            "turn, and each adds its first training images to the SAE's so that its neuron and "
+            "direction have data. Insertion (images showing no target): the one-word answer to "
+            '"What is shown in this image?" names the target emoji (concept). Suppression '
+            "(images whose main emoji is a target): that name disappears from the answer "
+            '(concept). The emoji world has no second one-word question, so "prompt followed" '
+            f'asks for the caption ("Describe the image.", up to {caption_tokens} tokens) and '
+            "checks that it still names the image's true background (α sweeps in steering/)."
         )
