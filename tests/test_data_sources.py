@@ -176,13 +176,16 @@ def test_each_source_caches_the_rows_of_the_folder(sources, encoder, tmp_path, k
             check_same_images(store_provenance(a), store_provenance(b), "folder", kind)
 
 
+def png_bytes(image) -> bytes:
+    """The image encoded as PNG, as a Parquet / HF image column holds it."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_a_broken_row_is_listed_and_the_budget_holds(tmp_path, encoder, monkeypatch):
     ims = random_images(4)
-    blobs = []
-    for im in ims:
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        blobs.append(buf.getvalue())
+    blobs = [png_bytes(im) for im in ims]
     rows = [{"bytes": blobs[0], "path": None}, None, {"bytes": b"not an image", "path": None},
             {"bytes": blobs[3], "path": None}]  # fmt: skip
     table = datasets.Dataset.from_dict(
@@ -257,11 +260,7 @@ def test_evaluate_reads_every_label_column_of_the_source(tmp_path, encoder):
     from vlmsae.evaluate.label_sources import load_labels
 
     ims = random_images(6)
-    blobs = []
-    for im in ims:
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        blobs.append(buf.getvalue())
+    blobs = [png_bytes(im) for im in ims]
     features = datasets.Features(
         image=datasets.Image(),
         animal=datasets.ClassLabel(names=["cat", "dog", "owl"]),
